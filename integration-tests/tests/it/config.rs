@@ -1,0 +1,72 @@
+//! `config/base.toml` loads into every service's settings, and the environment wins.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use herald_config::Sources;
+use herald_test_support::TestCerts;
+use secrecy::ExposeSecret;
+
+fn sources(env: &[(&str, String)]) -> Sources {
+    let certs = TestCerts::get();
+    let mut variables: HashMap<String, String> = [
+        ("HERALD__TLS__CLIENT_CA", certs.path("ca.pem")),
+        ("HERALD__TLS__CERT", certs.path("api-server.pem")),
+        ("HERALD__TLS__KEY", certs.path("api-server.key")),
+    ]
+    .into_iter()
+    .map(|(key, path)| (key.to_owned(), path.display().to_string()))
+    .collect();
+    variables.extend(
+        env.iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone())),
+    );
+    Sources {
+        config_dir: Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config"
+        ))),
+        environment: None,
+        env_override: Some(variables),
+    }
+}
+
+#[test]
+fn base_toml_is_valid_for_every_service() {
+    let api: herald_api_server::Settings = herald_config::load(&sources(&[])).unwrap();
+    assert_eq!(api.auth.principals.len(), 2);
+    let relay: herald_relay::Settings = herald_config::load(&sources(&[])).unwrap();
+    assert_eq!(relay.relay.batch_size, 200);
+    let worker: herald_email_worker::Settings = herald_config::load(&sources(&[])).unwrap();
+    assert_eq!(worker.smtp.port, 2525);
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let worker: herald_email_worker::Settings = herald_config::load(&sources(&[
+        ("HERALD__SMTP__PORT", "2600".into()),
+        ("HERALD__DATABASE__URL", "postgres://elsewhere/db".into()),
+        ("HERALD__WORKER__LEASE", "2m".into()),
+    ]))
+    .unwrap();
+    assert_eq!(worker.smtp.port, 2600);
+    assert_eq!(
+        worker.database.url.expose_secret(),
+        "postgres://elsewhere/db"
+    );
+    assert_eq!(worker.worker.lease, std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn every_invalid_setting_is_reported_at_once() {
+    let error = herald_config::load::<herald_email_worker::Settings>(&sources(&[
+        ("HERALD__DATABASE__URL", "mysql://nope".into()),
+        ("HERALD__WORKER__PREFETCH", "0".into()),
+        ("HERALD__SMTP__FROM", "not a mailbox".into()),
+    ]))
+    .unwrap_err()
+    .to_string();
+    for expected in ["database.url", "worker.prefetch", "smtp.from"] {
+        assert!(error.contains(expected), "{expected} missing from: {error}");
+    }
+}

@@ -1,0 +1,264 @@
+//! Submit → outbox → RabbitMQ → email worker → a real SMTP server.
+
+use std::time::Duration;
+
+use herald_proto::common::Priority as WirePriority;
+use herald_proto::submit::{DeliveryState, NotificationStatus};
+use herald_queue::lapin::BasicProperties;
+use herald_queue::lapin::options::BasicPublishOptions;
+use prost::Message as _;
+
+use crate::harness::{Options, TestApp, parameters, welcome_request};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn event_kinds(app: &TestApp, delivery_id: &str) -> Vec<String> {
+    let mut connection = app.pool.get().await.unwrap();
+    herald_db::deliveries::event_kinds(&mut connection, delivery_id.parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submitted_email_arrives_rendered_at_the_smtp_server_and_is_reported_delivered() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+
+    let response = app
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap();
+
+    let emails = app.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(emails.len(), 1);
+    let email = &emails[0];
+    assert_eq!(email.to, ["ada@example.com"]);
+    assert_eq!(email.from, "noreply@herald.local");
+    assert_eq!(email.subject, "Welcome, Ada");
+    assert_eq!(
+        email.text.as_deref().map(str::trim),
+        Some("Hello Ada, your order #42 is ready.")
+    );
+    assert_eq!(
+        email.html.as_deref().map(str::trim),
+        Some("<p>Hello Ada, your order #42 is ready.</p>")
+    );
+
+    let notification = app
+        .wait_for_status(&response.notification_id, NotificationStatus::Delivered)
+        .await;
+    assert_eq!(notification.deliveries.len(), 1);
+    let delivery = &notification.deliveries[0];
+    assert_eq!(delivery.state(), DeliveryState::Delivered);
+    assert_eq!(delivery.attempts, 1);
+    assert!(delivery.queued_at.is_some() && delivery.delivered_at.is_some());
+    assert_eq!(delivery.last_error, "");
+    assert_eq!(
+        email.message_id.as_deref(),
+        Some(format!("{}@herald", delivery.id).as_str()),
+        "the Message-ID is derived from the delivery id"
+    );
+    assert_eq!(
+        event_kinds(&app, &delivery.id).await,
+        ["accepted", "queued", "sending", "delivered"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parameters_are_html_escaped_in_the_html_part_only() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("ada@example.com");
+    request.parameters = Some(parameters(&[
+        ("username", "<b>Bob & co</b>"),
+        ("item_name", "x"),
+    ]));
+
+    app.submit(request).await.unwrap();
+
+    let email = app.smtp.wait_for_messages(1, WAIT).await.remove(0);
+    assert_eq!(email.subject, "Welcome, <b>Bob & co</b>");
+    assert!(email.text.unwrap().contains("Hello <b>Bob & co</b>,"));
+    assert!(
+        email
+            .html
+            .unwrap()
+            .contains("Hello &lt;b&gt;Bob &amp; co&lt;/b&gt;,")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_submit_to_three_recipients_sends_three_emails() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("a@example.com");
+    for address in ["b@example.com", "c@example.com"] {
+        request.recipients.push(herald_proto::submit::Recipient {
+            user_id: String::new(),
+            email: address.into(),
+        });
+    }
+
+    let response = app.submit(request).await.unwrap();
+
+    let notification = app
+        .wait_for_status(&response.notification_id, NotificationStatus::Delivered)
+        .await;
+    assert_eq!(notification.deliveries.len(), 3);
+    let mut recipients: Vec<String> = app
+        .smtp
+        .wait_for_messages(3, WAIT)
+        .await
+        .into_iter()
+        .flat_map(|email| email.to)
+        .collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["a@example.com", "b@example.com", "c@example.com"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_render_error_fails_the_delivery_permanently_and_dead_letters_it() {
+    let app = TestApp::spawn().await;
+    app.create_template(
+        "receipt",
+        "Receipt {{order.id}}",
+        "",
+        "Total {{order.total}}",
+    )
+    .await;
+    let mut request = welcome_request("ada@example.com");
+    request.template.as_mut().unwrap().key = "receipt".into();
+    // `order` is present, so the submit is accepted, but `order.id` is missing: strict
+    // rendering refuses to send an email with a hole in it.
+    request.parameters = Some(herald_proto::conversions::json_to_struct(
+        serde_json::json!({"order": {"total": 3}})
+            .as_object()
+            .unwrap(),
+    ));
+
+    let response = app.submit(request).await.unwrap();
+
+    let notification = app
+        .wait_for_status(&response.notification_id, NotificationStatus::Failed)
+        .await;
+    let delivery = &notification.deliveries[0];
+    assert_eq!(delivery.state(), DeliveryState::Failed);
+    assert_eq!(delivery.attempts, 1, "a permanent error is not retried");
+    assert!(
+        delivery.last_error.contains("email.subject"),
+        "{}",
+        delivery.last_error
+    );
+    herald_test_support::eventually("the message in the dead-letter queue", WAIT, || async {
+        (app.vhost.ready_messages("herald.email.deliver.dlq").await == 1).then_some(())
+    })
+    .await;
+    assert!(app.smtp.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_smtp_server_is_retried_and_then_dead_lettered() {
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let mut settings = app.email_worker_settings(1);
+    settings.worker.max_attempts = 3;
+    // Nothing listens on this port: every attempt fails with a connection error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    settings.smtp.port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = herald_email_worker::Application::build(settings).unwrap();
+    tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+
+    let response = app
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap();
+
+    let notification = app
+        .wait_for_status(&response.notification_id, NotificationStatus::Failed)
+        .await;
+    shutdown.cancel();
+    let delivery = &notification.deliveries[0];
+    assert_eq!(delivery.attempts, 3);
+    assert!(
+        delivery.last_error.starts_with("gave up after 3 attempts"),
+        "{}",
+        delivery.last_error
+    );
+    let kinds = event_kinds(&app, &delivery.id).await;
+    assert_eq!(
+        kinds.iter().filter(|kind| *kind == "retry_wait").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("failed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_message_for_a_delivered_delivery_is_acked_without_sending_again() {
+    let app = TestApp::spawn_with(Options {
+        email_worker: true,
+        prefetch: 1,
+    })
+    .await;
+    app.create_welcome_template().await;
+    let first = app
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap();
+    let notification = app
+        .wait_for_status(&first.notification_id, NotificationStatus::Delivered)
+        .await;
+    let delivery = &notification.deliveries[0];
+
+    // The broker redelivering the same message, e.g. after a worker crashed before its ack.
+    let connection = herald_queue::connect(app.vhost.amqp_url(), "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let message = herald_proto::queue::DeliveryMessage {
+        delivery_id: delivery.id.clone(),
+        notification_id: notification.id.clone(),
+        ..Default::default()
+    };
+    channel
+        .basic_publish(
+            herald_queue::EXCHANGE.into(),
+            "email".into(),
+            BasicPublishOptions::default(),
+            &message.encode_to_vec(),
+            BasicProperties::default().with_priority(WirePriority::Normal as u8),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // With prefetch 1 and equal priority the worker handles messages in order, so once a
+    // later notification is delivered the duplicate has been handled.
+    let second = app
+        .submit(welcome_request("bob@example.com"))
+        .await
+        .unwrap();
+    app.wait_for_status(&second.notification_id, NotificationStatus::Delivered)
+        .await;
+
+    let again = app.notification(&first.notification_id).await;
+    assert_eq!(again.deliveries[0].attempts, 1);
+    let emails = app.smtp.messages();
+    assert_eq!(emails.len(), 2, "ada got one email, bob one");
+    assert_eq!(
+        emails
+            .iter()
+            .filter(|email| email.to == ["ada@example.com"])
+            .count(),
+        1
+    );
+}

@@ -1,0 +1,377 @@
+//! `TestApp`: the whole platform in-process against real infrastructure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herald_config::{
+    AmqpSettings, DatabaseSettings, GrpcServerSettings, ServerTlsSettings, TelemetrySettings,
+};
+use herald_proto::common::{Channel as WireChannel, Priority as WirePriority};
+use herald_proto::submit::submit_service_client::SubmitServiceClient;
+use herald_proto::submit::{
+    GetNotificationRequest, Notification, NotificationStatus, Recipient, SubmitRequest,
+    SubmitResponse, TemplateRef,
+};
+use herald_proto::template::template_service_client::TemplateServiceClient;
+use herald_proto::template::{CreateTemplateRequest, EmailPart, Template, TemplateContent};
+use herald_test_support::{SmtpServer, TestCerts, TestDatabase, TestVhost, eventually};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Which client certificate a test connects with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum As {
+    /// `spiffe://herald.local/service/orders`, role submit.
+    Orders,
+    /// `spiffe://herald.local/admin/ops`, role admin.
+    Admin,
+    /// Trusted CA, but no role configured.
+    Stranger,
+    /// Signed by a CA Herald does not trust.
+    Intruder,
+}
+
+impl As {
+    fn files(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Orders => ("orders.pem", "orders.key"),
+            Self::Admin => ("admin.pem", "admin.key"),
+            Self::Stranger => ("stranger.pem", "stranger.key"),
+            Self::Intruder => ("intruder.pem", "intruder.key"),
+        }
+    }
+}
+
+/// The identity of `As::Orders`.
+pub(crate) const ORDERS_IDENTITY: &str = "spiffe://herald.local/service/orders";
+
+pub(crate) struct TestApp {
+    pub(crate) address: SocketAddr,
+    pub(crate) database: TestDatabase,
+    pub(crate) vhost: TestVhost,
+    pub(crate) smtp: SmtpServer,
+    pub(crate) pool: herald_db::Pool,
+    shutdown: CancellationToken,
+}
+
+/// Options for `TestApp::spawn_with`.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Start the email worker right away.
+    pub(crate) email_worker: bool,
+    /// The worker's prefetch.
+    pub(crate) prefetch: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            email_worker: true,
+            prefetch: 8,
+        }
+    }
+}
+
+impl TestApp {
+    /// API server, relay and email worker.
+    pub(crate) async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub(crate) async fn spawn_with(options: Options) -> Self {
+        herald_test_support::init_test_tracing();
+        herald_tls::install_crypto_provider();
+        let (database, vhost, smtp) =
+            tokio::join!(TestDatabase::new(), TestVhost::new(), SmtpServer::start());
+        let certs = TestCerts::get();
+        let database_settings = DatabaseSettings {
+            url: SecretString::from(database.url()),
+            max_connections: 8,
+            ..DatabaseSettings::default()
+        };
+        let amqp_settings = AmqpSettings {
+            url: SecretString::from(vhost.amqp_url()),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(500),
+        };
+        let pool = herald_db::build_pool(&database_settings).expect("test pool");
+        let shutdown = CancellationToken::new();
+
+        let api_settings = herald_api_server::Settings {
+            grpc: GrpcServerSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            tls: ServerTlsSettings {
+                client_ca: certs.path("ca.pem"),
+                cert: certs.path("api-server.pem"),
+                key: certs.path("api-server.key"),
+            },
+            database: database_settings.clone(),
+            auth: herald_api_server::AuthSettings {
+                principals: vec![
+                    herald_api_server::PrincipalSettings {
+                        identity: ORDERS_IDENTITY.into(),
+                        roles: vec!["submit".into()],
+                    },
+                    herald_api_server::PrincipalSettings {
+                        identity: "spiffe://herald.local/admin/ops".into(),
+                        roles: vec!["admin".into()],
+                    },
+                ],
+            },
+            telemetry: TelemetrySettings::default(),
+            ..herald_api_server::Settings::default()
+        };
+        let api = herald_api_server::Application::build(api_settings)
+            .await
+            .expect("building the API server");
+        let address = api.local_addr();
+        tokio::spawn(api.run_until_stopped(shutdown.clone()));
+
+        let relay = herald_relay::Application::build(herald_relay::Settings {
+            database: database_settings.clone(),
+            amqp: amqp_settings.clone(),
+            relay: herald_relay::RelaySettings {
+                batch_size: 100,
+                poll_interval: Duration::from_millis(10),
+            },
+            telemetry: TelemetrySettings::default(),
+        })
+        .expect("building the relay");
+        tokio::spawn(relay.run_until_stopped(shutdown.clone()));
+
+        let app = Self {
+            address,
+            database,
+            vhost,
+            smtp,
+            pool,
+            shutdown,
+        };
+        if options.email_worker {
+            app.start_email_worker(options.prefetch);
+        }
+        app
+    }
+
+    /// Settings for an email worker pointed at this app's infrastructure.
+    pub(crate) fn email_worker_settings(&self, prefetch: u16) -> herald_email_worker::Settings {
+        herald_email_worker::Settings {
+            database: DatabaseSettings {
+                url: SecretString::from(self.database.url()),
+                max_connections: 4,
+                ..DatabaseSettings::default()
+            },
+            amqp: AmqpSettings {
+                url: SecretString::from(self.vhost.amqp_url()),
+                reconnect_min: Duration::from_millis(50),
+                reconnect_max: Duration::from_millis(500),
+            },
+            worker: herald_worker::WorkerSettings {
+                prefetch,
+                retry_base_delay: Duration::from_millis(50),
+                retry_max_delay: Duration::from_millis(200),
+                shutdown_grace_period: Duration::from_secs(2),
+                ..herald_worker::WorkerSettings::default()
+            },
+            smtp: herald_email_worker::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: self.smtp.address().port(),
+                timeout: Duration::from_secs(5),
+                ..herald_email_worker::SmtpSettings::default()
+            },
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+
+    /// Starts an email worker with `prefetch`.
+    pub(crate) fn start_email_worker(&self, prefetch: u16) {
+        let worker = herald_email_worker::Application::build(self.email_worker_settings(prefetch))
+            .expect("building the email worker");
+        tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
+    }
+
+    /// A TLS config for `who`, trusting the Herald CA.
+    pub(crate) fn tls(&self, who: As) -> ClientTlsConfig {
+        let certs = TestCerts::get();
+        let (cert, key) = who.files();
+        herald_tls::client_config(
+            &herald_tls::ClientCertificates {
+                ca: certs.path("ca.pem"),
+                cert: certs.path(cert),
+                key: certs.path(key),
+            },
+            "localhost",
+        )
+        .expect("client TLS config")
+    }
+
+    /// An mTLS channel as `who`.
+    pub(crate) async fn channel(&self, who: As) -> Channel {
+        Endpoint::from_shared(format!("https://{}", self.address))
+            .expect("endpoint")
+            .tls_config(self.tls(who))
+            .expect("tls config")
+            .connect()
+            .await
+            .expect("connecting over mTLS")
+    }
+
+    pub(crate) async fn submit_client(&self, who: As) -> SubmitServiceClient<Channel> {
+        SubmitServiceClient::new(self.channel(who).await)
+    }
+
+    pub(crate) async fn template_client(&self, who: As) -> TemplateServiceClient<Channel> {
+        TemplateServiceClient::new(self.channel(who).await)
+    }
+
+    /// Creates an email template as admin.
+    pub(crate) async fn create_template(
+        &self,
+        key: &str,
+        subject: &str,
+        html: &str,
+        text: &str,
+    ) -> Template {
+        self.template_client(As::Admin)
+            .await
+            .create_template(CreateTemplateRequest {
+                key: key.into(),
+                category: "transactional".into(),
+                description: String::new(),
+                content: Some(TemplateContent {
+                    email: Some(EmailPart {
+                        subject: subject.into(),
+                        html: html.into(),
+                        text: text.into(),
+                    }),
+                }),
+            })
+            .await
+            .expect("creating a template")
+            .into_inner()
+    }
+
+    /// Creates the `welcome` template used by most tests.
+    pub(crate) async fn create_welcome_template(&self) -> Template {
+        self.create_template(
+            "welcome",
+            "Welcome, {{username}}",
+            "<p>Hello {{username}}, your {{item_name}} is ready.</p>",
+            "Hello {{username}}, your {{item_name}} is ready.",
+        )
+        .await
+    }
+
+    /// Submits as `As::Orders`.
+    pub(crate) async fn submit(
+        &self,
+        request: SubmitRequest,
+    ) -> Result<SubmitResponse, tonic::Status> {
+        self.submit_client(As::Orders)
+            .await
+            .submit(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The notification as `As::Orders` sees it.
+    pub(crate) async fn notification(&self, id: &str) -> Notification {
+        self.submit_client(As::Orders)
+            .await
+            .get_notification(GetNotificationRequest {
+                notification_id: id.into(),
+            })
+            .await
+            .expect("GetNotification")
+            .into_inner()
+            .notification
+            .expect("a notification")
+    }
+
+    /// Waits until the notification reaches `status`.
+    pub(crate) async fn wait_for_status(
+        &self,
+        id: &str,
+        status: NotificationStatus,
+    ) -> Notification {
+        let client = self.submit_client(As::Orders).await;
+        eventually(
+            &format!("notification {id} to become {status:?}"),
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let notification = client
+                        .get_notification(GetNotificationRequest {
+                            notification_id: id.into(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .notification?;
+                    (notification.status() == status).then_some(notification)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Rows in `table` of this test's schema.
+    pub(crate) async fn count_rows(&self, table: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            count: i64,
+        }
+        let mut connection = self.pool.get().await.expect("a connection");
+        diesel::sql_query(format!("SELECT count(*) AS count FROM {table}"))
+            .get_result::<Count>(&mut connection)
+            .await
+            .expect("counting rows")
+            .count
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A valid email submit of the `welcome` template to `email`.
+pub(crate) fn welcome_request(email: &str) -> SubmitRequest {
+    SubmitRequest {
+        template: Some(TemplateRef {
+            key: "welcome".into(),
+            version: None,
+        }),
+        parameters: Some(parameters(&[
+            ("username", "Ada"),
+            ("item_name", "order #42"),
+        ])),
+        recipients: vec![Recipient {
+            user_id: "user-1".into(),
+            email: email.into(),
+        }],
+        channels: vec![WireChannel::Email.into()],
+        priority: WirePriority::Normal.into(),
+        ..SubmitRequest::default()
+    }
+}
+
+/// A parameters struct from string pairs.
+pub(crate) fn parameters(pairs: &[(&str, &str)]) -> prost_types::Struct {
+    let object: serde_json::Map<String, serde_json::Value> = pairs
+        .iter()
+        .map(|(key, value)| {
+            (
+                (*key).to_owned(),
+                serde_json::Value::String((*value).to_owned()),
+            )
+        })
+        .collect();
+    herald_proto::conversions::json_to_struct(&object)
+}

@@ -1,0 +1,9 @@
+//! Herald's cross-service integration tests: one binary, one module per capability.
+
+mod config;
+mod delivery;
+mod harness;
+mod priority;
+mod security;
+mod submit;
+mod templates;

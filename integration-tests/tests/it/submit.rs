@@ -1,0 +1,265 @@
+//! Submit validation, idempotency and visibility.
+
+use std::time::Duration;
+
+use herald_proto::common::Channel as WireChannel;
+use herald_proto::submit::{GetNotificationRequest, NotificationStatus, SubmitRequest};
+use tonic::Code;
+
+use crate::harness::{As, TestApp, parameters, welcome_request};
+
+fn check(
+    app_request: impl FnOnce(&mut SubmitRequest),
+    code: Code,
+    field: &str,
+) -> (SubmitRequest, Code, String) {
+    let mut request = welcome_request("ada@example.com");
+    app_request(&mut request);
+    (request, code, field.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_submits_get_a_precise_status_naming_the_field_and_write_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let cases = [
+        check(|r| r.template = None, Code::InvalidArgument, "template:"),
+        check(
+            |r| r.template.as_mut().unwrap().key = "Not A Key".into(),
+            Code::InvalidArgument,
+            "template.key:",
+        ),
+        check(
+            |r| r.template.as_mut().unwrap().version = Some(0),
+            Code::InvalidArgument,
+            "template.version:",
+        ),
+        check(
+            |r| r.recipients.clear(),
+            Code::InvalidArgument,
+            "recipients:",
+        ),
+        check(
+            |r| r.recipients[0].email = "not-an-address".into(),
+            Code::InvalidArgument,
+            "recipients[0].email:",
+        ),
+        check(
+            |r| r.recipients[0].email.clear(),
+            Code::InvalidArgument,
+            "recipients[0].email:",
+        ),
+        check(
+            |r| r.recipients[0].user_id = "u".repeat(256),
+            Code::InvalidArgument,
+            "recipients[0].user_id:",
+        ),
+        check(|r| r.channels.clear(), Code::InvalidArgument, "channels:"),
+        check(
+            |r| r.channels = vec![0],
+            Code::InvalidArgument,
+            "channels[0]:",
+        ),
+        check(
+            |r| r.channels = vec![1, 99],
+            Code::InvalidArgument,
+            "channels[1]:",
+        ),
+        check(
+            |r| r.channels.push(WireChannel::Email.into()),
+            Code::InvalidArgument,
+            "channels[1]:",
+        ),
+        check(
+            |r| r.channels.push(WireChannel::Sms.into()),
+            Code::InvalidArgument,
+            "channels[1]: template `welcome` has no sms part",
+        ),
+        check(|r| r.priority = 42, Code::InvalidArgument, "priority:"),
+        check(
+            |r| r.category = "Bad Category".into(),
+            Code::InvalidArgument,
+            "category:",
+        ),
+        check(
+            |r| r.idempotency_key = "has spaces".into(),
+            Code::InvalidArgument,
+            "idempotency_key:",
+        ),
+        check(
+            |r| r.metadata = (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+            Code::InvalidArgument,
+            "metadata:",
+        ),
+        check(
+            |r| r.parameters = Some(parameters(&[("username", "Ada")])),
+            Code::InvalidArgument,
+            "parameters: template `welcome` needs `item_name`",
+        ),
+        check(
+            |r| r.template.as_mut().unwrap().key = "missing".into(),
+            Code::NotFound,
+            "template.key: no template named `missing`",
+        ),
+        check(
+            |r| r.template.as_mut().unwrap().version = Some(7),
+            Code::NotFound,
+            "template.version:",
+        ),
+    ];
+    let mut client = app.submit_client(As::Orders).await;
+    for (request, code, field) in cases {
+        let status = client.submit(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{field}: {}", status.message());
+        assert!(
+            status.message().starts_with(&field),
+            "expected `{field}…`, got `{}`",
+            status.message()
+        );
+    }
+    assert_eq!(app.count_rows("notifications").await, 0);
+    assert_eq!(app.count_rows("deliveries").await, 0);
+    assert_eq!(app.count_rows("outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_submit_with_the_same_idempotency_key_returns_the_original_and_sends_once() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("ada@example.com");
+    request.idempotency_key = "order-42-shipped".into();
+    request.metadata = [
+        ("a".to_owned(), "1".to_owned()),
+        ("b".to_owned(), "2".to_owned()),
+    ]
+    .into();
+
+    let first = app.submit(request.clone()).await.unwrap();
+    let second = app.submit(request).await.unwrap();
+
+    assert_eq!(first.notification_id, second.notification_id);
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(app.count_rows("notifications").await, 1);
+    app.wait_for_status(&first.notification_id, NotificationStatus::Delivered)
+        .await;
+    assert_eq!(app.smtp.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_submits_with_one_idempotency_key_create_one_notification() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("ada@example.com");
+    request.idempotency_key = "burst".into();
+    let client = app.submit_client(As::Orders).await;
+
+    let responses = futures::future::join_all((0..10).map(|_| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.submit(request).await.unwrap().into_inner() }
+    }))
+    .await;
+
+    let ids: std::collections::BTreeSet<_> = responses
+        .iter()
+        .map(|r| r.notification_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(responses.iter().filter(|r| !r.duplicate).count(), 1);
+    assert_eq!(app.count_rows("notifications").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reusing_an_idempotency_key_for_a_different_request_is_refused() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("ada@example.com");
+    request.idempotency_key = "k1".into();
+    app.submit(request.clone()).await.unwrap();
+
+    request.recipients[0].email = "someone-else@example.com".into();
+    let status = app.submit(request).await.unwrap_err();
+
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(
+        status.message().starts_with("idempotency_key:"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(app.count_rows("notifications").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_are_scoped_to_the_calling_identity() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("ada@example.com");
+    request.idempotency_key = "shared-key".into();
+
+    let orders = app.submit(request.clone()).await.unwrap();
+    let admin = app
+        .submit_client(As::Admin)
+        .await
+        .submit(request)
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_ne!(orders.notification_id, admin.notification_id);
+    assert!(!admin.duplicate);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_is_visible_to_its_submitter_and_admins_only() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let id = app
+        .submit_client(As::Admin)
+        .await
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap()
+        .into_inner()
+        .notification_id;
+
+    let hidden = app
+        .submit_client(As::Orders)
+        .await
+        .get_notification(GetNotificationRequest {
+            notification_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+
+    let malformed = app
+        .submit_client(As::Orders)
+        .await
+        .get_notification(GetNotificationRequest {
+            notification_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(malformed.message().starts_with("notification_id:"));
+
+    herald_test_support::eventually(
+        "the admin's notification to be delivered",
+        Duration::from_secs(20),
+        || async {
+            let notification = app
+                .submit_client(As::Admin)
+                .await
+                .get_notification(GetNotificationRequest {
+                    notification_id: id.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .notification?;
+            (notification.status() == NotificationStatus::Delivered).then_some(())
+        },
+    )
+    .await;
+}

@@ -1,0 +1,81 @@
+#![doc = include_str!("../README.md")]
+
+mod sections;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+pub use sections::{
+    AmqpSettings, DatabaseSettings, GrpcServerSettings, LogFormat, ServerTlsSettings,
+    TelemetrySettings,
+};
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or a value has the wrong type.
+    #[error("could not load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    /// The settings loaded but break rules; every problem is listed.
+    #[error("invalid settings:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks loaded settings, pushing one readable line per problem.
+pub trait Validate {
+    /// Appends every problem found to `problems`.
+    fn validate(&self, problems: &mut Vec<String>);
+}
+
+/// Where settings come from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The directory holding `base.toml` and the `{HERALD_ENV}.toml` files.
+    pub config_dir: Option<std::path::PathBuf>,
+    /// The environment name selecting the optional overlay file.
+    pub environment: Option<String>,
+    /// Environment variables to read instead of the process environment (tests).
+    pub env_override: Option<HashMap<String, String>>,
+}
+
+/// Loads `T` from the layers described in the crate docs, then validates it.
+pub fn load<T>(sources: &Sources) -> Result<T>
+where
+    T: DeserializeOwned + Validate,
+{
+    let mut builder = config::Config::builder();
+    if let Some(config_dir) = &sources.config_dir {
+        builder = builder.add_source(file(config_dir, "base", true));
+        if let Some(environment) = &sources.environment {
+            builder = builder.add_source(file(config_dir, environment, false));
+        }
+    }
+    let environment = config::Environment::with_prefix("HERALD")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(sources.env_override.clone());
+    let settings: T = builder.add_source(environment).build()?.try_deserialize()?;
+    let mut problems = Vec::new();
+    settings.validate(&mut problems);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(Error::Invalid(problems))
+    }
+}
+
+fn file(
+    dir: &Path,
+    name: &str,
+    required: bool,
+) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(dir.join(format!("{name}.toml")))
+        .format(config::FileFormat::Toml)
+        .required(required)
+}

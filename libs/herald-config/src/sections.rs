@@ -1,0 +1,167 @@
+//! Setting sections shared by several services.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::Validate;
+
+/// The PostgreSQL connection pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database?options=-csearch_path%3Dschema`.
+    pub url: SecretString,
+    /// Pool size per process.
+    pub max_connections: usize,
+    /// How long to wait for a pooled connection before answering `UNAVAILABLE`.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/test"),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Validate for DatabaseSettings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push("database.url must start with postgres:// or postgresql://".into());
+        }
+        if self.max_connections == 0 {
+            problems.push("database.max_connections must be at least 1".into());
+        }
+    }
+}
+
+/// The RabbitMQ connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:port/vhost` (`amqps://` for TLS). `%2f` is the default vhost.
+    pub url: SecretString,
+    /// Initial delay before reconnecting after the broker goes away; doubles up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Validate for AmqpSettings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            problems.push("amqp.url must start with amqp:// or amqps://".into());
+        }
+        if self.reconnect_min > self.reconnect_max {
+            problems.push("amqp.reconnect_min must not exceed amqp.reconnect_max".into());
+        }
+    }
+}
+
+/// A gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcServerSettings {
+    /// Address to bind; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+        }
+    }
+}
+
+/// Certificates for a TLS server that requires client certificates (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// PEM bundle of the CA(s) whose client certificates are accepted.
+    pub client_ca: PathBuf,
+    /// PEM certificate chain the server presents.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
+impl Default for ServerTlsSettings {
+    fn default() -> Self {
+        let dir = PathBuf::from("certs-dev/generated");
+        Self {
+            client_ca: dir.join("ca.pem"),
+            cert: dir.join("api-server.pem"),
+            key: dir.join("api-server.key"),
+        }
+    }
+}
+
+impl Validate for ServerTlsSettings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        for (name, path) in [
+            ("tls.client_ca", &self.client_ca),
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+        ] {
+            if !path.is_file() {
+                problems.push(format!(
+                    "{name} points to {}, which is not a readable file (run ./scripts/run or cargo run -p herald-certs-dev to create dev certificates)",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines for local work.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for production collectors.
+    Json,
+}
+
+/// Logging and tracing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub log_filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! What channel workers read and write: an atomic, fenced claim, the context to render, and
+//! the outcome.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
+use uuid::Uuid;
+
+use crate::schema::{deliveries, delivery_events, notifications, template_versions};
+use crate::{Error, Result};
+
+/// A delivery a worker holds for one attempt.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// This attempt's number (1 for the first); every later write is fenced on it.
+    pub attempt: i32,
+}
+
+/// Claims `delivery_id` for an attempt: moves it from a claimable state to `sending`, bumps its
+/// attempt counter and sets a lease, in one statement. `None` means there is nothing to do
+/// (already delivered, failed, or being sent by someone else), and the queue message can be
+/// acked without a provider call.
+pub async fn claim(
+    connection: &mut AsyncPgConnection,
+    delivery_id: DeliveryId,
+    lease: Duration,
+) -> Result<Option<Claim>> {
+    let now = Utc::now();
+    let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let claimable: Vec<&str> = DeliveryState::ALL
+        .into_iter()
+        .filter(|state| state.is_claimable())
+        .map(DeliveryState::as_str)
+        .collect();
+    connection
+        .transaction::<_, Error, _>(async |connection| {
+            let attempt = diesel::update(
+                deliveries::table
+                    .filter(deliveries::id.eq(delivery_id.as_uuid()))
+                    .filter(deliveries::state.eq_any(&claimable)),
+            )
+            .set((
+                deliveries::state.eq(DeliveryState::Sending.as_str()),
+                deliveries::attempts.eq(deliveries::attempts + 1),
+                deliveries::lease_until.eq(lease_until),
+                deliveries::updated_at.eq(now),
+            ))
+            .returning(deliveries::attempts)
+            .get_result::<i32>(connection)
+            .await
+            .optional()?;
+            let Some(attempt) = attempt else {
+                return Ok(None);
+            };
+            insert_event(connection, delivery_id, "sending", attempt, "").await?;
+            Ok(Some(Claim {
+                delivery_id,
+                attempt,
+            }))
+        })
+        .await
+}
+
+/// Everything a worker needs to render and send one delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryContext {
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// Its notification.
+    pub notification_id: NotificationId,
+    /// Channel.
+    pub channel: Channel,
+    /// The address on this channel (personal data: never log it).
+    pub address: Option<String>,
+    /// The product's user id, if given.
+    pub user_id: Option<String>,
+    /// Priority.
+    pub priority: Priority,
+    /// Category.
+    pub category: String,
+    /// The template version's parts.
+    pub template_content: serde_json::Value,
+    /// Template parameters (personal data: never log them).
+    pub parameters: serde_json::Value,
+}
+
+/// Loads the context of `delivery_id`.
+pub async fn load_context(
+    connection: &mut AsyncPgConnection,
+    delivery_id: DeliveryId,
+) -> Result<DeliveryContext> {
+    let (notification_id, channel, address, user_id, priority, category, content, parameters) =
+        deliveries::table
+            .inner_join(notifications::table)
+            .inner_join(
+                template_versions::table.on(template_versions::template_id
+                    .eq(notifications::template_id)
+                    .and(template_versions::version.eq(notifications::template_version))),
+            )
+            .filter(deliveries::id.eq(delivery_id.as_uuid()))
+            .select((
+                notifications::id,
+                deliveries::channel,
+                deliveries::address,
+                deliveries::user_id,
+                notifications::priority,
+                notifications::category,
+                template_versions::content,
+                notifications::parameters,
+            ))
+            .first::<(
+                Uuid,
+                String,
+                Option<String>,
+                Option<String>,
+                i16,
+                String,
+                serde_json::Value,
+                serde_json::Value,
+            )>(connection)
+            .await?;
+    Ok(DeliveryContext {
+        delivery_id,
+        notification_id: notification_id.into(),
+        channel: channel
+            .parse()
+            .map_err(|error| Error::Corrupt(format!("{error}")))?,
+        address,
+        user_id,
+        priority: Priority::from_i16(priority).map_err(|error| Error::Corrupt(error.0))?,
+        category,
+        template_content: content,
+        parameters,
+    })
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider accepted the message; `detail` summarises its response.
+    Delivered {
+        /// Provider response summary (no personal data).
+        detail: String,
+    },
+    /// A permanent failure: no further attempts.
+    Failed {
+        /// What went wrong (no personal data).
+        error: String,
+    },
+    /// A retryable failure: another attempt will follow.
+    RetryWait {
+        /// What went wrong (no personal data).
+        error: String,
+    },
+    /// The outcome cannot be known.
+    Unknown {
+        /// What happened (no personal data).
+        error: String,
+    },
+}
+
+impl Outcome {
+    fn state(&self) -> DeliveryState {
+        match self {
+            Self::Delivered { .. } => DeliveryState::Delivered,
+            Self::Failed { .. } => DeliveryState::Failed,
+            Self::RetryWait { .. } => DeliveryState::RetryWait,
+            Self::Unknown { .. } => DeliveryState::Unknown,
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Self::Delivered { detail } => detail,
+            Self::Failed { error } | Self::RetryWait { error } | Self::Unknown { error } => error,
+        }
+    }
+}
+
+/// Records the outcome of `claim`'s attempt with an event, in one transaction. Fenced: it only
+/// writes while the delivery is still `sending` at the claimed attempt, and returns `false`
+/// (writing nothing) when the claim was lost.
+pub async fn finish(
+    connection: &mut AsyncPgConnection,
+    claim: &Claim,
+    outcome: &Outcome,
+) -> Result<bool> {
+    let now = Utc::now();
+    let state = outcome.state();
+    let last_error = match outcome {
+        Outcome::Delivered { .. } => None,
+        other => Some(other.detail().to_owned()),
+    };
+    let delivered_at = matches!(outcome, Outcome::Delivered { .. }).then_some(now);
+    connection
+        .transaction::<_, Error, _>(async |connection| {
+            let updated = diesel::update(
+                deliveries::table
+                    .filter(deliveries::id.eq(claim.delivery_id.as_uuid()))
+                    .filter(deliveries::state.eq(DeliveryState::Sending.as_str()))
+                    .filter(deliveries::attempts.eq(claim.attempt)),
+            )
+            .set((
+                deliveries::state.eq(state.as_str()),
+                deliveries::last_error.eq(&last_error),
+                deliveries::lease_until.eq(None::<chrono::DateTime<Utc>>),
+                deliveries::updated_at.eq(now),
+                deliveries::delivered_at.eq(delivered_at),
+            ))
+            .execute(connection)
+            .await?;
+            if updated == 0 {
+                return Ok(false);
+            }
+            insert_event(
+                connection,
+                claim.delivery_id,
+                state.as_str(),
+                claim.attempt,
+                outcome.detail(),
+            )
+            .await?;
+            Ok(true)
+        })
+        .await
+}
+
+async fn insert_event(
+    connection: &mut AsyncPgConnection,
+    delivery_id: DeliveryId,
+    kind: &str,
+    attempt: i32,
+    detail: &str,
+) -> Result<()> {
+    diesel::insert_into(delivery_events::table)
+        .values((
+            delivery_events::delivery_id.eq(delivery_id.as_uuid()),
+            delivery_events::kind.eq(kind),
+            delivery_events::attempt.eq(attempt),
+            delivery_events::detail.eq(detail),
+        ))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// The kinds of a delivery's events, oldest first.
+pub async fn event_kinds(
+    connection: &mut AsyncPgConnection,
+    delivery_id: DeliveryId,
+) -> Result<Vec<String>> {
+    Ok(delivery_events::table
+        .filter(delivery_events::delivery_id.eq(delivery_id.as_uuid()))
+        .order(delivery_events::id.asc())
+        .select(delivery_events::kind)
+        .load(connection)
+        .await?)
+}

@@ -1,0 +1,60 @@
+//! The database error type, with constraint violations mapped by name.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// PostgreSQL cannot be reached or the pool timed out: callers answer `UNAVAILABLE`.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint rejected the write; the constraint's name says which.
+    #[error("unique constraint {constraint} violated")]
+    Conflict {
+        /// The violated constraint, e.g. `templates_key_unique`.
+        constraint: String,
+    },
+    /// A stored value does not parse into its domain type (a bug or a bad manual edit).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database query failed")]
+    Query(#[source] DieselError),
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<DieselError> for Error {
+    fn from(error: DieselError) -> Self {
+        match &error {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                Self::Conflict {
+                    constraint: info.constraint_name().unwrap_or_default().to_owned(),
+                }
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            | DieselError::BrokenTransactionManager => Self::Unavailable(error.to_string()),
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if info.message().contains("connection closed")
+                    || info.message().contains("terminating connection") =>
+            {
+                Self::Unavailable(error.to_string())
+            }
+            _ => Self::Query(error),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl Error {
+    /// True when the error means PostgreSQL is unreachable rather than the request being wrong.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod deliveries;
+mod error;
+pub mod notifications;
+pub mod outbox;
+mod pool;
+pub mod schema;
+pub mod templates;
+
+pub use error::{Error, Result};
+pub use pool::{Connection, Pool, build_pool, connection, run_migrations};

@@ -1,0 +1,336 @@
+//! Notifications, their deliveries and outbox rows, written in one transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
+use uuid::Uuid;
+
+use crate::schema::{deliveries, delivery_events, notifications, outbox, templates};
+use crate::{Error, Result};
+
+/// A validated notification ready to store.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Its id.
+    pub id: NotificationId,
+    /// The caller's identity.
+    pub submitted_by: String,
+    /// The caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request, to tell a replay from a conflicting reuse of a key.
+    pub request_hash: Vec<u8>,
+    /// Template id.
+    pub template_id: TemplateId,
+    /// Template version resolved at submit.
+    pub template_version: i32,
+    /// Category.
+    pub category: String,
+    /// Priority.
+    pub priority: Priority,
+    /// Template parameters.
+    pub parameters: serde_json::Value,
+    /// Caller metadata.
+    pub metadata: serde_json::Value,
+    /// W3C trace context to carry to the workers.
+    pub trace_context: serde_json::Value,
+    /// One per recipient and channel.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One delivery of a new notification.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Its id.
+    pub id: DeliveryId,
+    /// Channel.
+    pub channel: Channel,
+    /// Position of the recipient in the request.
+    pub recipient_index: i32,
+    /// The product's user id, if given.
+    pub user_id: Option<String>,
+    /// The address on this channel.
+    pub address: Option<String>,
+}
+
+/// What `insert` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new notification was stored.
+    Created,
+    /// The idempotency key was already used by this caller; nothing was written.
+    KeyExists,
+}
+
+/// Stores the notification, its deliveries (state `pending`), an `accepted` event per delivery
+/// and one outbox row per delivery in a single transaction. A reused idempotency key writes
+/// nothing and returns `Inserted::KeyExists`.
+pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -> Result<Inserted> {
+    let result = connection
+        .transaction::<_, Error, _>(async |connection| {
+            diesel::insert_into(notifications::table)
+                .values((
+                    notifications::id.eq(new.id.as_uuid()),
+                    notifications::submitted_by.eq(&new.submitted_by),
+                    notifications::idempotency_key.eq(&new.idempotency_key),
+                    notifications::request_hash.eq(&new.request_hash),
+                    notifications::template_id.eq(new.template_id.as_uuid()),
+                    notifications::template_version.eq(new.template_version),
+                    notifications::category.eq(&new.category),
+                    notifications::priority.eq(new.priority.as_i16()),
+                    notifications::parameters.eq(&new.parameters),
+                    notifications::metadata.eq(&new.metadata),
+                ))
+                .execute(connection)
+                .await?;
+            let delivery_rows: Vec<_> = new
+                .deliveries
+                .iter()
+                .map(|delivery| {
+                    (
+                        deliveries::id.eq(*delivery.id.as_uuid()),
+                        deliveries::notification_id.eq(*new.id.as_uuid()),
+                        deliveries::channel.eq(delivery.channel.as_str()),
+                        deliveries::recipient_index.eq(delivery.recipient_index),
+                        deliveries::user_id.eq(delivery.user_id.clone()),
+                        deliveries::address.eq(delivery.address.clone()),
+                        deliveries::state.eq(DeliveryState::Pending.as_str()),
+                    )
+                })
+                .collect();
+            diesel::insert_into(deliveries::table)
+                .values(&delivery_rows)
+                .execute(connection)
+                .await?;
+            let event_rows: Vec<_> = new
+                .deliveries
+                .iter()
+                .map(|delivery| {
+                    (
+                        delivery_events::delivery_id.eq(*delivery.id.as_uuid()),
+                        delivery_events::kind.eq("accepted"),
+                        delivery_events::attempt.eq(0),
+                    )
+                })
+                .collect();
+            diesel::insert_into(delivery_events::table)
+                .values(&event_rows)
+                .execute(connection)
+                .await?;
+            let outbox_rows: Vec<_> = new
+                .deliveries
+                .iter()
+                .map(|delivery| {
+                    (
+                        outbox::delivery_id.eq(*delivery.id.as_uuid()),
+                        outbox::notification_id.eq(*new.id.as_uuid()),
+                        outbox::channel.eq(delivery.channel.as_str()),
+                        outbox::priority.eq(new.priority.as_i16()),
+                        outbox::trace_context.eq(&new.trace_context),
+                    )
+                })
+                .collect();
+            diesel::insert_into(outbox::table)
+                .values(&outbox_rows)
+                .execute(connection)
+                .await?;
+            Ok(())
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(Inserted::Created),
+        Err(Error::Conflict { constraint })
+            if constraint == "notifications_idempotency_key_unique" =>
+        {
+            Ok(Inserted::KeyExists)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The notification an earlier submit stored under `key` for `submitted_by`, with its request
+/// hash.
+pub async fn find_by_idempotency_key(
+    connection: &mut AsyncPgConnection,
+    submitted_by: &str,
+    key: &str,
+) -> Result<Option<(NotificationId, Vec<u8>)>> {
+    Ok(notifications::table
+        .filter(notifications::submitted_by.eq(submitted_by))
+        .filter(notifications::idempotency_key.eq(key))
+        .select((notifications::id, notifications::request_hash))
+        .first::<(Uuid, Vec<u8>)>(connection)
+        .await
+        .optional()?
+        .map(|(id, hash)| (id.into(), hash)))
+}
+
+/// A stored notification.
+#[derive(Debug, Clone)]
+pub struct NotificationRecord {
+    /// Its id.
+    pub id: NotificationId,
+    /// The caller's identity.
+    pub submitted_by: String,
+    /// Template key.
+    pub template_key: String,
+    /// Template version.
+    pub template_version: i32,
+    /// Category.
+    pub category: String,
+    /// Priority.
+    pub priority: Priority,
+    /// Caller metadata.
+    pub metadata: serde_json::Value,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// Its deliveries, by recipient then channel.
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// A stored delivery, without its address.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    /// Its id.
+    pub id: DeliveryId,
+    /// Channel.
+    pub channel: Channel,
+    /// State.
+    pub state: DeliveryState,
+    /// Position of the recipient in the request.
+    pub recipient_index: i32,
+    /// The product's user id, if given.
+    pub user_id: Option<String>,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// The last error or suppression reason.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Published to the queue.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// Accepted by the provider.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+type DeliveryRow = (
+    Uuid,
+    String,
+    String,
+    i32,
+    Option<String>,
+    i32,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
+    let (
+        id,
+        channel,
+        state,
+        recipient_index,
+        user_id,
+        attempts,
+        last_error,
+        created_at,
+        updated_at,
+        queued_at,
+        delivered_at,
+    ) = row;
+    Ok(DeliveryRecord {
+        id: id.into(),
+        channel: channel
+            .parse()
+            .map_err(|error| Error::Corrupt(format!("{error}")))?,
+        state: state
+            .parse()
+            .map_err(|error| Error::Corrupt(format!("{error}")))?,
+        recipient_index,
+        user_id,
+        attempts,
+        last_error,
+        created_at,
+        updated_at,
+        queued_at,
+        delivered_at,
+    })
+}
+
+/// The notification with `id` and its deliveries.
+pub async fn load(
+    connection: &mut AsyncPgConnection,
+    id: NotificationId,
+) -> Result<Option<NotificationRecord>> {
+    let Some((
+        submitted_by,
+        template_key,
+        template_version,
+        category,
+        priority,
+        metadata,
+        created_at,
+    )) = notifications::table
+        .inner_join(templates::table)
+        .filter(notifications::id.eq(id.as_uuid()))
+        .select((
+            notifications::submitted_by,
+            templates::key,
+            notifications::template_version,
+            notifications::category,
+            notifications::priority,
+            notifications::metadata,
+            notifications::created_at,
+        ))
+        .first::<(
+            String,
+            String,
+            i32,
+            String,
+            i16,
+            serde_json::Value,
+            DateTime<Utc>,
+        )>(connection)
+        .await
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let delivery_rows = deliveries::table
+        .filter(deliveries::notification_id.eq(id.as_uuid()))
+        .order((deliveries::recipient_index.asc(), deliveries::channel.asc()))
+        .select((
+            deliveries::id,
+            deliveries::channel,
+            deliveries::state,
+            deliveries::recipient_index,
+            deliveries::user_id,
+            deliveries::attempts,
+            deliveries::last_error,
+            deliveries::created_at,
+            deliveries::updated_at,
+            deliveries::queued_at,
+            deliveries::delivered_at,
+        ))
+        .load::<DeliveryRow>(connection)
+        .await?;
+    Ok(Some(NotificationRecord {
+        id,
+        submitted_by,
+        template_key,
+        template_version,
+        category,
+        priority: Priority::from_i16(priority).map_err(|error| Error::Corrupt(error.0))?,
+        metadata,
+        created_at,
+        deliveries: delivery_rows
+            .into_iter()
+            .map(delivery_record)
+            .collect::<Result<_>>()?,
+    }))
+}

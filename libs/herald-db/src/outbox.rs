@@ -1,0 +1,165 @@
+//! The transactional outbox read by the relay.
+//!
+//! The relay locks a batch with `FOR UPDATE SKIP LOCKED` inside a transaction, publishes it,
+//! and marks only the confirmed rows published before committing, so several relay replicas
+//! never publish the same row concurrently and a crash before commit re-publishes (the
+//! worker's claim makes that harmless).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
+use uuid::Uuid;
+
+use crate::schema::{deliveries, delivery_events, outbox};
+use crate::{Error, Result};
+
+/// An unpublished outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Row id (publish order).
+    pub id: i64,
+    /// The delivery to attempt.
+    pub delivery_id: DeliveryId,
+    /// Its notification.
+    pub notification_id: NotificationId,
+    /// Its channel (routing key).
+    pub channel: Channel,
+    /// Its priority.
+    pub priority: Priority,
+    /// W3C trace context captured at submit.
+    pub trace_context: serde_json::Value,
+    /// When the row was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Locks up to `limit` unpublished rows, oldest first, skipping rows another relay holds.
+/// Call inside a transaction; the locks last until it ends.
+pub async fn lock_unpublished(
+    connection: &mut AsyncPgConnection,
+    limit: i64,
+) -> Result<Vec<OutboxRow>> {
+    let rows = outbox::table
+        .filter(outbox::published_at.is_null())
+        .order(outbox::id.asc())
+        .limit(limit)
+        .select((
+            outbox::id,
+            outbox::delivery_id,
+            outbox::notification_id,
+            outbox::channel,
+            outbox::priority,
+            outbox::trace_context,
+            outbox::created_at,
+        ))
+        .for_update()
+        .skip_locked()
+        .load::<(
+            i64,
+            Uuid,
+            Uuid,
+            String,
+            i16,
+            serde_json::Value,
+            DateTime<Utc>,
+        )>(connection)
+        .await?;
+    rows.into_iter()
+        .map(
+            |(id, delivery_id, notification_id, channel, priority, trace_context, created_at)| {
+                Ok(OutboxRow {
+                    id,
+                    delivery_id: delivery_id.into(),
+                    notification_id: notification_id.into(),
+                    channel: channel
+                        .parse()
+                        .map_err(|error| Error::Corrupt(format!("{error}")))?,
+                    priority: Priority::from_i16(priority)
+                        .map_err(|error| Error::Corrupt(error.0))?,
+                    trace_context,
+                    created_at,
+                })
+            },
+        )
+        .collect()
+}
+
+/// Marks rows published and moves their deliveries from `pending` to `queued` with a `queued`
+/// event. Deliveries a worker already claimed keep their state.
+pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    let delivery_ids: Vec<Uuid> = rows.iter().map(|row| *row.delivery_id.as_uuid()).collect();
+    let now = Utc::now();
+    diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+        .set((
+            outbox::published_at.eq(now),
+            outbox::publish_attempts.eq(outbox::publish_attempts + 1),
+        ))
+        .execute(connection)
+        .await?;
+    diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq_any(&delivery_ids))
+            .filter(deliveries::state.eq(DeliveryState::Pending.as_str())),
+    )
+    .set((
+        deliveries::state.eq(DeliveryState::Queued.as_str()),
+        deliveries::queued_at.eq(now),
+        deliveries::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await?;
+    let events: Vec<_> = delivery_ids
+        .iter()
+        .map(|delivery_id| {
+            (
+                delivery_events::delivery_id.eq(*delivery_id),
+                delivery_events::kind.eq("queued"),
+                delivery_events::attempt.eq(0),
+            )
+        })
+        .collect();
+    diesel::insert_into(delivery_events::table)
+        .values(&events)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Records a failed publish attempt on rows that stay unpublished.
+pub async fn record_publish_failure(
+    connection: &mut AsyncPgConnection,
+    rows: &[&OutboxRow],
+    error: &str,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+        .set((
+            outbox::publish_attempts.eq(outbox::publish_attempts + 1),
+            outbox::last_error.eq(error),
+        ))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// How many rows wait to be published, and when the oldest was written.
+pub async fn backlog(connection: &mut AsyncPgConnection) -> Result<(i64, Option<DateTime<Utc>>)> {
+    let count = outbox::table
+        .filter(outbox::published_at.is_null())
+        .count()
+        .get_result::<i64>(connection)
+        .await?;
+    let oldest = outbox::table
+        .filter(outbox::published_at.is_null())
+        .select(diesel::dsl::min(outbox::created_at))
+        .first::<Option<DateTime<Utc>>>(connection)
+        .await?;
+    Ok((count, oldest))
+}

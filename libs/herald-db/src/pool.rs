@@ -1,0 +1,54 @@
+//! The connection pool and migrations.
+
+use diesel::Connection as _;
+use diesel_async::AsyncPgConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{self, Object};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use herald_config::DatabaseSettings;
+use secrecy::ExposeSecret;
+
+use crate::{Error, Result};
+
+/// A pool of async PostgreSQL connections.
+pub type Pool = deadpool::Pool<AsyncPgConnection>;
+
+/// A connection checked out of the pool.
+pub type Connection = Object<AsyncPgConnection>;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+
+/// Builds a pool from settings. Connects lazily: building never touches the network.
+pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool> {
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.expose_secret());
+    deadpool::Pool::builder(manager)
+        .max_size(settings.max_connections)
+        .wait_timeout(Some(settings.acquire_timeout))
+        .create_timeout(Some(settings.acquire_timeout))
+        .runtime(::deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|error| Error::Unavailable(error.to_string()))
+}
+
+/// Checks a connection out of `pool`, mapping every failure to `Error::Unavailable`.
+pub async fn connection(pool: &Pool) -> Result<Connection> {
+    Ok(pool.get().await?)
+}
+
+/// Applies every pending embedded migration to the database at `url`, returning the
+/// versions applied.
+pub async fn run_migrations(url: &str) -> Result<Vec<String>> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut connection = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let applied = connection
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|error| Error::Corrupt(format!("migration failed: {error}")))?;
+        Ok(applied.iter().map(ToString::to_string).collect())
+    })
+    .await
+    .map_err(|error| Error::Unavailable(format!("migration task failed: {error}")))?
+}

@@ -1,0 +1,102 @@
+//! Diesel table definitions mirroring `migrations/` (checked by the schema test).
+#![allow(missing_docs)]
+
+diesel::table! {
+    delivery_events (id) {
+        id -> Int8,
+        delivery_id -> Uuid,
+        kind -> Text,
+        attempt -> Int4,
+        detail -> Text,
+        occurred_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    deliveries (id) {
+        id -> Uuid,
+        notification_id -> Uuid,
+        channel -> Text,
+        recipient_index -> Int4,
+        user_id -> Nullable<Text>,
+        address -> Nullable<Text>,
+        state -> Text,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        queued_at -> Nullable<Timestamptz>,
+        delivered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Uuid,
+        submitted_by -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_hash -> Bytea,
+        template_id -> Uuid,
+        template_version -> Int4,
+        category -> Text,
+        priority -> Int2,
+        parameters -> Jsonb,
+        metadata -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        delivery_id -> Uuid,
+        notification_id -> Uuid,
+        channel -> Text,
+        priority -> Int2,
+        trace_context -> Jsonb,
+        created_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+        publish_attempts -> Int4,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    template_versions (template_id, version) {
+        template_id -> Uuid,
+        version -> Int4,
+        content -> Jsonb,
+        parameters -> Array<Text>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    templates (id) {
+        id -> Uuid,
+        key -> Text,
+        category -> Text,
+        description -> Text,
+        active_version -> Int4,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(deliveries -> notifications (notification_id));
+diesel::joinable!(delivery_events -> deliveries (delivery_id));
+diesel::joinable!(notifications -> templates (template_id));
+diesel::joinable!(outbox -> deliveries (delivery_id));
+diesel::joinable!(template_versions -> templates (template_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    delivery_events,
+    deliveries,
+    notifications,
+    outbox,
+    template_versions,
+    templates,
+);

@@ -1,0 +1,185 @@
+//! herald-db against a real PostgreSQL schema.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use herald_db::deliveries::{self, Outcome};
+use herald_db::notifications::{self, Inserted, NewDelivery, NewNotification};
+use herald_db::schema;
+use herald_db::templates::{self, NewTemplate};
+use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
+use herald_test_support::TestDatabase;
+
+async fn connect(database: &TestDatabase) -> AsyncPgConnection {
+    AsyncPgConnection::establish(database.url()).await.unwrap()
+}
+
+/// Stores a template and a one-delivery notification; returns the delivery id.
+async fn seed(
+    connection: &mut AsyncPgConnection,
+    idempotency_key: Option<&str>,
+) -> (Inserted, DeliveryId) {
+    let template = match templates::find(connection, "welcome", None).await.unwrap() {
+        Some(template) => template,
+        None => templates::create(
+            connection,
+            NewTemplate {
+                id: TemplateId::generate(),
+                key: "welcome".into(),
+                category: "onboarding".into(),
+                description: String::new(),
+                content: serde_json::json!({"email": {"subject": "s", "html": "", "text": "t"}}),
+                parameters: vec![],
+                created_by: "test".into(),
+            },
+        )
+        .await
+        .unwrap(),
+    };
+    let delivery_id = DeliveryId::generate();
+    let inserted = notifications::insert(
+        connection,
+        &NewNotification {
+            id: NotificationId::generate(),
+            submitted_by: "test".into(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            request_hash: vec![1],
+            template_id: template.id,
+            template_version: template.version,
+            category: "onboarding".into(),
+            priority: Priority::Normal,
+            parameters: serde_json::json!({}),
+            metadata: serde_json::json!({}),
+            trace_context: serde_json::json!({}),
+            deliveries: vec![NewDelivery {
+                id: delivery_id,
+                channel: Channel::Email,
+                recipient_index: 0,
+                user_id: None,
+                address: Some("ada@example.com".into()),
+            }],
+        },
+    )
+    .await
+    .unwrap();
+    (inserted, delivery_id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_table_and_column_in_schema_rs_exists_after_migrating() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    // Selecting every declared column fails if any is missing from the migrated schema.
+    macro_rules! check {
+        ($($table:ident),*) => {$(
+            schema::$table::table
+                .select(schema::$table::all_columns)
+                .limit(0)
+                .execute(&mut connection)
+                .await
+                .unwrap_or_else(|error| panic!("{}: {error}", stringify!($table)));
+        )*};
+    }
+    check!(
+        templates,
+        template_versions,
+        notifications,
+        deliveries,
+        delivery_events,
+        outbox
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_idempotency_key_writes_nothing() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    assert_eq!(seed(&mut connection, Some("k")).await.0, Inserted::Created);
+    assert_eq!(
+        seed(&mut connection, Some("k")).await.0,
+        Inserted::KeyExists
+    );
+    let deliveries: i64 = schema::deliveries::table
+        .count()
+        .get_result(&mut connection)
+        .await
+        .unwrap();
+    let outbox: i64 = schema::outbox::table
+        .count()
+        .get_result(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!((deliveries, outbox), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_one_of_two_concurrent_claims_wins() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, delivery_id) = seed(&mut connection, None).await;
+    let mut other = connect(&database).await;
+
+    let lease = Duration::from_secs(60);
+    let (first, second) = tokio::join!(
+        deliveries::claim(&mut connection, delivery_id, lease),
+        deliveries::claim(&mut other, delivery_id, lease)
+    );
+
+    let winners: Vec<_> = [first.unwrap(), second.unwrap()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(winners.len(), 1);
+    assert_eq!(winners[0].attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_is_recorded_only_by_the_current_claim() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, delivery_id) = seed(&mut connection, None).await;
+    let claim = deliveries::claim(&mut connection, delivery_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let delivered = Outcome::Delivered {
+        detail: "smtp: 250".into(),
+    };
+
+    assert!(
+        deliveries::finish(&mut connection, &claim, &delivered)
+            .await
+            .unwrap()
+    );
+    // A second write for the same attempt (e.g. a stale worker) changes nothing.
+    assert!(
+        !deliveries::finish(
+            &mut connection,
+            &claim,
+            &Outcome::Failed { error: "x".into() }
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        deliveries::claim(&mut connection, delivery_id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let state: String = schema::deliveries::table
+        .find(delivery_id.as_uuid())
+        .select(schema::deliveries::state)
+        .first(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(state, DeliveryState::Delivered.as_str());
+    assert_eq!(
+        deliveries::event_kinds(&mut connection, delivery_id)
+            .await
+            .unwrap(),
+        ["accepted", "sending", "delivered"]
+    );
+}

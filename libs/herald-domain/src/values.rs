@@ -1,0 +1,285 @@
+//! Validated values. Fields are private; the only way in is `parse`, so a value of these
+//! types is always valid.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ValueError;
+
+/// A delivery channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// Email over SMTP.
+    Email,
+    /// Text messages.
+    Sms,
+    /// Mobile push (FCM, APNs).
+    Push,
+    /// The in-app inbox.
+    InApp,
+}
+
+impl Channel {
+    /// Every channel.
+    pub const ALL: [Self; 4] = [Self::Email, Self::Sms, Self::Push, Self::InApp];
+
+    /// The stored and routing name (`email`, `sms`, `push`, `in_app`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Sms => "sms",
+            Self::Push => "push",
+            Self::InApp => "in_app",
+        }
+    }
+}
+
+impl FromStr for Channel {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|channel| channel.as_str() == text)
+            .ok_or_else(|| ValueError::new(format!("unknown channel `{text}`")))
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// How urgent a notification is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Priority {
+    /// Bulk traffic: digests, marketing.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Time-sensitive traffic.
+    High,
+    /// Security alerts, one-time codes: overtakes everything else.
+    Critical,
+}
+
+impl Priority {
+    /// Every priority, lowest first.
+    pub const ALL: [Self; 4] = [Self::Low, Self::Normal, Self::High, Self::Critical];
+
+    /// The highest AMQP priority Herald uses; queues are declared with this `x-max-priority`.
+    pub const MAX_AMQP: u8 = 4;
+
+    /// The AMQP message priority (1 = low … 4 = critical).
+    pub fn amqp_priority(self) -> u8 {
+        match self {
+            Self::Low => 1,
+            Self::Normal => 2,
+            Self::High => 3,
+            Self::Critical => 4,
+        }
+    }
+
+    /// The stored number, equal to the AMQP priority.
+    pub fn as_i16(self) -> i16 {
+        i16::from(self.amqp_priority())
+    }
+
+    /// The priority stored as `number`.
+    pub fn from_i16(number: i16) -> Result<Self, ValueError> {
+        Self::ALL
+            .into_iter()
+            .find(|priority| priority.as_i16() == number)
+            .ok_or_else(|| ValueError::new(format!("unknown priority {number}")))
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// A syntactically valid email address (RFC 5321/5322 as checked by `email_address`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// The longest address SMTP allows (RFC 5321 §4.5.3.1.3 path limit minus the brackets).
+    pub const MAX_LEN: usize = 254;
+
+    /// Parses and validates `text`.
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        if text.len() > Self::MAX_LEN {
+            return Err(ValueError::new(format!(
+                "must be at most {} characters",
+                Self::MAX_LEN
+            )));
+        }
+        if !email_address::EmailAddress::is_valid(text) {
+            return Err(ValueError::new("must be a valid email address"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl AsRef<str> for EmailAddress {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Addresses are personal data: Debug output never shows them.
+impl fmt::Debug for EmailAddress {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("EmailAddress(<redacted>)")
+    }
+}
+
+fn parse_slug(text: &str, max_len: usize) -> Result<(), ValueError> {
+    let mut chars = text.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit());
+    let rest_ok = text.chars().all(|character| {
+        character.is_ascii_lowercase() || character.is_ascii_digit() || "-_.".contains(character)
+    });
+    if text.is_empty() || text.len() > max_len || !starts_well || !rest_ok {
+        return Err(ValueError::new(format!(
+            "must be 1 to {max_len} characters of a-z, 0-9, `-`, `_` or `.`, starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! slug_type {
+    ($(#[$meta:meta])* $name:ident, $max:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses and validates `text`.
+            pub fn parse(text: &str) -> Result<Self, ValueError> {
+                parse_slug(text, $max)?;
+                Ok(Self(text.to_owned()))
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+    };
+}
+
+slug_type!(
+    /// A template's stable key, e.g. `order-shipped`.
+    TemplateKey,
+    64
+);
+slug_type!(
+    /// A notification category, e.g. `security` or `marketing`.
+    Category,
+    64
+);
+
+/// A caller-chosen key that makes a submit safe to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The longest key accepted.
+    pub const MAX_LEN: usize = 255;
+
+    /// Parses and validates `text`: 1 to 255 printable ASCII characters.
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        if text.is_empty()
+            || text.len() > Self::MAX_LEN
+            || !text.chars().all(|character| character.is_ascii_graphic())
+        {
+            return Err(ValueError::new(format!(
+                "must be 1 to {} printable ASCII characters without spaces",
+                Self::MAX_LEN
+            )));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl AsRef<str> for IdempotencyKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The authenticated identity of a caller: the URI (or DNS) subject alternative name of its
+/// client certificate, e.g. `spiffe://herald.local/service/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity(String);
+
+impl Identity {
+    /// Wraps an identity taken from a verified certificate or from configuration.
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        if text.is_empty() || text.len() > 512 || text.chars().any(char::is_whitespace) {
+            return Err(ValueError::new(
+                "must be 1 to 512 characters without whitespace",
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl AsRef<str> for Identity {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// What an identity may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Submit notifications, read their status, read templates.
+    Submit,
+    /// Everything, including managing templates.
+    Admin,
+}
+
+impl FromStr for Role {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "submit" => Ok(Self::Submit),
+            "admin" => Ok(Self::Admin),
+            other => Err(ValueError::new(format!(
+                "unknown role `{other}` (expected `submit` or `admin`)"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+#![doc = include_str!("../README.md")]
+
+use herald_domain::{Channel, Priority};
+use herald_proto::queue::DeliveryMessage;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, ConnectionProperties, ExchangeKind};
+use prost::Message as _;
+
+pub use lapin;
+
+/// The exchange deliveries are published to, routed by channel name.
+pub const EXCHANGE: &str = "herald.deliveries";
+
+/// The exchange work queues dead-letter into, routed by channel name.
+pub const DEAD_LETTER_EXCHANGE: &str = "herald.deliveries.dlx";
+
+/// The content type of every message body.
+pub const CONTENT_TYPE: &str = "application/x-protobuf; proto=herald.queue.v1.DeliveryMessage";
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker connection or channel failed.
+    #[error("rabbitmq: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused the message (basic.nack).
+    #[error("broker nacked the publish to {routing_key}")]
+    Nacked {
+        /// The routing key used.
+        routing_key: String,
+    },
+    /// The message reached no queue (mandatory return): the topology is missing.
+    #[error("publish to {routing_key} was returned as unroutable: {reply}")]
+    Unroutable {
+        /// The routing key used.
+        routing_key: String,
+        /// The broker's reply text.
+        reply: String,
+    },
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The work queue of `channel`: `herald.<channel>.deliver`.
+pub fn work_queue(channel: Channel) -> String {
+    format!("herald.{channel}.deliver")
+}
+
+/// The dead-letter queue of `channel`: `herald.<channel>.deliver.dlq`.
+pub fn dead_letter_queue(channel: Channel) -> String {
+    format!("{}.dlq", work_queue(channel))
+}
+
+/// Opens a connection. Herald supervises reconnection itself instead of relying on lapin's
+/// recovery, so this is called again after a failure.
+pub async fn connect(url: &str, connection_name: &str) -> Result<lapin::Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    Ok(lapin::Connection::connect(url, properties).await?)
+}
+
+/// Declares exchanges and queues for every channel. Idempotent: declaring an existing entity
+/// with the same arguments is a no-op.
+pub async fn declare_topology(channel: &lapin::Channel) -> Result<()> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for exchange in [EXCHANGE, DEAD_LETTER_EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Direct,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for delivery_channel in Channel::ALL {
+        let routing_key = delivery_channel.as_str();
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-max-priority".into(),
+            AMQPValue::ShortShortUInt(Priority::MAX_AMQP),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(routing_key.into()),
+        );
+        let queue = work_queue(delivery_channel);
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue, arguments)
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let dead_letters = dead_letter_queue(delivery_channel);
+        channel
+            .queue_declare(
+                dead_letters.as_str().into(),
+                durable_queue,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                dead_letters.as_str().into(),
+                DEAD_LETTER_EXCHANGE.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Publishes delivery messages with publisher confirms.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: lapin::Channel,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection`.
+    pub async fn new(connection: &lapin::Connection) -> Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    /// The underlying channel (for declaring topology).
+    pub fn channel(&self) -> &lapin::Channel {
+        &self.channel
+    }
+
+    /// Starts a persistent, mandatory publish of `message` to its channel's queue. Await the
+    /// returned `PendingConfirm` for the outcome; many may be in flight at once.
+    pub async fn publish(
+        &self,
+        message: &DeliveryMessage,
+        channel: Channel,
+        priority: Priority,
+    ) -> Result<PendingConfirm> {
+        let payload = message.encode_to_vec();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(priority.amqp_priority())
+            .with_content_type(CONTENT_TYPE.into())
+            .with_message_id(message.delivery_id.as_str().into());
+        let confirm = self
+            .channel
+            .basic_publish(
+                EXCHANGE.into(),
+                channel.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                properties,
+            )
+            .await?;
+        Ok(PendingConfirm {
+            confirm,
+            routing_key: channel.as_str().to_owned(),
+        })
+    }
+}
+
+/// A publish waiting for the broker's confirm.
+#[derive(Debug)]
+pub struct PendingConfirm {
+    confirm: lapin::PublisherConfirm,
+    routing_key: String,
+}
+
+impl PendingConfirm {
+    /// Waits for the broker. `Ok` only for a positive confirm without a mandatory return.
+    pub async fn wait(self) -> Result<()> {
+        match self.confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(Error::Unroutable {
+                routing_key: self.routing_key,
+                reply: returned.reply_text.to_string(),
+            }),
+            Confirmation::Nack(_) => Err(Error::Nacked {
+                routing_key: self.routing_key,
+            }),
+            // Confirm mode is always selected on a Publisher's channel, so this means the
+            // channel was reset underneath us; count it as not confirmed.
+            Confirmation::NotRequested => Err(Error::Nacked {
+                routing_key: self.routing_key,
+            }),
+        }
+    }
+}

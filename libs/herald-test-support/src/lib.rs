@@ -1,0 +1,134 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::print_stderr)]
+
+mod database;
+mod smtp;
+mod vhost;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use database::TestDatabase;
+pub use smtp::{ReceivedEmail, SmtpServer};
+pub use vhost::TestVhost;
+
+/// Reads a required test variable or panics with the way to get it.
+///
+/// # Panics
+/// When the variable is unset: tests never skip silently.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set. Run the tests through ./scripts/test, which starts PostgreSQL, \
+             Redis, RabbitMQ and aiosmtpd and exports TEST_DATABASE_URL, TEST_REDIS_URL, \
+             TEST_AMQP_URL, TEST_AMQP_ADMIN_URL and TEST_AIOSMTPD_PYTHON (or eval \"$(./scripts/deps)\")."
+        )
+    })
+}
+
+/// A unique, time-stamped name for a test resource: `<prefix><separator><secs><separator><rand>`.
+pub(crate) fn unique_name(prefix: &str, separator: char) -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    format!(
+        "{prefix}{separator}{seconds}{separator}{:08x}",
+        rand::random::<u32>()
+    )
+}
+
+/// True when a name made by `unique_name` is more than an hour old.
+pub(crate) fn is_stale(name: &str, separator: char) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    name.split(separator)
+        .nth(1)
+        .and_then(|seconds| seconds.parse::<u64>().ok())
+        .is_some_and(|created| now.saturating_sub(created) > 3600)
+}
+
+/// Runs `work` to completion on a fresh runtime in a new thread; used by `Drop` impls, which
+/// cannot await.
+pub(crate) fn block_on_thread<F>(work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(work);
+        }
+    });
+    let _joined = handle.join();
+}
+
+/// Development certificates, generated once per test process.
+#[derive(Debug)]
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// The process-wide set.
+    ///
+    /// # Panics
+    /// If certificates cannot be generated (disk full, for instance).
+    pub fn get() -> &'static TestCerts {
+        static CERTS: OnceLock<TestCerts> = OnceLock::new();
+        CERTS.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("a temporary directory for certificates");
+            herald_certs_dev::generate(dir.path()).expect("generating test certificates");
+            TestCerts { dir }
+        })
+    }
+
+    /// Path of one generated file, e.g. `path("orders.pem")`.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+/// Polls `check` every 25 ms until it yields `Some`, for at most `timeout`.
+///
+/// # Panics
+/// When `timeout` passes first, naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Installs a test subscriber once; silent unless `TEST_LOG=1`.
+pub fn init_test_tracing() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok_and(|value| value == "1") {
+            let _ignored = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}

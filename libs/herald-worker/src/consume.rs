@@ -1,0 +1,290 @@
+//! The consume loop: connection supervision, per-message handling and settlement.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use herald_config::AmqpSettings;
+use herald_db::deliveries::{self, Claim, Outcome};
+use herald_domain::DeliveryId;
+use herald_proto::queue::DeliveryMessage;
+use herald_queue::lapin::message::Delivery;
+use herald_queue::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use herald_queue::lapin::types::FieldTable;
+use prost::Message as _;
+use secrecy::ExposeSecret;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ChannelProvider, DeliveryError, WorkerSettings};
+
+/// Pause before requeueing a message whose delivery could not be read or written because
+/// PostgreSQL was unavailable.
+const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A channel worker: consumes its channel's queue and delivers through `P`.
+pub struct Worker<P> {
+    inner: Arc<Inner<P>>,
+}
+
+struct Inner<P> {
+    provider: P,
+    settings: WorkerSettings,
+    amqp: AmqpSettings,
+    pool: herald_db::Pool,
+    service_name: &'static str,
+}
+
+/// How a message is settled once its delivery was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settlement {
+    Ack,
+    DeadLetter,
+    RequeueAfter(Duration),
+}
+
+impl<P: ChannelProvider> Worker<P> {
+    /// A worker for `provider`'s channel. Nothing connects until `run_until_stopped`.
+    pub fn new(
+        provider: P,
+        settings: WorkerSettings,
+        amqp: AmqpSettings,
+        pool: herald_db::Pool,
+        service_name: &'static str,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                provider,
+                settings,
+                amqp,
+                pool,
+                service_name,
+            }),
+        }
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting to RabbitMQ with backoff whenever
+    /// the connection fails. In-flight deliveries finish (within the grace period) before it
+    /// returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let amqp = &self.inner.amqp;
+        let mut reconnect_delay = amqp.reconnect_min;
+        let mut in_flight = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown, &mut in_flight).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(
+                        error = %error,
+                        channel = %self.inner.provider.channel(),
+                        retry_in_ms = reconnect_delay.as_millis() as u64,
+                        "Worker lost RabbitMQ; reconnecting."
+                    );
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(reconnect_delay) => {}
+            }
+            reconnect_delay = (reconnect_delay * 2).min(amqp.reconnect_max);
+        }
+        let drained = tokio::time::timeout(self.inner.settings.shutdown_grace_period, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "In-flight deliveries did not finish within the grace period; their messages will be redelivered."
+            );
+        }
+        tracing::info!(channel = %self.inner.provider.channel(), "Worker stopped.");
+    }
+
+    /// One connection's life: returns `Ok` on shutdown, `Err` when the broker fails.
+    async fn consume(
+        &self,
+        shutdown: &CancellationToken,
+        in_flight: &mut JoinSet<()>,
+    ) -> Result<(), herald_queue::Error> {
+        let channel_kind = self.inner.provider.channel();
+        let connection =
+            herald_queue::connect(self.inner.amqp.url.expose_secret(), self.inner.service_name)
+                .await?;
+        let channel = connection.create_channel().await?;
+        herald_queue::declare_topology(&channel).await?;
+        channel
+            .basic_qos(self.inner.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = herald_queue::work_queue(channel_kind);
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                self.inner.service_name.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %queue, prefetch = self.inner.settings.prefetch, "Worker consuming.");
+        let result = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                // Reap finished tasks so the set does not grow without bound.
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let inner = Arc::clone(&self.inner);
+                        in_flight.spawn(async move { inner.handle(delivery).await });
+                    }
+                    Some(Err(error)) => break Err(error.into()),
+                    None => break Err(herald_queue::Error::Amqp(herald_queue::lapin::Error::from(
+                        herald_queue::lapin::ErrorKind::InvalidConnectionState(
+                            herald_queue::lapin::ConnectionState::Closed,
+                        ),
+                    ))),
+                },
+            }
+        };
+        if result.is_ok() {
+            // Let in-flight deliveries settle on this channel before closing it.
+            let _drained = tokio::time::timeout(self.inner.settings.shutdown_grace_period, async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await;
+            let _closed = connection.close(200, "worker shutting down".into()).await;
+        }
+        result
+    }
+}
+
+impl<P: ChannelProvider> Inner<P> {
+    async fn handle(&self, delivery: Delivery) {
+        let settlement = self.process(&delivery.data).await;
+        let outcome = match settlement {
+            Settlement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Settlement::DeadLetter => {
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+            }
+            Settlement::RequeueAfter(delay) => {
+                tokio::time::sleep(delay).await;
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
+            }
+        };
+        if let Err(error) = outcome {
+            // The broker will redeliver; the claim makes the redelivery harmless.
+            tracing::warn!(error = %error, "Could not settle a message; it will be redelivered.");
+        }
+    }
+
+    /// Handles one message and says how to settle it. Every path that returns `Ack` or
+    /// `DeadLetter` has committed the delivery's state first.
+    async fn process(&self, body: &[u8]) -> Settlement {
+        let Some(delivery_id) = DeliveryMessage::decode(body)
+            .ok()
+            .and_then(|message| message.delivery_id.parse::<DeliveryId>().ok())
+        else {
+            tracing::error!("Dead-lettering a message that is not a valid DeliveryMessage.");
+            return Settlement::DeadLetter;
+        };
+        match self.attempt(delivery_id).await {
+            Ok(settlement) => settlement,
+            Err(error) => {
+                tracing::warn!(delivery.id = %delivery_id, error = %error, "Database unavailable; requeueing the message.");
+                Settlement::RequeueAfter(DATABASE_RETRY_DELAY)
+            }
+        }
+    }
+
+    async fn attempt(&self, delivery_id: DeliveryId) -> Result<Settlement, herald_db::Error> {
+        let mut connection = herald_db::connection(&self.pool).await?;
+        let Some(claim) =
+            deliveries::claim(&mut connection, delivery_id, self.settings.lease).await?
+        else {
+            tracing::info!(delivery.id = %delivery_id, "Delivery already handled; skipping the message.");
+            return Ok(Settlement::Ack);
+        };
+        let context = deliveries::load_context(&mut connection, delivery_id).await?;
+        // Do not hold a pooled connection across the provider call.
+        drop(connection);
+        let result = self.provider.deliver(&context).await;
+        let (outcome, settlement) = self.decide(&claim, result);
+        let mut connection = herald_db::connection(&self.pool).await?;
+        let recorded = deliveries::finish(&mut connection, &claim, &outcome).await?;
+        if !recorded {
+            tracing::warn!(delivery.id = %delivery_id, attempt = claim.attempt, "Claim was lost before the outcome was recorded.");
+            return Ok(Settlement::Ack);
+        }
+        match &outcome {
+            Outcome::Delivered { detail } => tracing::info!(
+                notification.id = %context.notification_id,
+                delivery.id = %delivery_id,
+                channel = %context.channel,
+                attempt = claim.attempt,
+                provider.response = %detail,
+                "Delivered."
+            ),
+            Outcome::Failed { error } | Outcome::Unknown { error } => tracing::warn!(
+                notification.id = %context.notification_id,
+                delivery.id = %delivery_id,
+                channel = %context.channel,
+                attempt = claim.attempt,
+                error = %error,
+                "Delivery failed for good."
+            ),
+            Outcome::RetryWait { error } => tracing::warn!(
+                notification.id = %context.notification_id,
+                delivery.id = %delivery_id,
+                channel = %context.channel,
+                attempt = claim.attempt,
+                error = %error,
+                "Delivery failed; will retry."
+            ),
+        }
+        Ok(settlement)
+    }
+
+    fn decide(
+        &self,
+        claim: &Claim,
+        result: Result<crate::Receipt, DeliveryError>,
+    ) -> (Outcome, Settlement) {
+        match result {
+            Ok(receipt) => (
+                Outcome::Delivered {
+                    detail: format!("{}: {}", receipt.provider, receipt.detail),
+                },
+                Settlement::Ack,
+            ),
+            Err(DeliveryError::Permanent(error)) => {
+                (Outcome::Failed { error }, Settlement::DeadLetter)
+            }
+            Err(DeliveryError::Unknown(error)) => (Outcome::Unknown { error }, Settlement::Ack),
+            Err(DeliveryError::Retryable(error)) => {
+                let attempt = u32::try_from(claim.attempt).unwrap_or(u32::MAX);
+                if attempt >= self.settings.max_attempts {
+                    (
+                        Outcome::Failed {
+                            error: format!("gave up after {attempt} attempts: {error}"),
+                        },
+                        Settlement::DeadLetter,
+                    )
+                } else {
+                    (
+                        Outcome::RetryWait { error },
+                        Settlement::RequeueAfter(self.settings.backoff(attempt)),
+                    )
+                }
+            }
+        }
+    }
+}

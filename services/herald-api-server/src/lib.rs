@@ -1,0 +1,205 @@
+#![doc = include_str!("../README.md")]
+
+mod auth;
+mod error;
+mod submit;
+mod template;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_config::{
+    DatabaseSettings, GrpcServerSettings, ServerTlsSettings, Sources, TelemetrySettings, Validate,
+};
+use herald_proto::submit::submit_service_server::SubmitServiceServer;
+use herald_proto::template::template_service_server::TemplateServiceServer;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{AuthSettings, Caller, PrincipalSettings};
+
+/// The binary, package, Deployment and `service.name`.
+pub const SERVICE_NAME: &str = "herald-api-server";
+
+/// Everything the API server reads from configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Listener.
+    pub grpc: GrpcServerSettings,
+    /// Server certificate and the client CA.
+    pub tls: ServerTlsSettings,
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// Which identities may do what.
+    pub auth: AuthSettings,
+    /// Submit limits.
+    pub submit: SubmitSettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// Lifecycle.
+    pub server: ServerSettings,
+}
+
+/// Limits on submits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubmitSettings {
+    /// Most recipients in one submit.
+    pub max_recipients: usize,
+}
+
+impl Default for SubmitSettings {
+    fn default() -> Self {
+        Self {
+            max_recipients: 1000,
+        }
+    }
+}
+
+/// Server lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_period: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.tls.validate(problems);
+        self.database.validate(problems);
+        self.auth.validate(problems);
+        if self.submit.max_recipients == 0 {
+            problems.push("submit.max_recipients must be at least 1".into());
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` and the environment (`HERALD_ENV` picks the overlay).
+    pub fn load(config_dir: &Path) -> Result<Self, herald_config::Error> {
+        herald_config::load(&Sources {
+            config_dir: Some(config_dir.to_owned()),
+            environment: std::env::var("HERALD_ENV").ok(),
+            env_override: None,
+        })
+    }
+}
+
+/// Shared state of the gRPC handlers.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) pool: herald_db::Pool,
+    pub(crate) settings: std::sync::Arc<Settings>,
+}
+
+/// A bound, ready-to-run API server.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    settings: Settings,
+    pool: herald_db::Pool,
+}
+
+impl Application {
+    /// Binds the listener and prepares the pool (connections open lazily).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool =
+            herald_db::build_pool(&settings.database).context("building the database pool")?;
+        let listener = tokio::net::TcpListener::bind(settings.grpc.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.grpc.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            settings,
+            pool,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, reports NOT_SERVING and
+    /// lets in-flight calls finish within the grace period.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tls = herald_tls::server_config(&self.settings.tls).context("loading TLS material")?;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<SubmitServiceServer<submit::SubmitApi>>()
+            .await;
+        health_reporter
+            .set_serving::<TemplateServiceServer<template::TemplateApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+
+        let grace_period = self.settings.server.shutdown_grace_period;
+        let state = AppState {
+            pool: self.pool,
+            settings: std::sync::Arc::new(self.settings),
+        };
+        let authenticator = auth::Authenticator::new(&state.settings.auth)?;
+        let submit = SubmitServiceServer::with_interceptor(
+            submit::SubmitApi::new(state.clone()),
+            authenticator.clone(),
+        );
+        let templates = TemplateServiceServer::with_interceptor(
+            template::TemplateApi::new(state.clone()),
+            authenticator,
+        );
+
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        tracing::info!(address = %self.local_addr, "API server listening (mutual TLS).");
+        let stopping = shutdown.clone();
+        let drain_started = CancellationToken::new();
+        let drain_signal = drain_started.clone();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .context("configuring TLS")?
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(submit)
+            .add_service(templates)
+            .serve_with_incoming_shutdown(incoming, async move {
+                stopping.cancelled().await;
+                health_reporter
+                    .set_not_serving::<SubmitServiceServer<submit::SubmitApi>>()
+                    .await;
+                health_reporter
+                    .set_not_serving::<TemplateServiceServer<template::TemplateApi>>()
+                    .await;
+                drain_signal.cancel();
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("serving gRPC")?,
+            () = async {
+                drain_started.cancelled().await;
+                tokio::time::sleep(grace_period).await;
+            } => {
+                tracing::warn!(grace_period_ms = grace_period.as_millis() as u64, "In-flight calls did not finish within the grace period.");
+            }
+        }
+        tracing::info!("API server stopped.");
+        Ok(())
+    }
+}

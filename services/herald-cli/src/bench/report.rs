@@ -1,0 +1,351 @@
+//! The bench report: latency percentiles from an HDR histogram, rates, and their text and JSON
+//! forms.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::Reasons;
+
+/// Highest latency the histograms resolve: one hour in microseconds. Longer samples are
+/// recorded as one hour.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Percentiles {
+    samples: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+    mean: f64,
+}
+
+impl Percentiles {
+    /// Percentiles of `samples_us` (microseconds) with three significant figures, `None` when
+    /// there are no samples.
+    pub(crate) fn of(samples_us: &[u64]) -> anyhow::Result<Option<Self>> {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
+            .context("creating a latency histogram")?;
+        for sample in samples_us {
+            histogram.saturating_record(*sample);
+        }
+        if histogram.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            samples: histogram.len(),
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        }))
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "samples": self.samples,
+            "p50": self.p50,
+            "p90": self.p90,
+            "p99": self.p99,
+            "max": self.max,
+            "mean": self.mean.round(),
+        })
+    }
+
+    fn to_text(&self) -> String {
+        format!(
+            "p50 {}  p90 {}  p99 {}  max {}  (mean {})",
+            milliseconds(self.p50),
+            milliseconds(self.p90),
+            milliseconds(self.p99),
+            milliseconds(self.max),
+            milliseconds(self.mean as u64)
+        )
+    }
+}
+
+fn milliseconds(microseconds: u64) -> String {
+    format!("{:.2} ms", microseconds as f64 / 1000.0)
+}
+
+/// Events per second, `None` when no time passed.
+fn per_second(count: u64, elapsed: Duration) -> Option<f64> {
+    let seconds = elapsed.as_secs_f64();
+    (seconds > 0.0).then(|| count as f64 / seconds)
+}
+
+/// Rounds for JSON so reports are not full of float noise.
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10_f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// The submit phase.
+#[derive(Debug)]
+pub(crate) struct SubmitSummary {
+    pub(crate) accepted: u64,
+    pub(crate) duplicates: u64,
+    /// Failed submits by gRPC code.
+    pub(crate) errors: Reasons,
+    pub(crate) elapsed: Duration,
+    /// Latency of accepted submits as seen by the client.
+    pub(crate) latency_us: Option<Percentiles>,
+}
+
+/// The delivery phase.
+#[derive(Debug)]
+pub(crate) struct DeliverySummary {
+    pub(crate) delivered: u64,
+    pub(crate) failed: u64,
+    pub(crate) partially_delivered: u64,
+    /// Not final when `--wait-timeout` passed.
+    pub(crate) unfinished: u64,
+    /// From the first notification's `created_at` to the last `delivered_at`.
+    pub(crate) window: Option<Duration>,
+    /// End-to-end latency of delivered notifications (`delivered_at - created_at`).
+    pub(crate) latency_us: Option<Percentiles>,
+    /// Deliveries that did not succeed, by state.
+    pub(crate) undelivered: Reasons,
+    pub(crate) polls: u64,
+    pub(crate) poll_errors: Reasons,
+    pub(crate) elapsed: Duration,
+}
+
+/// Everything the bench measured.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) run_id: String,
+    pub(crate) template: String,
+    pub(crate) count: u64,
+    pub(crate) concurrency: u32,
+    pub(crate) connections: u32,
+    pub(crate) submit: SubmitSummary,
+    /// `None` with `--no-wait` or when nothing was accepted.
+    pub(crate) delivery: Option<DeliverySummary>,
+}
+
+impl Report {
+    /// Whether every submit was accepted and, when waited for, every notification delivered.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.submit.errors.total() == 0
+            && self.submit.accepted == self.count
+            && self
+                .delivery
+                .as_ref()
+                .is_none_or(|delivery| delivery.delivered == self.submit.accepted)
+    }
+
+    /// Prints the report to stdout as text or as one JSON object.
+    pub(crate) fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&self.to_json()).context("encoding JSON")?
+            );
+        } else {
+            print!("{}", self.to_text());
+        }
+        Ok(())
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let submit = &self.submit;
+        let delivery = self.delivery.as_ref().map(|delivery| {
+            json!({
+                "delivered": delivery.delivered,
+                "failed": delivery.failed,
+                "partially_delivered": delivery.partially_delivered,
+                "unfinished": delivery.unfinished,
+                "window_s": delivery.window.map(|window| rounded(window.as_secs_f64(), 3)),
+                "delivered_per_s": delivery
+                    .window
+                    .and_then(|window| per_second(delivery.delivered, window))
+                    .map(|rate| rounded(rate, 1)),
+                "latency_us": delivery.latency_us.as_ref().map(Percentiles::to_json),
+                "undelivered": reasons_json(&delivery.undelivered),
+                "polls": delivery.polls,
+                "poll_errors": reasons_json(&delivery.poll_errors),
+                "elapsed_s": rounded(delivery.elapsed.as_secs_f64(), 3),
+            })
+        });
+        json!({
+            "run_id": self.run_id,
+            "template": self.template,
+            "count": self.count,
+            "concurrency": self.concurrency,
+            "connections": self.connections,
+            "submit": {
+                "accepted": submit.accepted,
+                "duplicates": submit.duplicates,
+                "failed": submit.errors.total(),
+                "errors": reasons_json(&submit.errors),
+                "elapsed_s": rounded(submit.elapsed.as_secs_f64(), 3),
+                "accepted_per_s": per_second(submit.accepted, submit.elapsed).map(|rate| rounded(rate, 1)),
+                "latency_us": submit.latency_us.as_ref().map(Percentiles::to_json),
+            },
+            "delivery": delivery,
+        })
+    }
+
+    fn to_text(&self) -> String {
+        let submit = &self.submit;
+        let mut text = String::new();
+        // Writing to a String cannot fail, so the results are ignored.
+        let _ = writeln!(
+            text,
+            "Bench run {}: {} notifications with template `{}`, {} tasks over {} connections",
+            self.run_id, self.count, self.template, self.concurrency, self.connections
+        );
+        let _ = writeln!(text, "\nSubmit");
+        let _ = writeln!(
+            text,
+            "  accepted     {} of {} in {:.3}s ({}), {} duplicates",
+            submit.accepted,
+            self.count,
+            submit.elapsed.as_secs_f64(),
+            rate_text(per_second(submit.accepted, submit.elapsed)),
+            submit.duplicates
+        );
+        let _ = writeln!(text, "  errors       {}", reasons_text(&submit.errors));
+        if let Some(latency) = &submit.latency_us {
+            let _ = writeln!(text, "  latency      {}", latency.to_text());
+        }
+        let Some(delivery) = &self.delivery else {
+            return text;
+        };
+        let _ = writeln!(
+            text,
+            "\nDelivery (end to end: notification created_at to delivery delivered_at)"
+        );
+        let _ = writeln!(
+            text,
+            "  delivered    {} of {} ({} failed, {} partially delivered, {} unfinished)",
+            delivery.delivered,
+            submit.accepted,
+            delivery.failed,
+            delivery.partially_delivered,
+            delivery.unfinished
+        );
+        if let Some(window) = delivery.window {
+            let _ = writeln!(
+                text,
+                "  throughput   {} over {:.3}s (first created_at to last delivered_at)",
+                rate_text(per_second(delivery.delivered, window)),
+                window.as_secs_f64()
+            );
+        }
+        if let Some(latency) = &delivery.latency_us {
+            let _ = writeln!(text, "  latency      {}", latency.to_text());
+        }
+        if delivery.undelivered.total() > 0 {
+            let _ = writeln!(
+                text,
+                "  undelivered  {}",
+                reasons_text(&delivery.undelivered)
+            );
+        }
+        let _ = writeln!(
+            text,
+            "  polling      {} GetNotification calls in {:.3}s, errors: {}",
+            delivery.polls,
+            delivery.elapsed.as_secs_f64(),
+            reasons_text(&delivery.poll_errors)
+        );
+        text
+    }
+}
+
+fn rate_text(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-/s".to_owned(), |rate| format!("{rate:.1}/s"))
+}
+
+fn reasons_json(reasons: &Reasons) -> serde_json::Value {
+    reasons
+        .iter()
+        .map(|(name, reason)| {
+            (
+                name.clone(),
+                json!({ "count": reason.count, "example": reason.example }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn reasons_text(reasons: &Reasons) -> String {
+    if reasons.total() == 0 {
+        return "none".to_owned();
+    }
+    reasons
+        .iter()
+        .map(|(name, reason)| format!("{name} x{} (e.g. {:?})", reason.count, reason.example))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_samples() -> anyhow::Result<()> {
+        let samples: Vec<u64> = (1..=1000).collect();
+        let percentiles = Percentiles::of(&samples)?.context("expected percentiles")?;
+        assert_eq!(percentiles.samples, 1000);
+        assert_eq!(percentiles.p50, 500);
+        assert_eq!(percentiles.p90, 900);
+        assert_eq!(percentiles.p99, 990);
+        assert_eq!(percentiles.max, 1000);
+        assert_eq!(Percentiles::of(&[])?, None);
+        Ok(())
+    }
+
+    fn report(delivered: u64) -> Report {
+        Report {
+            run_id: "run1".to_owned(),
+            template: "bench".to_owned(),
+            count: 2,
+            concurrency: 1,
+            connections: 1,
+            submit: SubmitSummary {
+                accepted: 2,
+                duplicates: 0,
+                errors: Reasons::default(),
+                elapsed: Duration::from_millis(500),
+                latency_us: None,
+            },
+            delivery: Some(DeliverySummary {
+                delivered,
+                failed: 2 - delivered,
+                partially_delivered: 0,
+                unfinished: 0,
+                window: Some(Duration::from_secs(4)),
+                latency_us: None,
+                undelivered: Reasons::default(),
+                polls: 4,
+                poll_errors: Reasons::default(),
+                elapsed: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    #[test]
+    fn rates_are_counts_over_their_windows() {
+        let json = report(2).to_json();
+        assert_eq!(json["submit"]["accepted_per_s"], 4.0);
+        assert_eq!(json["delivery"]["delivered_per_s"], 0.5);
+        assert_eq!(json["delivery"]["window_s"], 4.0);
+    }
+
+    #[test]
+    fn a_run_is_complete_only_when_everything_was_delivered() {
+        assert!(report(2).is_complete());
+        assert!(!report(1).is_complete());
+    }
+}

@@ -1,0 +1,412 @@
+//! Command-line arguments, parsed with clap's derive API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use herald_proto::common;
+
+/// Talks to Herald's API server over mutual TLS: manages templates, submits notifications,
+/// follows their delivery and generates load.
+///
+/// Connection options go before the subcommand. Certificate paths default to the development
+/// certificates in `certs-dev/generated/` (relative to the working directory; create them with
+/// `cargo run -p herald-certs-dev`).
+#[derive(Debug, Parser)]
+#[command(name = "herald-cli", version, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad usage, 3 partially delivered \
+(or an incomplete bench), 4 failed, 5 timed out.";
+
+/// Where the API server is and which identity to present. These options go before the
+/// subcommand (`herald-cli --cert admin.pem --key admin.key template create --key welcome ..`):
+/// they are not global because `template` has its own `--key`, the template key.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectionArgs {
+    /// API server address as `host:port` (or a full `https://` URL).
+    #[arg(long, env = "HERALD_SERVER", default_value = "127.0.0.1:50051")]
+    pub(crate) server: String,
+    /// Name the server certificate must carry.
+    #[arg(long, env = "HERALD_SERVER_NAME", default_value = "localhost")]
+    pub(crate) server_name: String,
+    /// PEM bundle of the CA that signed the server certificate.
+    #[arg(long, env = "HERALD_CA", default_value = "certs-dev/generated/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// PEM client certificate presented to the server. Its identity needs the `submit` role for
+    /// submits, status and reading templates, and the `admin` role for `template create`.
+    #[arg(
+        long,
+        env = "HERALD_CERT",
+        default_value = "certs-dev/generated/orders.pem"
+    )]
+    pub(crate) cert: PathBuf,
+    /// PEM private key of `--cert`.
+    #[arg(
+        long,
+        env = "HERALD_KEY",
+        default_value = "certs-dev/generated/orders.key"
+    )]
+    pub(crate) key: PathBuf,
+    /// Give up connecting to the server after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) connect_timeout: Duration,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create, show and list templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Submit one notification and print its id.
+    Submit(SubmitArgs),
+    /// Show a notification's status and each of its deliveries.
+    Get(GetArgs),
+    /// Poll a notification until it reaches a final status, then show it.
+    ///
+    /// Exits 0 when DELIVERED, 3 when PARTIALLY_DELIVERED, 4 when FAILED and 5 on timeout.
+    Wait(WaitArgs),
+    /// Generate load: submit many notifications, then measure how fast they are delivered.
+    ///
+    /// Makes sure the template exists first (creating it with the admin certificate if it does
+    /// not), submits `--count` email notifications, each with a unique idempotency key, from
+    /// `--concurrency` tasks sharing `--connections` mTLS connections, and reports submit
+    /// throughput, errors by gRPC code and submit latency. Unless `--no-wait`, it then polls
+    /// every accepted notification until it is final and reports end-to-end delivery throughput
+    /// and latency, measured from the server's timestamps (notification `created_at` to
+    /// delivery `delivered_at`). Exits 3 when any submit failed or any notification was not
+    /// delivered.
+    Bench(BenchArgs),
+}
+
+/// Template subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TemplateCommand {
+    /// Create a template with its first version (an email part). Needs the admin role.
+    ///
+    /// The default certificate is a submitter; present the admin identity before the
+    /// subcommand: `herald-cli --cert certs-dev/generated/admin.pem
+    /// --key certs-dev/generated/admin.key template create --key welcome ..`.
+    Create(TemplateCreateArgs),
+    /// Show one template, at its active version unless `--version` is given.
+    Get(TemplateGetArgs),
+    /// List every template.
+    List(TemplateListArgs),
+}
+
+/// Arguments of `template create`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateCreateArgs {
+    /// Stable key used by submits, e.g. `welcome`.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// Category used by preferences and rate limits, e.g. `onboarding`.
+    #[arg(long)]
+    pub(crate) category: String,
+    /// Free text for people reading the template list.
+    #[arg(long, default_value = "")]
+    pub(crate) description: String,
+    /// Email subject (handlebars, not escaped), e.g. `Welcome {{username}}`.
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// Email HTML body (handlebars, HTML-escaped).
+    #[arg(long, default_value = "")]
+    pub(crate) html: String,
+    /// Email plain-text body (handlebars, not escaped).
+    #[arg(long, default_value = "")]
+    pub(crate) text: String,
+    /// Print the created template as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `template get`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateGetArgs {
+    /// The template's key.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// A specific version instead of the active one.
+    #[arg(long)]
+    pub(crate) version: Option<u32>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `template list`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateListArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `submit`.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// Key of the template to render.
+    #[arg(long)]
+    pub(crate) template: String,
+    /// Pin a template version instead of using the active one.
+    #[arg(long)]
+    pub(crate) template_version: Option<u32>,
+    /// Recipient email address; repeat for several recipients.
+    #[arg(long = "to", value_name = "EMAIL", required = true)]
+    pub(crate) to: Vec<String>,
+    /// The product's user id, recorded on every recipient's deliveries.
+    #[arg(long)]
+    pub(crate) user_id: Option<String>,
+    /// A template parameter as NAME=VALUE (the value is a string); repeat. Overrides the same
+    /// name in `--params-json`.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub(crate) params: Vec<(String, String)>,
+    /// Template parameters as one JSON object, for numbers, lists and nested values.
+    #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
+    pub(crate) params_json: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Channel to deliver on; repeat for several.
+    #[arg(long = "channel", value_enum, default_values_t = [ChannelArg::Email])]
+    pub(crate) channels: Vec<ChannelArg>,
+    /// How urgent the notification is.
+    #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
+    pub(crate) priority: PriorityArg,
+    /// Overrides the template's category.
+    #[arg(long)]
+    pub(crate) category: Option<String>,
+    /// Makes retries safe: the same key returns the original notification.
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
+    /// Caller data kept with the notification, as NAME=VALUE; repeat.
+    #[arg(long = "metadata", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub(crate) metadata: Vec<(String, String)>,
+    /// Print `{"notification_id": .., "duplicate": ..}` instead of the bare id.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// The notification id printed by `submit`.
+    pub(crate) id: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `wait`.
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// The notification id printed by `submit`.
+    pub(crate) id: String,
+    /// Give up after this long (humantime: `30s`, `2m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Pause between polls.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub(crate) interval: Duration,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Notifications to submit.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: u64,
+    /// Concurrent submit (and later poll) tasks.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) concurrency: u32,
+    /// mTLS connections (HTTP/2) the tasks share.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) connections: u32,
+    /// Template key; created with an email part when missing.
+    #[arg(long, default_value = "bench")]
+    pub(crate) template: String,
+    /// Category given to the template if the bench creates it.
+    #[arg(long, default_value = "bench")]
+    pub(crate) category: String,
+    /// Recipient of every notification.
+    #[arg(long, value_name = "EMAIL", default_value = "bench@example.com")]
+    pub(crate) to: String,
+    /// Priority of every notification.
+    #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
+    pub(crate) priority: PriorityArg,
+    /// Admin certificate used only to create the template when it is missing.
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_CERT",
+        default_value = "certs-dev/generated/admin.pem"
+    )]
+    pub(crate) admin_cert: PathBuf,
+    /// Private key of `--admin-cert`.
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_KEY",
+        default_value = "certs-dev/generated/admin.key"
+    )]
+    pub(crate) admin_key: PathBuf,
+    /// Only submit; do not wait for deliveries.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// Stop waiting for deliveries after this long; the rest are reported as unfinished.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub(crate) wait_timeout: Duration,
+    /// Pause between two polls of the same notification.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub(crate) poll_interval: Duration,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A delivery channel as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ChannelArg {
+    Email,
+    Sms,
+    Push,
+    InApp,
+}
+
+impl From<ChannelArg> for common::Channel {
+    fn from(channel: ChannelArg) -> Self {
+        match channel {
+            ChannelArg::Email => Self::Email,
+            ChannelArg::Sms => Self::Sms,
+            ChannelArg::Push => Self::Push,
+            ChannelArg::InApp => Self::InApp,
+        }
+    }
+}
+
+/// A priority as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PriorityArg {
+    Low,
+    Normal,
+    High,
+    Critical,
+}
+
+impl From<PriorityArg> for common::Priority {
+    fn from(priority: PriorityArg) -> Self {
+        match priority {
+            PriorityArg::Low => Self::Low,
+            PriorityArg::Normal => Self::Normal,
+            PriorityArg::High => Self::High,
+            PriorityArg::Critical => Self::Critical,
+        }
+    }
+}
+
+fn parse_key_value(argument: &str) -> Result<(String, String), String> {
+    match argument.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got `{argument}`")),
+    }
+}
+
+fn parse_json_object(argument: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(argument) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err("expected a JSON object".to_owned()),
+        Err(error) => Err(format!("invalid JSON: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_tls_key_and_the_template_key_are_told_apart_by_position() {
+        let cli = Cli::try_parse_from([
+            "herald-cli",
+            "--cert",
+            "admin.pem",
+            "--key",
+            "admin.key",
+            "template",
+            "create",
+            "--key",
+            "welcome",
+            "--category",
+            "onboarding",
+            "--subject",
+            "Welcome {{username}}",
+        ]);
+        let Ok(Cli {
+            connection,
+            command: Command::Template(TemplateCommand::Create(create)),
+        }) = cli
+        else {
+            panic!("expected a template create command, got {cli:?}");
+        };
+        assert_eq!(connection.key, PathBuf::from("admin.key"));
+        assert_eq!(connection.cert, PathBuf::from("admin.pem"));
+        assert_eq!(create.key, "welcome");
+    }
+
+    #[test]
+    fn key_value_splits_on_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("a=b=c"),
+            Ok(("a".to_owned(), "b=c".to_owned()))
+        );
+        assert_eq!(parse_key_value("a="), Ok(("a".to_owned(), String::new())));
+        assert!(parse_key_value("=b").is_err());
+        assert!(parse_key_value("ab").is_err());
+    }
+
+    #[test]
+    fn params_json_must_be_an_object() {
+        assert!(parse_json_object(r#"{"n": 1}"#).is_ok());
+        assert!(parse_json_object("[1]").is_err());
+        assert!(parse_json_object("{").is_err());
+    }
+
+    #[test]
+    fn submit_parses_repeated_recipients_and_parameters() {
+        let cli = Cli::try_parse_from([
+            "herald-cli",
+            "submit",
+            "--template",
+            "welcome",
+            "--to",
+            "ada@example.com",
+            "--to",
+            "bob@example.com",
+            "--param",
+            "username=Ada",
+            "--priority",
+            "high",
+        ]);
+        let Ok(Cli {
+            command: Command::Submit(submit),
+            ..
+        }) = cli
+        else {
+            panic!("expected a submit command, got {cli:?}");
+        };
+        assert_eq!(submit.to, ["ada@example.com", "bob@example.com"]);
+        assert_eq!(submit.params, [("username".to_owned(), "Ada".to_owned())]);
+        assert_eq!(submit.priority, PriorityArg::High);
+        assert_eq!(submit.channels, [ChannelArg::Email]);
+    }
+}

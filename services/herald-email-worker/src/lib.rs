@@ -1,0 +1,74 @@
+#![doc = include_str!("../README.md")]
+
+mod smtp;
+
+use std::path::Path;
+
+use anyhow::Context;
+use herald_config::{AmqpSettings, DatabaseSettings, Sources, TelemetrySettings, Validate};
+use herald_worker::{Worker, WorkerSettings};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use smtp::{SmtpProvider, SmtpSecurity, SmtpSettings};
+
+/// The binary, package, Deployment and `service.name`.
+pub const SERVICE_NAME: &str = "herald-email-worker";
+
+/// Everything the email worker reads from configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+    /// Consumption and retries.
+    pub worker: WorkerSettings,
+    /// The SMTP relay.
+    pub smtp: SmtpSettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+}
+
+impl Validate for Settings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.database.validate(problems);
+        self.amqp.validate(problems);
+        self.worker.validate(problems);
+        self.smtp.validate(problems);
+    }
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` and the environment (`HERALD_ENV` picks the overlay).
+    pub fn load(config_dir: &Path) -> Result<Self, herald_config::Error> {
+        herald_config::load(&Sources {
+            config_dir: Some(config_dir.to_owned()),
+            environment: std::env::var("HERALD_ENV").ok(),
+            env_override: None,
+        })
+    }
+}
+
+/// The email worker, ready to run.
+pub struct Application {
+    worker: Worker<SmtpProvider>,
+}
+
+impl Application {
+    /// Builds the pool and SMTP transport; nothing connects until `run_until_stopped`.
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool =
+            herald_db::build_pool(&settings.database).context("building the database pool")?;
+        let provider = SmtpProvider::new(&settings.smtp).context("building the SMTP transport")?;
+        Ok(Self {
+            worker: Worker::new(provider, settings.worker, settings.amqp, pool, SERVICE_NAME),
+        })
+    }
+
+    /// Delivers email until `shutdown` is cancelled.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        self.worker.run_until_stopped(shutdown).await;
+    }
+}

@@ -1,0 +1,270 @@
+#![doc = include_str!("../README.md")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_config::{AmqpSettings, DatabaseSettings, Sources, TelemetrySettings, Validate};
+use herald_db::outbox::{self, OutboxRow};
+use herald_proto::queue::DeliveryMessage;
+use herald_queue::Publisher;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// The binary, package, Deployment and `service.name`.
+pub const SERVICE_NAME: &str = "herald-relay";
+
+/// Everything the relay reads from configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+    /// Batching and polling.
+    pub relay: RelaySettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+}
+
+/// How the relay polls and batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Most rows published per transaction.
+    pub batch_size: i64,
+    /// Pause after a batch that was not full.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            poll_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.database.validate(problems);
+        self.amqp.validate(problems);
+        if !(1..=10_000).contains(&self.relay.batch_size) {
+            problems.push("relay.batch_size must be between 1 and 10000".into());
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` and the environment (`HERALD_ENV` picks the overlay).
+    pub fn load(config_dir: &Path) -> Result<Self, herald_config::Error> {
+        herald_config::load(&Sources {
+            config_dir: Some(config_dir.to_owned()),
+            environment: std::env::var("HERALD_ENV").ok(),
+            env_override: None,
+        })
+    }
+}
+
+/// The relay, ready to run.
+pub struct Application {
+    settings: Settings,
+    pool: herald_db::Pool,
+}
+
+/// Why one batch stopped.
+enum BatchError {
+    /// PostgreSQL failed: wait and retry with the same connection to the broker.
+    Database(herald_db::Error),
+    /// The broker failed: reconnect.
+    Broker(herald_queue::Error),
+}
+
+impl From<herald_db::Error> for BatchError {
+    fn from(error: herald_db::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for BatchError {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl Application {
+    /// Prepares the pool; nothing connects until `run_until_stopped`.
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool =
+            herald_db::build_pool(&settings.database).context("building the database pool")?;
+        Ok(Self { settings, pool })
+    }
+
+    /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
+    /// (published and committed) before returning.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut reconnect_delay = self.settings.amqp.reconnect_min;
+        while !shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok((connection, publisher)) => {
+                    reconnect_delay = self.settings.amqp.reconnect_min;
+                    tracing::info!("Relay connected to RabbitMQ.");
+                    let error = self.publish_until_error(&publisher, &shutdown).await;
+                    // Best effort: the connection may already be gone.
+                    let _closed = connection.close(200, "relay reconnecting".into()).await;
+                    match error {
+                        None => break,
+                        Some(error) => {
+                            tracing::warn!(error = %error, "Relay lost RabbitMQ; reconnecting.")
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in_ms = reconnect_delay.as_millis() as u64, "Relay cannot reach RabbitMQ.");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(reconnect_delay) => {}
+            }
+            reconnect_delay = (reconnect_delay * 2).min(self.settings.amqp.reconnect_max);
+        }
+        tracing::info!("Relay stopped.");
+        Ok(())
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<(herald_queue::lapin::Connection, Publisher), herald_queue::Error> {
+        let connection =
+            herald_queue::connect(self.settings.amqp.url.expose_secret(), SERVICE_NAME).await?;
+        let publisher = Publisher::new(&connection).await?;
+        herald_queue::declare_topology(publisher.channel()).await?;
+        Ok((connection, publisher))
+    }
+
+    /// Publishes batches until shutdown (`None`) or a broker error (`Some`).
+    async fn publish_until_error(
+        &self,
+        publisher: &Publisher,
+        shutdown: &CancellationToken,
+    ) -> Option<herald_queue::Error> {
+        let mut database_delay = Duration::from_millis(100);
+        loop {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            let pause = match self.publish_batch(publisher).await {
+                Ok(published) => {
+                    database_delay = Duration::from_millis(100);
+                    if published as i64 >= self.settings.relay.batch_size {
+                        continue;
+                    }
+                    self.settings.relay.poll_interval
+                }
+                Err(BatchError::Broker(error)) => return Some(error),
+                Err(BatchError::Database(error)) => {
+                    tracing::warn!(error = %error, retry_in_ms = database_delay.as_millis() as u64, "Relay cannot read the outbox.");
+                    let delay = database_delay;
+                    database_delay = (database_delay * 2).min(Duration::from_secs(5));
+                    delay
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch in one transaction; returns how many rows were confirmed.
+    async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, BatchError> {
+        use diesel_async::AsyncConnection as _;
+        let mut connection = self.pool.get().await?;
+        let batch_size = self.settings.relay.batch_size;
+        let (published, broker_error) = connection
+            .transaction::<_, BatchError, _>(async |connection| {
+                let rows = outbox::lock_unpublished(connection, batch_size).await?;
+                if rows.is_empty() {
+                    return Ok((0, None));
+                }
+                let outcomes = publish_all(publisher, &rows).await;
+                let mut confirmed = Vec::new();
+                let mut failed = Vec::new();
+                let mut first_error = None;
+                for (row, outcome) in rows.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(()) => confirmed.push(row),
+                        Err(error) => {
+                            failed.push(row);
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                }
+                outbox::mark_published(connection, &confirmed).await?;
+                if let Some(error) = &first_error {
+                    outbox::record_publish_failure(connection, &failed, &error.to_string()).await?;
+                }
+                Ok((confirmed.len(), first_error))
+            })
+            .await?;
+        if published > 0 {
+            tracing::debug!(published, "Outbox batch published.");
+        }
+        match broker_error {
+            Some(error) => Err(BatchError::Broker(error)),
+            None => Ok(published),
+        }
+    }
+}
+
+/// Starts every publish, then awaits every confirm, so a batch costs one round trip.
+async fn publish_all(
+    publisher: &Publisher,
+    rows: &[OutboxRow],
+) -> Vec<Result<(), herald_queue::Error>> {
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in rows {
+        pending.push(
+            publisher
+                .publish(&message(row), row.channel, row.priority)
+                .await,
+        );
+    }
+    futures::future::join_all(
+        pending
+            .into_iter()
+            .map(|started| async move { started?.wait().await }),
+    )
+    .await
+}
+
+fn message(row: &OutboxRow) -> DeliveryMessage {
+    DeliveryMessage {
+        delivery_id: row.delivery_id.to_string(),
+        notification_id: row.notification_id.to_string(),
+        channel: herald_proto::common::Channel::from(row.channel).into(),
+        priority: herald_proto::common::Priority::from(row.priority).into(),
+        enqueued_at: Some(herald_proto::conversions::timestamp(chrono::Utc::now())),
+        trace_context: row
+            .trace_context
+            .as_object()
+            .map(|object| {
+                object
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
