@@ -13,7 +13,7 @@ use crate::schema::{deliveries, delivery_events, notifications, template_version
 use crate::{Error, Result};
 
 /// A delivery a worker holds for one attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The delivery.
     pub delivery_id: DeliveryId,
@@ -21,15 +21,29 @@ pub struct Claim {
     pub attempt: i32,
 }
 
-/// Claims `delivery_id` for an attempt: moves it from a claimable state to `sending`, bumps its
-/// attempt counter and sets a lease, in one statement. `None` means there is nothing to do
-/// (already delivered, failed, or being sent by someone else), and the queue message can be
-/// acked without a provider call.
+/// What a claim attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The caller holds the delivery for this attempt and may call the provider.
+    Claimed(Claim),
+    /// The delivery reached a final state (or does not exist): nothing to do, ever.
+    Done,
+    /// Another worker holds an unexpired lease; look again after `retry_after`.
+    Busy {
+        /// Time left on the other worker's lease.
+        retry_after: Duration,
+    },
+}
+
+/// Claims `delivery_id` for an attempt: moves it to `sending`, bumps its attempt counter and
+/// sets a lease, in one statement. Claimable are `pending`, `queued` and `retry_wait`, and a
+/// `sending` delivery whose lease expired (its worker died mid-attempt; the outcome of that
+/// attempt is unknown, and the new attempt is recorded as a takeover).
 pub async fn claim(
     connection: &mut AsyncPgConnection,
     delivery_id: DeliveryId,
     lease: Duration,
-) -> Result<Option<Claim>> {
+) -> Result<ClaimOutcome> {
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
     let claimable: Vec<&str> = DeliveryState::ALL
@@ -39,26 +53,45 @@ pub async fn claim(
         .collect();
     connection
         .transaction::<_, Error, _>(async |connection| {
-            let attempt = diesel::update(
-                deliveries::table
-                    .filter(deliveries::id.eq(delivery_id.as_uuid()))
-                    .filter(deliveries::state.eq_any(&claimable)),
-            )
-            .set((
-                deliveries::state.eq(DeliveryState::Sending.as_str()),
-                deliveries::attempts.eq(deliveries::attempts + 1),
-                deliveries::lease_until.eq(lease_until),
-                deliveries::updated_at.eq(now),
-            ))
-            .returning(deliveries::attempts)
-            .get_result::<i32>(connection)
-            .await
-            .optional()?;
-            let Some(attempt) = attempt else {
-                return Ok(None);
+            let current = deliveries::table
+                .filter(deliveries::id.eq(delivery_id.as_uuid()))
+                .select((deliveries::state, deliveries::lease_until))
+                .for_update()
+                .first::<(String, Option<chrono::DateTime<Utc>>)>(connection)
+                .await
+                .optional()?;
+            let Some((state, held_until)) = current else {
+                return Ok(ClaimOutcome::Done);
             };
-            insert_event(connection, delivery_id, "sending", attempt, "").await?;
-            Ok(Some(Claim {
+            let takeover = state == DeliveryState::Sending.as_str();
+            if takeover {
+                if let Some(left) = held_until
+                    .and_then(|until| (until - now).to_std().ok())
+                    .filter(|left| !left.is_zero())
+                {
+                    return Ok(ClaimOutcome::Busy { retry_after: left });
+                }
+            } else if !claimable.contains(&state.as_str()) {
+                return Ok(ClaimOutcome::Done);
+            }
+            let attempt =
+                diesel::update(deliveries::table.filter(deliveries::id.eq(delivery_id.as_uuid())))
+                    .set((
+                        deliveries::state.eq(DeliveryState::Sending.as_str()),
+                        deliveries::attempts.eq(deliveries::attempts + 1),
+                        deliveries::lease_until.eq(lease_until),
+                        deliveries::updated_at.eq(now),
+                    ))
+                    .returning(deliveries::attempts)
+                    .get_result::<i32>(connection)
+                    .await?;
+            let detail = if takeover {
+                "the previous attempt's lease expired; its outcome is unknown"
+            } else {
+                ""
+            };
+            insert_event(connection, delivery_id, "sending", attempt, detail).await?;
+            Ok(ClaimOutcome::Claimed(Claim {
                 delivery_id,
                 attempt,
             }))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use herald_config::AmqpSettings;
-use herald_db::deliveries::{self, Claim, Outcome};
+use herald_db::deliveries::{self, Claim, ClaimOutcome, Outcome};
 use herald_domain::DeliveryId;
 use herald_proto::queue::DeliveryMessage;
 use herald_queue::lapin::message::Delivery;
@@ -207,11 +207,22 @@ impl<P: ChannelProvider> Inner<P> {
 
     async fn attempt(&self, delivery_id: DeliveryId) -> Result<Settlement, herald_db::Error> {
         let mut connection = herald_db::connection(&self.pool).await?;
-        let Some(claim) =
-            deliveries::claim(&mut connection, delivery_id, self.settings.lease).await?
-        else {
-            tracing::info!(delivery.id = %delivery_id, "Delivery already handled; skipping the message.");
-            return Ok(Settlement::Ack);
+        let claim = match deliveries::claim(&mut connection, delivery_id, self.settings.lease)
+            .await?
+        {
+            ClaimOutcome::Claimed(claim) => claim,
+            ClaimOutcome::Done => {
+                tracing::info!(delivery.id = %delivery_id, "Delivery already handled; skipping the message.");
+                return Ok(Settlement::Ack);
+            }
+            ClaimOutcome::Busy { retry_after } => {
+                // Another worker holds the lease. Keep the message until the lease runs out,
+                // so a worker that died mid-attempt is taken over rather than forgotten.
+                tracing::info!(delivery.id = %delivery_id, "Delivery is leased by another worker; requeueing.");
+                return Ok(Settlement::RequeueAfter(
+                    retry_after.min(self.settings.lease),
+                ));
+            }
         };
         let context = deliveries::load_context(&mut connection, delivery_id).await?;
         // Do not hold a pooled connection across the provider call.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use herald_db::deliveries::{self, Outcome};
+use herald_db::deliveries::{self, ClaimOutcome, Outcome};
 use herald_db::notifications::{self, Inserted, NewDelivery, NewNotification};
 use herald_db::schema;
 use herald_db::templates::{self, NewTemplate};
@@ -126,12 +126,22 @@ async fn only_one_of_two_concurrent_claims_wins() {
         deliveries::claim(&mut other, delivery_id, lease)
     );
 
-    let winners: Vec<_> = [first.unwrap(), second.unwrap()]
-        .into_iter()
-        .flatten()
+    let outcomes = [first.unwrap(), second.unwrap()];
+    let winners: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            ClaimOutcome::Claimed(claim) => Some(claim),
+            _ => None,
+        })
         .collect();
     assert_eq!(winners.len(), 1);
     assert_eq!(winners[0].attempt, 1);
+    assert!(
+        outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, ClaimOutcome::Busy { .. })),
+        "the loser sees the winner's lease: {outcomes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,10 +149,13 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
     let database = TestDatabase::new().await;
     let mut connection = connect(&database).await;
     let (_, delivery_id) = seed(&mut connection, None).await;
-    let claim = deliveries::claim(&mut connection, delivery_id, Duration::from_secs(60))
+    let lease = Duration::from_secs(60);
+    let ClaimOutcome::Claimed(claim) = deliveries::claim(&mut connection, delivery_id, lease)
         .await
         .unwrap()
-        .unwrap();
+    else {
+        panic!("the first claim wins");
+    };
     let delivered = Outcome::Delivered {
         detail: "smtp: 250".into(),
     };
@@ -153,20 +166,17 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
             .unwrap()
     );
     // A second write for the same attempt (e.g. a stale worker) changes nothing.
+    let failed = Outcome::Failed { error: "x".into() };
     assert!(
-        !deliveries::finish(
-            &mut connection,
-            &claim,
-            &Outcome::Failed { error: "x".into() }
-        )
-        .await
-        .unwrap()
-    );
-    assert!(
-        deliveries::claim(&mut connection, delivery_id, Duration::from_secs(60))
+        !deliveries::finish(&mut connection, &claim, &failed)
             .await
             .unwrap()
-            .is_none()
+    );
+    assert_eq!(
+        deliveries::claim(&mut connection, delivery_id, lease)
+            .await
+            .unwrap(),
+        ClaimOutcome::Done
     );
 
     let state: String = schema::deliveries::table
@@ -181,5 +191,38 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
             .await
             .unwrap(),
         ["accepted", "sending", "delivered"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_whose_worker_died_mid_attempt_is_taken_over_once_its_lease_expires() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, delivery_id) = seed(&mut connection, None).await;
+    let ClaimOutcome::Claimed(abandoned) =
+        deliveries::claim(&mut connection, delivery_id, Duration::ZERO)
+            .await
+            .unwrap()
+    else {
+        panic!("the first claim wins");
+    };
+
+    let ClaimOutcome::Claimed(takeover) =
+        deliveries::claim(&mut connection, delivery_id, Duration::from_secs(60))
+            .await
+            .unwrap()
+    else {
+        panic!("an expired lease can be taken over");
+    };
+
+    assert_eq!(takeover.attempt, abandoned.attempt + 1);
+    let late = Outcome::Delivered {
+        detail: "late".into(),
+    };
+    assert!(
+        !deliveries::finish(&mut connection, &abandoned, &late)
+            .await
+            .unwrap(),
+        "the abandoned attempt can no longer record an outcome"
     );
 }
