@@ -157,6 +157,7 @@ async fn a_render_error_fails_the_delivery_permanently_and_dead_letters_it() {
     })
     .await;
     assert!(app.smtp.messages().is_empty());
+    assert_eq!(app.failure_classes().await, ["permanent"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,6 +201,11 @@ async fn an_unreachable_smtp_server_is_retried_and_then_dead_lettered() {
         "{kinds:?}"
     );
     assert_eq!(kinds.last().map(String::as_str), Some("failed"));
+    assert_eq!(app.failure_classes().await, ["exhausted"]);
+    herald_test_support::eventually("the message in the dead-letter queue", WAIT, || async {
+        (app.vhost.ready_messages("herald.email.deliver.dlq").await == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

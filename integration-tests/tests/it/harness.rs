@@ -170,8 +170,7 @@ impl TestApp {
             },
             worker: herald_worker::WorkerSettings {
                 prefetch,
-                retry_base_delay: Duration::from_millis(50),
-                retry_max_delay: Duration::from_millis(200),
+                retry_delays: vec![Duration::from_millis(50), Duration::from_millis(100)],
                 shutdown_grace_period: Duration::from_secs(2),
                 ..herald_worker::WorkerSettings::default()
             },
@@ -316,6 +315,20 @@ impl TestApp {
             },
         )
         .await
+    }
+
+    /// The error class of every recorded failure, oldest first.
+    pub(crate) async fn failure_classes(&self) -> Vec<String> {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use herald_db::schema::failures;
+        let mut connection = self.pool.get().await.expect("a connection");
+        failures::table
+            .order(failures::created_at.asc())
+            .select(failures::error_class)
+            .load(&mut connection)
+            .await
+            .expect("reading failures")
     }
 
     /// Rows in `table` of this test's schema.

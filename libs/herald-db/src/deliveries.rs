@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
-use crate::schema::{deliveries, delivery_events, notifications, template_versions};
+use crate::schema::{deliveries, delivery_events, failures, notifications, template_versions};
 use crate::{Error, Result};
 
 /// A delivery a worker holds for one attempt.
@@ -19,6 +19,8 @@ pub struct Claim {
     pub delivery_id: DeliveryId,
     /// This attempt's number (1 for the first); every later write is fenced on it.
     pub attempt: i32,
+    /// This attempt's number within the current cycle (a replay starts a new cycle).
+    pub cycle_attempt: i32,
 }
 
 /// What a claim attempt found.
@@ -74,7 +76,7 @@ pub async fn claim(
             } else if !claimable.contains(&state.as_str()) {
                 return Ok(ClaimOutcome::Done);
             }
-            let attempt =
+            let (attempt, attempts_base) =
                 diesel::update(deliveries::table.filter(deliveries::id.eq(delivery_id.as_uuid())))
                     .set((
                         deliveries::state.eq(DeliveryState::Sending.as_str()),
@@ -82,18 +84,28 @@ pub async fn claim(
                         deliveries::lease_until.eq(lease_until),
                         deliveries::updated_at.eq(now),
                     ))
-                    .returning(deliveries::attempts)
-                    .get_result::<i32>(connection)
+                    .returning((deliveries::attempts, deliveries::attempts_base))
+                    .get_result::<(i32, i32)>(connection)
                     .await?;
             let detail = if takeover {
                 "the previous attempt's lease expired; its outcome is unknown"
             } else {
                 ""
             };
-            insert_event(connection, delivery_id, "sending", attempt, detail).await?;
+            insert_event(
+                connection,
+                delivery_id,
+                "sending",
+                attempt,
+                detail,
+                None,
+                None,
+            )
+            .await?;
             Ok(ClaimOutcome::Claimed(Claim {
                 delivery_id,
                 attempt,
+                cycle_attempt: attempt - attempts_base,
             }))
         })
         .await
@@ -180,48 +192,80 @@ pub enum Outcome {
         /// Provider response summary (no personal data).
         detail: String,
     },
-    /// A permanent failure: no further attempts.
+    /// A failure that ends the delivery: no further attempts.
     Failed {
         /// What went wrong (no personal data).
         error: String,
+        /// Why it is final.
+        class: FailureClass,
     },
     /// A retryable failure: another attempt will follow.
     RetryWait {
         /// What went wrong (no personal data).
         error: String,
     },
-    /// The outcome cannot be known.
-    Unknown {
-        /// What happened (no personal data).
-        error: String,
-    },
+}
+
+/// Why a delivery failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The provider or the content made success impossible (bad address, render error).
+    Permanent,
+    /// Retryable failures used up the attempt budget.
+    Exhausted,
+    /// The provider call's outcome cannot be known and the channel's policy is not to resend.
+    Unknown,
+}
+
+impl FailureClass {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 impl Outcome {
     fn state(&self) -> DeliveryState {
         match self {
             Self::Delivered { .. } => DeliveryState::Delivered,
+            Self::Failed {
+                class: FailureClass::Unknown,
+                ..
+            } => DeliveryState::Unknown,
             Self::Failed { .. } => DeliveryState::Failed,
             Self::RetryWait { .. } => DeliveryState::RetryWait,
-            Self::Unknown { .. } => DeliveryState::Unknown,
         }
     }
 
     fn detail(&self) -> &str {
         match self {
             Self::Delivered { detail } => detail,
-            Self::Failed { error } | Self::RetryWait { error } | Self::Unknown { error } => error,
+            Self::Failed { error, .. } | Self::RetryWait { error } => error,
+        }
+    }
+
+    fn error_class(&self) -> Option<&'static str> {
+        match self {
+            Self::Delivered { .. } => None,
+            Self::RetryWait { .. } => Some("retryable"),
+            Self::Failed { class, .. } => Some(class.as_str()),
         }
     }
 }
 
-/// Records the outcome of `claim`'s attempt with an event, in one transaction. Fenced: it only
-/// writes while the delivery is still `sending` at the claimed attempt, and returns `false`
-/// (writing nothing) when the claim was lost.
+/// Records the outcome of `claim`'s attempt by `provider` with an event, in one transaction;
+/// a final failure also gets its `failures` row there, before the caller dead-letters the
+/// message. Fenced: it only writes while the delivery is still `sending` at the claimed
+/// attempt, and returns `false` (writing nothing) when the claim was lost.
 pub async fn finish(
     connection: &mut AsyncPgConnection,
     claim: &Claim,
     outcome: &Outcome,
+    provider: Option<&str>,
 ) -> Result<bool> {
     let now = Utc::now();
     let state = outcome.state();
@@ -245,19 +289,37 @@ pub async fn finish(
                 deliveries::updated_at.eq(now),
                 deliveries::delivered_at.eq(delivered_at),
             ))
-            .execute(connection)
-            .await?;
-            if updated == 0 {
+            .returning((deliveries::notification_id, deliveries::channel))
+            .get_result::<(Uuid, String)>(connection)
+            .await
+            .optional()?;
+            let Some((notification_id, channel)) = updated else {
                 return Ok(false);
-            }
+            };
             insert_event(
                 connection,
                 claim.delivery_id,
                 state.as_str(),
                 claim.attempt,
                 outcome.detail(),
+                provider,
+                outcome.error_class(),
             )
             .await?;
+            if let Outcome::Failed { error, class } = outcome {
+                diesel::insert_into(failures::table)
+                    .values((
+                        failures::id.eq(Uuid::now_v7()),
+                        failures::delivery_id.eq(claim.delivery_id.as_uuid()),
+                        failures::notification_id.eq(notification_id),
+                        failures::channel.eq(channel),
+                        failures::attempts.eq(claim.attempt),
+                        failures::error.eq(error),
+                        failures::error_class.eq(class.as_str()),
+                    ))
+                    .execute(connection)
+                    .await?;
+            }
             Ok(true)
         })
         .await
@@ -269,6 +331,8 @@ async fn insert_event(
     kind: &str,
     attempt: i32,
     detail: &str,
+    provider: Option<&str>,
+    error_class: Option<&str>,
 ) -> Result<()> {
     diesel::insert_into(delivery_events::table)
         .values((
@@ -276,6 +340,8 @@ async fn insert_event(
             delivery_events::kind.eq(kind),
             delivery_events::attempt.eq(attempt),
             delivery_events::detail.eq(detail),
+            delivery_events::provider.eq(provider),
+            delivery_events::error_class.eq(error_class),
         ))
         .execute(connection)
         .await?;

@@ -2,6 +2,17 @@
 #![allow(missing_docs)]
 
 diesel::table! {
+    audit_log (id) {
+        id -> Int8,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        detail -> Jsonb,
+        occurred_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     delivery_events (id) {
         id -> Int8,
         delivery_id -> Uuid,
@@ -9,6 +20,8 @@ diesel::table! {
         attempt -> Int4,
         detail -> Text,
         occurred_at -> Timestamptz,
+        provider -> Nullable<Text>,
+        error_class -> Nullable<Text>,
     }
 }
 
@@ -28,6 +41,23 @@ diesel::table! {
         updated_at -> Timestamptz,
         queued_at -> Nullable<Timestamptz>,
         delivered_at -> Nullable<Timestamptz>,
+        attempts_base -> Int4,
+    }
+}
+
+diesel::table! {
+    failures (id) {
+        id -> Uuid,
+        delivery_id -> Uuid,
+        notification_id -> Uuid,
+        channel -> Text,
+        attempts -> Int4,
+        error -> Text,
+        error_class -> Text,
+        status -> Text,
+        created_at -> Timestamptz,
+        resolved_at -> Nullable<Timestamptz>,
+        resolved_by -> Nullable<Text>,
     }
 }
 
@@ -88,13 +118,16 @@ diesel::table! {
 
 diesel::joinable!(deliveries -> notifications (notification_id));
 diesel::joinable!(delivery_events -> deliveries (delivery_id));
+diesel::joinable!(failures -> deliveries (delivery_id));
 diesel::joinable!(notifications -> templates (template_id));
 diesel::joinable!(outbox -> deliveries (delivery_id));
 diesel::joinable!(template_versions -> templates (template_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_log,
     delivery_events,
     deliveries,
+    failures,
     notifications,
     outbox,
     template_versions,

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+use std::time::Duration;
+
 use herald_domain::{Channel, Priority};
 use herald_proto::queue::DeliveryMessage;
 use lapin::Confirmation;
@@ -18,6 +20,9 @@ pub const EXCHANGE: &str = "herald.deliveries";
 
 /// The exchange work queues dead-letter into, routed by channel name.
 pub const DEAD_LETTER_EXCHANGE: &str = "herald.deliveries.dlx";
+
+/// The exchange retries are published to, routed by retry queue name.
+pub const RETRY_EXCHANGE: &str = "herald.retry";
 
 /// The content type of every message body.
 pub const CONTENT_TYPE: &str = "application/x-protobuf; proto=herald.queue.v1.DeliveryMessage";
@@ -55,6 +60,12 @@ pub fn work_queue(channel: Channel) -> String {
 /// The dead-letter queue of `channel`: `herald.<channel>.deliver.dlq`.
 pub fn dead_letter_queue(channel: Channel) -> String {
     format!("{}.dlq", work_queue(channel))
+}
+
+/// The delay queue holding `channel`'s retries for `delay`: `herald.<channel>.retry.<ms>ms`.
+/// Its per-queue TTL dead-letters every message back to the work queue when `delay` is up.
+pub fn retry_queue(channel: Channel, delay: Duration) -> String {
+    format!("herald.{channel}.retry.{}ms", delay.as_millis())
 }
 
 /// Opens a connection. Herald supervises reconnection itself instead of relying on lapin's
@@ -134,6 +145,63 @@ pub async fn declare_topology(channel: &lapin::Channel) -> Result<()> {
     Ok(())
 }
 
+/// Declares the retry exchange and one delay queue per delay for `delivery_channel`.
+/// Per-queue TTLs (not per-message TTLs, which only expire at the head of a queue) make every
+/// message in a queue wait the same time, then dead-letter to `herald.deliveries`.
+pub async fn declare_retry_topology(
+    channel: &lapin::Channel,
+    delivery_channel: Channel,
+    delays: &[Duration],
+) -> Result<()> {
+    channel
+        .exchange_declare(
+            RETRY_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for delay in delays {
+        let queue = retry_queue(delivery_channel, *delay);
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(EXCHANGE.into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(delivery_channel.as_str().into()),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                RETRY_EXCHANGE.into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Publishes delivery messages with publisher confirms.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -163,6 +231,35 @@ impl Publisher {
         channel: Channel,
         priority: Priority,
     ) -> Result<PendingConfirm> {
+        self.publish_to(EXCHANGE, channel.as_str(), message, priority)
+            .await
+    }
+
+    /// Starts a publish of `message` to `channel`'s delay queue for `delay` (declared by
+    /// `declare_retry_topology`), from where it returns to the work queue.
+    pub async fn publish_retry(
+        &self,
+        message: &DeliveryMessage,
+        channel: Channel,
+        priority: Priority,
+        delay: Duration,
+    ) -> Result<PendingConfirm> {
+        self.publish_to(
+            RETRY_EXCHANGE,
+            &retry_queue(channel, delay),
+            message,
+            priority,
+        )
+        .await
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &DeliveryMessage,
+        priority: Priority,
+    ) -> Result<PendingConfirm> {
         let payload = message.encode_to_vec();
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -172,8 +269,8 @@ impl Publisher {
         let confirm = self
             .channel
             .basic_publish(
-                EXCHANGE.into(),
-                channel.as_str().into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -184,7 +281,7 @@ impl Publisher {
             .await?;
         Ok(PendingConfirm {
             confirm,
-            routing_key: channel.as_str().to_owned(),
+            routing_key: routing_key.to_owned(),
         })
     }
 }

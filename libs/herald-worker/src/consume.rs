@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use herald_config::AmqpSettings;
-use herald_db::deliveries::{self, Claim, ClaimOutcome, Outcome};
-use herald_domain::DeliveryId;
+use herald_db::deliveries::{self, Claim, ClaimOutcome, FailureClass, Outcome};
+use herald_domain::{DeliveryId, Priority};
 use herald_proto::queue::DeliveryMessage;
+use herald_queue::Publisher;
 use herald_queue::lapin::message::Delivery;
 use herald_queue::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -40,8 +41,13 @@ struct Inner<P> {
 /// How a message is settled once its delivery was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settlement {
+    /// Done with the message.
     Ack,
+    /// Reject without requeue: the broker moves it to the channel's dead-letter queue.
     DeadLetter,
+    /// Publish a copy to the delay queue for this long, then ack the original.
+    Retry(Duration),
+    /// Put the message back after this pause (PostgreSQL away, delivery leased elsewhere).
     RequeueAfter(Duration),
 }
 
@@ -114,6 +120,13 @@ impl<P: ChannelProvider> Worker<P> {
                 .await?;
         let channel = connection.create_channel().await?;
         herald_queue::declare_topology(&channel).await?;
+        let publisher = Publisher::new(&connection).await?;
+        herald_queue::declare_retry_topology(
+            publisher.channel(),
+            channel_kind,
+            &self.inner.settings.retry_queue_delays(),
+        )
+        .await?;
         channel
             .basic_qos(self.inner.settings.prefetch, BasicQosOptions::default())
             .await?;
@@ -135,7 +148,8 @@ impl<P: ChannelProvider> Worker<P> {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let inner = Arc::clone(&self.inner);
-                        in_flight.spawn(async move { inner.handle(delivery).await });
+                        let publisher = publisher.clone();
+                        in_flight.spawn(async move { inner.handle(delivery, &publisher).await });
                     }
                     Some(Err(error)) => break Err(error.into()),
                     None => break Err(herald_queue::Error::Amqp(herald_queue::lapin::Error::from(
@@ -159,10 +173,27 @@ impl<P: ChannelProvider> Worker<P> {
 }
 
 impl<P: ChannelProvider> Inner<P> {
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
         let settlement = self.process(&delivery.data).await;
         let outcome = match settlement {
             Settlement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Settlement::Retry(delay) => {
+                match self.schedule_retry(&delivery, publisher, delay).await {
+                    Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+                    Err(error) => {
+                        // The delivery is in retry_wait, so putting the message back is safe; it
+                        // only comes back sooner than planned.
+                        tracing::warn!(error = %error, "Could not schedule a retry; requeueing the message.");
+                        delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await
+                    }
+                }
+            }
             Settlement::DeadLetter => {
                 delivery
                     .acker
@@ -184,6 +215,26 @@ impl<P: ChannelProvider> Inner<P> {
             // The broker will redeliver; the claim makes the redelivery harmless.
             tracing::warn!(error = %error, "Could not settle a message; it will be redelivered.");
         }
+    }
+
+    /// Publishes the message to the delay queue for `delay`, waiting for the confirm.
+    async fn schedule_retry(
+        &self,
+        delivery: &Delivery,
+        publisher: &Publisher,
+        delay: Duration,
+    ) -> Result<(), herald_queue::Error> {
+        let message = DeliveryMessage::decode(delivery.data.as_slice()).unwrap_or_default();
+        let priority = delivery
+            .properties
+            .priority()
+            .and_then(|number| Priority::from_i16(i16::from(number)).ok())
+            .unwrap_or_default();
+        publisher
+            .publish_retry(&message, self.provider.channel(), priority, delay)
+            .await?
+            .wait()
+            .await
     }
 
     /// Handles one message and says how to settle it. Every path that returns `Ack` or
@@ -228,9 +279,14 @@ impl<P: ChannelProvider> Inner<P> {
         // Do not hold a pooled connection across the provider call.
         drop(connection);
         let result = self.provider.deliver(&context).await;
+        let provider = match &result {
+            Ok(receipt) => receipt.provider.clone(),
+            Err(_) => self.provider.name().to_owned(),
+        };
         let (outcome, settlement) = self.decide(&claim, result);
         let mut connection = herald_db::connection(&self.pool).await?;
-        let recorded = deliveries::finish(&mut connection, &claim, &outcome).await?;
+        let recorded =
+            deliveries::finish(&mut connection, &claim, &outcome, Some(&provider)).await?;
         if !recorded {
             tracing::warn!(delivery.id = %delivery_id, attempt = claim.attempt, "Claim was lost before the outcome was recorded.");
             return Ok(Settlement::Ack);
@@ -240,15 +296,18 @@ impl<P: ChannelProvider> Inner<P> {
                 notification.id = %context.notification_id,
                 delivery.id = %delivery_id,
                 channel = %context.channel,
+                provider = %provider,
                 attempt = claim.attempt,
                 provider.response = %detail,
                 "Delivered."
             ),
-            Outcome::Failed { error } | Outcome::Unknown { error } => tracing::warn!(
+            Outcome::Failed { error, class } => tracing::warn!(
                 notification.id = %context.notification_id,
                 delivery.id = %delivery_id,
                 channel = %context.channel,
+                provider = %provider,
                 attempt = claim.attempt,
+                error.class = class.as_str(),
                 error = %error,
                 "Delivery failed for good."
             ),
@@ -256,6 +315,7 @@ impl<P: ChannelProvider> Inner<P> {
                 notification.id = %context.notification_id,
                 delivery.id = %delivery_id,
                 channel = %context.channel,
+                provider = %provider,
                 attempt = claim.attempt,
                 error = %error,
                 "Delivery failed; will retry."
@@ -276,23 +336,34 @@ impl<P: ChannelProvider> Inner<P> {
                 },
                 Settlement::Ack,
             ),
-            Err(DeliveryError::Permanent(error)) => {
-                (Outcome::Failed { error }, Settlement::DeadLetter)
-            }
-            Err(DeliveryError::Unknown(error)) => (Outcome::Unknown { error }, Settlement::Ack),
+            Err(DeliveryError::Permanent(error)) => (
+                Outcome::Failed {
+                    error,
+                    class: FailureClass::Permanent,
+                },
+                Settlement::DeadLetter,
+            ),
+            Err(DeliveryError::Unknown(error)) => (
+                Outcome::Failed {
+                    error,
+                    class: FailureClass::Unknown,
+                },
+                Settlement::DeadLetter,
+            ),
             Err(DeliveryError::Retryable(error)) => {
-                let attempt = u32::try_from(claim.attempt).unwrap_or(u32::MAX);
-                if attempt >= self.settings.max_attempts {
+                let cycle_attempt = u32::try_from(claim.cycle_attempt).unwrap_or(u32::MAX);
+                if cycle_attempt >= self.settings.max_attempts {
                     (
                         Outcome::Failed {
-                            error: format!("gave up after {attempt} attempts: {error}"),
+                            error: format!("gave up after {cycle_attempt} attempts: {error}"),
+                            class: FailureClass::Exhausted,
                         },
                         Settlement::DeadLetter,
                     )
                 } else {
                     (
                         Outcome::RetryWait { error },
-                        Settlement::RequeueAfter(self.settings.backoff(attempt)),
+                        Settlement::Retry(self.settings.retry_delay(cycle_attempt)),
                     )
                 }
             }

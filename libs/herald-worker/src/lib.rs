@@ -40,6 +40,9 @@ pub trait ChannelProvider: Send + Sync + 'static {
     /// The channel this provider serves (selects the queue).
     fn channel(&self) -> Channel;
 
+    /// The provider's name, recorded on attempts that fail before a provider answered.
+    fn name(&self) -> &str;
+
     /// Renders and sends one delivery. Must not log addresses, parameters or bodies.
     fn deliver(
         &self,
@@ -56,14 +59,14 @@ pub struct WorkerSettings {
     /// How long a claim is held before it counts as abandoned.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// Attempts before a retryable failure becomes final and is dead-lettered.
+    /// Attempts per cycle before a retryable failure becomes final and is dead-lettered.
     pub max_attempts: u32,
-    /// Backoff before the second attempt; doubles per attempt, with full jitter.
-    #[serde(with = "humantime_serde")]
-    pub retry_base_delay: Duration,
-    /// Longest backoff.
-    #[serde(with = "humantime_serde")]
-    pub retry_max_delay: Duration,
+    /// Delay tiers: after failed attempt `n` the delivery waits about `retry_delays[n-1]`
+    /// (the last tier repeats) in a RabbitMQ delay queue. Each tier is split into three jitter
+    /// lanes (×0.8, ×1, ×1.2) and a retry picks one at random, so a burst of failures does not
+    /// come back as a burst.
+    #[serde(deserialize_with = "durations")]
+    pub retry_delays: Vec<Duration>,
     /// How long in-flight deliveries may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
@@ -75,8 +78,7 @@ impl Default for WorkerSettings {
             prefetch: 16,
             lease: Duration::from_secs(60),
             max_attempts: 5,
-            retry_base_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(60),
+            retry_delays: [1, 5, 30, 120].map(Duration::from_secs).to_vec(),
             shutdown_grace_period: Duration::from_secs(20),
         }
     }
@@ -90,21 +92,64 @@ impl Validate for WorkerSettings {
         if self.max_attempts == 0 {
             problems.push("worker.max_attempts must be at least 1".into());
         }
-        if self.retry_base_delay > self.retry_max_delay {
-            problems.push("worker.retry_base_delay must not exceed worker.retry_max_delay".into());
+        if self.retry_delays.is_empty() || self.retry_delays.iter().any(Duration::is_zero) {
+            problems.push("worker.retry_delays must list at least one non-zero delay".into());
         }
     }
 }
 
+/// The jitter lanes of every tier, as multiples of the tier's delay.
+const JITTER_LANES: [f64; 3] = [0.8, 1.0, 1.2];
+
 impl WorkerSettings {
-    /// The jittered backoff after failed attempt number `attempt` (1-based): a uniform random
-    /// delay up to `retry_base_delay * 2^(attempt-1)`, capped at `retry_max_delay`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(20);
-        let ceiling = self
-            .retry_base_delay
-            .saturating_mul(1 << exponent)
-            .min(self.retry_max_delay);
-        ceiling.mul_f64(rand::random::<f64>())
+    /// Every delay queue the worker needs: each tier's jitter lanes.
+    pub fn retry_queue_delays(&self) -> Vec<Duration> {
+        let mut delays: Vec<Duration> = self
+            .retry_delays
+            .iter()
+            .flat_map(|delay| JITTER_LANES.map(|factor| lane(*delay, factor)))
+            .collect();
+        delays.sort();
+        delays.dedup();
+        delays
+    }
+
+    /// The delay after failed attempt `cycle_attempt` (1-based): its tier, in a random lane.
+    pub fn retry_delay(&self, cycle_attempt: u32) -> Duration {
+        let tier = usize::try_from(cycle_attempt.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(self.retry_delays.len().saturating_sub(1));
+        let delay = self
+            .retry_delays
+            .get(tier)
+            .copied()
+            .unwrap_or(Duration::from_secs(1));
+        let factor = JITTER_LANES[rand::random_range(0..JITTER_LANES.len())];
+        lane(delay, factor)
     }
 }
+
+/// A lane's delay, rounded to whole milliseconds (queue names and TTLs are in ms).
+fn lane(delay: Duration, factor: f64) -> Duration {
+    Duration::from_millis(
+        delay
+            .mul_f64(factor)
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
+    )
+}
+
+fn durations<'de, D>(deserializer: D) -> Result<Vec<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| humantime::parse_duration(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -166,6 +166,10 @@ impl ChannelProvider for SmtpProvider {
         Channel::Email
     }
 
+    fn name(&self) -> &str {
+        "smtp"
+    }
+
     async fn deliver(&self, context: &DeliveryContext) -> Result<Receipt, DeliveryError> {
         let message = self.message(context)?;
         match self.transport.send(message).await {

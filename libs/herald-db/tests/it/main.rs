@@ -87,7 +87,9 @@ async fn every_table_and_column_in_schema_rs_exists_after_migrating() {
         notifications,
         deliveries,
         delivery_events,
-        outbox
+        outbox,
+        failures,
+        audit_log
     );
 }
 
@@ -161,14 +163,17 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
     };
 
     assert!(
-        deliveries::finish(&mut connection, &claim, &delivered)
+        deliveries::finish(&mut connection, &claim, &delivered, Some("smtp"))
             .await
             .unwrap()
     );
     // A second write for the same attempt (e.g. a stale worker) changes nothing.
-    let failed = Outcome::Failed { error: "x".into() };
+    let failed = Outcome::Failed {
+        error: "x".into(),
+        class: deliveries::FailureClass::Permanent,
+    };
     assert!(
-        !deliveries::finish(&mut connection, &claim, &failed)
+        !deliveries::finish(&mut connection, &claim, &failed, None)
             .await
             .unwrap()
     );
@@ -220,7 +225,7 @@ async fn a_delivery_whose_worker_died_mid_attempt_is_taken_over_once_its_lease_e
         detail: "late".into(),
     };
     assert!(
-        !deliveries::finish(&mut connection, &abandoned, &late)
+        !deliveries::finish(&mut connection, &abandoned, &late, None)
             .await
             .unwrap(),
         "the abandoned attempt can no longer record an outcome"

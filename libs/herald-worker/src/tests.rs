@@ -1,0 +1,37 @@
+//! Unit tests for the retry schedule.
+
+use std::time::Duration;
+
+use super::WorkerSettings;
+
+fn settings(delays: &[u64]) -> WorkerSettings {
+    WorkerSettings {
+        retry_delays: delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+        ..WorkerSettings::default()
+    }
+}
+
+#[test]
+fn every_retry_delay_has_a_declared_queue() {
+    let settings = settings(&[1000, 5000]);
+    let queues = settings.retry_queue_delays();
+    assert_eq!(queues.len(), 6);
+    for attempt in 1..=10 {
+        let delay = settings.retry_delay(attempt);
+        assert!(queues.contains(&delay), "{delay:?} has no queue");
+    }
+}
+
+#[test]
+fn delays_grow_by_tier_and_stay_within_their_jitter_lanes() {
+    let settings = settings(&[1000, 5000]);
+    for _ in 0..50 {
+        let first = settings.retry_delay(1).as_millis();
+        let later = settings.retry_delay(7).as_millis();
+        assert!((800..=1200).contains(&first), "{first}");
+        assert!(
+            (4000..=6000).contains(&later),
+            "the last tier repeats: {later}"
+        );
+    }
+}
