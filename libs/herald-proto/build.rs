@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "herald/template/v1/template.proto",
         "herald/preference/v1/preference.proto",
         "herald/queue/v1/queue.proto",
+        "herald/admin/v1/admin.proto",
     ]
     .map(|file| root.join(file));
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];

@@ -168,15 +168,7 @@ async fn an_unreachable_smtp_server_is_retried_and_then_dead_lettered() {
     })
     .await;
     app.create_welcome_template().await;
-    let mut settings = app.email_worker_settings(1);
-    settings.worker.max_attempts = 3;
-    // Nothing listens on this port: every attempt fails with a connection error.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    settings.smtp.port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let worker = herald_email_worker::Application::build(settings).unwrap();
-    tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+    let shutdown = app.start_failing_email_worker(3);
 
     let response = app
         .submit(welcome_request("ada@example.com"))

@@ -6,6 +6,7 @@ use std::time::Duration;
 use herald_config::{
     AmqpSettings, DatabaseSettings, GrpcServerSettings, ServerTlsSettings, TelemetrySettings,
 };
+use herald_proto::admin::admin_service_client::AdminServiceClient;
 use herald_proto::common::{Channel as WireChannel, Priority as WirePriority};
 use herald_proto::submit::submit_service_client::SubmitServiceClient;
 use herald_proto::submit::{
@@ -189,6 +190,26 @@ impl TestApp {
         let worker = herald_email_worker::Application::build(self.email_worker_settings(prefetch))
             .expect("building the email worker");
         tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
+    }
+
+    /// Starts an email worker whose SMTP server refuses connections, so every attempt fails
+    /// retryably; cancel the returned token to stop it.
+    pub(crate) fn start_failing_email_worker(&self, max_attempts: u32) -> CancellationToken {
+        let mut settings = self.email_worker_settings(1);
+        settings.worker.max_attempts = max_attempts;
+        // Nothing listens on a port that was just released.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        settings.smtp.port = closed.local_addr().expect("an address").port();
+        drop(closed);
+        let shutdown = CancellationToken::new();
+        let worker =
+            herald_email_worker::Application::build(settings).expect("building the email worker");
+        tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        shutdown
+    }
+
+    pub(crate) async fn admin_client(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel(As::Admin).await)
     }
 
     /// A TLS config for `who`, trusting the Herald CA.

@@ -1,5 +1,6 @@
 //! Herald's cross-service integration tests: one binary, one module per capability.
 
+mod admin;
 mod config;
 mod delivery;
 mod harness;

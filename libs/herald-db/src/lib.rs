@@ -2,6 +2,7 @@
 
 pub mod deliveries;
 mod error;
+pub mod failures;
 pub mod notifications;
 pub mod outbox;
 mod pool;

@@ -119,6 +119,7 @@ diesel::table! {
 diesel::joinable!(deliveries -> notifications (notification_id));
 diesel::joinable!(delivery_events -> deliveries (delivery_id));
 diesel::joinable!(failures -> deliveries (delivery_id));
+diesel::joinable!(failures -> notifications (notification_id));
 diesel::joinable!(notifications -> templates (template_id));
 diesel::joinable!(outbox -> deliveries (delivery_id));
 diesel::joinable!(template_versions -> templates (template_id));

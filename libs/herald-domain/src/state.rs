@@ -5,6 +5,8 @@
 //!                      ▲                  │  ├──▶ failed
 //!                      └── retry_wait ◀───┘  └──▶ unknown
 //! pending ──preferences/limits──▶ suppressed
+//! failed | unknown ──admin replay──▶ pending
+//! sending (lease expired) ──takeover──▶ sending
 //! ```
 
 use std::fmt;
@@ -81,7 +83,9 @@ impl DeliveryState {
             (Pending, Queued | Suppressed | Sending)
                 | (Queued, Sending | Suppressed)
                 | (RetryWait, Queued | Sending | Suppressed)
-                | (Sending, Delivered | Failed | RetryWait | Unknown)
+                | (Sending, Delivered | Failed | RetryWait | Unknown | Sending)
+                // An admin replay starts a new attempt cycle.
+                | (Failed | Unknown, Pending)
         )
     }
 }

@@ -51,10 +51,16 @@ fn state_machine_allows_only_forward_moves() {
     assert!(DeliveryState::Sending.can_become(DeliveryState::Delivered));
     assert!(!DeliveryState::Delivered.can_become(DeliveryState::Sending));
     assert!(!DeliveryState::Failed.can_become(DeliveryState::Queued));
-    assert!(
-        DeliveryState::ALL
-            .iter()
-            .all(|state| !state.can_become(*state))
+    assert!(DeliveryState::Failed.can_become(DeliveryState::Pending));
+    assert!(!DeliveryState::Delivered.can_become(DeliveryState::Pending));
+    let self_loops: Vec<_> = DeliveryState::ALL
+        .into_iter()
+        .filter(|state| state.can_become(*state))
+        .collect();
+    assert_eq!(
+        self_loops,
+        [DeliveryState::Sending],
+        "only a lease takeover stays in place"
     );
 }
 

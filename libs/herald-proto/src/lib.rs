@@ -10,6 +10,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/herald_protos.rs"));
 }
 
+/// `herald.admin.v1`: AdminService.
+pub use generated::herald::admin::v1 as admin;
 /// `herald.common.v1`: channels and priorities.
 pub use generated::herald::common::v1 as common;
 /// `herald.queue.v1`: envelopes Herald puts on RabbitMQ.

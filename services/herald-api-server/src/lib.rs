@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod admin;
 mod auth;
 mod error;
 mod submit;
@@ -13,6 +14,7 @@ use anyhow::Context;
 use herald_config::{
     DatabaseSettings, GrpcServerSettings, ServerTlsSettings, Sources, TelemetrySettings, Validate,
 };
+use herald_proto::admin::admin_service_server::AdminServiceServer;
 use herald_proto::submit::submit_service_server::SubmitServiceServer;
 use herald_proto::template::template_service_server::TemplateServiceServer;
 use serde::Deserialize;
@@ -146,6 +148,9 @@ impl Application {
         health_reporter
             .set_serving::<TemplateServiceServer<template::TemplateApi>>()
             .await;
+        health_reporter
+            .set_serving::<AdminServiceServer<admin::AdminApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -164,6 +169,10 @@ impl Application {
         );
         let templates = TemplateServiceServer::with_interceptor(
             template::TemplateApi::new(state.clone()),
+            authenticator.clone(),
+        );
+        let admin = AdminServiceServer::with_interceptor(
+            admin::AdminApi::new(state.clone()),
             authenticator,
         );
 
@@ -179,6 +188,7 @@ impl Application {
             .add_service(reflection)
             .add_service(submit)
             .add_service(templates)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;
                 health_reporter
@@ -186,6 +196,9 @@ impl Application {
                     .await;
                 health_reporter
                     .set_not_serving::<TemplateServiceServer<template::TemplateApi>>()
+                    .await;
+                health_reporter
+                    .set_not_serving::<AdminServiceServer<admin::AdminApi>>()
                     .await;
                 drain_signal.cancel();
             });
