@@ -35,6 +35,7 @@ fn sources(env: &[(&str, String)]) -> Sources {
 fn base_toml_is_valid_for_every_service() {
     let api: herald_api_server::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(api.auth.principals.len(), 2);
+    assert_eq!(api.redis.key_prefix, "herald");
     let relay: herald_relay::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(relay.relay.batch_size, 200);
     let worker: herald_email_worker::Settings = herald_config::load(&sources(&[])).unwrap();

@@ -205,6 +205,7 @@ async fn a_redelivered_message_for_a_delivered_delivery_is_acked_without_sending
     let app = TestApp::spawn_with(Options {
         email_worker: true,
         prefetch: 1,
+        ..Options::default()
     })
     .await;
     app.create_welcome_template().await;

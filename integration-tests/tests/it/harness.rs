@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use herald_config::{
-    AmqpSettings, DatabaseSettings, GrpcServerSettings, ServerTlsSettings, TelemetrySettings,
+    AmqpSettings, DatabaseSettings, GrpcServerSettings, RedisSettings, ServerTlsSettings,
+    TelemetrySettings,
 };
 use herald_proto::admin::admin_service_client::AdminServiceClient;
 use herald_proto::common::{Channel as WireChannel, Priority as WirePriority};
@@ -15,7 +16,9 @@ use herald_proto::submit::{
 };
 use herald_proto::template::template_service_client::TemplateServiceClient;
 use herald_proto::template::{CreateTemplateRequest, EmailPart, Template, TemplateContent};
-use herald_test_support::{SmtpServer, TestCerts, TestDatabase, TestVhost, eventually};
+use herald_test_support::{
+    SmtpServer, TestCerts, TestDatabase, TestKeyspace, TestVhost, eventually,
+};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -52,6 +55,7 @@ pub(crate) struct TestApp {
     pub(crate) database: TestDatabase,
     pub(crate) vhost: TestVhost,
     pub(crate) smtp: SmtpServer,
+    pub(crate) keyspace: TestKeyspace,
     pub(crate) pool: herald_db::Pool,
     shutdown: CancellationToken,
 }
@@ -63,6 +67,8 @@ pub(crate) struct Options {
     pub(crate) email_worker: bool,
     /// The worker's prefetch.
     pub(crate) prefetch: u16,
+    /// Redis settings for the API server instead of this test's keyspace.
+    pub(crate) redis: Option<RedisSettings>,
 }
 
 impl Default for Options {
@@ -70,6 +76,7 @@ impl Default for Options {
         Self {
             email_worker: true,
             prefetch: 8,
+            redis: None,
         }
     }
 }
@@ -86,6 +93,7 @@ impl TestApp {
         let (database, vhost, smtp) =
             tokio::join!(TestDatabase::new(), TestVhost::new(), SmtpServer::start());
         let certs = TestCerts::get();
+        let keyspace = TestKeyspace::default();
         let database_settings = DatabaseSettings {
             url: SecretString::from(database.url()),
             max_connections: 8,
@@ -109,6 +117,11 @@ impl TestApp {
                 key: certs.path("api-server.key"),
             },
             database: database_settings.clone(),
+            redis: options.redis.clone().unwrap_or_else(|| RedisSettings {
+                url: SecretString::from(keyspace.url()),
+                key_prefix: keyspace.prefix().to_owned(),
+                ..RedisSettings::default()
+            }),
             auth: herald_api_server::AuthSettings {
                 principals: vec![
                     herald_api_server::PrincipalSettings {
@@ -136,6 +149,7 @@ impl TestApp {
             relay: herald_relay::RelaySettings {
                 batch_size: 100,
                 poll_interval: Duration::from_millis(10),
+                cleanup_interval: Duration::from_secs(60),
             },
             telemetry: TelemetrySettings::default(),
         })
@@ -147,6 +161,7 @@ impl TestApp {
             database,
             vhost,
             smtp,
+            keyspace,
             pool,
             shutdown,
         };

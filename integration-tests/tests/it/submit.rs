@@ -6,7 +6,7 @@ use herald_proto::common::Channel as WireChannel;
 use herald_proto::submit::{GetNotificationRequest, NotificationStatus, SubmitRequest};
 use tonic::Code;
 
-use crate::harness::{As, TestApp, parameters, welcome_request};
+use crate::harness::{As, Options, TestApp, parameters, welcome_request};
 
 fn check(
     app_request: impl FnOnce(&mut SubmitRequest),
@@ -262,4 +262,139 @@ async fn a_notification_is_visible_to_its_submitter_and_admins_only() {
         },
     )
     .await;
+}
+
+fn keyed_request(key: &str) -> SubmitRequest {
+    let mut request = welcome_request("ada@example.com");
+    request.idempotency_key = key.into();
+    request
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_submit_is_answered_from_the_cache() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let first = app.submit(keyed_request("cached")).await.unwrap();
+
+    let keys = app.keyspace.keys().await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with(&format!("{}:idem:", app.keyspace.prefix())));
+    assert!(
+        !keys[0].contains("cached"),
+        "keys carry no caller-chosen text"
+    );
+
+    let second = app.submit(keyed_request("cached")).await.unwrap();
+    assert_eq!(second.notification_id, first.notification_id);
+    assert!(second.duplicate);
+
+    let mut conflicting = keyed_request("cached");
+    conflicting.priority = herald_proto::common::Priority::High.into();
+    let status = app.submit(conflicting).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_cache_never_causes_a_duplicate() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let first = app.submit(keyed_request("wiped")).await.unwrap();
+    app.keyspace.wipe().await;
+
+    let second = app.submit(keyed_request("wiped")).await.unwrap();
+
+    assert_eq!(second.notification_id, first.notification_id);
+    assert!(second.duplicate);
+    assert_eq!(app.count_rows("notifications").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_being_down_never_causes_a_duplicate_or_a_failed_submit() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let app = TestApp::spawn_with(Options {
+        redis: Some(herald_config::RedisSettings {
+            url: secrecy::SecretString::from(format!("redis://127.0.0.1:{port}")),
+            ..herald_config::RedisSettings::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+
+    let first = app.submit(keyed_request("no-redis")).await.unwrap();
+    let second = app.submit(keyed_request("no-redis")).await.unwrap();
+
+    assert_eq!(second.notification_id, first.notification_id);
+    assert!(second.duplicate);
+    assert_eq!(app.count_rows("notifications").await, 1);
+    app.wait_for_status(&first.notification_id, NotificationStatus::Delivered)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_idempotency_key_can_be_used_again() {
+    use diesel_async::RunQueryDsl;
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let first = app.submit(keyed_request("retention")).await.unwrap();
+    // Jump past the retention window.
+    let mut connection = app.pool.get().await.unwrap();
+    diesel::sql_query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    app.keyspace.wipe().await;
+
+    let second = app.submit(keyed_request("retention")).await.unwrap();
+
+    assert_ne!(second.notification_id, first.notification_id);
+    assert!(!second.duplicate);
+    assert_eq!(app.count_rows("idempotency_keys").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_concurrent_submits_with_one_key_create_exactly_one_notification() {
+    const SUBMITS: usize = 10_000;
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(app.submit_client(As::Orders).await);
+    }
+
+    let outcomes = futures::future::join_all((0..SUBMITS).map(|index| {
+        let mut client = channels[index % channels.len()].clone();
+        async move { client.submit(keyed_request("stampede")).await }
+    }))
+    .await;
+
+    let mut ids = std::collections::BTreeSet::new();
+    let mut retryable = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(response) => {
+                ids.insert(response.into_inner().notification_id);
+            }
+            Err(status) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        Code::Unavailable | Code::Aborted | Code::ResourceExhausted
+                    ),
+                    "only retryable refusals are allowed: {status:?}"
+                );
+                retryable += 1;
+            }
+        }
+    }
+    assert_eq!(ids.len(), 1, "every accepted submit got the same id");
+    assert!(retryable < SUBMITS);
+    assert_eq!(app.count_rows("notifications").await, 1);
+    assert_eq!(app.count_rows("deliveries").await, 1);
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use sections::{
-    AmqpSettings, DatabaseSettings, GrpcServerSettings, LogFormat, ServerTlsSettings,
-    TelemetrySettings,
+    AmqpSettings, DatabaseSettings, GrpcServerSettings, LogFormat, RedisSettings,
+    ServerTlsSettings, TelemetrySettings,
 };
 
 /// Why settings could not be loaded.

@@ -44,6 +44,48 @@ impl Validate for DatabaseSettings {
     }
 }
 
+/// The Redis connection. Redis is a cache: when it is slow or away, callers fall back to
+/// PostgreSQL, so every command is bounded by `timeout`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (`rediss://` for TLS).
+    pub url: SecretString,
+    /// Prefix of every key Herald writes (`<prefix>:<kind>:<id>`).
+    pub key_prefix: String,
+    /// Longest wait for a connection or a command before treating Redis as unavailable.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Pool size per process.
+    pub max_connections: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            key_prefix: "herald".into(),
+            timeout: Duration::from_millis(250),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Validate for RedisSettings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            problems.push("redis.url must start with redis:// or rediss://".into());
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            problems.push("redis.key_prefix must be non-empty without whitespace".into());
+        }
+        if self.timeout.is_zero() {
+            problems.push("redis.timeout must be positive".into());
+        }
+    }
+}
+
 /// The RabbitMQ connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

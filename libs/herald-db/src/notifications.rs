@@ -6,7 +6,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
 use uuid::Uuid;
 
-use crate::schema::{deliveries, delivery_events, notifications, outbox, templates};
+use crate::schema::{
+    deliveries, delivery_events, idempotency_keys, notifications, outbox, templates,
+};
 use crate::{Error, Result};
 
 /// A validated notification ready to store.
@@ -18,6 +20,8 @@ pub struct NewNotification {
     pub submitted_by: String,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// How long the idempotency key stays bound to this notification.
+    pub idempotency_retention: std::time::Duration,
     /// SHA-256 of the canonical request, to tell a replay from a conflicting reuse of a key.
     pub request_hash: Vec<u8>,
     /// Template id.
@@ -68,6 +72,13 @@ pub enum Inserted {
 pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -> Result<Inserted> {
     let result = connection
         .transaction::<_, Error, _>(async |connection| {
+            if let Some(key) = &new.idempotency_key
+                && !claim_idempotency_key(connection, new, key).await?
+            {
+                return Err(Error::Conflict {
+                    constraint: IDEMPOTENCY_KEY_TAKEN.into(),
+                });
+            }
             diesel::insert_into(notifications::table)
                 .values((
                     notifications::id.eq(new.id.as_uuid()),
@@ -139,30 +150,85 @@ pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -
         .await;
     match result {
         Ok(()) => Ok(Inserted::Created),
-        Err(Error::Conflict { constraint })
-            if constraint == "notifications_idempotency_key_unique" =>
-        {
+        Err(Error::Conflict { constraint }) if constraint == IDEMPOTENCY_KEY_TAKEN => {
             Ok(Inserted::KeyExists)
         }
         Err(error) => Err(error),
     }
 }
 
-/// The notification an earlier submit stored under `key` for `submitted_by`, with its request
-/// hash.
+/// The marker `insert` uses for a live idempotency key.
+const IDEMPOTENCY_KEY_TAKEN: &str = "idempotency_keys_pkey";
+
+/// Binds `key` to `new` unless a live (unexpired) binding exists; an expired binding is
+/// replaced. Concurrent callers with one key serialise on the primary key: the later insert
+/// waits for the earlier transaction, then sees its row. Returns whether the key is now ours.
+async fn claim_idempotency_key(
+    connection: &mut AsyncPgConnection,
+    new: &NewNotification,
+    key: &str,
+) -> Result<bool> {
+    use diesel::sql_types::{Bytea, Text, Timestamptz, Uuid as SqlUuid};
+    let now = Utc::now();
+    let expires_at = now
+        + chrono::Duration::from_std(new.idempotency_retention).unwrap_or(chrono::Duration::MAX);
+    // diesel's DSL has no `ON CONFLICT … DO UPDATE … WHERE`; the statement is small and fixed.
+    let claimed = diesel::sql_query(
+        "INSERT INTO idempotency_keys \
+             (submitted_by, key, request_hash, notification_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (submitted_by, key) DO UPDATE SET \
+             request_hash = EXCLUDED.request_hash, \
+             notification_id = EXCLUDED.notification_id, \
+             created_at = EXCLUDED.created_at, \
+             expires_at = EXCLUDED.expires_at \
+         WHERE idempotency_keys.expires_at <= EXCLUDED.created_at",
+    )
+    .bind::<Text, _>(&new.submitted_by)
+    .bind::<Text, _>(key)
+    .bind::<Bytea, _>(&new.request_hash)
+    .bind::<SqlUuid, _>(new.id.as_uuid())
+    .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(expires_at)
+    .execute(connection)
+    .await?;
+    Ok(claimed == 1)
+}
+
+/// The live binding of `key` for `submitted_by`: the notification and its request hash.
 pub async fn find_by_idempotency_key(
     connection: &mut AsyncPgConnection,
     submitted_by: &str,
     key: &str,
 ) -> Result<Option<(NotificationId, Vec<u8>)>> {
-    Ok(notifications::table
-        .filter(notifications::submitted_by.eq(submitted_by))
-        .filter(notifications::idempotency_key.eq(key))
-        .select((notifications::id, notifications::request_hash))
+    Ok(idempotency_keys::table
+        .filter(idempotency_keys::submitted_by.eq(submitted_by))
+        .filter(idempotency_keys::key.eq(key))
+        .filter(idempotency_keys::expires_at.gt(Utc::now()))
+        .select((
+            idempotency_keys::notification_id,
+            idempotency_keys::request_hash,
+        ))
         .first::<(Uuid, Vec<u8>)>(connection)
         .await
         .optional()?
         .map(|(id, hash)| (id.into(), hash)))
+}
+
+/// Deletes up to `limit` bindings that expired before `before`; returns how many.
+pub async fn delete_expired_idempotency_keys(
+    connection: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize> {
+    Ok(diesel::sql_query(
+        "DELETE FROM idempotency_keys WHERE (submitted_by, key) IN \
+             (SELECT submitted_by, key FROM idempotency_keys WHERE expires_at < $1 LIMIT $2)",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(before)
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .execute(connection)
+    .await?)
 }
 
 /// A stored notification.

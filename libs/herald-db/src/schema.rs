@@ -62,6 +62,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (submitted_by, key) {
+        submitted_by -> Text,
+        key -> Text,
+        request_hash -> Bytea,
+        notification_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     notifications (id) {
         id -> Uuid,
         submitted_by -> Text,
@@ -129,6 +140,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     delivery_events,
     deliveries,
     failures,
+    idempotency_keys,
     notifications,
     outbox,
     template_versions,

@@ -2,6 +2,7 @@
 #![allow(clippy::print_stderr)]
 
 mod database;
+mod keyspace;
 mod smtp;
 mod vhost;
 
@@ -11,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use database::TestDatabase;
+pub use keyspace::TestKeyspace;
 pub use smtp::{ReceivedEmail, SmtpServer};
 pub use vhost::TestVhost;
 

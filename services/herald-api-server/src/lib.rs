@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use herald_config::{
-    DatabaseSettings, GrpcServerSettings, ServerTlsSettings, Sources, TelemetrySettings, Validate,
+    DatabaseSettings, GrpcServerSettings, RedisSettings, ServerTlsSettings, Sources,
+    TelemetrySettings, Validate,
 };
 use herald_proto::admin::admin_service_server::AdminServiceServer;
 use herald_proto::submit::submit_service_server::SubmitServiceServer;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub tls: ServerTlsSettings,
     /// PostgreSQL.
     pub database: DatabaseSettings,
+    /// Redis (idempotency cache).
+    pub redis: RedisSettings,
     /// Which identities may do what.
     pub auth: AuthSettings,
     /// Submit limits.
@@ -51,12 +54,16 @@ pub struct Settings {
 pub struct SubmitSettings {
     /// Most recipients in one submit.
     pub max_recipients: usize,
+    /// How long an idempotency key stays bound to its notification.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
 }
 
 impl Default for SubmitSettings {
     fn default() -> Self {
         Self {
             max_recipients: 1000,
+            idempotency_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -82,7 +89,11 @@ impl Validate for Settings {
     fn validate(&self, problems: &mut Vec<String>) {
         self.tls.validate(problems);
         self.database.validate(problems);
+        self.redis.validate(problems);
         self.auth.validate(problems);
+        if self.submit.idempotency_retention < Duration::from_secs(60) {
+            problems.push("submit.idempotency_retention must be at least 1m".into());
+        }
         if self.submit.max_recipients == 0 {
             problems.push("submit.max_recipients must be at least 1".into());
         }
@@ -104,6 +115,7 @@ impl Settings {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) pool: herald_db::Pool,
+    pub(crate) redis: herald_redis::RedisCache,
     pub(crate) settings: std::sync::Arc<Settings>,
 }
 
@@ -113,6 +125,7 @@ pub struct Application {
     local_addr: SocketAddr,
     settings: Settings,
     pool: herald_db::Pool,
+    redis: herald_redis::RedisCache,
 }
 
 impl Application {
@@ -120,6 +133,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
+        let redis =
+            herald_redis::RedisCache::new(&settings.redis).context("building the Redis pool")?;
         let listener = tokio::net::TcpListener::bind(settings.grpc.listen)
             .await
             .with_context(|| format!("binding {}", settings.grpc.listen))?;
@@ -129,6 +144,7 @@ impl Application {
             local_addr,
             settings,
             pool,
+            redis,
         })
     }
 
@@ -160,6 +176,7 @@ impl Application {
         let grace_period = self.settings.server.shutdown_grace_period;
         let state = AppState {
             pool: self.pool,
+            redis: self.redis,
             settings: std::sync::Arc::new(self.settings),
         };
         let authenticator = auth::Authenticator::new(&state.settings.auth)?;

@@ -231,10 +231,14 @@ impl SubmitApi {
         let hash = request_hash(&submit);
         let mut connection = herald_db::connection(&self.state.pool).await?;
 
-        if let Some(key) = &submit.idempotency_key
-            && let Some(response) = replay(&mut connection, caller, key, &hash).await?
-        {
-            return Ok(response);
+        if let Some(key) = &submit.idempotency_key {
+            if let Some(response) = self.cached_replay(caller, key, &hash).await? {
+                return Ok(response);
+            }
+            if let Some(response) = replay(&mut connection, caller, key, &hash).await? {
+                self.cache(caller, key, &response, &hash).await;
+                return Ok(response);
+            }
         }
 
         let template = herald_db::templates::find(
@@ -314,6 +318,7 @@ impl SubmitApi {
                 .idempotency_key
                 .as_ref()
                 .map(|key| key.as_ref().to_owned()),
+            idempotency_retention: self.state.settings.submit.idempotency_retention,
             request_hash: hash.clone(),
             template_id: template.id,
             template_version: template.version,
@@ -329,6 +334,13 @@ impl SubmitApi {
         };
         match notifications::insert(&mut connection, &new).await? {
             Inserted::Created => {
+                let response = SubmitResponse {
+                    notification_id: notification_id.to_string(),
+                    duplicate: false,
+                };
+                if let Some(key) = &submit.idempotency_key {
+                    self.cache(caller, key, &response, &hash).await;
+                }
                 tracing::info!(
                     notification.id = %notification_id,
                     template.key = %submit.template_key,
@@ -337,10 +349,7 @@ impl SubmitApi {
                     caller = %caller.identity,
                     "Notification accepted."
                 );
-                Ok(SubmitResponse {
-                    notification_id: notification_id.to_string(),
-                    duplicate: false,
-                })
+                Ok(response)
             }
             Inserted::KeyExists => {
                 // A concurrent submit with the same key committed first: its result is ours.
@@ -353,6 +362,59 @@ impl SubmitApi {
                         herald_db::Error::Corrupt("idempotency key vanished".into()).into()
                     })
             }
+        }
+    }
+
+    /// Answers a repeated submit from Redis when it knows the key. Redis trouble is a miss:
+    /// PostgreSQL decides.
+    async fn cached_replay(
+        &self,
+        caller: &Caller,
+        key: &IdempotencyKey,
+        hash: &[u8],
+    ) -> Result<Option<SubmitResponse>> {
+        match self
+            .state
+            .redis
+            .idempotency_get(&caller.identity, key)
+            .await
+        {
+            Ok(Some((notification_id, stored_hash))) => {
+                if stored_hash != hash {
+                    return Err(key_conflict(key, notification_id));
+                }
+                tracing::info!(notification.id = %notification_id, caller = %caller.identity, "Idempotent replay answered from the cache.");
+                Ok(Some(SubmitResponse {
+                    notification_id: notification_id.to_string(),
+                    duplicate: true,
+                }))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => {
+                tracing::warn!(error = %error, "Idempotency cache unavailable; asking PostgreSQL.");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn cache(
+        &self,
+        caller: &Caller,
+        key: &IdempotencyKey,
+        response: &SubmitResponse,
+        hash: &[u8],
+    ) {
+        let Ok(notification_id) = response.notification_id.parse() else {
+            return;
+        };
+        let retention = self.state.settings.submit.idempotency_retention;
+        if let Err(error) = self
+            .state
+            .redis
+            .idempotency_put(&caller.identity, key, notification_id, hash, retention)
+            .await
+        {
+            tracing::warn!(error = %error, "Could not cache an idempotency key.");
         }
     }
 
@@ -394,16 +456,20 @@ async fn replay(
         return Ok(None);
     };
     if stored_hash != hash {
-        return Err(ServiceError::AlreadyExists(format!(
-            "idempotency_key: `{}` was already used for a different request (notification {notification_id}); use a new key for a new notification",
-            key.as_ref()
-        )));
+        return Err(key_conflict(key, notification_id));
     }
     tracing::info!(notification.id = %notification_id, caller = %caller.identity, "Idempotent replay answered with the original notification.");
     Ok(Some(SubmitResponse {
         notification_id: notification_id.to_string(),
         duplicate: true,
     }))
+}
+
+fn key_conflict(key: &IdempotencyKey, notification_id: NotificationId) -> ServiceError {
+    ServiceError::AlreadyExists(format!(
+        "idempotency_key: `{}` was already used for a different request (notification {notification_id}); use a new key for a new notification",
+        key.as_ref()
+    ))
 }
 
 fn notification_status(record: &NotificationRecord) -> pb::NotificationStatus {

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use herald_proto::common;
+use herald_proto::{admin, common};
+use uuid::Uuid;
 
 /// Talks to Herald's API server over mutual TLS: manages templates, submits notifications,
-/// follows their delivery and generates load.
+/// follows their delivery, generates load and handles failed deliveries.
 ///
 /// Connection options go before the subcommand. Certificate paths default to the development
 /// certificates in `certs-dev/generated/` (relative to the working directory; create them with
@@ -22,7 +24,13 @@ pub(crate) struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad usage, 3 partially delivered \
-(or an incomplete bench), 4 failed, 5 timed out.";
+(or an incomplete bench, or a failure replay/discard in which some id was not resolved), \
+4 failed, 5 timed out.";
+
+/// Shown under every `failures` command's help: AdminService refuses other identities.
+const ADMIN_CERTIFICATE: &str = "Needs the admin certificate. Connection options go before \
+`failures`: herald-cli --cert certs-dev/generated/admin.pem --key certs-dev/generated/admin.key \
+failures list";
 
 /// Where the API server is and which identity to present. These options go before the
 /// subcommand (`herald-cli --cert admin.pem --key admin.key template create --key welcome ..`):
@@ -39,7 +47,8 @@ pub(crate) struct ConnectionArgs {
     #[arg(long, env = "HERALD_CA", default_value = "certs-dev/generated/ca.pem")]
     pub(crate) ca: PathBuf,
     /// PEM client certificate presented to the server. Its identity needs the `submit` role for
-    /// submits, status and reading templates, and the `admin` role for `template create`.
+    /// submits, status and reading templates, and the `admin` role for `template create` and
+    /// every `failures` command.
     #[arg(
         long,
         env = "HERALD_CERT",
@@ -83,6 +92,15 @@ pub(crate) enum Command {
     /// delivery `delivered_at`). Exits 3 when any submit failed or any notification was not
     /// delivered.
     Bench(BenchArgs),
+    /// Failed deliveries (the failure record): list, inspect, replay and discard. Needs the
+    /// admin role.
+    ///
+    /// The default certificate is a submitter; present the admin identity before the
+    /// subcommand: `herald-cli --cert certs-dev/generated/admin.pem
+    /// --key certs-dev/generated/admin.key failures list`. Replays and discards are audited
+    /// with that identity and the `--reason`.
+    #[command(subcommand, after_help = ADMIN_CERTIFICATE)]
+    Failures(FailuresCommand),
 }
 
 /// Template subcommands.
@@ -216,6 +234,100 @@ pub(crate) struct WaitArgs {
     pub(crate) json: bool,
 }
 
+/// `failures` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum FailuresCommand {
+    /// List failures, newest first, as a table (or a JSON array with `--json`).
+    #[command(after_help = ADMIN_CERTIFICATE)]
+    List(FailuresListArgs),
+    /// Show one failure with its delivery's full history.
+    #[command(after_help = ADMIN_CERTIFICATE)]
+    Get(FailuresGetArgs),
+    /// Start a fresh attempt cycle (a new retry budget) for each open failure's delivery.
+    ///
+    /// Prints one line per id with its outcome: done, already replayed, already discarded or
+    /// not found. Safe to repeat: a failure already replayed is not replayed twice. With
+    /// `--all-open`, lists every open failure first and replays them all. Ids are sent in
+    /// batches of 500. Exits 0 when every id was replayed now or before, 3 otherwise.
+    #[command(after_help = ADMIN_CERTIFICATE)]
+    Replay(FailuresReplayArgs),
+    /// Close open failures without sending.
+    ///
+    /// Prints one line per id with its outcome: done, already replayed, already discarded or
+    /// not found. Ids are sent in batches of 500. Exits 0 when every id was discarded now or
+    /// before, 3 otherwise.
+    #[command(after_help = ADMIN_CERTIFICATE)]
+    Discard(FailuresDiscardArgs),
+}
+
+/// Arguments of `failures list`.
+#[derive(Debug, Args)]
+pub(crate) struct FailuresListArgs {
+    /// Only failures in this status.
+    #[arg(long, value_enum, default_value_t = FailureStatusArg::Open)]
+    pub(crate) status: FailureStatusArg,
+    /// Only failures on this channel.
+    #[arg(long, value_enum)]
+    pub(crate) channel: Option<ChannelArg>,
+    /// Only failures of this class.
+    #[arg(long, value_enum)]
+    pub(crate) class: Option<FailureClassArg>,
+    /// Only failures of this notification.
+    #[arg(long, value_name = "ID")]
+    pub(crate) notification: Option<String>,
+    /// Only failures recorded at or after this instant (RFC 3339, e.g.
+    /// `2025-01-31T12:00:00Z`).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub(crate) since: Option<DateTime<Utc>>,
+    /// Show at most this many failures, reading as many pages as needed.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) limit: u32,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `failures get`.
+#[derive(Debug, Args)]
+pub(crate) struct FailuresGetArgs {
+    /// The failure id (a UUID, as printed by `failures list`).
+    pub(crate) id: Uuid,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `failures replay`.
+#[derive(Debug, Args)]
+pub(crate) struct FailuresReplayArgs {
+    /// Why, for the audit log (1 to 500 characters).
+    #[arg(long, value_parser = parse_reason)]
+    pub(crate) reason: String,
+    /// Replay every open failure instead of the given ids.
+    #[arg(long, conflicts_with = "ids")]
+    pub(crate) all_open: bool,
+    /// Failure ids (UUIDs, as printed by `failures list`).
+    #[arg(value_name = "ID", required_unless_present = "all_open")]
+    pub(crate) ids: Vec<Uuid>,
+    /// Print a JSON array of `{"id": .., "outcome": ..}` instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `failures discard`.
+#[derive(Debug, Args)]
+pub(crate) struct FailuresDiscardArgs {
+    /// Why, for the audit log (1 to 500 characters).
+    #[arg(long, value_parser = parse_reason)]
+    pub(crate) reason: String,
+    /// Failure ids (UUIDs, as printed by `failures list`).
+    #[arg(value_name = "ID", required = true)]
+    pub(crate) ids: Vec<Uuid>,
+    /// Print a JSON array of `{"id": .., "outcome": ..}` instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -308,6 +420,51 @@ impl From<PriorityArg> for common::Priority {
     }
 }
 
+/// A failure status filter as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FailureStatusArg {
+    /// Not replayed or discarded yet.
+    Open,
+    /// Sent into a fresh attempt cycle by `failures replay`.
+    Replayed,
+    /// Closed without sending by `failures discard`.
+    Discarded,
+    /// Every status.
+    Any,
+}
+
+impl From<FailureStatusArg> for admin::FailureStatus {
+    fn from(status: FailureStatusArg) -> Self {
+        match status {
+            FailureStatusArg::Open => Self::Open,
+            FailureStatusArg::Replayed => Self::Replayed,
+            FailureStatusArg::Discarded => Self::Discarded,
+            FailureStatusArg::Any => Self::Unspecified,
+        }
+    }
+}
+
+/// A failure class filter as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FailureClassArg {
+    /// The provider or the content made success impossible (bad address, render error).
+    Permanent,
+    /// Retryable failures used up the attempt budget.
+    Exhausted,
+    /// The provider call's outcome cannot be known and the channel does not resend.
+    Unknown,
+}
+
+impl From<FailureClassArg> for admin::FailureClass {
+    fn from(class: FailureClassArg) -> Self {
+        match class {
+            FailureClassArg::Permanent => Self::Permanent,
+            FailureClassArg::Exhausted => Self::Exhausted,
+            FailureClassArg::Unknown => Self::Unknown,
+        }
+    }
+}
+
 fn parse_key_value(argument: &str) -> Result<(String, String), String> {
     match argument.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
@@ -320,6 +477,23 @@ fn parse_json_object(argument: &str) -> Result<serde_json::Map<String, serde_jso
         Ok(serde_json::Value::Object(object)) => Ok(object),
         Ok(_) => Err("expected a JSON object".to_owned()),
         Err(error) => Err(format!("invalid JSON: {error}")),
+    }
+}
+
+fn parse_rfc3339(argument: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(argument)
+        .map(|instant| instant.to_utc())
+        .map_err(|error| format!("expected an RFC 3339 instant like 2025-01-31T12:00:00Z: {error}"))
+}
+
+/// The audit reason: the server wants 1 to 500 characters, not only whitespace.
+fn parse_reason(argument: &str) -> Result<String, String> {
+    if argument.trim().is_empty() {
+        Err("the reason must not be empty".to_owned())
+    } else if argument.chars().count() > 500 {
+        Err("the reason must be at most 500 characters".to_owned())
+    } else {
+        Ok(argument.to_owned())
     }
 }
 

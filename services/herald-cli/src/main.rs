@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod client;
 mod display;
+mod failures;
 mod status;
 mod submit;
 mod template;
@@ -23,7 +24,9 @@ use crate::cli::{Cli, Command};
 pub(crate) enum Outcome {
     /// Done; for `wait`, the notification was delivered.
     Success,
-    /// Partially delivered, or a bench in which something was not accepted or not delivered.
+    /// Partially delivered, a bench in which something was not accepted or not delivered, or a
+    /// failure replay/discard in which some id was neither resolved now nor already in the
+    /// requested state.
     Partial,
     /// The notification failed.
     Failed,
@@ -82,6 +85,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Get(args) => status::get(args, connection).await,
         Command::Wait(args) => status::wait(args, connection).await,
         Command::Bench(args) => bench::run(args, connection).await,
+        Command::Failures(command) => failures::run(command, connection).await,
     }
 }
 

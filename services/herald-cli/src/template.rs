@@ -166,7 +166,6 @@ fn to_text(template: &Template) -> String {
 
 /// One line per template, in aligned columns.
 fn to_table(templates: &[Template]) -> String {
-    let header = ["KEY", "VERSION", "CATEGORY", "PARAMETERS", "DESCRIPTION"].map(str::to_owned);
     let rows: Vec<[String; 5]> = templates
         .iter()
         .map(|template| {
@@ -179,23 +178,11 @@ fn to_table(templates: &[Template]) -> String {
             ]
         })
         .collect();
-    let mut widths = [0; 5];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut text = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        text.push_str(cells.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
+    display::table(
+        "",
+        ["KEY", "VERSION", "CATEGORY", "PARAMETERS", "DESCRIPTION"],
+        &rows,
+    )
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct RelaySettings {
     /// Pause after a batch that was not full.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often expired idempotency keys are deleted.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
 }
 
 impl Default for RelaySettings {
@@ -45,6 +48,7 @@ impl Default for RelaySettings {
         Self {
             batch_size: 200,
             poll_interval: Duration::from_millis(50),
+            cleanup_interval: Duration::from_secs(60),
         }
     }
 }
@@ -113,6 +117,11 @@ impl Application {
     /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
     /// (published and committed) before returning.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let cleanup = tokio::spawn(clean_up_expired_keys(
+            self.pool.clone(),
+            self.settings.relay.cleanup_interval,
+            shutdown.clone(),
+        ));
         let mut reconnect_delay = self.settings.amqp.reconnect_min;
         while !shutdown.is_cancelled() {
             match self.connect().await {
@@ -139,6 +148,7 @@ impl Application {
             }
             reconnect_delay = (reconnect_delay * 2).min(self.settings.amqp.reconnect_max);
         }
+        let _stopped = cleanup.await;
         tracing::info!("Relay stopped.");
         Ok(())
     }
@@ -224,6 +234,38 @@ impl Application {
         match broker_error {
             Some(error) => Err(BatchError::Broker(error)),
             None => Ok(published),
+        }
+    }
+}
+
+/// Deletes expired idempotency-key bindings every `interval` until `shutdown`. Expired keys are
+/// already ignored and replaced by submits; this only keeps the table small.
+async fn clean_up_expired_keys(
+    pool: herald_db::Pool,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let deleted = async {
+            let mut connection = herald_db::connection(&pool).await?;
+            herald_db::notifications::delete_expired_idempotency_keys(
+                &mut connection,
+                chrono::Utc::now(),
+                10_000,
+            )
+            .await
+        }
+        .await;
+        match deleted {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(deleted = count, "Expired idempotency keys deleted."),
+            Err(error) => {
+                tracing::warn!(error = %error, "Could not delete expired idempotency keys.")
+            }
         }
     }
 }

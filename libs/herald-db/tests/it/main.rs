@@ -44,6 +44,7 @@ async fn seed(
             id: NotificationId::generate(),
             submitted_by: "test".into(),
             idempotency_key: idempotency_key.map(str::to_owned),
+            idempotency_retention: Duration::from_secs(3600),
             request_hash: vec![1],
             template_id: template.id,
             template_version: template.version,
@@ -89,7 +90,8 @@ async fn every_table_and_column_in_schema_rs_exists_after_migrating() {
         delivery_events,
         outbox,
         failures,
-        audit_log
+        audit_log,
+        idempotency_keys
     );
 }
 
@@ -230,4 +232,38 @@ async fn a_delivery_whose_worker_died_mid_attempt_is_taken_over_once_its_lease_e
             .unwrap(),
         "the abandoned attempt can no longer record an outcome"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_idempotency_keys_are_replaced_and_cleaned_up() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    assert_eq!(seed(&mut connection, Some("k")).await.0, Inserted::Created);
+    expire_every_idempotency_key(&mut connection).await;
+    assert!(
+        notifications::find_by_idempotency_key(&mut connection, "test", "k")
+            .await
+            .unwrap()
+            .is_none(),
+        "an expired key binds nothing"
+    );
+    assert_eq!(seed(&mut connection, Some("k")).await.0, Inserted::Created);
+
+    expire_every_idempotency_key(&mut connection).await;
+    let deleted =
+        notifications::delete_expired_idempotency_keys(&mut connection, chrono::Utc::now(), 100)
+            .await
+            .unwrap();
+    assert_eq!(deleted, 1);
+}
+
+async fn expire_every_idempotency_key(connection: &mut AsyncPgConnection) {
+    diesel::update(schema::idempotency_keys::table)
+        .set(
+            schema::idempotency_keys::expires_at
+                .eq(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .execute(connection)
+        .await
+        .unwrap();
 }
