@@ -72,9 +72,15 @@ async fn an_admin_lists_inspects_and_replays_a_failure_once() {
         .iter()
         .map(|event| event.kind.as_str())
         .collect();
-    assert_eq!(kinds, ["accepted", "queued", "sending", "failed"]);
-    assert_eq!(detail.history[3].provider, "smtp");
-    assert_eq!(detail.history[3].error_class, "exhausted");
+    // `queued` is absent when the worker claimed the delivery before the relay committed.
+    let expected: &[&[&str]] = &[
+        &["accepted", "queued", "sending", "failed"],
+        &["accepted", "sending", "failed"],
+    ];
+    assert!(expected.contains(&kinds.as_slice()), "{kinds:?}");
+    let failed = detail.history.last().unwrap();
+    assert_eq!(failed.provider, "smtp");
+    assert_eq!(failed.error_class, "exhausted");
 
     app.start_email_worker(1);
     let first = admin

@@ -17,7 +17,8 @@ use herald_proto::submit::{
 use herald_proto::template::template_service_client::TemplateServiceClient;
 use herald_proto::template::{CreateTemplateRequest, EmailPart, Template, TemplateContent};
 use herald_test_support::{
-    SmtpServer, TestCerts, TestDatabase, TestKeyspace, TestVhost, eventually,
+    FaultProxy, SmtpServer, TestCerts, TestDatabase, TestKeyspace, TestVhost, eventually,
+    socket_address_of,
 };
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -52,10 +53,18 @@ pub(crate) const ORDERS_IDENTITY: &str = "spiffe://herald.local/service/orders";
 
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
-    pub(crate) database: TestDatabase,
+    /// Held for its `Drop`, which drops the schema.
+    _database: TestDatabase,
     pub(crate) vhost: TestVhost,
     pub(crate) smtp: SmtpServer,
     pub(crate) keyspace: TestKeyspace,
+    /// Every service reaches PostgreSQL through this proxy; `cut` it to take PostgreSQL away.
+    pub(crate) database_proxy: FaultProxy,
+    /// The relay and workers reach RabbitMQ through this proxy.
+    pub(crate) amqp_proxy: FaultProxy,
+    database_url: String,
+    amqp_url: String,
+    /// A direct pool (not through the proxy) for the test's own checks.
     pub(crate) pool: herald_db::Pool,
     shutdown: CancellationToken,
 }
@@ -94,17 +103,27 @@ impl TestApp {
             tokio::join!(TestDatabase::new(), TestVhost::new(), SmtpServer::start());
         let certs = TestCerts::get();
         let keyspace = TestKeyspace::default();
+        let database_target = socket_address_of(database.url());
+        let database_proxy = FaultProxy::start(database_target).await;
+        let database_url = database_proxy.rewrite(database.url(), database_target);
+        let amqp_target = socket_address_of(vhost.amqp_url());
+        let amqp_proxy = FaultProxy::start(amqp_target).await;
+        let amqp_url = amqp_proxy.rewrite(vhost.amqp_url(), amqp_target);
         let database_settings = DatabaseSettings {
-            url: SecretString::from(database.url()),
+            url: SecretString::from(database_url.as_str()),
             max_connections: 8,
-            ..DatabaseSettings::default()
+            acquire_timeout: Duration::from_secs(2),
         };
         let amqp_settings = AmqpSettings {
-            url: SecretString::from(vhost.amqp_url()),
+            url: SecretString::from(amqp_url.as_str()),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),
         };
-        let pool = herald_db::build_pool(&database_settings).expect("test pool");
+        let pool = herald_db::build_pool(&DatabaseSettings {
+            url: SecretString::from(database.url()),
+            ..DatabaseSettings::default()
+        })
+        .expect("test pool");
         let shutdown = CancellationToken::new();
 
         let api_settings = herald_api_server::Settings {
@@ -158,10 +177,14 @@ impl TestApp {
 
         let app = Self {
             address,
-            database,
+            _database: database,
             vhost,
             smtp,
             keyspace,
+            database_proxy,
+            amqp_proxy,
+            database_url,
+            amqp_url,
             pool,
             shutdown,
         };
@@ -175,12 +198,12 @@ impl TestApp {
     pub(crate) fn email_worker_settings(&self, prefetch: u16) -> herald_email_worker::Settings {
         herald_email_worker::Settings {
             database: DatabaseSettings {
-                url: SecretString::from(self.database.url()),
+                url: SecretString::from(self.database_url.as_str()),
                 max_connections: 4,
-                ..DatabaseSettings::default()
+                acquire_timeout: Duration::from_secs(2),
             },
             amqp: AmqpSettings {
-                url: SecretString::from(self.vhost.amqp_url()),
+                url: SecretString::from(self.amqp_url.as_str()),
                 reconnect_min: Duration::from_millis(50),
                 reconnect_max: Duration::from_millis(500),
             },

@@ -3,6 +3,7 @@
 mod admin;
 mod config;
 mod delivery;
+mod faults;
 mod harness;
 mod priority;
 mod security;

@@ -360,3 +360,28 @@ pub async fn event_kinds(
         .load(connection)
         .await?)
 }
+
+/// Critical deliveries on `channel` still `pending` (their outbox row not yet published)
+/// since before `older_than`, oldest first: the emergency path's work when RabbitMQ or the
+/// relay is away.
+pub async fn stranded_critical(
+    connection: &mut AsyncPgConnection,
+    channel: Channel,
+    older_than: chrono::DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DeliveryId>> {
+    Ok(deliveries::table
+        .inner_join(notifications::table)
+        .filter(deliveries::channel.eq(channel.as_str()))
+        .filter(deliveries::state.eq(DeliveryState::Pending.as_str()))
+        .filter(notifications::priority.eq(Priority::Critical.as_i16()))
+        .filter(deliveries::created_at.lt(older_than))
+        .order(deliveries::created_at.asc())
+        .limit(limit)
+        .select(deliveries::id)
+        .load::<Uuid>(connection)
+        .await?
+        .into_iter()
+        .map(DeliveryId::from)
+        .collect())
+}

@@ -100,7 +100,9 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
         ))
         .execute(connection)
         .await?;
-    diesel::update(
+    // A worker may have claimed a delivery before this commit (it consumed the message
+    // while the relay waited for confirms); only deliveries still pending become queued.
+    let queued: Vec<Uuid> = diesel::update(
         deliveries::table
             .filter(deliveries::id.eq_any(&delivery_ids))
             .filter(deliveries::state.eq(DeliveryState::Pending.as_str())),
@@ -110,9 +112,10 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
         deliveries::queued_at.eq(now),
         deliveries::updated_at.eq(now),
     ))
-    .execute(connection)
+    .returning(deliveries::id)
+    .get_results(connection)
     .await?;
-    let events: Vec<_> = delivery_ids
+    let events: Vec<_> = queued
         .iter()
         .map(|delivery_id| {
             (

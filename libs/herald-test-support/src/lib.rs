@@ -3,6 +3,7 @@
 
 mod database;
 mod keyspace;
+mod proxy;
 mod smtp;
 mod vhost;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use database::TestDatabase;
 pub use keyspace::TestKeyspace;
+pub use proxy::FaultProxy;
 pub use smtp::{ReceivedEmail, SmtpServer};
 pub use vhost::TestVhost;
 
@@ -28,6 +30,32 @@ pub fn required_env(name: &str) -> String {
              TEST_AMQP_URL, TEST_AMQP_ADMIN_URL and TEST_AIOSMTPD_PYTHON (or eval \"$(./scripts/deps)\")."
         )
     })
+}
+
+/// The socket address a `scheme://user:pass@host:port/...` URL points to.
+///
+/// # Panics
+/// When the URL has no host and port that resolve to an address.
+pub fn socket_address_of(url: &str) -> std::net::SocketAddr {
+    let parsed =
+        reqwest::Url::parse(url).unwrap_or_else(|error| panic!("{url} is not a URL: {error}"));
+    let host = parsed.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or_else(|| match parsed.scheme() {
+            "postgres" | "postgresql" => 5432,
+            "amqp" => 5672,
+            "redis" => 6379,
+            other => panic!("no default port for {other}"),
+        });
+    format!("{host}:{port}")
+        .parse()
+        .unwrap_or_else(|error| panic!("{host}:{port} is not a socket address: {error}"))
 }
 
 /// A unique, time-stamped name for a test resource: `<prefix><separator><secs><separator><rand>`.

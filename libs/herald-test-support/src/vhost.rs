@@ -84,6 +84,24 @@ impl TestVhost {
     }
 }
 
+impl TestVhost {
+    /// Deletes `queue` through the management API, as an operator mistake or a broker that
+    /// lost its definitions would.
+    ///
+    /// # Panics
+    /// When the management API refuses.
+    pub async fn delete_queue(&self, queue: &str) {
+        let (base, user, password) = split_credentials(&self.admin_url);
+        reqwest::Client::new()
+            .delete(format!("{base}/api/queues/{}/{queue}", self.name))
+            .basic_auth(&user, Some(&password))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|error| panic!("deleting queue {queue}: {error}"));
+    }
+}
+
 /// `http://user:pass@host:port` → (`http://host:port`, user, pass).
 fn split_credentials(url: &str) -> (String, String, String) {
     let parsed = reqwest::Url::parse(url).expect("TEST_AMQP_ADMIN_URL must be a URL");
