@@ -262,3 +262,33 @@ impl herald_worker::ChannelProvider for CrashAfterSend {
         std::future::pending().await
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn critical_notifications_still_go_out_while_rabbitmq_is_away_and_are_not_sent_twice() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    app.amqp_proxy.cut();
+
+    let mut critical = welcome_request("oncall@example.com");
+    critical.priority = herald_proto::common::Priority::Critical.into();
+    let critical_id = app.submit(critical).await.unwrap().notification_id;
+    let bulk_id = app
+        .submit(welcome_request("bulk@example.com"))
+        .await
+        .unwrap()
+        .notification_id;
+
+    app.wait_for_status(&critical_id, NotificationStatus::Delivered)
+        .await;
+    let emails = app.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(emails[0].to, ["oncall@example.com"]);
+    let bulk = app.notification(&bulk_id).await;
+    assert_eq!(
+        bulk.deliveries[0].state(),
+        DeliveryState::Pending,
+        "only critical traffic takes the emergency path"
+    );
+
+    app.amqp_proxy.restore();
+    assert_each_delivered_once(&app, &[critical_id, bulk_id]).await;
+}

@@ -211,6 +211,8 @@ impl TestApp {
                 prefetch,
                 retry_delays: vec![Duration::from_millis(50), Duration::from_millis(100)],
                 shutdown_grace_period: Duration::from_secs(2),
+                emergency_after: Duration::from_millis(500),
+                emergency_poll_interval: Duration::from_millis(100),
                 ..herald_worker::WorkerSettings::default()
             },
             smtp: herald_email_worker::SmtpSettings {

@@ -75,6 +75,7 @@ impl<P: ChannelProvider> Worker<P> {
     /// the connection fails. In-flight deliveries finish (within the grace period) before it
     /// returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let emergency = tokio::spawn(Arc::clone(&self.inner).emergency_path(shutdown.clone()));
         let amqp = &self.inner.amqp;
         let mut reconnect_delay = amqp.reconnect_min;
         let mut in_flight = JoinSet::new();
@@ -105,6 +106,7 @@ impl<P: ChannelProvider> Worker<P> {
                 "In-flight deliveries did not finish within the grace period; their messages will be redelivered."
             );
         }
+        let _stopped = emergency.await;
         tracing::info!(channel = %self.inner.provider.channel(), "Worker stopped.");
     }
 
@@ -173,6 +175,41 @@ impl<P: ChannelProvider> Worker<P> {
 }
 
 impl<P: ChannelProvider> Inner<P> {
+    /// Delivers critical notifications that the queue has not brought within
+    /// `emergency_after`, straight from PostgreSQL, through the same claim and records as the
+    /// queue path. When RabbitMQ returns, the relay publishes them and the claim turns the
+    /// late messages into no-ops.
+    async fn emergency_path(self: Arc<Self>, shutdown: CancellationToken) {
+        let channel = self.provider.channel();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.settings.emergency_poll_interval) => {}
+            }
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(self.settings.emergency_after)
+                    .unwrap_or(chrono::Duration::MAX);
+            let stranded = async {
+                let mut connection = herald_db::connection(&self.pool).await?;
+                deliveries::stranded_critical(&mut connection, channel, cutoff, 50).await
+            }
+            .await;
+            let stranded = match stranded {
+                Ok(stranded) => stranded,
+                Err(error) => {
+                    tracing::debug!(error = %error, "Emergency path cannot read PostgreSQL.");
+                    continue;
+                }
+            };
+            for delivery_id in stranded {
+                tracing::warn!(delivery.id = %delivery_id, channel = %channel, "Critical delivery stranded outside the queue; delivering it on the emergency path.");
+                if let Err(error) = self.attempt(delivery_id).await {
+                    tracing::warn!(delivery.id = %delivery_id, error = %error, "Emergency delivery could not be recorded.");
+                }
+            }
+        }
+    }
+
     async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
         let settlement = self.process(&delivery.data).await;
         let outcome = match settlement {

@@ -70,6 +70,13 @@ pub struct WorkerSettings {
     /// How long in-flight deliveries may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
+    /// Emergency path: a critical delivery still unpublished this long after it was accepted
+    /// (RabbitMQ or the relay is away) is delivered straight from PostgreSQL.
+    #[serde(with = "humantime_serde")]
+    pub emergency_after: Duration,
+    /// How often the emergency path looks for stranded critical deliveries.
+    #[serde(with = "humantime_serde")]
+    pub emergency_poll_interval: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -80,6 +87,8 @@ impl Default for WorkerSettings {
             max_attempts: 5,
             retry_delays: [1, 5, 30, 120].map(Duration::from_secs).to_vec(),
             shutdown_grace_period: Duration::from_secs(20),
+            emergency_after: Duration::from_secs(10),
+            emergency_poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -91,6 +100,9 @@ impl Validate for WorkerSettings {
         }
         if self.max_attempts == 0 {
             problems.push("worker.max_attempts must be at least 1".into());
+        }
+        if self.emergency_poll_interval.is_zero() {
+            problems.push("worker.emergency_poll_interval must be positive".into());
         }
         if self.retry_delays.is_empty() || self.retry_delays.iter().any(Duration::is_zero) {
             problems.push("worker.retry_delays must list at least one non-zero delay".into());
