@@ -40,6 +40,11 @@ fn base_toml_is_valid_for_every_service() {
     assert_eq!(relay.relay.batch_size, 200);
     let worker: herald_email_worker::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(worker.smtp.port, 2525);
+    let sentinel: herald_sentinel::Settings = herald_config::load(&sources(&[])).unwrap();
+    assert_eq!(
+        sentinel.alerts.sla.critical,
+        std::time::Duration::from_secs(60)
+    );
 }
 
 #[test]

@@ -248,6 +248,25 @@ impl TestApp {
         shutdown
     }
 
+    /// Starts the sentinel, alerting to `webhook_url` (if any) and by email to `email_to`
+    /// through this app's SMTP server; `adjust` tweaks the rest.
+    pub(crate) fn start_sentinel(&self, adjust: impl FnOnce(&mut herald_sentinel::AlertSettings)) {
+        let mut alerts = herald_sentinel::AlertSettings {
+            scan_interval: Duration::from_millis(100),
+            ..herald_sentinel::AlertSettings::default()
+        };
+        adjust(&mut alerts);
+        let worker = self.email_worker_settings(1);
+        let sentinel = herald_sentinel::Application::build(herald_sentinel::Settings {
+            database: worker.database,
+            alerts,
+            smtp: worker.smtp,
+            telemetry: TelemetrySettings::default(),
+        })
+        .expect("building the sentinel");
+        tokio::spawn(sentinel.run_until_stopped(self.shutdown.clone()));
+    }
+
     pub(crate) async fn admin_client(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel(As::Admin).await)
     }

@@ -1,6 +1,7 @@
 //! Herald's cross-service integration tests: one binary, one module per capability.
 
 mod admin;
+mod alerts;
 mod config;
 mod delivery;
 mod faults;

@@ -70,6 +70,19 @@ where
     }
 }
 
+/// Loads `T` the way every service binary does: `base.toml` from `config_dir`, the overlay
+/// named by `HERALD_ENV`, then the process environment.
+pub fn load_from_dir<T>(config_dir: &Path) -> Result<T>
+where
+    T: DeserializeOwned + Validate,
+{
+    load(&Sources {
+        config_dir: Some(config_dir.to_owned()),
+        environment: std::env::var("HERALD_ENV").ok(),
+        env_override: None,
+    })
+}
+
 fn file(
     dir: &Path,
     name: &str,

@@ -2,6 +2,24 @@
 #![allow(missing_docs)]
 
 diesel::table! {
+    alert_state (fingerprint) {
+        fingerprint -> Text,
+        last_sent_at -> Nullable<Timestamptz>,
+        suppressed -> Int4,
+    }
+}
+
+diesel::table! {
+    alerts_sent (id) {
+        id -> Int8,
+        fingerprint -> Text,
+        kind -> Text,
+        summary -> Text,
+        sent_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     audit_log (id) {
         id -> Int8,
         actor -> Text,
@@ -42,6 +60,7 @@ diesel::table! {
         queued_at -> Nullable<Timestamptz>,
         delivered_at -> Nullable<Timestamptz>,
         attempts_base -> Int4,
+        sla_alerted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -58,6 +77,7 @@ diesel::table! {
         created_at -> Timestamptz,
         resolved_at -> Nullable<Timestamptz>,
         resolved_by -> Nullable<Text>,
+        alerted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -136,6 +156,8 @@ diesel::joinable!(outbox -> deliveries (delivery_id));
 diesel::joinable!(template_versions -> templates (template_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    alert_state,
+    alerts_sent,
     audit_log,
     delivery_events,
     deliveries,

@@ -66,3 +66,56 @@ pub fn shutdown_signal() -> tokio_util::sync::CancellationToken {
     });
     token
 }
+
+/// A service binary's `main` after argument parsing: loads `S` from `config_dir` (printing
+/// every problem and returning exit code 64 when the configuration is invalid), initialises
+/// telemetry from the section `telemetry` picks, runs `run`, and turns its error into exit
+/// code 1 with the error chain logged once.
+pub async fn run_service<S, F, Fut, E>(
+    service_name: &'static str,
+    config_dir: &std::path::Path,
+    telemetry: fn(&S) -> &TelemetrySettings,
+    run: F,
+) -> std::process::ExitCode
+where
+    S: serde::de::DeserializeOwned + herald_config::Validate,
+    F: FnOnce(S) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let settings: S = match herald_config::load_from_dir(config_dir) {
+        Ok(settings) => settings,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{service_name}: {error}");
+            }
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let _guard = match init(telemetry(&settings), service_name) {
+        Ok(guard) => guard,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{service_name}: cannot initialise telemetry: {error}");
+            }
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let error: Box<dyn std::error::Error + Send + Sync> = error.into();
+            let mut chain = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(error = %chain, "{service_name} failed.");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod keyspace;
 mod proxy;
 mod smtp;
 mod vhost;
+mod webhook;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ pub use keyspace::TestKeyspace;
 pub use proxy::FaultProxy;
 pub use smtp::{ReceivedEmail, SmtpServer};
 pub use vhost::TestVhost;
+pub use webhook::{ReceivedRequest, WebhookReceiver};
 
 /// Reads a required test variable or panics with the way to get it.
 ///

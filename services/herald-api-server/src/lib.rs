@@ -7,13 +7,12 @@ mod submit;
 mod template;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use herald_config::{
-    DatabaseSettings, GrpcServerSettings, RedisSettings, ServerTlsSettings, Sources,
-    TelemetrySettings, Validate,
+    DatabaseSettings, GrpcServerSettings, RedisSettings, ServerTlsSettings, TelemetrySettings,
+    Validate,
 };
 use herald_proto::admin::admin_service_server::AdminServiceServer;
 use herald_proto::submit::submit_service_server::SubmitServiceServer;
@@ -97,17 +96,6 @@ impl Validate for Settings {
         if self.submit.max_recipients == 0 {
             problems.push("submit.max_recipients must be at least 1".into());
         }
-    }
-}
-
-impl Settings {
-    /// Loads settings from `config_dir` and the environment (`HERALD_ENV` picks the overlay).
-    pub fn load(config_dir: &Path) -> Result<Self, herald_config::Error> {
-        herald_config::load(&Sources {
-            config_dir: Some(config_dir.to_owned()),
-            environment: std::env::var("HERALD_ENV").ok(),
-            env_override: None,
-        })
     }
 }
 

@@ -24,27 +24,17 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(&cli.config_dir) {
-        Ok(settings) => settings,
-        Err(error) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("{SERVICE_NAME}: {error}");
-            }
-            return std::process::ExitCode::from(64);
-        }
-    };
-    match run(cli.command.unwrap_or(Command::Serve), settings).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "{SERVICE_NAME} failed.");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let command = cli.command.unwrap_or(Command::Serve);
+    herald_telemetry::run_service(
+        SERVICE_NAME,
+        &cli.config_dir,
+        |settings: &Settings| &settings.telemetry,
+        |settings| run(command, settings),
+    )
+    .await
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    let _telemetry = herald_telemetry::init(&settings.telemetry, SERVICE_NAME)?;
     herald_tls::install_crypto_provider();
     match command {
         Command::Migrate => {

@@ -2,15 +2,14 @@
 
 mod smtp;
 
-use std::path::Path;
-
 use anyhow::Context;
-use herald_config::{AmqpSettings, DatabaseSettings, Sources, TelemetrySettings, Validate};
+use herald_config::{AmqpSettings, DatabaseSettings, TelemetrySettings, Validate};
 use herald_worker::{Worker, WorkerSettings};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use smtp::{SmtpProvider, SmtpSecurity, SmtpSettings};
+pub use herald_smtp::{SmtpSecurity, SmtpSettings};
+pub use smtp::SmtpProvider;
 
 /// The binary, package, Deployment and `service.name`.
 pub const SERVICE_NAME: &str = "herald-email-worker";
@@ -37,17 +36,6 @@ impl Validate for Settings {
         self.amqp.validate(problems);
         self.worker.validate(problems);
         self.smtp.validate(problems);
-    }
-}
-
-impl Settings {
-    /// Loads settings from `config_dir` and the environment (`HERALD_ENV` picks the overlay).
-    pub fn load(config_dir: &Path) -> Result<Self, herald_config::Error> {
-        herald_config::load(&Sources {
-            config_dir: Some(config_dir.to_owned()),
-            environment: std::env::var("HERALD_ENV").ok(),
-            env_override: None,
-        })
     }
 }
 

@@ -1,10 +1,9 @@
 #![doc = include_str!("../README.md")]
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use herald_config::{AmqpSettings, DatabaseSettings, Sources, TelemetrySettings, Validate};
+use herald_config::{AmqpSettings, DatabaseSettings, TelemetrySettings, Validate};
 use herald_db::outbox::{self, OutboxRow};
 use herald_proto::queue::DeliveryMessage;
 use herald_queue::Publisher;
@@ -60,17 +59,6 @@ impl Validate for Settings {
         if !(1..=10_000).contains(&self.relay.batch_size) {
             problems.push("relay.batch_size must be between 1 and 10000".into());
         }
-    }
-}
-
-impl Settings {
-    /// Loads settings from `config_dir` and the environment (`HERALD_ENV` picks the overlay).
-    pub fn load(config_dir: &Path) -> Result<Self, herald_config::Error> {
-        herald_config::load(&Sources {
-            config_dir: Some(config_dir.to_owned()),
-            environment: std::env::var("HERALD_ENV").ok(),
-            env_override: None,
-        })
     }
 }
 

@@ -91,7 +91,9 @@ async fn every_table_and_column_in_schema_rs_exists_after_migrating() {
         outbox,
         failures,
         audit_log,
-        idempotency_keys
+        idempotency_keys,
+        alert_state,
+        alerts_sent
     );
 }
 

@@ -1,0 +1,31 @@
+//! `herald-sentinel`: developer alerts.
+
+use clap::Parser;
+use herald_sentinel::{Application, SERVICE_NAME, Settings};
+
+#[derive(Parser)]
+#[command(name = SERVICE_NAME, about = "Herald's developer alerts")]
+struct Cli {
+    /// Directory holding base.toml and the {HERALD_ENV}.toml overlays.
+    #[arg(long, env = "HERALD_CONFIG_DIR", default_value = "config")]
+    config_dir: std::path::PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    herald_telemetry::run_service(
+        SERVICE_NAME,
+        &cli.config_dir,
+        |settings: &Settings| &settings.telemetry,
+        |settings| async move {
+            herald_tls::install_crypto_provider();
+            let shutdown = herald_telemetry::shutdown_signal();
+            Application::build(settings)?
+                .run_until_stopped(shutdown)
+                .await;
+            anyhow::Ok(())
+        },
+    )
+    .await
+}
