@@ -100,6 +100,10 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
         ))
         .execute(connection)
         .await?;
+    diesel::update(deliveries::table.filter(deliveries::id.eq_any(&delivery_ids)))
+        .set(deliveries::queued_at.eq(now))
+        .execute(connection)
+        .await?;
     // A worker may have claimed a delivery before this commit (it consumed the message
     // while the relay waited for confirms); only deliveries still pending become queued.
     let queued: Vec<Uuid> = diesel::update(
@@ -109,7 +113,6 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     )
     .set((
         deliveries::state.eq(DeliveryState::Queued.as_str()),
-        deliveries::queued_at.eq(now),
         deliveries::updated_at.eq(now),
     ))
     .returning(deliveries::id)
