@@ -295,6 +295,7 @@ impl<P: ChannelProvider> Inner<P> {
 
     async fn attempt(&self, delivery_id: DeliveryId) -> Result<Settlement, herald_db::Error> {
         let mut connection = herald_db::connection(&self.pool).await?;
+        let claimed_at = tokio::time::Instant::now();
         let claim = match deliveries::claim(&mut connection, delivery_id, self.settings.lease)
             .await?
         {
@@ -321,9 +322,7 @@ impl<P: ChannelProvider> Inner<P> {
             Err(_) => self.provider.name().to_owned(),
         };
         let (outcome, settlement) = self.decide(&claim, result);
-        let mut connection = herald_db::connection(&self.pool).await?;
-        let recorded =
-            deliveries::finish(&mut connection, &claim, &outcome, Some(&provider)).await?;
+        let recorded = self.record(&claim, &outcome, &provider, claimed_at).await?;
         if !recorded {
             tracing::warn!(delivery.id = %delivery_id, attempt = claim.attempt, "Claim was lost before the outcome was recorded.");
             return Ok(Settlement::Ack);
@@ -359,6 +358,38 @@ impl<P: ChannelProvider> Inner<P> {
             ),
         }
         Ok(settlement)
+    }
+
+    /// Records the attempt's outcome. The provider has already been called, so if PostgreSQL
+    /// is briefly away the write is retried while the lease still protects the claim, rather
+    /// than requeueing the message and, after the lease, sending again.
+    async fn record(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+        provider: &str,
+        claimed_at: tokio::time::Instant,
+    ) -> Result<bool, herald_db::Error> {
+        let give_up_at = claimed_at + self.settings.lease.mul_f64(0.8);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let result = async {
+                let mut connection = herald_db::connection(&self.pool).await?;
+                deliveries::finish(&mut connection, claim, outcome, Some(provider)).await
+            }
+            .await;
+            match result {
+                Err(error)
+                    if error.is_unavailable()
+                        && tokio::time::Instant::now() + pause < give_up_at =>
+                {
+                    tracing::warn!(delivery.id = %claim.delivery_id, error = %error, "Cannot record an outcome yet; retrying while the lease holds.");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn decide(
