@@ -9,7 +9,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
-use crate::schema::{deliveries, delivery_events, failures, notifications, template_versions};
+use crate::schema::{
+    deliveries, delivery_events, failures, notifications, template_versions, templates,
+};
 use crate::{Error, Result};
 
 /// A delivery a worker holds for one attempt.
@@ -128,6 +130,8 @@ pub struct DeliveryContext {
     pub priority: Priority,
     /// Category.
     pub category: String,
+    /// The template's key (the notification type, e.g. `order-shipped`).
+    pub template_key: String,
     /// The template version's parts.
     pub template_content: serde_json::Value,
     /// Template parameters (personal data: never log them).
@@ -139,36 +143,48 @@ pub async fn load_context(
     connection: &mut AsyncPgConnection,
     delivery_id: DeliveryId,
 ) -> Result<DeliveryContext> {
-    let (notification_id, channel, address, user_id, priority, category, content, parameters) =
-        deliveries::table
-            .inner_join(notifications::table)
-            .inner_join(
-                template_versions::table.on(template_versions::template_id
-                    .eq(notifications::template_id)
-                    .and(template_versions::version.eq(notifications::template_version))),
-            )
-            .filter(deliveries::id.eq(delivery_id.as_uuid()))
-            .select((
-                notifications::id,
-                deliveries::channel,
-                deliveries::address,
-                deliveries::user_id,
-                notifications::priority,
-                notifications::category,
-                template_versions::content,
-                notifications::parameters,
-            ))
-            .first::<(
-                Uuid,
-                String,
-                Option<String>,
-                Option<String>,
-                i16,
-                String,
-                serde_json::Value,
-                serde_json::Value,
-            )>(connection)
-            .await?;
+    let (
+        notification_id,
+        channel,
+        address,
+        user_id,
+        priority,
+        category,
+        template_key,
+        content,
+        parameters,
+    ) = deliveries::table
+        .inner_join(notifications::table)
+        .inner_join(
+            template_versions::table.on(template_versions::template_id
+                .eq(notifications::template_id)
+                .and(template_versions::version.eq(notifications::template_version))),
+        )
+        .inner_join(templates::table.on(templates::id.eq(notifications::template_id)))
+        .filter(deliveries::id.eq(delivery_id.as_uuid()))
+        .select((
+            notifications::id,
+            deliveries::channel,
+            deliveries::address,
+            deliveries::user_id,
+            notifications::priority,
+            notifications::category,
+            templates::key,
+            template_versions::content,
+            notifications::parameters,
+        ))
+        .first::<(
+            Uuid,
+            String,
+            Option<String>,
+            Option<String>,
+            i16,
+            String,
+            String,
+            serde_json::Value,
+            serde_json::Value,
+        )>(connection)
+        .await?;
     Ok(DeliveryContext {
         delivery_id,
         notification_id: notification_id.into(),
@@ -179,6 +195,7 @@ pub async fn load_context(
         user_id,
         priority: Priority::from_i16(priority).map_err(|error| Error::Corrupt(error.0))?,
         category,
+        template_key,
         template_content: content,
         parameters,
     })
