@@ -108,6 +108,7 @@ async fn one_submit_to_three_recipients_sends_three_emails() {
         request.recipients.push(herald_proto::submit::Recipient {
             user_id: String::new(),
             email: address.into(),
+            locale: String::new(),
         });
     }
 

@@ -78,6 +78,8 @@ pub(crate) struct Options {
     pub(crate) prefetch: u16,
     /// Redis settings for the API server instead of this test's keyspace.
     pub(crate) redis: Option<RedisSettings>,
+    /// Submits per caller per minute.
+    pub(crate) quota_per_minute: u64,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             email_worker: true,
             prefetch: 8,
             redis: None,
+            quota_per_minute: 0,
         }
     }
 }
@@ -146,12 +149,18 @@ impl TestApp {
                     herald_api_server::PrincipalSettings {
                         identity: ORDERS_IDENTITY.into(),
                         roles: vec!["submit".into()],
+                        quota_per_minute: None,
                     },
                     herald_api_server::PrincipalSettings {
                         identity: "spiffe://herald.local/admin/ops".into(),
                         roles: vec!["admin".into()],
+                        quota_per_minute: None,
                     },
                 ],
+            },
+            submit: herald_api_server::SubmitSettings {
+                quota_per_minute: options.quota_per_minute,
+                ..herald_api_server::SubmitSettings::default()
             },
             telemetry: TelemetrySettings::default(),
             ..herald_api_server::Settings::default()
@@ -215,6 +224,21 @@ impl TestApp {
                 emergency_poll_interval: Duration::from_millis(100),
                 ..herald_worker::WorkerSettings::default()
             },
+            redis: RedisSettings {
+                url: SecretString::from(self.keyspace.url()),
+                key_prefix: self.keyspace.prefix().to_owned(),
+                ..RedisSettings::default()
+            },
+            // Effectively unlimited, so only the rate-limit tests (which set their own) see
+            // suppressions.
+            rate_limits: herald_worker::RateLimitSettings {
+                default: herald_worker::LimitRule {
+                    limit: 1_000_000,
+                    window: Duration::from_secs(60),
+                    on_redis_down: None,
+                },
+                ..herald_worker::RateLimitSettings::default()
+            },
             smtp: herald_email_worker::SmtpSettings {
                 host: "127.0.0.1".into(),
                 port: self.smtp.address().port(),
@@ -227,8 +251,13 @@ impl TestApp {
 
     /// Starts an email worker with `prefetch`.
     pub(crate) fn start_email_worker(&self, prefetch: u16) {
-        let worker = herald_email_worker::Application::build(self.email_worker_settings(prefetch))
-            .expect("building the email worker");
+        self.start_email_worker_with(self.email_worker_settings(prefetch));
+    }
+
+    /// Starts an email worker with `settings` (from `email_worker_settings`, adjusted).
+    pub(crate) fn start_email_worker_with(&self, settings: herald_email_worker::Settings) {
+        let worker =
+            herald_email_worker::Application::build(settings).expect("building the email worker");
         tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
     }
 
@@ -325,7 +354,9 @@ impl TestApp {
                         html: html.into(),
                         text: text.into(),
                     }),
+                    ..TemplateContent::default()
                 }),
+                ..CreateTemplateRequest::default()
             })
             .await
             .expect("creating a template")
@@ -448,6 +479,7 @@ pub(crate) fn welcome_request(email: &str) -> SubmitRequest {
         recipients: vec![Recipient {
             user_id: "user-1".into(),
             email: email.into(),
+            locale: String::new(),
         }],
         channels: vec![WireChannel::Email.into()],
         priority: WirePriority::Normal.into(),

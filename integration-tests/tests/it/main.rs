@@ -6,6 +6,7 @@ mod config;
 mod delivery;
 mod faults;
 mod harness;
+mod limits;
 mod priority;
 mod security;
 mod submit;

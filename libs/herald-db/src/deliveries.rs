@@ -132,8 +132,11 @@ pub struct DeliveryContext {
     pub category: String,
     /// The template's key (the notification type, e.g. `order-shipped`).
     pub template_key: String,
-    /// The template version's parts.
+    /// The template version's parts per locale (either stored shape; read them with
+    /// `herald_templates::VersionContent::from_stored`).
     pub template_content: serde_json::Value,
+    /// The recipient's locale tag given at submit, if any.
+    pub locale: Option<String>,
     /// Template parameters (personal data: never log them).
     pub parameters: serde_json::Value,
 }
@@ -153,6 +156,7 @@ pub async fn load_context(
         template_key,
         content,
         parameters,
+        locale,
     ) = deliveries::table
         .inner_join(notifications::table)
         .inner_join(
@@ -172,6 +176,7 @@ pub async fn load_context(
             templates::key,
             template_versions::content,
             notifications::parameters,
+            deliveries::locale,
         ))
         .first::<(
             Uuid,
@@ -183,6 +188,7 @@ pub async fn load_context(
             String,
             serde_json::Value,
             serde_json::Value,
+            Option<String>,
         )>(connection)
         .await?;
     Ok(DeliveryContext {
@@ -197,6 +203,7 @@ pub async fn load_context(
         category,
         template_key,
         template_content: content,
+        locale,
         parameters,
     })
 }
@@ -220,6 +227,11 @@ pub enum Outcome {
     RetryWait {
         /// What went wrong (no personal data).
         error: String,
+    },
+    /// Deliberately not sent (a rate limit, a preference); the provider was not called.
+    Suppressed {
+        /// Why, e.g. `rate_limited: …`.
+        reason: String,
     },
 }
 
@@ -255,6 +267,7 @@ impl Outcome {
             } => DeliveryState::Unknown,
             Self::Failed { .. } => DeliveryState::Failed,
             Self::RetryWait { .. } => DeliveryState::RetryWait,
+            Self::Suppressed { .. } => DeliveryState::Suppressed,
         }
     }
 
@@ -262,12 +275,13 @@ impl Outcome {
         match self {
             Self::Delivered { detail } => detail,
             Self::Failed { error, .. } | Self::RetryWait { error } => error,
+            Self::Suppressed { reason } => reason,
         }
     }
 
     fn error_class(&self) -> Option<&'static str> {
         match self {
-            Self::Delivered { .. } => None,
+            Self::Delivered { .. } | Self::Suppressed { .. } => None,
             Self::RetryWait { .. } => Some("retryable"),
             Self::Failed { class, .. } => Some(class.as_str()),
         }

@@ -55,6 +55,8 @@ pub struct NewDelivery {
     pub user_id: Option<String>,
     /// The address on this channel.
     pub address: Option<String>,
+    /// The recipient's locale tag from the submit, if given.
+    pub locale: Option<String>,
 }
 
 /// What `insert` did.
@@ -105,6 +107,7 @@ pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -
                         deliveries::recipient_index.eq(delivery.recipient_index),
                         deliveries::user_id.eq(delivery.user_id.clone()),
                         deliveries::address.eq(delivery.address.clone()),
+                        deliveries::locale.eq(delivery.locale.clone()),
                         deliveries::state.eq(DeliveryState::Pending.as_str()),
                     )
                 })

@@ -61,6 +61,7 @@ diesel::table! {
         delivered_at -> Nullable<Timestamptz>,
         attempts_base -> Int4,
         sla_alerted_at -> Nullable<Timestamptz>,
+        locale -> Nullable<Text>,
     }
 }
 
@@ -131,6 +132,7 @@ diesel::table! {
         parameters -> Array<Text>,
         created_by -> Text,
         created_at -> Timestamptz,
+        sample_parameters -> Nullable<Jsonb>,
     }
 }
 

@@ -20,12 +20,31 @@ pub struct NewTemplate {
     pub category: String,
     /// Free text.
     pub description: String,
-    /// Parts per channel as JSON (`{"email": {...}}`).
+    /// Parts per locale and channel as JSON (`herald_templates::VersionContent`).
     pub content: serde_json::Value,
     /// Parameters the parts use.
     pub parameters: Vec<String>,
+    /// The parameters the version was validated with, if any.
+    pub sample_parameters: Option<serde_json::Value>,
     /// The admin creating it.
     pub created_by: String,
+}
+
+/// A new version of an existing template.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// The template's key.
+    pub key: String,
+    /// Parts per locale and channel as JSON.
+    pub content: serde_json::Value,
+    /// Parameters the parts use.
+    pub parameters: Vec<String>,
+    /// The parameters the version was validated with.
+    pub sample_parameters: Option<serde_json::Value>,
+    /// The admin creating it.
+    pub created_by: String,
+    /// Whether the new version becomes the active one.
+    pub activate: bool,
 }
 
 /// One version of a template.
@@ -43,10 +62,12 @@ pub struct TemplateRecord {
     pub version: i32,
     /// The version submits use by default.
     pub active_version: i32,
-    /// Parts per channel.
+    /// Parts per locale and channel (either stored shape; see `VersionContent::from_stored`).
     pub content: serde_json::Value,
     /// Parameters the parts use.
     pub parameters: Vec<String>,
+    /// The parameters this version was validated with, if any.
+    pub sample_parameters: Option<serde_json::Value>,
     /// Who created this version.
     pub created_by: String,
     /// When this version was created.
@@ -62,6 +83,7 @@ type RecordColumns = (
     templates::active_version,
     template_versions::content,
     template_versions::parameters,
+    template_versions::sample_parameters,
     template_versions::created_by,
     template_versions::created_at,
 );
@@ -75,6 +97,7 @@ const RECORD_COLUMNS: RecordColumns = (
     templates::active_version,
     template_versions::content,
     template_versions::parameters,
+    template_versions::sample_parameters,
     template_versions::created_by,
     template_versions::created_at,
 );
@@ -88,6 +111,7 @@ type RecordRow = (
     i32,
     serde_json::Value,
     Vec<String>,
+    Option<serde_json::Value>,
     String,
     DateTime<Utc>,
 );
@@ -102,6 +126,7 @@ fn record(
         active_version,
         content,
         parameters,
+        sample_parameters,
         created_by,
         created_at,
     ): RecordRow,
@@ -115,6 +140,7 @@ fn record(
         active_version,
         content,
         parameters,
+        sample_parameters,
         created_by,
         created_at,
     }
@@ -146,6 +172,7 @@ pub async fn create(
                     template_versions::version.eq(1),
                     template_versions::content.eq(&new.content),
                     template_versions::parameters.eq(&new.parameters),
+                    template_versions::sample_parameters.eq(&new.sample_parameters),
                     template_versions::created_by.eq(&new.created_by),
                 ))
                 .execute(connection)
@@ -202,4 +229,95 @@ pub async fn list(
         .into_iter()
         .map(record)
         .collect())
+}
+
+/// Adds the next version of the template `new.key` (activating it when asked) in one
+/// transaction; the template row is locked, so concurrent updates get consecutive numbers.
+/// `None` when no template has that key.
+pub async fn add_version(
+    connection: &mut AsyncPgConnection,
+    new: NewVersion,
+) -> Result<Option<TemplateRecord>> {
+    let version = connection
+        .transaction::<_, crate::Error, _>(async |connection| {
+            let Some(id) = templates::table
+                .filter(templates::key.eq(&new.key))
+                .select(templates::id)
+                .for_update()
+                .first::<Uuid>(connection)
+                .await
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let latest: Option<i32> = template_versions::table
+                .filter(template_versions::template_id.eq(id))
+                .select(diesel::dsl::max(template_versions::version))
+                .first(connection)
+                .await?;
+            let version = latest.unwrap_or(0) + 1;
+            diesel::insert_into(template_versions::table)
+                .values((
+                    template_versions::template_id.eq(id),
+                    template_versions::version.eq(version),
+                    template_versions::content.eq(&new.content),
+                    template_versions::parameters.eq(&new.parameters),
+                    template_versions::sample_parameters.eq(&new.sample_parameters),
+                    template_versions::created_by.eq(&new.created_by),
+                ))
+                .execute(connection)
+                .await?;
+            if new.activate {
+                set_active(connection, id, version).await?;
+            }
+            Ok(Some(version))
+        })
+        .await?;
+    match version {
+        Some(version) => find(connection, &new.key, Some(version)).await,
+        None => Ok(None),
+    }
+}
+
+/// Makes `version` the active version of the template `key` and returns it; `None` when the
+/// template or the version does not exist.
+pub async fn activate(
+    connection: &mut AsyncPgConnection,
+    key: &str,
+    version: i32,
+) -> Result<Option<TemplateRecord>> {
+    let Some(record) = find(connection, key, Some(version)).await? else {
+        return Ok(None);
+    };
+    set_active(connection, *record.id.as_uuid(), version).await?;
+    find(connection, key, Some(version)).await
+}
+
+async fn set_active(connection: &mut AsyncPgConnection, id: Uuid, version: i32) -> Result<()> {
+    diesel::update(templates::table.filter(templates::id.eq(id)))
+        .set((
+            templates::active_version.eq(version),
+            templates::updated_at.eq(Utc::now()),
+        ))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Every version of the template `key`, newest first; `None` when no template has that key.
+pub async fn list_versions(
+    connection: &mut AsyncPgConnection,
+    key: &str,
+) -> Result<Option<Vec<TemplateRecord>>> {
+    let records: Vec<TemplateRecord> = templates::table
+        .inner_join(template_versions::table)
+        .filter(templates::key.eq(key))
+        .select(RECORD_COLUMNS)
+        .order(template_versions::version.desc())
+        .load::<RecordRow>(connection)
+        .await?
+        .into_iter()
+        .map(record)
+        .collect();
+    Ok((!records.is_empty()).then_some(records))
 }

@@ -83,7 +83,7 @@ impl DeliveryState {
             (Pending, Queued | Suppressed | Sending)
                 | (Queued, Sending | Suppressed)
                 | (RetryWait, Queued | Sending | Suppressed)
-                | (Sending, Delivered | Failed | RetryWait | Unknown | Sending)
+                | (Sending, Delivered | Failed | RetryWait | Unknown | Suppressed | Sending)
                 // An admin replay starts a new attempt cycle.
                 | (Failed | Unknown, Pending)
         )

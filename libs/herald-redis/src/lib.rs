@@ -152,3 +152,103 @@ impl RedisCache {
         .await
     }
 }
+
+/// Sliding-window admission in one atomic script: drops entries older than the window,
+/// admits `member` if it was admitted before (a retry of the same delivery counts once) or if
+/// fewer than `limit` members are in the window, and records it. Uses the Redis server's clock,
+/// so workers with skewed clocks agree. Returns 1 when admitted.
+const SLIDING_WINDOW: &str = r"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now_ms, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 1
+end
+return 0
+";
+
+/// A fixed-window counter: increments and returns the count for the current window.
+const FIXED_WINDOW: &str = r"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return count
+";
+
+impl Keyspace {
+    /// `<prefix>:rate:<type>:<sha256(subject)>:<window ms>`: one sliding window per subject
+    /// (a user) and notification type.
+    pub fn rate_limit(&self, notification_type: &str, subject: &str, window: Duration) -> String {
+        format!(
+            "{}:rate:{notification_type}:{}:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(subject.as_bytes())),
+            window.as_millis()
+        )
+    }
+
+    /// `<prefix>:quota:<sha256(identity)>:<window start>`: a caller's submit counter.
+    pub fn submit_quota(&self, identity: &Identity, window_start: u64) -> String {
+        format!(
+            "{}:quota:{}:{window_start}",
+            self.prefix,
+            hex::encode(Sha256::digest(identity.as_ref().as_bytes()))
+        )
+    }
+}
+
+impl RedisCache {
+    /// Admits `member` (a delivery id) into `subject`'s window for `notification_type` unless
+    /// `limit` members were admitted within `window`. Atomic under concurrent workers.
+    pub async fn admit(
+        &self,
+        notification_type: &str,
+        subject: &str,
+        member: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<bool> {
+        let key = self.keyspace.rate_limit(notification_type, subject, window);
+        let admitted: i64 = self
+            .bounded(async {
+                let mut connection = self.connection().await?;
+                Ok(deadpool_redis::redis::Script::new(SLIDING_WINDOW)
+                    .key(&key)
+                    .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
+                    .arg(limit)
+                    .arg(member)
+                    .invoke_async(&mut *connection)
+                    .await?)
+            })
+            .await?;
+        Ok(admitted == 1)
+    }
+
+    /// Counts one submit by `identity` in the current fixed window of `window` and returns the
+    /// count so far in that window.
+    pub async fn count_submit(&self, identity: &Identity, window: Duration) -> Result<u64> {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or_default();
+        let key = self.keyspace.submit_quota(identity, now_ms / window_ms);
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            Ok(deadpool_redis::redis::Script::new(FIXED_WINDOW)
+                .key(&key)
+                .arg(window_ms)
+                .invoke_async(&mut *connection)
+                .await?)
+        })
+        .await
+    }
+}

@@ -1,12 +1,18 @@
 #![doc = include_str!("../README.md")]
 
+mod locale;
 mod parameters;
+mod version;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use handlebars::Handlebars;
+use herald_domain::Channel;
 use serde::{Deserialize, Serialize};
+
+pub use locale::{Locale, LocaleError, MAX_LOCALE_BYTES};
+pub use version::{DEFAULT_LOCALE, MAX_LOCALES, Rendered, VersionContent, VersionError};
 
 /// The largest rendered part, in bytes. Bigger output is `Error::TooLarge`.
 pub const MAX_OUTPUT_BYTES: usize = 512 * 1024;
@@ -14,12 +20,70 @@ pub const MAX_OUTPUT_BYTES: usize = 512 * 1024;
 /// The longest template source of one part, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 256 * 1024;
 
+/// The most entries a push part's `data` map may have.
+pub const MAX_PUSH_DATA_ENTRIES: usize = 64;
+
 /// A template's parts per channel, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateContent {
     /// The email part, if the template can be sent by email.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailPart>,
+    /// The SMS part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsPart>,
+    /// The mobile push part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushPart>,
+    /// The in-app inbox part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_app: Option<InAppPart>,
+}
+
+impl TemplateContent {
+    /// The channels this content has a part for.
+    pub fn channels(&self) -> BTreeSet<Channel> {
+        [
+            (Channel::Email, self.email.is_some()),
+            (Channel::Sms, self.sms.is_some()),
+            (Channel::Push, self.push.is_some()),
+            (Channel::InApp, self.in_app.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(channel, present)| present.then_some(channel))
+        .collect()
+    }
+}
+
+/// The SMS part of a template (not escaped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsPart {
+    /// Message text.
+    pub text: String,
+}
+
+/// The mobile push part of a template (not escaped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushPart {
+    /// Notification title. May be empty when `body` is set.
+    pub title: String,
+    /// Notification body. May be empty when `title` is set.
+    pub body: String,
+    /// Custom data for the app; every value is a template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// The in-app inbox part of a template (not escaped; the app escapes for its own UI).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InAppPart {
+    /// Title. May be empty when `body` is set.
+    pub title: String,
+    /// Body. May be empty when `title` is set.
+    pub body: String,
+    /// Where tapping the message leads; may be empty.
+    #[serde(default)]
+    pub action_url: String,
 }
 
 /// The email part of a template.
@@ -44,6 +108,35 @@ pub struct RenderedEmail {
     pub text: String,
 }
 
+/// A rendered SMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedSms {
+    /// Message text.
+    pub text: String,
+}
+
+/// A rendered push notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedPush {
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// Custom data, values rendered.
+    pub data: BTreeMap<String, String>,
+}
+
+/// A rendered in-app message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedInApp {
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// Action URL.
+    pub action_url: String,
+}
+
 /// Why a template could not be compiled or rendered. Messages name the part (`email.html`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -64,12 +157,12 @@ pub enum Error {
         message: String,
     },
     /// Rendering needed a parameter the request did not supply.
-    #[error("{part} needs a parameter that was not supplied: {message}")]
+    #[error("{part} needs the parameter `{parameter}`, which was not supplied")]
     MissingParameter {
         /// Which part.
         part: &'static str,
-        /// The renderer's message, naming the variable.
-        message: String,
+        /// The missing variable's path as written in the template (`username`, `order.id`).
+        parameter: String,
     },
     /// Any other rendering failure.
     #[error("{part} failed to render: {message}")]
@@ -93,34 +186,71 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Compiles every part of `content` and returns the parameters they use, sorted.
 pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
     let mut parameters = BTreeSet::new();
-    let Some(email) = &content.email else {
+    if content.channels().is_empty() {
         return Err(Error::Invalid {
             part: "content",
-            message: "must have at least one channel part (email)".into(),
-        });
-    };
-    if email.subject.trim().is_empty() {
-        return Err(Error::Invalid {
-            part: "email.subject",
-            message: "must not be empty".into(),
+            message: "must have at least one channel part (email, sms, push or in_app)".into(),
         });
     }
-    if email.html.trim().is_empty() && email.text.trim().is_empty() {
-        return Err(Error::Invalid {
-            part: "email",
-            message: "needs an html or a text body".into(),
-        });
+    let mut sources: Vec<(&'static str, &str)> = Vec::new();
+    if let Some(email) = &content.email {
+        if email.subject.trim().is_empty() {
+            return Err(invalid("email.subject", "must not be empty"));
+        }
+        if email.html.trim().is_empty() && email.text.trim().is_empty() {
+            return Err(invalid("email", "needs an html or a text body"));
+        }
+        sources.extend([
+            ("email.subject", email.subject.as_str()),
+            ("email.html", email.html.as_str()),
+            ("email.text", email.text.as_str()),
+        ]);
     }
-    for (part, source) in [
-        ("email.subject", &email.subject),
-        ("email.html", &email.html),
-        ("email.text", &email.text),
-    ] {
+    if let Some(sms) = &content.sms {
+        if sms.text.trim().is_empty() {
+            return Err(invalid("sms.text", "must not be empty"));
+        }
+        sources.push(("sms.text", sms.text.as_str()));
+    }
+    if let Some(push) = &content.push {
+        if push.title.trim().is_empty() && push.body.trim().is_empty() {
+            return Err(invalid("push", "needs a title or a body"));
+        }
+        if push.data.len() > MAX_PUSH_DATA_ENTRIES {
+            return Err(invalid(
+                "push.data",
+                &format!("must have at most {MAX_PUSH_DATA_ENTRIES} entries"),
+            ));
+        }
+        if push.data.keys().any(|key| key.trim().is_empty()) {
+            return Err(invalid("push.data", "keys must not be blank"));
+        }
+        sources.extend([
+            ("push.title", push.title.as_str()),
+            ("push.body", push.body.as_str()),
+        ]);
+        sources.extend(
+            push.data
+                .values()
+                .map(|value| ("push.data", value.as_str())),
+        );
+    }
+    if let Some(in_app) = &content.in_app {
+        if in_app.title.trim().is_empty() && in_app.body.trim().is_empty() {
+            return Err(invalid("in_app", "needs a title or a body"));
+        }
+        sources.extend([
+            ("in_app.title", in_app.title.as_str()),
+            ("in_app.body", in_app.body.as_str()),
+            ("in_app.action_url", in_app.action_url.as_str()),
+        ]);
+    }
+    for (part, source) in sources {
         if source.len() > MAX_SOURCE_BYTES {
-            return Err(Error::Invalid {
+            return Err(invalid(
                 part,
-                message: format!("must be at most {MAX_SOURCE_BYTES} bytes"),
-            });
+                &format!("must be at most {MAX_SOURCE_BYTES} bytes"),
+            ));
         }
         let template = handlebars::Template::compile(source).map_err(|error| Error::Syntax {
             part,
@@ -131,6 +261,63 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
     Ok(parameters.into_iter().collect())
 }
 
+fn invalid(part: &'static str, message: &str) -> Error {
+    Error::Invalid {
+        part,
+        message: message.to_owned(),
+    }
+}
+
+/// Renders every part `content` has with `parameters`, which is how a version is checked
+/// against its sample parameters before it is saved or activated.
+pub fn render_all(content: &TemplateContent, parameters: &serde_json::Value) -> Result<()> {
+    if let Some(part) = &content.email {
+        render_email(part, parameters)?;
+    }
+    if let Some(part) = &content.sms {
+        render_sms(part, parameters)?;
+    }
+    if let Some(part) = &content.push {
+        render_push(part, parameters)?;
+    }
+    if let Some(part) = &content.in_app {
+        render_in_app(part, parameters)?;
+    }
+    Ok(())
+}
+
+/// Renders an SMS part with `parameters` (a JSON object).
+pub fn render_sms(part: &SmsPart, parameters: &serde_json::Value) -> Result<RenderedSms> {
+    let plain = registry(false);
+    Ok(RenderedSms {
+        text: render(&plain, "sms.text", &part.text, parameters)?,
+    })
+}
+
+/// Renders a push part with `parameters` (a JSON object).
+pub fn render_push(part: &PushPart, parameters: &serde_json::Value) -> Result<RenderedPush> {
+    let plain = registry(false);
+    let mut data = BTreeMap::new();
+    for (key, value) in &part.data {
+        data.insert(key.clone(), render(&plain, "push.data", value, parameters)?);
+    }
+    Ok(RenderedPush {
+        title: render(&plain, "push.title", &part.title, parameters)?,
+        body: render(&plain, "push.body", &part.body, parameters)?,
+        data,
+    })
+}
+
+/// Renders an in-app part with `parameters` (a JSON object).
+pub fn render_in_app(part: &InAppPart, parameters: &serde_json::Value) -> Result<RenderedInApp> {
+    let plain = registry(false);
+    Ok(RenderedInApp {
+        title: render(&plain, "in_app.title", &part.title, parameters)?,
+        body: render(&plain, "in_app.body", &part.body, parameters)?,
+        action_url: render(&plain, "in_app.action_url", &part.action_url, parameters)?,
+    })
+}
+
 /// Renders an email part with `parameters` (a JSON object).
 pub fn render_email(part: &EmailPart, parameters: &serde_json::Value) -> Result<RenderedEmail> {
     let escaped = registry(true);
@@ -138,9 +325,30 @@ pub fn render_email(part: &EmailPart, parameters: &serde_json::Value) -> Result<
     Ok(RenderedEmail {
         subject: render(&plain, "email.subject", &part.subject, parameters)?
             .replace(['\r', '\n'], " "),
-        html: render(&escaped, "email.html", &part.html, parameters)?,
-        text: render(&plain, "email.text", &part.text, parameters)?,
+        html: crlf(&render(&escaped, "email.html", &part.html, parameters)?),
+        text: crlf(&render(&plain, "email.text", &part.text, parameters)?),
     })
+}
+
+/// Email bodies travel with CRLF line endings (RFC 5322 §2.3, RFC 2045 §6.7), and the mail
+/// library converts bare `\n` and `\r` on the way out. Converting here instead means
+/// `RenderPreview` shows the bodies exactly as the recipient's server receives them.
+fn crlf(text: &str) -> String {
+    let mut output = String::with_capacity(text.len() + text.len() / 32);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                output.push_str("\r\n");
+            }
+            '\n' => output.push_str("\r\n"),
+            other => output.push(other),
+        }
+    }
+    output
 }
 
 fn registry(escape_html: bool) -> Handlebars<'static> {
@@ -168,17 +376,16 @@ fn render(
             message: error.to_string(),
         }),
         Err(_) if output.overflowed => Err(Error::TooLarge { part }),
-        Err(error) => {
-            let message = error.to_string();
-            if matches!(
-                error.reason(),
-                handlebars::RenderErrorReason::MissingVariable(_)
-            ) {
-                Err(Error::MissingParameter { part, message })
-            } else {
-                Err(Error::Render { part, message })
-            }
-        }
+        Err(error) => match error.reason() {
+            handlebars::RenderErrorReason::MissingVariable(path) => Err(Error::MissingParameter {
+                part,
+                parameter: path.clone().unwrap_or_else(|| "(unnamed)".into()),
+            }),
+            _ => Err(Error::Render {
+                part,
+                message: error.to_string(),
+            }),
+        },
     }
 }
 

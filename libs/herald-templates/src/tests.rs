@@ -13,7 +13,10 @@ fn email(subject: &str, html: &str, text: &str) -> EmailPart {
 }
 
 fn content(part: EmailPart) -> TemplateContent {
-    TemplateContent { email: Some(part) }
+    TemplateContent {
+        email: Some(part),
+        ..TemplateContent::default()
+    }
 }
 
 fn check_parameters(part: EmailPart, expected: &[&str]) {
@@ -135,4 +138,242 @@ fn output_is_bounded() {
     let error =
         render_email(&email("s", "{{v}}{{v}}{{v}}{{v}}", ""), &json!({"v": big})).unwrap_err();
     assert_eq!(error, Error::TooLarge { part: "email.html" });
+}
+
+fn locale(tag: &str) -> Locale {
+    Locale::parse(tag).unwrap()
+}
+
+fn check_locale(input: &str, expected: Option<&str>) {
+    assert_eq!(
+        Locale::parse(input).ok().as_ref().map(Locale::as_str),
+        expected,
+        "{input}"
+    );
+}
+
+#[test]
+fn locale_tags_are_parsed_and_canonicalised() {
+    check_locale("ko", Some("ko"));
+    check_locale("ko-KR", Some("ko-KR"));
+    check_locale("ko-kr", Some("ko-KR"));
+    check_locale("EN", Some("en"));
+    check_locale("fr", Some("fr"));
+    check_locale("zh-hant-tw", Some("zh-Hant-TW"));
+    check_locale("es-419", Some("es-419"));
+    check_locale("de-CH-1996", Some("de-CH-1996"));
+    check_locale("sl-rozaj", Some("sl-rozaj"));
+    for bad in [
+        "",
+        "k",
+        "korean",
+        "ko_KR",
+        "ko-",
+        "-ko",
+        "ko--KR",
+        "ko-KR-KR",
+        "ko-x-private",
+        "12",
+        "ko-KR\n",
+        "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r",
+    ] {
+        check_locale(bad, None);
+    }
+    assert!(
+        Locale::parse("ko_KR")
+            .unwrap_err()
+            .to_string()
+            .starts_with("must be a BCP 47 language tag")
+    );
+}
+
+fn check_chain(requested: Option<&str>, default: &str, expected: &[&str]) {
+    let chain = Locale::fallback_chain(requested.map(locale).as_ref(), &locale(default));
+    assert_eq!(
+        chain.iter().map(Locale::as_str).collect::<Vec<_>>(),
+        expected
+    );
+}
+
+#[test]
+fn the_fallback_chain_goes_from_specific_to_general_to_the_default() {
+    check_chain(Some("ko-KR"), "en", &["ko-KR", "ko", "en"]);
+    check_chain(
+        Some("zh-Hant-TW"),
+        "en",
+        &["zh-Hant-TW", "zh-Hant", "zh", "en"],
+    );
+    check_chain(Some("fr"), "en", &["fr", "en"]);
+    check_chain(Some("en-GB"), "en", &["en-GB", "en"]);
+    check_chain(Some("en"), "en", &["en"]);
+    check_chain(None, "ko", &["ko"]);
+}
+
+fn localized() -> VersionContent {
+    VersionContent {
+        default_locale: locale("en"),
+        locales: [
+            ("en", "Hello {{username}}"),
+            ("ko", "안녕하세요 {{username}}님"),
+            ("ko-KR", "{{username}}님, 안녕하세요"),
+        ]
+        .into_iter()
+        .map(|(tag, subject)| (locale(tag), content(email(subject, "", subject))))
+        .collect(),
+    }
+}
+
+fn check_resolve(requested: Option<&str>, expected: &str) {
+    let version = localized();
+    let (resolved, _) = version.resolve(requested.map(locale).as_ref()).unwrap();
+    assert_eq!(resolved.as_str(), expected, "{requested:?}");
+}
+
+#[test]
+fn recipients_get_the_most_specific_locale_with_content() {
+    check_resolve(Some("ko-KR"), "ko-KR");
+    check_resolve(Some("ko-KP"), "ko");
+    check_resolve(Some("ko"), "ko");
+    check_resolve(Some("fr"), "en");
+    check_resolve(Some("fr-CA"), "en");
+    check_resolve(None, "en");
+}
+
+#[test]
+fn rendering_picks_the_locale_and_the_channel_part() {
+    let version = localized();
+    let (used, rendered) = version
+        .render(
+            Some(&locale("ko-KP")),
+            Channel::Email,
+            &json!({"username": "지민"}),
+        )
+        .unwrap();
+    assert_eq!(used.as_str(), "ko");
+    let Rendered::Email(email) = rendered else {
+        panic!("an email")
+    };
+    assert_eq!(email.subject, "안녕하세요 지민님");
+    assert_eq!(
+        version
+            .render(None, Channel::Sms, &json!({"username": "x"}))
+            .unwrap_err(),
+        VersionError::NoPart {
+            channel: Channel::Sms
+        }
+    );
+}
+
+#[test]
+fn a_version_is_validated_against_its_sample_parameters_in_every_locale() {
+    let mut version = localized();
+    assert_eq!(
+        version.validate(Some(&json!({"username": "Ada"}))).unwrap(),
+        ["username"]
+    );
+    version.locales.insert(
+        locale("fr"),
+        content(email("Bonjour {{username}}", "", "{{missing}}")),
+    );
+    let error = version
+        .validate(Some(&json!({"username": "Ada"})))
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "locales[fr].email.text needs the parameter `missing`, which was not supplied"
+    );
+    // Without samples only compilation is checked.
+    assert_eq!(version.validate(None).unwrap(), ["missing", "username"]);
+}
+
+#[test]
+fn a_version_needs_its_default_locale_and_the_same_channels_everywhere() {
+    let mut version = localized();
+    version.default_locale = locale("de");
+    assert!(matches!(
+        version.validate(None),
+        Err(VersionError::DefaultLocale(_))
+    ));
+    let mut version = localized();
+    version.locales.insert(
+        locale("fr"),
+        TemplateContent {
+            sms: Some(SmsPart { text: "x".into() }),
+            ..TemplateContent::default()
+        },
+    );
+    let error = version.validate(None).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("locales: `fr` has parts for sms"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_channel_part_renders_without_html_escaping() {
+    let part = TemplateContent {
+        sms: Some(SmsPart {
+            text: "Code {{code}}".into(),
+        }),
+        push: Some(PushPart {
+            title: "Hi {{name}}".into(),
+            body: String::new(),
+            data: [("order".to_owned(), "{{code}}".to_owned())].into(),
+        }),
+        in_app: Some(InAppPart {
+            title: String::new(),
+            body: "{{name}}".into(),
+            action_url: "https://x.test/o/{{code}}".into(),
+        }),
+        ..TemplateContent::default()
+    };
+    assert_eq!(validate(&part).unwrap(), ["code", "name"]);
+    let parameters = json!({"code": "<42>", "name": "A&B"});
+    assert_eq!(
+        render_sms(part.sms.as_ref().unwrap(), &parameters)
+            .unwrap()
+            .text,
+        "Code <42>"
+    );
+    let push = render_push(part.push.as_ref().unwrap(), &parameters).unwrap();
+    assert_eq!(
+        (push.title.as_str(), push.data["order"].as_str()),
+        ("Hi A&B", "<42>")
+    );
+    let in_app = render_in_app(part.in_app.as_ref().unwrap(), &parameters).unwrap();
+    assert_eq!(in_app.action_url, "https://x.test/o/<42>");
+    assert!(matches!(
+        render_all(&part, &json!({"code": 1})),
+        Err(Error::MissingParameter {
+            part: "push.title",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn legacy_content_reads_as_the_default_locale() {
+    let stored = json!({"email": {"subject": "s", "html": "", "text": "t"}});
+    let version = VersionContent::from_stored(stored).unwrap();
+    assert_eq!(version.default_locale.as_str(), DEFAULT_LOCALE);
+    assert_eq!(version.channels(), [Channel::Email].into());
+    let roundtrip = serde_json::to_value(&version).unwrap();
+    assert_eq!(VersionContent::from_stored(roundtrip).unwrap(), version);
+    assert!(
+        VersionContent::from_stored(json!({"locales": {"bad_tag": {}}, "default_locale": "en"}))
+            .is_err()
+    );
+}
+
+#[test]
+fn email_bodies_get_crlf_line_endings_as_sent() {
+    let rendered = render_email(
+        &email("s", "<p>{{a}}</p>\n", "one\ntwo\r\nthree\r{{a}}"),
+        &json!({"a": "x\ny"}),
+    )
+    .unwrap();
+    assert_eq!(rendered.text, "one\r\ntwo\r\nthree\r\nx\r\ny");
+    assert_eq!(rendered.html, "<p>x\r\ny</p>\r\n");
 }

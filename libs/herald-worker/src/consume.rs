@@ -36,6 +36,7 @@ struct Inner<P> {
     amqp: AmqpSettings,
     pool: herald_db::Pool,
     service_name: &'static str,
+    limiter: Option<crate::RateLimiter>,
 }
 
 /// How a message is settled once its delivery was handled.
@@ -67,8 +68,21 @@ impl<P: ChannelProvider> Worker<P> {
                 amqp,
                 pool,
                 service_name,
+                limiter: None,
             }),
         }
+    }
+
+    /// Enforces rate limits before every provider call.
+    ///
+    /// # Panics
+    /// Never: the worker is not shared until `run_until_stopped`.
+    #[must_use]
+    pub fn with_rate_limiter(mut self, limiter: crate::RateLimiter) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a worker is configured before it runs, while it has one owner")
+            .limiter = Some(limiter);
+        self
     }
 
     /// Consumes until `shutdown` is cancelled, reconnecting to RabbitMQ with backoff whenever
@@ -314,6 +328,25 @@ impl<P: ChannelProvider> Inner<P> {
             }
         };
         let context = deliveries::load_context(&mut connection, delivery_id).await?;
+        if let Some(limiter) = &self.limiter
+            && let crate::Admission::Suppress(reason) = limiter.admit(&context).await
+        {
+            tracing::info!(
+                notification.id = %context.notification_id,
+                delivery.id = %delivery_id,
+                channel = %context.channel,
+                reason = %reason,
+                "Delivery suppressed."
+            );
+            deliveries::finish(
+                &mut connection,
+                &claim,
+                &Outcome::Suppressed { reason },
+                None,
+            )
+            .await?;
+            return Ok(Settlement::Ack);
+        }
         // Do not hold a pooled connection across the provider call.
         drop(connection);
         let result = self.provider.deliver(&context).await;
@@ -346,6 +379,11 @@ impl<P: ChannelProvider> Inner<P> {
                 error.class = class.as_str(),
                 error = %error,
                 "Delivery failed for good."
+            ),
+            Outcome::Suppressed { reason } => tracing::info!(
+                delivery.id = %delivery_id,
+                reason = %reason,
+                "Delivery suppressed."
             ),
             Outcome::RetryWait { error } => tracing::warn!(
                 notification.id = %context.notification_id,

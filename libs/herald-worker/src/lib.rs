@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod consume;
+mod limits;
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use herald_domain::Channel;
 use serde::Deserialize;
 
 pub use consume::Worker;
+pub use limits::{Admission, FailMode, LimitRule, RateLimitSettings, RateLimiter};
 
 /// What a provider reports when it accepted a message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,9 @@ pub struct PrincipalSettings {
     pub identity: String,
     /// `submit` and/or `admin`.
     pub roles: Vec<String>,
+    /// Overrides `submit.quota_per_minute` for this identity.
+    #[serde(default)]
+    pub quota_per_minute: Option<u64>,
 }
 
 impl Validate for AuthSettings {
@@ -47,6 +50,8 @@ pub struct Caller {
     /// The certificate's identity; recorded on what the caller creates.
     pub identity: Identity,
     roles: BTreeSet<Role>,
+    /// This caller's own submit quota, if configured.
+    pub(crate) quota_per_minute: Option<u64>,
 }
 
 impl Caller {
@@ -81,10 +86,17 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
 }
 
+/// What configuration grants one identity.
+#[derive(Debug, Clone)]
+struct Principal {
+    roles: BTreeSet<Role>,
+    quota_per_minute: Option<u64>,
+}
+
 /// A tonic interceptor that authenticates every call from the TLS peer certificate.
 #[derive(Clone)]
 pub(crate) struct Authenticator {
-    principals: Arc<HashMap<Identity, BTreeSet<Role>>>,
+    principals: Arc<HashMap<Identity, Principal>>,
 }
 
 impl Authenticator {
@@ -96,7 +108,13 @@ impl Authenticator {
                 .iter()
                 .map(|role| role.parse::<Role>())
                 .collect::<Result<BTreeSet<_>, _>>()?;
-            principals.insert(Identity::parse(&principal.identity)?, roles);
+            principals.insert(
+                Identity::parse(&principal.identity)?,
+                Principal {
+                    roles,
+                    quota_per_minute: principal.quota_per_minute,
+                },
+            );
         }
         Ok(Self {
             principals: Arc::new(principals),
@@ -117,12 +135,19 @@ impl tonic::service::Interceptor for Authenticator {
             .ok_or_else(|| {
                 Status::unauthenticated("the client certificate names no URI or DNS identity")
             })?;
-        let roles = self.principals.get(&identity).cloned().ok_or_else(|| {
+        let Principal {
+            roles,
+            quota_per_minute,
+        } = self.principals.get(&identity).cloned().ok_or_else(|| {
             Status::permission_denied(format!(
                 "identity {identity} is not configured in auth.principals"
             ))
         })?;
-        request.extensions_mut().insert(Caller { identity, roles });
+        request.extensions_mut().insert(Caller {
+            identity,
+            roles,
+            quota_per_minute,
+        });
         Ok(request)
     }
 }

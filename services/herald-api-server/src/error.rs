@@ -14,6 +14,10 @@ pub(crate) enum ServiceError {
     /// The entity exists, or the idempotency key was used for a different request.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The request is well formed but the stored state does not allow it (e.g. rendering a
+    /// channel the template version has no part for).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The caller lacks a role.
     #[error(transparent)]
     Denied(Status),
@@ -40,6 +44,7 @@ impl From<ServiceError> for Status {
             ServiceError::InvalidArgument(message) => Status::invalid_argument(message),
             ServiceError::NotFound(message) => Status::not_found(message),
             ServiceError::AlreadyExists(message) => Status::already_exists(message),
+            ServiceError::FailedPrecondition(message) => Status::failed_precondition(message),
             ServiceError::Denied(status) => status,
             ServiceError::Database(error) if error.is_unavailable() => {
                 tracing::warn!(error = %error, "Database unavailable; answering UNAVAILABLE.");

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod error;
+mod quota;
 mod submit;
 mod template;
 
@@ -56,6 +57,9 @@ pub struct SubmitSettings {
     /// How long an idempotency key stays bound to its notification.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
+    /// Submits per caller per minute (0 = unlimited); `auth.principals[].quota_per_minute`
+    /// overrides it per identity.
+    pub quota_per_minute: u64,
 }
 
 impl Default for SubmitSettings {
@@ -63,6 +67,7 @@ impl Default for SubmitSettings {
         Self {
             max_recipients: 1000,
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
+            quota_per_minute: 6000,
         }
     }
 }

@@ -12,7 +12,7 @@ use herald_proto::submit::{
     self as pb, GetNotificationRequest, GetNotificationResponse, SubmitRequest, SubmitResponse,
     submit_service_server::SubmitService,
 };
-use herald_templates::TemplateContent;
+use herald_templates::{Locale, VersionContent};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
@@ -52,6 +52,9 @@ struct ValidSubmit {
 struct ValidRecipient {
     user_id: Option<String>,
     email: Option<EmailAddress>,
+    /// Chooses the template's content (`ko-KR` → `ko` → default). The user's profile locale
+    /// (PreferenceService) is the fallback to add here when the submit gives none.
+    locale: Option<Locale>,
 }
 
 fn validate(request: SubmitRequest, max_recipients: usize) -> Result<ValidSubmit> {
@@ -135,7 +138,17 @@ fn validate(request: SubmitRequest, max_recipients: usize) -> Result<ValidSubmit
                 "is required when the email channel is requested",
             ));
         }
-        recipients.push(ValidRecipient { user_id, email });
+        let locale = (!recipient.locale.is_empty())
+            .then(|| Locale::parse(&recipient.locale))
+            .transpose()
+            .map_err(|error| {
+                ServiceError::invalid(&format!("recipients[{index}].locale"), error)
+            })?;
+        recipients.push(ValidRecipient {
+            user_id,
+            email,
+            locale,
+        });
     }
 
     let priority = priority_from_i32(request.priority)
@@ -192,10 +205,17 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
         "template": submit.template_key.as_ref(),
         "version": submit.template_version,
         "parameters": submit.parameters,
-        "recipients": submit.recipients.iter().map(|recipient| serde_json::json!({
-            "user_id": recipient.user_id,
-            "email": recipient.email.as_ref().map(AsRef::as_ref),
-        })).collect::<Vec<_>>(),
+        "recipients": submit.recipients.iter().map(|recipient| {
+            let mut canonical = serde_json::json!({
+                "user_id": recipient.user_id,
+                "email": recipient.email.as_ref().map(AsRef::as_ref),
+            });
+            // Only when given, so hashes of requests from before locales are unchanged.
+            if let Some(locale) = &recipient.locale {
+                canonical["locale"] = locale.as_str().into();
+            }
+            canonical
+        }).collect::<Vec<_>>(),
         "channels": submit.channels.iter().map(|channel| channel.as_str()).collect::<Vec<_>>(),
         "priority": submit.priority.as_str(),
         "category": submit.category.as_ref().map(AsRef::as_ref),
@@ -257,17 +277,22 @@ impl SubmitApi {
                 submit.template_key
             )),
         })?;
-        let content: TemplateContent = serde_json::from_value(template.content.clone())
+        let content = VersionContent::from_stored(template.content.clone())
             .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
+        // Every locale of a version has the same channel parts, so the default locale decides.
+        let template_channels = content.channels();
         for (index, channel) in submit.channels.iter().enumerate() {
-            let has_part = match channel {
-                Channel::Email => content.email.is_some(),
-                Channel::Sms | Channel::Push | Channel::InApp => false,
-            };
-            if !has_part {
+            if !template_channels.contains(channel) {
                 return Err(ServiceError::invalid(
                     &format!("channels[{index}]"),
                     format!("template `{}` has no {channel} part", submit.template_key),
+                ));
+            }
+            // Only email has a worker so far.
+            if *channel != Channel::Email {
+                return Err(ServiceError::invalid(
+                    &format!("channels[{index}]"),
+                    format!("{channel} cannot be delivered yet"),
                 ));
             }
         }
@@ -308,6 +333,7 @@ impl SubmitApi {
                             .map(|email| email.as_ref().to_owned()),
                         Channel::Sms | Channel::Push | Channel::InApp => None,
                     },
+                    locale: recipient.locale.as_ref().map(ToString::to_string),
                 });
             }
         }
@@ -488,6 +514,12 @@ fn notification_status(record: &NotificationRecord) -> pb::NotificationStatus {
         .iter()
         .filter(|state| **state == DeliveryState::Delivered)
         .count();
+    if states
+        .iter()
+        .all(|state| *state == DeliveryState::Suppressed)
+    {
+        return pb::NotificationStatus::Suppressed;
+    }
     if delivered == states.len() {
         pb::NotificationStatus::Delivered
     } else if delivered == 0 {
@@ -552,6 +584,7 @@ impl SubmitService for SubmitApi {
         let caller = caller(&request)?;
         tracing::Span::current().record("caller", caller.identity.as_ref());
         caller.require(Role::Submit, "Submit")?;
+        crate::quota::check(&self.state, &caller).await?;
         let trace_context = trace_context(&request);
         Ok(Response::new(
             SubmitApi::submit(self, &caller, request.into_inner(), trace_context).await?,

@@ -1,13 +1,22 @@
-//! `herald.template.v1.TemplateService`. Writes need the admin role; submitters may read.
+//! `herald.template.v1.TemplateService`. Writes (create, update, activate) need the admin
+//! role; submitters may read (get, list, versions, preview), so they can check keys,
+//! parameters and rendered output before sending.
 
-use herald_db::templates::{self, NewTemplate, TemplateRecord};
+use std::collections::HashMap;
+
+use herald_db::templates::{self, NewTemplate, NewVersion, TemplateRecord};
 use herald_domain::{Category, Role, TemplateId, TemplateKey};
-use herald_proto::conversions;
+use herald_proto::conversions::{self, channel_from_i32};
 use herald_proto::template::{
-    self as pb, CreateTemplateRequest, GetTemplateRequest, ListTemplatesRequest,
-    ListTemplatesResponse, template_service_server::TemplateService,
+    self as pb, ActivateVersionRequest, CreateTemplateRequest, GetTemplateRequest,
+    ListTemplatesRequest, ListTemplatesResponse, ListVersionsRequest, ListVersionsResponse,
+    RenderPreviewRequest, RenderPreviewResponse, UpdateTemplateRequest,
+    template_service_server::TemplateService,
 };
-use herald_templates::{EmailPart, TemplateContent};
+use herald_templates::{
+    EmailPart, InAppPart, Locale, PushPart, Rendered, SmsPart, TemplateContent, VersionContent,
+    VersionError,
+};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
@@ -17,9 +26,17 @@ use crate::error::{Result, ServiceError};
 const MAX_DESCRIPTION: usize = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 100;
+const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
 
 pub(crate) struct TemplateApi {
     state: AppState,
+}
+
+/// A version's content from a request, checked and with its parameters inferred.
+struct ValidVersion {
+    content: serde_json::Value,
+    parameters: Vec<String>,
+    sample_parameters: Option<serde_json::Value>,
 }
 
 impl TemplateApi {
@@ -42,11 +59,12 @@ impl TemplateApi {
                 format!("must be at most {MAX_DESCRIPTION} characters"),
             ));
         }
-        let content = content_from_proto(request.content);
-        let parameters = herald_templates::validate(&content)
-            .map_err(|error| ServiceError::InvalidArgument(format!("content.{error}")))?;
-        let content_json = serde_json::to_value(&content)
-            .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
+        let version = valid_version(
+            request.content,
+            &request.default_locale,
+            request.locales,
+            request.sample_parameters,
+        )?;
         let mut connection = herald_db::connection(&self.state.pool).await?;
         let record = templates::create(
             &mut connection,
@@ -55,8 +73,9 @@ impl TemplateApi {
                 key: key.to_string(),
                 category: category.to_string(),
                 description: request.description,
-                content: content_json,
-                parameters,
+                content: version.content,
+                parameters: version.parameters,
+                sample_parameters: version.sample_parameters,
                 created_by: caller.identity.to_string(),
             },
         )
@@ -71,18 +90,138 @@ impl TemplateApi {
         template_message(record)
     }
 
+    async fn update(
+        &self,
+        caller: &Caller,
+        request: UpdateTemplateRequest,
+    ) -> Result<pb::Template> {
+        let key = TemplateKey::parse(&request.key)
+            .map_err(|error| ServiceError::invalid("key", error))?;
+        if request.sample_parameters.is_none() {
+            return Err(ServiceError::invalid(
+                "sample_parameters",
+                "is required: every part of every locale must render with it",
+            ));
+        }
+        let version = valid_version(
+            request.content,
+            &request.default_locale,
+            request.locales,
+            request.sample_parameters,
+        )?;
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let record = templates::add_version(
+            &mut connection,
+            NewVersion {
+                key: key.to_string(),
+                content: version.content,
+                parameters: version.parameters,
+                sample_parameters: version.sample_parameters,
+                created_by: caller.identity.to_string(),
+                activate: request.activate,
+            },
+        )
+        .await?
+        .ok_or_else(|| not_found(&key))?;
+        tracing::info!(
+            template.key = %key,
+            template.version = record.version,
+            activated = request.activate,
+            caller = %caller.identity,
+            "Template version created."
+        );
+        template_message(record)
+    }
+
+    async fn activate(
+        &self,
+        caller: &Caller,
+        request: ActivateVersionRequest,
+    ) -> Result<pb::Template> {
+        let key = TemplateKey::parse(&request.key)
+            .map_err(|error| ServiceError::invalid("key", error))?;
+        let version = version_number(Some(request.version))?
+            .ok_or_else(|| ServiceError::invalid("version", "must be at least 1"))?;
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let record = templates::find(&mut connection, key.as_ref(), Some(version))
+            .await?
+            .ok_or_else(|| not_found_version(&key, version))?;
+        // Versions are validated before they are saved; this re-check covers versions stored
+        // before sample parameters existed (they are compiled only) and guards the rule that
+        // a version with a missing parameter is never made active.
+        let content = stored_content(record.content)?;
+        content
+            .validate(record.sample_parameters.as_ref())
+            .map_err(|error| {
+                ServiceError::FailedPrecondition(format!(
+                    "version: version {version} of `{key}` cannot be activated: {error}"
+                ))
+            })?;
+        let record = templates::activate(&mut connection, key.as_ref(), version)
+            .await?
+            .ok_or_else(|| not_found_version(&key, version))?;
+        tracing::info!(
+            template.key = %key,
+            template.version = version,
+            caller = %caller.identity,
+            "Template version activated."
+        );
+        template_message(record)
+    }
+
+    async fn versions(&self, request: ListVersionsRequest) -> Result<ListVersionsResponse> {
+        let key = TemplateKey::parse(&request.key)
+            .map_err(|error| ServiceError::invalid("key", error))?;
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let records = templates::list_versions(&mut connection, key.as_ref())
+            .await?
+            .ok_or_else(|| not_found(&key))?;
+        Ok(ListVersionsResponse {
+            versions: records
+                .into_iter()
+                .map(template_message)
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn preview(&self, request: RenderPreviewRequest) -> Result<RenderPreviewResponse> {
+        let key = TemplateKey::parse(&request.key)
+            .map_err(|error| ServiceError::invalid("key", error))?;
+        let version = version_number(request.version)?;
+        let locale = optional_locale(&request.locale)
+            .map_err(|error| ServiceError::invalid("locale", error))?;
+        let channel = channel_from_i32(request.channel)
+            .map_err(|error| ServiceError::invalid("channel", error))?;
+        let parameters = parameters_json("parameters", request.parameters.unwrap_or_default())?;
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let record = templates::find(&mut connection, key.as_ref(), version)
+            .await?
+            .ok_or_else(|| match version {
+                Some(version) => not_found_version(&key, version),
+                None => not_found(&key),
+            })?;
+        let content = stored_content(record.content)?;
+        let (used, rendered) = content
+            .render(locale.as_ref(), channel, &parameters)
+            .map_err(|error| match error {
+                VersionError::NoPart { channel } => ServiceError::FailedPrecondition(format!(
+                    "channel: version {} of `{key}` has no {channel} part",
+                    record.version
+                )),
+                error @ VersionError::Part { .. } => ServiceError::invalid("parameters", error),
+                other => herald_db::Error::Corrupt(format!("template content: {other}")).into(),
+            })?;
+        Ok(RenderPreviewResponse {
+            version: u32::try_from(record.version).unwrap_or_default(),
+            locale: used.to_string(),
+            rendered: Some(rendered_message(rendered)),
+        })
+    }
+
     async fn get(&self, request: GetTemplateRequest) -> Result<pb::Template> {
         let key = TemplateKey::parse(&request.key)
             .map_err(|error| ServiceError::invalid("key", error))?;
-        let version = request
-            .version
-            .map(|version| {
-                i32::try_from(version)
-                    .ok()
-                    .filter(|version| *version >= 1)
-                    .ok_or_else(|| ServiceError::invalid("version", "must be at least 1"))
-            })
-            .transpose()?;
+        let version = version_number(request.version)?;
         let mut connection = herald_db::connection(&self.state.pool).await?;
         let record = templates::find(&mut connection, key.as_ref(), version)
             .await?
@@ -139,35 +278,209 @@ impl TemplateApi {
     }
 }
 
-fn content_from_proto(content: Option<pb::TemplateContent>) -> TemplateContent {
-    let content = content.unwrap_or_default();
+fn not_found(key: &TemplateKey) -> ServiceError {
+    ServiceError::NotFound(format!("key: no template named `{key}`"))
+}
+
+fn not_found_version(key: &TemplateKey, version: i32) -> ServiceError {
+    ServiceError::NotFound(format!(
+        "version: template `{key}` has no version {version}"
+    ))
+}
+
+fn version_number(version: Option<u32>) -> Result<Option<i32>> {
+    version
+        .map(|version| {
+            i32::try_from(version)
+                .ok()
+                .filter(|version| *version >= 1)
+                .ok_or_else(|| ServiceError::invalid("version", "must be at least 1"))
+        })
+        .transpose()
+}
+
+fn optional_locale(tag: &str) -> Result<Option<Locale>, herald_templates::LocaleError> {
+    (!tag.is_empty()).then(|| Locale::parse(tag)).transpose()
+}
+
+fn parameters_json(field: &str, parameters: prost_types::Struct) -> Result<serde_json::Value> {
+    let object = conversions::struct_to_json(parameters);
+    let size = serde_json::to_vec(&object).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_PARAMETERS_BYTES {
+        return Err(ServiceError::invalid(
+            field,
+            format!("must encode to at most {MAX_PARAMETERS_BYTES} bytes of JSON"),
+        ));
+    }
+    Ok(serde_json::Value::Object(object))
+}
+
+fn stored_content(content: serde_json::Value) -> Result<VersionContent> {
+    VersionContent::from_stored(content)
+        .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")).into())
+}
+
+/// Builds a version from a create or update request and validates all of it before anything
+/// is written: locale tags, the default locale, every part of every locale (compiled, and
+/// rendered strictly with the sample parameters when given). The legacy single `content`
+/// field is the default locale's content, and errors in it are reported as `content.…`.
+fn valid_version(
+    content: Option<pb::TemplateContent>,
+    default_locale: &str,
+    locales: HashMap<String, pb::TemplateContent>,
+    sample_parameters: Option<prost_types::Struct>,
+) -> Result<ValidVersion> {
+    let default_locale = if default_locale.is_empty() {
+        Locale::parse(herald_templates::DEFAULT_LOCALE)
+    } else {
+        Locale::parse(default_locale)
+    }
+    .map_err(|error| ServiceError::invalid("default_locale", error))?;
+    let mut version = VersionContent {
+        default_locale: default_locale.clone(),
+        locales: Default::default(),
+    };
+    for (tag, content) in locales {
+        let locale = Locale::parse(&tag)
+            .map_err(|error| ServiceError::invalid(&format!("locales[{tag}]"), error))?;
+        if version.locales.contains_key(&locale) {
+            return Err(ServiceError::invalid(
+                &format!("locales[{tag}]"),
+                format!("is the same locale as another entry (`{locale}`)"),
+            ));
+        }
+        version.locales.insert(locale, content_from_proto(content));
+    }
+    let legacy = content.is_some() || version.locales.is_empty();
+    if legacy {
+        if version.locales.contains_key(&default_locale) {
+            return Err(ServiceError::invalid(
+                "content",
+                format!(
+                    "is the default locale's content, which locales[{default_locale}] also gives; give it once"
+                ),
+            ));
+        }
+        version.locales.insert(
+            default_locale.clone(),
+            content_from_proto(content.unwrap_or_default()),
+        );
+    }
+    let sample_parameters = sample_parameters
+        .map(|samples| parameters_json("sample_parameters", samples))
+        .transpose()?;
+    let parameters = version
+        .validate(sample_parameters.as_ref())
+        .map_err(|error| match error {
+            VersionError::Part { locale, error } if legacy && locale == default_locale => {
+                ServiceError::InvalidArgument(format!("content.{error}"))
+            }
+            other => ServiceError::InvalidArgument(other.to_string()),
+        })?;
+    let content = serde_json::to_value(&version)
+        .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
+    Ok(ValidVersion {
+        content,
+        parameters,
+        sample_parameters,
+    })
+}
+
+fn content_from_proto(content: pb::TemplateContent) -> TemplateContent {
     TemplateContent {
         email: content.email.map(|email| EmailPart {
             subject: email.subject,
             html: email.html,
             text: email.text,
         }),
+        sms: content.sms.map(|sms| SmsPart { text: sms.text }),
+        push: content.push.map(|push| PushPart {
+            title: push.title,
+            body: push.body,
+            data: push.data.into_iter().collect(),
+        }),
+        in_app: content.in_app.map(|in_app| InAppPart {
+            title: in_app.title,
+            body: in_app.body,
+            action_url: in_app.action_url,
+        }),
     }
 }
 
+fn content_message(content: TemplateContent) -> pb::TemplateContent {
+    pb::TemplateContent {
+        email: content.email.map(|email| pb::EmailPart {
+            subject: email.subject,
+            html: email.html,
+            text: email.text,
+        }),
+        sms: content.sms.map(|sms| pb::SmsPart { text: sms.text }),
+        push: content.push.map(|push| pb::PushPart {
+            title: push.title,
+            body: push.body,
+            data: push.data.into_iter().collect(),
+        }),
+        in_app: content.in_app.map(|in_app| pb::InAppPart {
+            title: in_app.title,
+            body: in_app.body,
+            action_url: in_app.action_url,
+        }),
+    }
+}
+
+fn rendered_message(rendered: Rendered) -> pb::TemplateContent {
+    let mut content = pb::TemplateContent::default();
+    match rendered {
+        Rendered::Email(email) => {
+            content.email = Some(pb::EmailPart {
+                subject: email.subject,
+                html: email.html,
+                text: email.text,
+            });
+        }
+        Rendered::Sms(sms) => content.sms = Some(pb::SmsPart { text: sms.text }),
+        Rendered::Push(push) => {
+            content.push = Some(pb::PushPart {
+                title: push.title,
+                body: push.body,
+                data: push.data.into_iter().collect(),
+            });
+        }
+        Rendered::InApp(in_app) => {
+            content.in_app = Some(pb::InAppPart {
+                title: in_app.title,
+                body: in_app.body,
+                action_url: in_app.action_url,
+            });
+        }
+    }
+    content
+}
+
 fn template_message(record: TemplateRecord) -> Result<pb::Template> {
-    let content: TemplateContent = serde_json::from_value(record.content)
-        .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
+    let version = stored_content(record.content)?;
+    let default_content = version.default_content().cloned().map(content_message);
     Ok(pb::Template {
         key: record.key,
         category: record.category,
         description: record.description,
         version: u32::try_from(record.version).unwrap_or_default(),
-        content: Some(pb::TemplateContent {
-            email: content.email.map(|email| pb::EmailPart {
-                subject: email.subject,
-                html: email.html,
-                text: email.text,
-            }),
-        }),
+        content: default_content,
         parameters: record.parameters,
         created_by: record.created_by,
         created_at: Some(conversions::timestamp(record.created_at)),
+        default_locale: version.default_locale.to_string(),
+        locales: version
+            .locales
+            .into_iter()
+            .map(|(locale, content)| (locale.to_string(), content_message(content)))
+            .collect(),
+        sample_parameters: record
+            .sample_parameters
+            .as_ref()
+            .and_then(serde_json::Value::as_object)
+            .map(conversions::json_to_struct),
+        active_version: u32::try_from(record.active_version).unwrap_or_default(),
     })
 }
 
@@ -201,5 +514,47 @@ impl TemplateService for TemplateApi {
     ) -> Result<Response<ListTemplatesResponse>, Status> {
         caller(&request)?.require(Role::Submit, "ListTemplates")?;
         Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(name = "herald.template.v1.TemplateService/UpdateTemplate", skip_all)]
+    async fn update_template(
+        &self,
+        request: Request<UpdateTemplateRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Role::Admin, "UpdateTemplate")?;
+        Ok(Response::new(
+            self.update(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(name = "herald.template.v1.TemplateService/ActivateVersion", skip_all)]
+    async fn activate_version(
+        &self,
+        request: Request<ActivateVersionRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Role::Admin, "ActivateVersion")?;
+        Ok(Response::new(
+            self.activate(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(name = "herald.template.v1.TemplateService/ListVersions", skip_all)]
+    async fn list_versions(
+        &self,
+        request: Request<ListVersionsRequest>,
+    ) -> Result<Response<ListVersionsResponse>, Status> {
+        caller(&request)?.require(Role::Submit, "ListVersions")?;
+        Ok(Response::new(self.versions(request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(name = "herald.template.v1.TemplateService/RenderPreview", skip_all)]
+    async fn render_preview(
+        &self,
+        request: Request<RenderPreviewRequest>,
+    ) -> Result<Response<RenderPreviewResponse>, Status> {
+        caller(&request)?.require(Role::Submit, "RenderPreview")?;
+        Ok(Response::new(self.preview(request.into_inner()).await?))
     }
 }

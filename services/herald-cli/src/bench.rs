@@ -156,7 +156,9 @@ async fn create_template(
                 html: HTML.to_owned(),
                 text: TEXT.to_owned(),
             }),
+            ..TemplateContent::default()
         }),
+        ..CreateTemplateRequest::default()
     };
     match admin_client.create_template(request).await {
         Ok(response) => {
@@ -217,6 +219,7 @@ impl SubmitPlan {
             recipients: vec![Recipient {
                 user_id: String::new(),
                 email: self.recipient.clone(),
+                locale: String::new(),
             }],
             channels: vec![common::Channel::Email as i32],
             priority: self.priority,

@@ -79,7 +79,8 @@ pub(crate) enum Command {
     Get(GetArgs),
     /// Poll a notification until it reaches a final status, then show it.
     ///
-    /// Exits 0 when DELIVERED, 3 when PARTIALLY_DELIVERED, 4 when FAILED and 5 on timeout.
+    /// Exits 0 when DELIVERED, 3 when PARTIALLY_DELIVERED, 4 when FAILED or SUPPRESSED and 5 on
+    /// timeout.
     Wait(WaitArgs),
     /// Generate load: submit many notifications, then measure how fast they are delivered.
     ///
@@ -116,6 +117,87 @@ pub(crate) enum TemplateCommand {
     Get(TemplateGetArgs),
     /// List every template.
     List(TemplateListArgs),
+    /// Create the next version of a template (an email part, validated with `--sample`
+    /// values); `--activate` makes it the active one. Needs the admin role.
+    Update(TemplateUpdateArgs),
+    /// Make a version the active one (activating an older one is a rollback). Needs the admin
+    /// role.
+    Activate(TemplateActivateArgs),
+    /// List every version of a template, newest first.
+    Versions(TemplateVersionsArgs),
+    /// Render a version's email for a locale and parameters without sending anything.
+    Preview(TemplatePreviewArgs),
+}
+
+/// Arguments of `template update`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateUpdateArgs {
+    /// The template's key.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// Email subject (handlebars, not escaped).
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// Email HTML body (handlebars, HTML-escaped).
+    #[arg(long, default_value = "")]
+    pub(crate) html: String,
+    /// Email plain-text body (handlebars, not escaped).
+    #[arg(long, default_value = "")]
+    pub(crate) text: String,
+    /// A sample parameter as NAME=VALUE; repeat. Every part must render with them.
+    #[arg(long = "sample", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub(crate) samples: Vec<(String, String)>,
+    /// Make the new version the active one.
+    #[arg(long)]
+    pub(crate) activate: bool,
+    /// Print the new version as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `template activate`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateActivateArgs {
+    /// The template's key.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// The version to activate.
+    #[arg(long)]
+    pub(crate) version: u32,
+    /// Print the activated version as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `template versions`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateVersionsArgs {
+    /// The template's key.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `template preview`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplatePreviewArgs {
+    /// The template's key.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// A specific version instead of the active one.
+    #[arg(long)]
+    pub(crate) version: Option<u32>,
+    /// The recipient's locale (`en`, `ko-KR`); the template's default when absent.
+    #[arg(long)]
+    pub(crate) locale: Option<String>,
+    /// A template parameter as NAME=VALUE; repeat.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub(crate) params: Vec<(String, String)>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Arguments of `template create`.
@@ -139,6 +221,10 @@ pub(crate) struct TemplateCreateArgs {
     /// Email plain-text body (handlebars, not escaped).
     #[arg(long, default_value = "")]
     pub(crate) text: String,
+    /// A sample parameter as NAME=VALUE; repeat. When any is given, every part must render
+    /// with them (strict) before the template is saved.
+    #[arg(long = "sample", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub(crate) samples: Vec<(String, String)>,
     /// Print the created template as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -181,6 +267,9 @@ pub(crate) struct SubmitArgs {
     /// The product's user id, recorded on every recipient's deliveries.
     #[arg(long)]
     pub(crate) user_id: Option<String>,
+    /// Every recipient's locale (`en`, `ko`, `ko-KR`); the template's default when absent.
+    #[arg(long)]
+    pub(crate) locale: Option<String>,
     /// A template parameter as NAME=VALUE (the value is a string); repeat. Overrides the same
     /// name in `--params-json`.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_key_value)]

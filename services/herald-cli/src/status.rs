@@ -89,7 +89,8 @@ fn final_outcome(status: i32) -> Option<Outcome> {
     match NotificationStatus::try_from(status).ok()? {
         NotificationStatus::Delivered => Some(Outcome::Success),
         NotificationStatus::PartiallyDelivered => Some(Outcome::Partial),
-        NotificationStatus::Failed => Some(Outcome::Failed),
+        // Suppressed on purpose (rate limit, preferences): final, and nothing was sent.
+        NotificationStatus::Failed | NotificationStatus::Suppressed => Some(Outcome::Failed),
         NotificationStatus::Unspecified
         | NotificationStatus::Accepted
         | NotificationStatus::InProgress => None,

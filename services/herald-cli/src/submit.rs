@@ -53,6 +53,7 @@ fn request(args: &SubmitArgs) -> SubmitRequest {
             .map(|email| Recipient {
                 user_id: user_id.clone(),
                 email: email.clone(),
+                locale: args.locale.clone().unwrap_or_default(),
             })
             .collect(),
         channels: args

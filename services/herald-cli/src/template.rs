@@ -1,10 +1,12 @@
-//! `template create`, `template get` and `template list`.
+//! `template create`, `get`, `list`, `update`, `activate`, `versions` and `preview`.
 
 use anyhow::Context as _;
+use herald_proto::common::Channel as WireChannel;
 use herald_proto::template::template_service_client::TemplateServiceClient;
 use herald_proto::template::{
-    CreateTemplateRequest, EmailPart, GetTemplateRequest, ListTemplatesRequest, Template,
-    TemplateContent,
+    ActivateVersionRequest, CreateTemplateRequest, EmailPart, GetTemplateRequest,
+    ListTemplatesRequest, ListVersionsRequest, RenderPreviewRequest, Template, TemplateContent,
+    UpdateTemplateRequest,
 };
 
 use crate::Outcome;
@@ -31,7 +33,10 @@ pub(crate) async fn run(
                         html: args.html.clone(),
                         text: args.text.clone(),
                     }),
+                    ..TemplateContent::default()
                 }),
+                sample_parameters: samples(&args.samples),
+                ..CreateTemplateRequest::default()
             };
             let template = client
                 .create_template(request)
@@ -73,6 +78,89 @@ pub(crate) async fn run(
                 page_token = page.next_page_token;
             }
             print_list(&templates, args.json)?;
+        }
+        TemplateCommand::Update(args) => {
+            let template = client
+                .update_template(UpdateTemplateRequest {
+                    key: args.key.clone(),
+                    content: Some(TemplateContent {
+                        email: Some(EmailPart {
+                            subject: args.subject.clone(),
+                            html: args.html.clone(),
+                            text: args.text.clone(),
+                        }),
+                        ..TemplateContent::default()
+                    }),
+                    sample_parameters: Some(samples(&args.samples).unwrap_or_default()),
+                    activate: args.activate,
+                    ..UpdateTemplateRequest::default()
+                })
+                .await
+                .map_err(|status| rpc_error(&status))
+                .with_context(|| format!("updating template `{}`", args.key))?
+                .into_inner();
+            print_one(&template, args.json)?;
+        }
+        TemplateCommand::Activate(args) => {
+            let template = client
+                .activate_version(ActivateVersionRequest {
+                    key: args.key.clone(),
+                    version: args.version,
+                })
+                .await
+                .map_err(|status| rpc_error(&status))
+                .with_context(|| format!("activating version {} of `{}`", args.version, args.key))?
+                .into_inner();
+            print_one(&template, args.json)?;
+        }
+        TemplateCommand::Versions(args) => {
+            let versions = client
+                .list_versions(ListVersionsRequest {
+                    key: args.key.clone(),
+                })
+                .await
+                .map_err(|status| rpc_error(&status))
+                .with_context(|| format!("listing versions of `{}`", args.key))?
+                .into_inner()
+                .versions;
+            print_list(&versions, args.json)?;
+        }
+        TemplateCommand::Preview(args) => {
+            let preview = client
+                .render_preview(RenderPreviewRequest {
+                    key: args.key.clone(),
+                    version: args.version,
+                    locale: args.locale.clone().unwrap_or_default(),
+                    channel: WireChannel::Email.into(),
+                    parameters: samples(&args.params),
+                })
+                .await
+                .map_err(|status| rpc_error(&status))
+                .with_context(|| format!("previewing template `{}`", args.key))?
+                .into_inner();
+            let email = preview
+                .rendered
+                .and_then(|rendered| rendered.email)
+                .unwrap_or_default();
+            if args.json {
+                let value = serde_json::json!({
+                    "version": preview.version,
+                    "locale": preview.locale,
+                    "email": { "subject": email.subject, "html": email.html, "text": email.text },
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).context("encoding JSON")?
+                );
+            } else {
+                println!("Version {} in locale {}", preview.version, preview.locale);
+                println!("Subject: {}", email.subject);
+                for (name, body) in [("html", &email.html), ("text", &email.text)] {
+                    if !body.is_empty() {
+                        println!("--- {name}\n{body}");
+                    }
+                }
+            }
         }
     }
     Ok(Outcome::Success)
@@ -185,6 +273,17 @@ fn to_table(templates: &[Template]) -> String {
     )
 }
 
+/// `Some` struct of string values when any sample is given.
+fn samples(pairs: &[(String, String)]) -> Option<prost_types::Struct> {
+    (!pairs.is_empty()).then(|| {
+        let object: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+            .collect();
+        herald_proto::conversions::json_to_struct(&object)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +300,7 @@ mod tests {
                     html: "<p>Hi {{username}}</p>".to_owned(),
                     text: String::new(),
                 }),
+                ..TemplateContent::default()
             }),
             ..Template::default()
         }

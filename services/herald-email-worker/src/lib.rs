@@ -3,8 +3,9 @@
 mod smtp;
 
 use anyhow::Context;
-use herald_config::{AmqpSettings, DatabaseSettings, TelemetrySettings, Validate};
-use herald_worker::{Worker, WorkerSettings};
+use herald_config::{AmqpSettings, DatabaseSettings, RedisSettings, TelemetrySettings, Validate};
+use herald_redis::RedisCache;
+use herald_worker::{RateLimitSettings, RateLimiter, Worker, WorkerSettings};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,10 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// The SMTP relay.
     pub smtp: SmtpSettings,
+    /// Redis (rate limits).
+    pub redis: RedisSettings,
+    /// Rate limits per notification type.
+    pub rate_limits: RateLimitSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
 }
@@ -36,6 +41,8 @@ impl Validate for Settings {
         self.amqp.validate(problems);
         self.worker.validate(problems);
         self.smtp.validate(problems);
+        self.redis.validate(problems);
+        self.rate_limits.validate(problems);
     }
 }
 
@@ -50,8 +57,10 @@ impl Application {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
         let provider = SmtpProvider::new(&settings.smtp).context("building the SMTP transport")?;
+        let redis = RedisCache::new(&settings.redis).context("building the Redis pool")?;
         Ok(Self {
-            worker: Worker::new(provider, settings.worker, settings.amqp, pool, SERVICE_NAME),
+            worker: Worker::new(provider, settings.worker, settings.amqp, pool, SERVICE_NAME)
+                .with_rate_limiter(RateLimiter::new(redis, settings.rate_limits)),
         })
     }
 

@@ -3,7 +3,7 @@
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_smtp::SmtpSettings;
-use herald_templates::TemplateContent;
+use herald_templates::{Locale, Rendered, RenderedEmail, VersionContent};
 use herald_worker::{ChannelProvider, DeliveryError, Receipt};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -31,17 +31,7 @@ impl SmtpProvider {
         let to: Mailbox = address.parse().map_err(|_| {
             DeliveryError::Permanent("the recipient address is not a valid mailbox".into())
         })?;
-        let content: TemplateContent = serde_json::from_value(context.template_content.clone())
-            .map_err(|error| {
-                DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
-            })?;
-        let part = content
-            .email
-            .ok_or_else(|| DeliveryError::Permanent("the template has no email part".into()))?;
-        let rendered =
-            herald_templates::render_email(&part, &context.parameters).map_err(|error| {
-                DeliveryError::Permanent(format!("template render failed: {error}"))
-            })?;
+        let rendered = render(context)?;
         let builder = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -67,6 +57,35 @@ impl SmtpProvider {
             DeliveryError::Permanent(format!("could not build the message: {error}"))
         })
     }
+}
+
+/// Renders the delivery's email through the same function as `RenderPreview`
+/// (`VersionContent::render`), in the recipient's locale via the fallback chain.
+fn render(context: &DeliveryContext) -> Result<RenderedEmail, DeliveryError> {
+    let content =
+        VersionContent::from_stored(context.template_content.clone()).map_err(|error| {
+            DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
+        })?;
+    let locale = recipient_locale(context);
+    match content.render(locale.as_ref(), Channel::Email, &context.parameters) {
+        Ok((_, Rendered::Email(email))) => Ok(email),
+        Ok(_) => Err(DeliveryError::Permanent(
+            "the template rendered no email part".into(),
+        )),
+        Err(error) => Err(DeliveryError::Permanent(format!(
+            "template render failed: {error}"
+        ))),
+    }
+}
+
+/// The locale to render in: the one given at submit. The user's profile locale
+/// (PreferenceService) slots in here as the next choice; after that, the template's default.
+/// A stored tag that no longer parses falls back to the default rather than failing the send.
+fn recipient_locale(context: &DeliveryContext) -> Option<Locale> {
+    context
+        .locale
+        .as_deref()
+        .and_then(|tag| Locale::parse(tag).ok())
 }
 
 impl ChannelProvider for SmtpProvider {

@@ -31,6 +31,7 @@ async fn seed(
                 description: String::new(),
                 content: serde_json::json!({"email": {"subject": "s", "html": "", "text": "t"}}),
                 parameters: vec![],
+                sample_parameters: None,
                 created_by: "test".into(),
             },
         )
@@ -59,6 +60,7 @@ async fn seed(
                 recipient_index: 0,
                 user_id: None,
                 address: Some("ada@example.com".into()),
+                locale: Some("ko-KR".into()),
             }],
         },
     )

@@ -1,0 +1,212 @@
+//! A template version: content per locale, validated as a whole and rendered for one
+//! recipient through the locale fallback chain. The API's preview and the channel workers
+//! both render through `VersionContent::render`, so a preview is what a worker sends.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_domain::Channel;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error, Locale, RenderedEmail, RenderedInApp, RenderedPush, RenderedSms, TemplateContent,
+};
+
+/// The default locale of content stored before versions had locales (`{"email": …}`).
+pub const DEFAULT_LOCALE: &str = "en";
+
+/// The most locales one version may have.
+pub const MAX_LOCALES: usize = 100;
+
+/// One version's content: parts per channel for each locale, and the locale that ends every
+/// fallback chain. Stored as JSON `{"default_locale": "en", "locales": {"en": {"email": …}}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionContent {
+    /// The locale used when none of the recipient's locales has content.
+    pub default_locale: Locale,
+    /// Content per locale; always contains `default_locale`.
+    pub locales: BTreeMap<Locale, TemplateContent>,
+}
+
+/// What rendering one channel's part produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    /// An email.
+    Email(RenderedEmail),
+    /// An SMS.
+    Sms(RenderedSms),
+    /// A push notification.
+    Push(RenderedPush),
+    /// An in-app message.
+    InApp(RenderedInApp),
+}
+
+/// Why a version is invalid or could not be rendered. Messages start with the request field
+/// they concern (`locales[ko].email.subject …`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    /// The default locale is missing from `locales`.
+    #[error("default_locale: {0}")]
+    DefaultLocale(String),
+    /// The set of locales is wrong as a whole (empty, too many, channels differ).
+    #[error("locales: {0}")]
+    Locales(String),
+    /// One part of one locale does not compile or render.
+    #[error("locales[{locale}].{error}")]
+    Part {
+        /// The locale whose part failed.
+        locale: Locale,
+        /// What failed, naming the part (and the parameter when one is missing).
+        error: Error,
+    },
+    /// The version has no part for the requested channel.
+    #[error("channel: the template has no {channel} part")]
+    NoPart {
+        /// The channel asked for.
+        channel: Channel,
+    },
+}
+
+impl VersionContent {
+    /// Content in the default locale only.
+    pub fn single(default_locale: Locale, content: TemplateContent) -> Self {
+        Self {
+            locales: BTreeMap::from([(default_locale.clone(), content)]),
+            default_locale,
+        }
+    }
+
+    /// Reads stored content in either shape: the per-locale shape, or the single-locale shape
+    /// written before locales existed (`{"email": …}`), which is read as `DEFAULT_LOCALE`.
+    /// Reading both keeps old rows valid without rewriting them, so the migration that
+    /// introduced locales works with the code deployed before it (expand/contract).
+    pub fn from_stored(value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        if value.get("locales").is_some() {
+            serde_json::from_value(value)
+        } else {
+            let content: TemplateContent = serde_json::from_value(value)?;
+            let default = Locale::parse(DEFAULT_LOCALE)
+                .map_err(|error| serde::de::Error::custom(error.to_string()))?;
+            Ok(Self::single(default, content))
+        }
+    }
+
+    /// The default locale's content.
+    pub fn default_content(&self) -> Option<&TemplateContent> {
+        self.locales.get(&self.default_locale)
+    }
+
+    /// The channels this version can be sent on (every locale has the same parts).
+    pub fn channels(&self) -> BTreeSet<Channel> {
+        self.default_content()
+            .map(TemplateContent::channels)
+            .unwrap_or_default()
+    }
+
+    /// Checks the whole version: the default locale has content, every locale has the same
+    /// channel parts, every part compiles, and — when `samples` is given — every part of every
+    /// locale renders strictly with them. Returns the parameters used by any part, sorted.
+    pub fn validate(
+        &self,
+        samples: Option<&serde_json::Value>,
+    ) -> Result<Vec<String>, VersionError> {
+        if self.locales.is_empty() {
+            return Err(VersionError::Locales(
+                "must contain at least one locale".into(),
+            ));
+        }
+        if self.locales.len() > MAX_LOCALES {
+            return Err(VersionError::Locales(format!(
+                "must contain at most {MAX_LOCALES} locales"
+            )));
+        }
+        let default_channels = self
+            .default_content()
+            .ok_or_else(|| {
+                VersionError::DefaultLocale(format!(
+                    "`{}` has no content in locales",
+                    self.default_locale
+                ))
+            })?
+            .channels();
+        let mut parameters = BTreeSet::new();
+        for (locale, content) in &self.locales {
+            let part_error = |error| VersionError::Part {
+                locale: locale.clone(),
+                error,
+            };
+            parameters.extend(crate::validate(content).map_err(part_error)?);
+            let channels = content.channels();
+            if channels != default_channels {
+                return Err(VersionError::Locales(format!(
+                    "`{locale}` has parts for {} but the default locale `{}` has parts for {}; every locale needs the same channels",
+                    names(&channels),
+                    self.default_locale,
+                    names(&default_channels)
+                )));
+            }
+            if let Some(samples) = samples {
+                crate::render_all(content, samples).map_err(part_error)?;
+            }
+        }
+        Ok(parameters.into_iter().collect())
+    }
+
+    /// The locale whose content a recipient asking for `requested` gets: the first of
+    /// `Locale::fallback_chain` that has content (`ko-KR` → `ko` → the default locale).
+    pub fn resolve(&self, requested: Option<&Locale>) -> Option<(&Locale, &TemplateContent)> {
+        Locale::fallback_chain(requested, &self.default_locale)
+            .into_iter()
+            .find_map(|locale| self.locales.get_key_value(&locale))
+    }
+
+    /// Renders `channel`'s part for a recipient asking for `requested`, strictly, with
+    /// `parameters` (a JSON object). Returns the locale used and the rendered part.
+    pub fn render(
+        &self,
+        requested: Option<&Locale>,
+        channel: Channel,
+        parameters: &serde_json::Value,
+    ) -> Result<(Locale, Rendered), VersionError> {
+        let (locale, content) = self.resolve(requested).ok_or_else(|| {
+            VersionError::DefaultLocale(format!(
+                "`{}` has no content in locales",
+                self.default_locale
+            ))
+        })?;
+        let part_error = |error| VersionError::Part {
+            locale: locale.clone(),
+            error,
+        };
+        let no_part = || VersionError::NoPart { channel };
+        let rendered = match channel {
+            Channel::Email => Rendered::Email(
+                crate::render_email(content.email.as_ref().ok_or_else(no_part)?, parameters)
+                    .map_err(part_error)?,
+            ),
+            Channel::Sms => Rendered::Sms(
+                crate::render_sms(content.sms.as_ref().ok_or_else(no_part)?, parameters)
+                    .map_err(part_error)?,
+            ),
+            Channel::Push => Rendered::Push(
+                crate::render_push(content.push.as_ref().ok_or_else(no_part)?, parameters)
+                    .map_err(part_error)?,
+            ),
+            Channel::InApp => Rendered::InApp(
+                crate::render_in_app(content.in_app.as_ref().ok_or_else(no_part)?, parameters)
+                    .map_err(part_error)?,
+            ),
+        };
+        Ok((locale.clone(), rendered))
+    }
+}
+
+fn names(channels: &BTreeSet<Channel>) -> String {
+    if channels.is_empty() {
+        return "no channel".into();
+    }
+    channels
+        .iter()
+        .map(|channel| channel.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,2 @@
+ALTER TABLE deliveries DROP COLUMN locale;
+ALTER TABLE template_versions DROP COLUMN sample_parameters;
