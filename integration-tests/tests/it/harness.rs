@@ -66,6 +66,7 @@ pub(crate) struct TestApp {
     amqp_url: String,
     /// A direct pool (not through the proxy) for the test's own checks.
     pub(crate) pool: herald_db::Pool,
+    clock: herald_domain::SharedClock,
     shutdown: CancellationToken,
 }
 
@@ -80,6 +81,8 @@ pub(crate) struct Options {
     pub(crate) redis: Option<RedisSettings>,
     /// Submits per caller per minute.
     pub(crate) quota_per_minute: u64,
+    /// The clock of the API, relay and workers (quiet hours, `send_at`).
+    pub(crate) clock: Option<herald_domain::SharedClock>,
 }
 
 impl Default for Options {
@@ -89,6 +92,7 @@ impl Default for Options {
             prefetch: 8,
             redis: None,
             quota_per_minute: 0,
+            clock: None,
         }
     }
 }
@@ -168,6 +172,11 @@ impl TestApp {
         let api = herald_api_server::Application::build(api_settings)
             .await
             .expect("building the API server");
+        let clock = options
+            .clock
+            .clone()
+            .unwrap_or_else(|| std::sync::Arc::new(herald_domain::SystemClock));
+        let api = api.with_clock(clock.clone());
         let address = api.local_addr();
         tokio::spawn(api.run_until_stopped(shutdown.clone()));
 
@@ -181,7 +190,8 @@ impl TestApp {
             },
             telemetry: TelemetrySettings::default(),
         })
-        .expect("building the relay");
+        .expect("building the relay")
+        .with_clock(clock.clone());
         tokio::spawn(relay.run_until_stopped(shutdown.clone()));
 
         let app = Self {
@@ -195,6 +205,7 @@ impl TestApp {
             database_url,
             amqp_url,
             pool,
+            clock,
             shutdown,
         };
         if options.email_worker {
@@ -231,6 +242,7 @@ impl TestApp {
             },
             // Effectively unlimited, so only the rate-limit tests (which set their own) see
             // suppressions.
+            policy: herald_config::PolicySettings::default(),
             rate_limits: herald_worker::RateLimitSettings {
                 default: herald_worker::LimitRule {
                     limit: 1_000_000,
@@ -256,8 +268,9 @@ impl TestApp {
 
     /// Starts an email worker with `settings` (from `email_worker_settings`, adjusted).
     pub(crate) fn start_email_worker_with(&self, settings: herald_email_worker::Settings) {
-        let worker =
-            herald_email_worker::Application::build(settings).expect("building the email worker");
+        let worker = herald_email_worker::Application::build(settings)
+            .expect("building the email worker")
+            .with_clock(self.clock.clone());
         tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
     }
 

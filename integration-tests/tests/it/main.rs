@@ -7,6 +7,7 @@ mod delivery;
 mod faults;
 mod harness;
 mod limits;
+mod preferences;
 mod priority;
 mod security;
 mod submit;

@@ -45,7 +45,10 @@ async fn invalid_submits_get_a_precise_status_naming_the_field_and_write_nothing
             "recipients[0].email:",
         ),
         check(
-            |r| r.recipients[0].email.clear(),
+            |r| {
+                r.recipients[0].email.clear();
+                r.recipients[0].user_id.clear();
+            },
             Code::InvalidArgument,
             "recipients[0].email:",
         ),

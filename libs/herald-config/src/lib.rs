@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use sections::{
-    AmqpSettings, DatabaseSettings, GrpcServerSettings, LogFormat, RedisSettings,
+    AmqpSettings, DatabaseSettings, GrpcServerSettings, LogFormat, PolicySettings, RedisSettings,
     ServerTlsSettings, TelemetrySettings,
 };
 

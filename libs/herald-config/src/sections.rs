@@ -207,3 +207,44 @@ impl Default for TelemetrySettings {
         }
     }
 }
+
+/// Rules that weigh a notification's category and priority against user preferences, shared by
+/// the API (at submit) and the workers (just before sending).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Categories users cannot switch off (channel, category or global opt-out).
+    pub mandatory_categories: Vec<String>,
+    /// Critical-priority notifications of these categories ignore quiet hours.
+    pub quiet_hours_bypass_categories: Vec<String>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            mandatory_categories: vec!["security".into()],
+            quiet_hours_bypass_categories: vec!["security".into()],
+        }
+    }
+}
+
+impl PolicySettings {
+    /// What a `category` notification at `priority` may override in a user's preferences.
+    pub fn overrides(
+        &self,
+        category: &str,
+        priority: herald_domain::Priority,
+    ) -> herald_domain::Overrides {
+        herald_domain::Overrides {
+            mandatory: self
+                .mandatory_categories
+                .iter()
+                .any(|mandatory| mandatory == category),
+            ignore_quiet_hours: priority == herald_domain::Priority::Critical
+                && self
+                    .quiet_hours_bypass_categories
+                    .iter()
+                    .any(|bypass| bypass == category),
+        }
+    }
+}

@@ -43,10 +43,15 @@ pub enum ClaimOutcome {
 /// sets a lease, in one statement. Claimable are `pending`, `queued` and `retry_wait`, and a
 /// `sending` delivery whose lease expired (its worker died mid-attempt; the outcome of that
 /// attempt is unknown, and the new attempt is recorded as a takeover).
+///
+/// A `scheduled` delivery is claimable once its time has come by `clock_now`: the relay
+/// publishes it when due but commits its `queued` state only after the broker's confirm, so a
+/// fast worker can see it still `scheduled`.
 pub async fn claim(
     connection: &mut AsyncPgConnection,
     delivery_id: DeliveryId,
     lease: Duration,
+    clock_now: chrono::DateTime<Utc>,
 ) -> Result<ClaimOutcome> {
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
@@ -59,14 +64,24 @@ pub async fn claim(
         .transaction::<_, Error, _>(async |connection| {
             let current = deliveries::table
                 .filter(deliveries::id.eq(delivery_id.as_uuid()))
-                .select((deliveries::state, deliveries::lease_until))
+                .select((
+                    deliveries::state,
+                    deliveries::lease_until,
+                    deliveries::scheduled_for,
+                ))
                 .for_update()
-                .first::<(String, Option<chrono::DateTime<Utc>>)>(connection)
+                .first::<(
+                    String,
+                    Option<chrono::DateTime<Utc>>,
+                    Option<chrono::DateTime<Utc>>,
+                )>(connection)
                 .await
                 .optional()?;
-            let Some((state, held_until)) = current else {
+            let Some((state, held_until, scheduled_for)) = current else {
                 return Ok(ClaimOutcome::Done);
             };
+            let due = state == DeliveryState::Scheduled.as_str()
+                && scheduled_for.is_none_or(|scheduled_for| scheduled_for <= clock_now);
             let takeover = state == DeliveryState::Sending.as_str();
             if takeover {
                 if let Some(left) = held_until
@@ -75,7 +90,7 @@ pub async fn claim(
                 {
                     return Ok(ClaimOutcome::Busy { retry_after: left });
                 }
-            } else if !claimable.contains(&state.as_str()) {
+            } else if !claimable.contains(&state.as_str()) && !due {
                 return Ok(ClaimOutcome::Done);
             }
             let (attempt, attempts_base) =
@@ -233,6 +248,13 @@ pub enum Outcome {
         /// Why, e.g. `rate_limited: …`.
         reason: String,
     },
+    /// Not sent yet: the recipient's quiet hours began; queued again for `until`.
+    Deferred {
+        /// When to try again.
+        until: chrono::DateTime<Utc>,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a delivery failed for good.
@@ -268,6 +290,7 @@ impl Outcome {
             Self::Failed { .. } => DeliveryState::Failed,
             Self::RetryWait { .. } => DeliveryState::RetryWait,
             Self::Suppressed { .. } => DeliveryState::Suppressed,
+            Self::Deferred { .. } => DeliveryState::Scheduled,
         }
     }
 
@@ -275,13 +298,13 @@ impl Outcome {
         match self {
             Self::Delivered { detail } => detail,
             Self::Failed { error, .. } | Self::RetryWait { error } => error,
-            Self::Suppressed { reason } => reason,
+            Self::Suppressed { reason } | Self::Deferred { reason, .. } => reason,
         }
     }
 
     fn error_class(&self) -> Option<&'static str> {
         match self {
-            Self::Delivered { .. } | Self::Suppressed { .. } => None,
+            Self::Delivered { .. } | Self::Suppressed { .. } | Self::Deferred { .. } => None,
             Self::RetryWait { .. } => Some("retryable"),
             Self::Failed { class, .. } => Some(class.as_str()),
         }
@@ -337,6 +360,29 @@ pub async fn finish(
                 outcome.error_class(),
             )
             .await?;
+            if let Outcome::Deferred { until, .. } = outcome {
+                diesel::update(
+                    deliveries::table.filter(deliveries::id.eq(claim.delivery_id.as_uuid())),
+                )
+                .set(deliveries::scheduled_for.eq(Some(*until)))
+                .execute(connection)
+                .await?;
+                let priority = notifications::table
+                    .find(notification_id)
+                    .select(notifications::priority)
+                    .first::<i16>(connection)
+                    .await?;
+                diesel::insert_into(crate::schema::outbox::table)
+                    .values((
+                        crate::schema::outbox::delivery_id.eq(claim.delivery_id.as_uuid()),
+                        crate::schema::outbox::notification_id.eq(notification_id),
+                        crate::schema::outbox::channel.eq(&channel),
+                        crate::schema::outbox::priority.eq(priority),
+                        crate::schema::outbox::available_at.eq(*until),
+                    ))
+                    .execute(connection)
+                    .await?;
+            }
             if let Outcome::Failed { error, class } = outcome {
                 diesel::insert_into(failures::table)
                     .values((

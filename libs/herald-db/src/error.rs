@@ -14,6 +14,9 @@ pub enum Error {
         /// The violated constraint, e.g. `templates_key_unique`.
         constraint: String,
     },
+    /// A requested change was refused before anything was written; the message says why.
+    #[error("{0}")]
+    Invalid(String),
     /// A stored value does not parse into its domain type (a bug or a bad manual edit).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

@@ -7,6 +7,7 @@ pub mod failures;
 pub mod notifications;
 pub mod outbox;
 mod pool;
+pub mod preferences;
 pub mod schema;
 pub mod templates;
 

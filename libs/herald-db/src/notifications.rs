@@ -57,6 +57,19 @@ pub struct NewDelivery {
     pub address: Option<String>,
     /// The recipient's locale tag from the submit, if given.
     pub locale: Option<String>,
+    /// What happens to it: sent now, held until `ScheduledFor`, or suppressed.
+    pub disposition: Disposition,
+}
+
+/// What a new delivery starts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// `pending`: published right away.
+    Now,
+    /// `scheduled`: published once due (`send_at`, quiet hours).
+    ScheduledFor(DateTime<Utc>),
+    /// `suppressed` for this reason (preferences); never queued.
+    Suppressed(String),
 }
 
 /// What `insert` did.
@@ -108,7 +121,19 @@ pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -
                         deliveries::user_id.eq(delivery.user_id.clone()),
                         deliveries::address.eq(delivery.address.clone()),
                         deliveries::locale.eq(delivery.locale.clone()),
-                        deliveries::state.eq(DeliveryState::Pending.as_str()),
+                        deliveries::state.eq(match &delivery.disposition {
+                            Disposition::Now => DeliveryState::Pending.as_str(),
+                            Disposition::ScheduledFor(_) => DeliveryState::Scheduled.as_str(),
+                            Disposition::Suppressed(_) => DeliveryState::Suppressed.as_str(),
+                        }),
+                        deliveries::scheduled_for.eq(match &delivery.disposition {
+                            Disposition::ScheduledFor(at) => Some(*at),
+                            _ => None,
+                        }),
+                        deliveries::last_error.eq(match &delivery.disposition {
+                            Disposition::Suppressed(reason) => Some(reason.clone()),
+                            _ => None,
+                        }),
                     )
                 })
                 .collect();
@@ -119,35 +144,60 @@ pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -
             let event_rows: Vec<_> = new
                 .deliveries
                 .iter()
-                .map(|delivery| {
-                    (
+                .flat_map(|delivery| {
+                    let accepted = (
                         delivery_events::delivery_id.eq(*delivery.id.as_uuid()),
                         delivery_events::kind.eq("accepted"),
                         delivery_events::attempt.eq(0),
-                    )
+                        delivery_events::detail.eq(String::new()),
+                    );
+                    let then = match &delivery.disposition {
+                        Disposition::Now => None,
+                        Disposition::ScheduledFor(at) => {
+                            Some(("scheduled", format!("until {}", at.to_rfc3339())))
+                        }
+                        Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
+                    };
+                    std::iter::once(accepted).chain(then.map(|(kind, detail)| {
+                        (
+                            delivery_events::delivery_id.eq(*delivery.id.as_uuid()),
+                            delivery_events::kind.eq(kind),
+                            delivery_events::attempt.eq(0),
+                            delivery_events::detail.eq(detail),
+                        )
+                    }))
                 })
                 .collect();
             diesel::insert_into(delivery_events::table)
                 .values(&event_rows)
                 .execute(connection)
                 .await?;
+            let now = Utc::now();
             let outbox_rows: Vec<_> = new
                 .deliveries
                 .iter()
-                .map(|delivery| {
-                    (
+                .filter_map(|delivery| {
+                    let available_at = match &delivery.disposition {
+                        Disposition::Now => now,
+                        Disposition::ScheduledFor(at) => *at,
+                        Disposition::Suppressed(_) => return None,
+                    };
+                    Some((
                         outbox::delivery_id.eq(*delivery.id.as_uuid()),
                         outbox::notification_id.eq(*new.id.as_uuid()),
                         outbox::channel.eq(delivery.channel.as_str()),
                         outbox::priority.eq(new.priority.as_i16()),
                         outbox::trace_context.eq(&new.trace_context),
-                    )
+                        outbox::available_at.eq(available_at),
+                    ))
                 })
                 .collect();
-            diesel::insert_into(outbox::table)
-                .values(&outbox_rows)
-                .execute(connection)
-                .await?;
+            if !outbox_rows.is_empty() {
+                diesel::insert_into(outbox::table)
+                    .values(&outbox_rows)
+                    .execute(connection)
+                    .await?;
+            }
             Ok(())
         })
         .await;
@@ -282,6 +332,8 @@ pub struct DeliveryRecord {
     pub queued_at: Option<DateTime<Utc>>,
     /// Accepted by the provider.
     pub delivered_at: Option<DateTime<Utc>>,
+    /// When a scheduled delivery becomes due.
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 type DeliveryRow = (
@@ -294,6 +346,7 @@ type DeliveryRow = (
     Option<String>,
     DateTime<Utc>,
     DateTime<Utc>,
+    Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
 );
@@ -311,6 +364,7 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
         updated_at,
         queued_at,
         delivered_at,
+        scheduled_for,
     ) = row;
     Ok(DeliveryRecord {
         id: id.into(),
@@ -328,6 +382,7 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
         updated_at,
         queued_at,
         delivered_at,
+        scheduled_for,
     })
 }
 
@@ -385,6 +440,7 @@ pub async fn load(
             deliveries::updated_at,
             deliveries::queued_at,
             deliveries::delivered_at,
+            deliveries::scheduled_for,
         ))
         .load::<DeliveryRow>(connection)
         .await?;

@@ -33,14 +33,16 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Locks up to `limit` unpublished rows, oldest first, skipping rows another relay holds.
-/// Call inside a transaction; the locks last until it ends.
+/// Locks up to `limit` unpublished rows due at `now`, oldest first, skipping rows another
+/// relay holds. Call inside a transaction; the locks last until it ends.
 pub async fn lock_unpublished(
     connection: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<OutboxRow>> {
     let rows = outbox::table
         .filter(outbox::published_at.is_null())
+        .filter(outbox::available_at.le(now))
         .order(outbox::id.asc())
         .limit(limit)
         .select((
@@ -109,7 +111,10 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     let queued: Vec<Uuid> = diesel::update(
         deliveries::table
             .filter(deliveries::id.eq_any(&delivery_ids))
-            .filter(deliveries::state.eq(DeliveryState::Pending.as_str())),
+            .filter(deliveries::state.eq_any([
+                DeliveryState::Pending.as_str(),
+                DeliveryState::Scheduled.as_str(),
+            ])),
     )
     .set((
         deliveries::state.eq(DeliveryState::Queued.as_str()),

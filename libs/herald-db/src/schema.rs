@@ -62,6 +62,7 @@ diesel::table! {
         attempts_base -> Int4,
         sla_alerted_at -> Nullable<Timestamptz>,
         locale -> Nullable<Text>,
+        scheduled_for -> Nullable<Timestamptz>,
     }
 }
 
@@ -121,6 +122,7 @@ diesel::table! {
         published_at -> Nullable<Timestamptz>,
         publish_attempts -> Int4,
         last_error -> Nullable<Text>,
+        available_at -> Timestamptz,
     }
 }
 
@@ -133,6 +135,23 @@ diesel::table! {
         created_by -> Text,
         created_at -> Timestamptz,
         sample_parameters -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    user_preferences (user_id) {
+        user_id -> Text,
+        email -> Nullable<Text>,
+        phone -> Nullable<Text>,
+        device_tokens -> Jsonb,
+        locale -> Nullable<Text>,
+        time_zone -> Nullable<Text>,
+        channels -> Jsonb,
+        categories -> Jsonb,
+        quiet_hours -> Nullable<Jsonb>,
+        global_opt_out -> Bool,
+        updated_at -> Timestamptz,
+        updated_by -> Text,
     }
 }
 
@@ -169,4 +188,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     template_versions,
     templates,
+    user_preferences,
 );

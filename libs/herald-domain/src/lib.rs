@@ -1,10 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+mod clock;
 mod ids;
+mod preference;
+mod quiet_hours;
 mod state;
 mod values;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use ids::{DeliveryId, NotificationId, TemplateId};
+pub use preference::{Overrides, UserPreferences, Verdict};
+pub use quiet_hours::{QuietHours, TimeZone, parse_time_of_day, parse_weekday};
 pub use state::DeliveryState;
 pub use values::{
     Category, Channel, EmailAddress, IdempotencyKey, Identity, Priority, Role, TemplateKey,

@@ -5,6 +5,8 @@
 //!                      ▲                  │  ├──▶ failed
 //!                      └── retry_wait ◀───┘  └──▶ unknown
 //! pending ──preferences/limits──▶ suppressed
+//! scheduled (send_at, quiet hours) ──relay, when due──▶ queued
+//! sending ──quiet hours began──▶ scheduled
 //! failed | unknown ──admin replay──▶ pending
 //! sending (lease expired) ──takeover──▶ sending
 //! ```
@@ -19,6 +21,8 @@ use crate::ValueError;
 pub enum DeliveryState {
     /// Stored with its notification; the outbox row is not yet published.
     Pending,
+    /// Waiting for its time (`send_at`, or the end of the recipient's quiet hours).
+    Scheduled,
     /// Published to the channel queue.
     Queued,
     /// Claimed by a worker that is calling the provider.
@@ -37,8 +41,9 @@ pub enum DeliveryState {
 
 impl DeliveryState {
     /// Every state, in lifecycle order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Pending,
+        Self::Scheduled,
         Self::Queued,
         Self::Sending,
         Self::Delivered,
@@ -52,6 +57,7 @@ impl DeliveryState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Sending => "sending",
             Self::Delivered => "delivered",
@@ -81,6 +87,8 @@ impl DeliveryState {
         matches!(
             (self, next),
             (Pending, Queued | Suppressed | Sending)
+                | (Scheduled, Queued | Suppressed)
+                | (Sending, Scheduled)
                 | (Queued, Sending | Suppressed)
                 | (RetryWait, Queued | Sending | Suppressed)
                 | (Sending, Delivered | Failed | RetryWait | Unknown | Suppressed | Sending)

@@ -67,6 +67,7 @@ impl From<DeliveryState> for submit::DeliveryState {
     fn from(state: DeliveryState) -> Self {
         match state {
             DeliveryState::Pending => Self::Pending,
+            DeliveryState::Scheduled => Self::Scheduled,
             DeliveryState::Queued => Self::Queued,
             DeliveryState::Sending => Self::Sending,
             DeliveryState::Delivered => Self::Delivered,

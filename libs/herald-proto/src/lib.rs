@@ -14,6 +14,8 @@ mod generated {
 pub use generated::herald::admin::v1 as admin;
 /// `herald.common.v1`: channels and priorities.
 pub use generated::herald::common::v1 as common;
+/// `herald.preference.v1`: PreferenceService.
+pub use generated::herald::preference::v1 as preference;
 /// `herald.queue.v1`: envelopes Herald puts on RabbitMQ.
 pub use generated::herald::queue::v1 as queue;
 /// `herald.submit.v1`: SubmitService.

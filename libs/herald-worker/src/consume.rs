@@ -37,6 +37,8 @@ struct Inner<P> {
     pool: herald_db::Pool,
     service_name: &'static str,
     limiter: Option<crate::RateLimiter>,
+    policy: herald_config::PolicySettings,
+    clock: herald_domain::SharedClock,
 }
 
 /// How a message is settled once its delivery was handled.
@@ -69,6 +71,8 @@ impl<P: ChannelProvider> Worker<P> {
                 pool,
                 service_name,
                 limiter: None,
+                policy: herald_config::PolicySettings::default(),
+                clock: Arc::new(herald_domain::SystemClock),
             }),
         }
     }
@@ -82,6 +86,30 @@ impl<P: ChannelProvider> Worker<P> {
         Arc::get_mut(&mut self.inner)
             .expect("a worker is configured before it runs, while it has one owner")
             .limiter = Some(limiter);
+        self
+    }
+
+    /// Weighs categories and priorities against user preferences with `policy`.
+    ///
+    /// # Panics
+    /// Never: the worker is not shared until `run_until_stopped`.
+    #[must_use]
+    pub fn with_policy(mut self, policy: herald_config::PolicySettings) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a worker is configured before it runs, while it has one owner")
+            .policy = policy;
+        self
+    }
+
+    /// Reads quiet hours against `clock` (tests inject a manual one).
+    ///
+    /// # Panics
+    /// Never: the worker is not shared until `run_until_stopped`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: herald_domain::SharedClock) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a worker is configured before it runs, while it has one owner")
+            .clock = clock;
         self
     }
 
@@ -310,8 +338,13 @@ impl<P: ChannelProvider> Inner<P> {
     async fn attempt(&self, delivery_id: DeliveryId) -> Result<Settlement, herald_db::Error> {
         let mut connection = herald_db::connection(&self.pool).await?;
         let claimed_at = tokio::time::Instant::now();
-        let claim = match deliveries::claim(&mut connection, delivery_id, self.settings.lease)
-            .await?
+        let claim = match deliveries::claim(
+            &mut connection,
+            delivery_id,
+            self.settings.lease,
+            self.clock.now(),
+        )
+        .await?
         {
             ClaimOutcome::Claimed(claim) => claim,
             ClaimOutcome::Done => {
@@ -327,7 +360,21 @@ impl<P: ChannelProvider> Inner<P> {
                 ));
             }
         };
-        let context = deliveries::load_context(&mut connection, delivery_id).await?;
+        let mut context = deliveries::load_context(&mut connection, delivery_id).await?;
+        if let Some(outcome) = self
+            .apply_preferences(&mut connection, &mut context)
+            .await?
+        {
+            tracing::info!(
+                notification.id = %context.notification_id,
+                delivery.id = %delivery_id,
+                channel = %context.channel,
+                outcome = ?outcome,
+                "Preferences held the delivery back."
+            );
+            deliveries::finish(&mut connection, &claim, &outcome, None).await?;
+            return Ok(Settlement::Ack);
+        }
         if let Some(limiter) = &self.limiter
             && let crate::Admission::Suppress(reason) = limiter.admit(&context).await
         {
@@ -380,10 +427,10 @@ impl<P: ChannelProvider> Inner<P> {
                 error = %error,
                 "Delivery failed for good."
             ),
-            Outcome::Suppressed { reason } => tracing::info!(
+            Outcome::Suppressed { reason } | Outcome::Deferred { reason, .. } => tracing::info!(
                 delivery.id = %delivery_id,
                 reason = %reason,
-                "Delivery suppressed."
+                "Delivery held back."
             ),
             Outcome::RetryWait { error } => tracing::warn!(
                 notification.id = %context.notification_id,
@@ -396,6 +443,63 @@ impl<P: ChannelProvider> Inner<P> {
             ),
         }
         Ok(settlement)
+    }
+
+    /// Re-checks the recipient's preferences just before sending (they may have changed since
+    /// the submit), resolves the contact point and locale of a user-id recipient, and returns
+    /// the outcome when the delivery must not be sent now.
+    async fn apply_preferences(
+        &self,
+        connection: &mut herald_db::Connection,
+        context: &mut deliveries::DeliveryContext,
+    ) -> Result<Option<Outcome>, herald_db::Error> {
+        let Some(user_id) = context.user_id.clone() else {
+            return Ok(None);
+        };
+        let stored = herald_db::preferences::get(connection, &user_id).await?;
+        if let Some(record) = &stored {
+            let overrides = self.policy.overrides(&context.category, context.priority);
+            match record.to_domain()?.decide(
+                context.channel,
+                &context.category,
+                overrides,
+                self.clock.now(),
+            ) {
+                herald_domain::Verdict::Send => {}
+                herald_domain::Verdict::Suppress(reason) => {
+                    return Ok(Some(Outcome::Suppressed { reason }));
+                }
+                herald_domain::Verdict::DeferUntil(until) => {
+                    return Ok(Some(Outcome::Deferred {
+                        until,
+                        reason: format!("quiet_hours: held until {}", until.to_rfc3339()),
+                    }));
+                }
+            }
+            if context.address.is_none() {
+                context.address = match context.channel {
+                    herald_domain::Channel::Email => record.email.clone(),
+                    herald_domain::Channel::Sms => record.phone.clone(),
+                    herald_domain::Channel::Push | herald_domain::Channel::InApp => None,
+                };
+            }
+            if context.locale.is_none() {
+                context.locale = record.locale.clone();
+            }
+        }
+        let needs_address = matches!(
+            context.channel,
+            herald_domain::Channel::Email | herald_domain::Channel::Sms
+        );
+        if needs_address && context.address.is_none() {
+            return Ok(Some(Outcome::Suppressed {
+                reason: format!(
+                    "no_address: user {user_id} has no {} address",
+                    context.channel
+                ),
+            }));
+        }
+        Ok(None)
     }
 
     /// Records the attempt's outcome. The provider has already been called, so if PostgreSQL

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod error;
+mod preference;
 mod quota;
 mod submit;
 mod template;
@@ -12,10 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use herald_config::{
-    DatabaseSettings, GrpcServerSettings, RedisSettings, ServerTlsSettings, TelemetrySettings,
-    Validate,
+    DatabaseSettings, GrpcServerSettings, PolicySettings, RedisSettings, ServerTlsSettings,
+    TelemetrySettings, Validate,
 };
 use herald_proto::admin::admin_service_server::AdminServiceServer;
+use herald_proto::preference::preference_service_server::PreferenceServiceServer;
 use herald_proto::submit::submit_service_server::SubmitServiceServer;
 use herald_proto::template::template_service_server::TemplateServiceServer;
 use serde::Deserialize;
@@ -40,6 +42,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Which identities may do what.
     pub auth: AuthSettings,
+    /// Mandatory categories and quiet-hours bypasses.
+    pub policy: PolicySettings,
     /// Submit limits.
     pub submit: SubmitSettings,
     /// Logging.
@@ -107,6 +111,7 @@ impl Validate for Settings {
 /// Shared state of the gRPC handlers.
 #[derive(Clone)]
 pub(crate) struct AppState {
+    pub(crate) clock: herald_domain::SharedClock,
     pub(crate) pool: herald_db::Pool,
     pub(crate) redis: herald_redis::RedisCache,
     pub(crate) settings: std::sync::Arc<Settings>,
@@ -119,6 +124,7 @@ pub struct Application {
     settings: Settings,
     pool: herald_db::Pool,
     redis: herald_redis::RedisCache,
+    clock: herald_domain::SharedClock,
 }
 
 impl Application {
@@ -138,7 +144,15 @@ impl Application {
             settings,
             pool,
             redis,
+            clock: std::sync::Arc::new(herald_domain::SystemClock),
         })
+    }
+
+    /// Uses `clock` for scheduling and quiet hours (tests inject a manual one).
+    #[must_use]
+    pub fn with_clock(mut self, clock: herald_domain::SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -160,6 +174,9 @@ impl Application {
         health_reporter
             .set_serving::<AdminServiceServer<admin::AdminApi>>()
             .await;
+        health_reporter
+            .set_serving::<PreferenceServiceServer<preference::PreferenceApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -168,6 +185,7 @@ impl Application {
 
         let grace_period = self.settings.server.shutdown_grace_period;
         let state = AppState {
+            clock: self.clock,
             pool: self.pool,
             redis: self.redis,
             settings: std::sync::Arc::new(self.settings),
@@ -179,6 +197,10 @@ impl Application {
         );
         let templates = TemplateServiceServer::with_interceptor(
             template::TemplateApi::new(state.clone()),
+            authenticator.clone(),
+        );
+        let preferences = PreferenceServiceServer::with_interceptor(
+            preference::PreferenceApi::new(state.clone()),
             authenticator.clone(),
         );
         let admin = AdminServiceServer::with_interceptor(
@@ -198,6 +220,7 @@ impl Application {
             .add_service(reflection)
             .add_service(submit)
             .add_service(templates)
+            .add_service(preferences)
             .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;

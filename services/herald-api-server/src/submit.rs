@@ -2,7 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use herald_db::notifications::{self, Inserted, NewDelivery, NewNotification, NotificationRecord};
+use herald_db::notifications::{
+    self, Disposition, Inserted, NewDelivery, NewNotification, NotificationRecord,
+};
 use herald_domain::{
     Category, Channel, DeliveryId, DeliveryState, EmailAddress, IdempotencyKey, NotificationId,
     Priority, Role, TemplateKey,
@@ -47,6 +49,7 @@ struct ValidSubmit {
     category: Option<Category>,
     idempotency_key: Option<IdempotencyKey>,
     metadata: serde_json::Map<String, serde_json::Value>,
+    send_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 struct ValidRecipient {
@@ -57,7 +60,26 @@ struct ValidRecipient {
     locale: Option<Locale>,
 }
 
-fn validate(request: SubmitRequest, max_recipients: usize) -> Result<ValidSubmit> {
+fn validate(
+    request: SubmitRequest,
+    max_recipients: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ValidSubmit> {
+    let send_at = request
+        .send_at
+        .as_ref()
+        .map(|send_at| {
+            let instant = conversions::instant(send_at)
+                .ok_or_else(|| ServiceError::invalid("send_at", "is out of range"))?;
+            if instant > now + chrono::Duration::days(366) {
+                return Err(ServiceError::invalid(
+                    "send_at",
+                    "must be at most a year ahead",
+                ));
+            }
+            Ok(instant)
+        })
+        .transpose()?;
     let template = request
         .template
         .ok_or_else(|| ServiceError::invalid("template", "is required"))?;
@@ -132,10 +154,10 @@ fn validate(request: SubmitRequest, max_recipients: usize) -> Result<ValidSubmit
                 ServiceError::invalid(&format!("recipients[{index}].email"), error)
             })?)
         };
-        if channels.contains(&Channel::Email) && email.is_none() {
+        if channels.contains(&Channel::Email) && email.is_none() && user_id.is_none() {
             return Err(ServiceError::invalid(
                 &format!("recipients[{index}].email"),
-                "is required when the email channel is requested",
+                "is required when the email channel is requested and the recipient has no user_id",
             ));
         }
         let locale = (!recipient.locale.is_empty())
@@ -195,13 +217,14 @@ fn validate(request: SubmitRequest, max_recipients: usize) -> Result<ValidSubmit
         category,
         idempotency_key,
         metadata,
+        send_at,
     })
 }
 
 /// SHA-256 of the request's canonical JSON form (object keys sorted), so that a retried
 /// submit with the same content matches whatever order the client encoded maps in.
 fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "template": submit.template_key.as_ref(),
         "version": submit.template_version,
         "parameters": submit.parameters,
@@ -221,6 +244,10 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
         "category": submit.category.as_ref().map(AsRef::as_ref),
         "metadata": submit.metadata,
     });
+    // Only when given, so hashes of requests from before `send_at` are unchanged.
+    if let Some(send_at) = submit.send_at {
+        canonical["send_at"] = send_at.to_rfc3339().into();
+    }
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
@@ -247,7 +274,8 @@ impl SubmitApi {
         request: SubmitRequest,
         trace_context: serde_json::Value,
     ) -> Result<SubmitResponse> {
-        let submit = validate(request, self.state.settings.submit.max_recipients)?;
+        let now = self.state.clock.now();
+        let submit = validate(request, self.state.settings.submit.max_recipients, now)?;
         let hash = request_hash(&submit);
         let mut connection = herald_db::connection(&self.state.pool).await?;
 
@@ -317,6 +345,22 @@ impl SubmitApi {
             ));
         }
 
+        let category = submit
+            .category
+            .as_ref()
+            .map_or(template.category.clone(), ToString::to_string);
+        let overrides = self
+            .state
+            .settings
+            .policy
+            .overrides(&category, submit.priority);
+        let user_ids: Vec<String> = submit
+            .recipients
+            .iter()
+            .filter_map(|recipient| recipient.user_id.clone())
+            .collect();
+        let stored_preferences =
+            herald_db::preferences::get_many(&mut connection, &user_ids).await?;
         let notification_id = NotificationId::generate();
         let mut deliveries = Vec::new();
         for (index, recipient) in submit.recipients.iter().enumerate() {
@@ -334,6 +378,17 @@ impl SubmitApi {
                         Channel::Sms | Channel::Push | Channel::InApp => None,
                     },
                     locale: recipient.locale.as_ref().map(ToString::to_string),
+                    disposition: disposition(
+                        recipient
+                            .user_id
+                            .as_ref()
+                            .and_then(|user_id| stored_preferences.get(user_id)),
+                        *channel,
+                        &category,
+                        overrides,
+                        submit.send_at,
+                        now,
+                    )?,
                 });
             }
         }
@@ -491,6 +546,31 @@ async fn replay(
     }))
 }
 
+/// What a new delivery starts as: suppressed by the user's preferences, held until `send_at`
+/// or the end of their quiet hours (whichever is later), or sent now.
+fn disposition(
+    stored: Option<&herald_db::preferences::PreferenceRecord>,
+    channel: Channel,
+    category: &str,
+    overrides: herald_domain::Overrides,
+    send_at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Disposition> {
+    let due = send_at.filter(|send_at| *send_at > now).unwrap_or(now);
+    let verdict = match stored {
+        Some(record) => record
+            .to_domain()?
+            .decide(channel, category, overrides, due),
+        None => herald_domain::Verdict::Send,
+    };
+    Ok(match verdict {
+        herald_domain::Verdict::Suppress(reason) => Disposition::Suppressed(reason),
+        herald_domain::Verdict::DeferUntil(end) => Disposition::ScheduledFor(end),
+        herald_domain::Verdict::Send if due > now => Disposition::ScheduledFor(due),
+        herald_domain::Verdict::Send => Disposition::Now,
+    })
+}
+
 fn key_conflict(key: &IdempotencyKey, notification_id: NotificationId) -> ServiceError {
     ServiceError::AlreadyExists(format!(
         "idempotency_key: `{}` was already used for a different request (notification {notification_id}); use a new key for a new notification",
@@ -565,6 +645,7 @@ fn notification_message(record: NotificationRecord) -> pb::Notification {
                 updated_at: Some(conversions::timestamp(delivery.updated_at)),
                 queued_at: delivery.queued_at.map(conversions::timestamp),
                 delivered_at: delivery.delivered_at.map(conversions::timestamp),
+                scheduled_for: delivery.scheduled_for.map(conversions::timestamp),
             })
             .collect(),
     }

@@ -211,6 +211,7 @@ impl SubmitPlan {
             })
             .collect();
         SubmitRequest {
+            send_at: None,
             template: Some(TemplateRef {
                 key: self.template_key.clone(),
                 version: Some(self.template_version),

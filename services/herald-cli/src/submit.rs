@@ -42,6 +42,7 @@ fn request(args: &SubmitArgs) -> SubmitRequest {
     }
     let user_id = args.user_id.clone().unwrap_or_default();
     SubmitRequest {
+        send_at: None,
         template: Some(TemplateRef {
             key: args.template.clone(),
             version: args.template_version,

@@ -3,7 +3,9 @@
 mod smtp;
 
 use anyhow::Context;
-use herald_config::{AmqpSettings, DatabaseSettings, RedisSettings, TelemetrySettings, Validate};
+use herald_config::{
+    AmqpSettings, DatabaseSettings, PolicySettings, RedisSettings, TelemetrySettings, Validate,
+};
 use herald_redis::RedisCache;
 use herald_worker::{RateLimitSettings, RateLimiter, Worker, WorkerSettings};
 use serde::Deserialize;
@@ -31,6 +33,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Rate limits per notification type.
     pub rate_limits: RateLimitSettings,
+    /// Mandatory categories and quiet-hours bypasses.
+    pub policy: PolicySettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
 }
@@ -60,8 +64,17 @@ impl Application {
         let redis = RedisCache::new(&settings.redis).context("building the Redis pool")?;
         Ok(Self {
             worker: Worker::new(provider, settings.worker, settings.amqp, pool, SERVICE_NAME)
-                .with_rate_limiter(RateLimiter::new(redis, settings.rate_limits)),
+                .with_rate_limiter(RateLimiter::new(redis, settings.rate_limits))
+                .with_policy(settings.policy),
         })
+    }
+
+    /// Reads quiet hours against `clock` (tests inject a manual one).
+    #[must_use]
+    pub fn with_clock(self, clock: herald_domain::SharedClock) -> Self {
+        Self {
+            worker: self.worker.with_clock(clock),
+        }
     }
 
     /// Delivers email until `shutdown` is cancelled.

@@ -78,8 +78,8 @@ fn render(context: &DeliveryContext) -> Result<RenderedEmail, DeliveryError> {
     }
 }
 
-/// The locale to render in: the one given at submit. The user's profile locale
-/// (PreferenceService) slots in here as the next choice; after that, the template's default.
+/// The locale to render in: the one given at submit, else the user's profile locale (the
+/// worker runtime fills it in from PreferenceService); after that, the template's default.
 /// A stored tag that no longer parses falls back to the default rather than failing the send.
 fn recipient_locale(context: &DeliveryContext) -> Option<Locale> {
     context

@@ -66,6 +66,7 @@ impl Validate for Settings {
 pub struct Application {
     settings: Settings,
     pool: herald_db::Pool,
+    clock: herald_domain::SharedClock,
 }
 
 /// Why one batch stopped.
@@ -99,7 +100,18 @@ impl Application {
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
-        Ok(Self { settings, pool })
+        Ok(Self {
+            settings,
+            pool,
+            clock: std::sync::Arc::new(herald_domain::SystemClock),
+        })
+    }
+
+    /// Decides which scheduled rows are due with `clock` (tests inject a manual one).
+    #[must_use]
+    pub fn with_clock(mut self, clock: herald_domain::SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
@@ -192,7 +204,8 @@ impl Application {
         let batch_size = self.settings.relay.batch_size;
         let (published, broker_error) = connection
             .transaction::<_, BatchError, _>(async |connection| {
-                let rows = outbox::lock_unpublished(connection, batch_size).await?;
+                let rows =
+                    outbox::lock_unpublished(connection, self.clock.now(), batch_size).await?;
                 if rows.is_empty() {
                     return Ok((0, None));
                 }

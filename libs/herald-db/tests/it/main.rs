@@ -61,6 +61,7 @@ async fn seed(
                 user_id: None,
                 address: Some("ada@example.com".into()),
                 locale: Some("ko-KR".into()),
+                disposition: herald_db::notifications::Disposition::Now,
             }],
         },
     )
@@ -95,7 +96,8 @@ async fn every_table_and_column_in_schema_rs_exists_after_migrating() {
         audit_log,
         idempotency_keys,
         alert_state,
-        alerts_sent
+        alerts_sent,
+        user_preferences
     );
 }
 
@@ -130,8 +132,8 @@ async fn only_one_of_two_concurrent_claims_wins() {
 
     let lease = Duration::from_secs(60);
     let (first, second) = tokio::join!(
-        deliveries::claim(&mut connection, delivery_id, lease),
-        deliveries::claim(&mut other, delivery_id, lease)
+        deliveries::claim(&mut connection, delivery_id, lease, chrono::Utc::now()),
+        deliveries::claim(&mut other, delivery_id, lease, chrono::Utc::now())
     );
 
     let outcomes = [first.unwrap(), second.unwrap()];
@@ -158,9 +160,10 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
     let mut connection = connect(&database).await;
     let (_, delivery_id) = seed(&mut connection, None).await;
     let lease = Duration::from_secs(60);
-    let ClaimOutcome::Claimed(claim) = deliveries::claim(&mut connection, delivery_id, lease)
-        .await
-        .unwrap()
+    let ClaimOutcome::Claimed(claim) =
+        deliveries::claim(&mut connection, delivery_id, lease, chrono::Utc::now())
+            .await
+            .unwrap()
     else {
         panic!("the first claim wins");
     };
@@ -184,7 +187,7 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
             .unwrap()
     );
     assert_eq!(
-        deliveries::claim(&mut connection, delivery_id, lease)
+        deliveries::claim(&mut connection, delivery_id, lease, chrono::Utc::now())
             .await
             .unwrap(),
         ClaimOutcome::Done
@@ -210,19 +213,25 @@ async fn a_delivery_whose_worker_died_mid_attempt_is_taken_over_once_its_lease_e
     let database = TestDatabase::new().await;
     let mut connection = connect(&database).await;
     let (_, delivery_id) = seed(&mut connection, None).await;
-    let ClaimOutcome::Claimed(abandoned) =
-        deliveries::claim(&mut connection, delivery_id, Duration::ZERO)
-            .await
-            .unwrap()
-    else {
+    let ClaimOutcome::Claimed(abandoned) = deliveries::claim(
+        &mut connection,
+        delivery_id,
+        Duration::ZERO,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap() else {
         panic!("the first claim wins");
     };
 
-    let ClaimOutcome::Claimed(takeover) =
-        deliveries::claim(&mut connection, delivery_id, Duration::from_secs(60))
-            .await
-            .unwrap()
-    else {
+    let ClaimOutcome::Claimed(takeover) = deliveries::claim(
+        &mut connection,
+        delivery_id,
+        Duration::from_secs(60),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap() else {
         panic!("an expired lease can be taken over");
     };
 

@@ -1,0 +1,395 @@
+//! `herald.preference.v1.PreferenceService`. Callers need the submit role (product backends
+//! acting for their users). Every change is audited.
+
+use std::collections::BTreeMap;
+
+use herald_db::preferences::{self, PreferenceRecord};
+use herald_domain::{Category, Channel, EmailAddress, Role, TimeZone};
+use herald_proto::preference::{
+    self as pb, DeletePreferencesRequest, DeletePreferencesResponse, GetPreferencesRequest,
+    UpdatePreferencesRequest, preference_service_server::PreferenceService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::auth::caller;
+use crate::error::{Result, ServiceError};
+
+const MAX_USER_ID: usize = 255;
+const MAX_DEVICE_TOKENS: usize = 20;
+const MAX_TOKEN: usize = 4096;
+const MAX_CATEGORIES: usize = 100;
+
+/// Every path `update_mask` may name.
+const PATHS: [&str; 9] = [
+    "contacts.email",
+    "contacts.phone",
+    "contacts.device_tokens",
+    "locale",
+    "time_zone",
+    "channels",
+    "categories",
+    "quiet_hours",
+    "global_opt_out",
+];
+
+pub(crate) struct PreferenceApi {
+    state: AppState,
+}
+
+fn user_id(text: &str) -> Result<String> {
+    if text.trim().is_empty() || text.len() > MAX_USER_ID {
+        return Err(ServiceError::invalid(
+            "user_id",
+            format!("must be 1 to {MAX_USER_ID} non-blank characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn channel_map(
+    field: &str,
+    channels: &std::collections::HashMap<String, bool>,
+) -> Result<serde_json::Value> {
+    let mut map = BTreeMap::new();
+    for (name, enabled) in channels {
+        let channel: Channel = name
+            .parse()
+            .map_err(|error| ServiceError::invalid(&format!("{field}[{name}]"), error))?;
+        map.insert(
+            channel.as_str().to_owned(),
+            serde_json::Value::Bool(*enabled),
+        );
+    }
+    Ok(serde_json::to_value(map).unwrap_or_default())
+}
+
+fn is_e164(phone: &str) -> bool {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    phone.starts_with('+')
+        && (8..=15).contains(&digits.len())
+        && digits.chars().all(|digit| digit.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Applies the fields of `update` named by `paths` to `record`, validating each.
+fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[String]) -> Result<()> {
+    let contacts = update.contacts.clone().unwrap_or_default();
+    for path in paths {
+        match path.as_str() {
+            "contacts.email" => {
+                record.email = if contacts.email.is_empty() {
+                    None
+                } else {
+                    EmailAddress::parse(&contacts.email).map_err(|error| {
+                        ServiceError::invalid("preferences.contacts.email", error)
+                    })?;
+                    Some(contacts.email.clone())
+                };
+            }
+            "contacts.phone" => {
+                record.phone = if contacts.phone.is_empty() {
+                    None
+                } else if is_e164(&contacts.phone) {
+                    Some(contacts.phone.clone())
+                } else {
+                    return Err(ServiceError::invalid(
+                        "preferences.contacts.phone",
+                        "must be an E.164 number such as +821012345678",
+                    ));
+                };
+            }
+            "contacts.device_tokens" => {
+                if contacts.device_tokens.len() > MAX_DEVICE_TOKENS {
+                    return Err(ServiceError::invalid(
+                        "preferences.contacts.device_tokens",
+                        format!("must have at most {MAX_DEVICE_TOKENS} tokens"),
+                    ));
+                }
+                let mut tokens = Vec::new();
+                for (index, device) in contacts.device_tokens.iter().enumerate() {
+                    let field = format!("preferences.contacts.device_tokens[{index}]");
+                    if device.token.is_empty()
+                        || device.token.len() > MAX_TOKEN
+                        || !device
+                            .token
+                            .chars()
+                            .all(|character| character.is_ascii_graphic())
+                    {
+                        return Err(ServiceError::invalid(
+                            &format!("{field}.token"),
+                            format!("must be 1 to {MAX_TOKEN} printable ASCII characters"),
+                        ));
+                    }
+                    let platform = match pb::Platform::try_from(device.platform) {
+                        Ok(pb::Platform::Android) => "android",
+                        Ok(pb::Platform::Ios) => "ios",
+                        Ok(pb::Platform::Web) => "web",
+                        _ => {
+                            return Err(ServiceError::invalid(
+                                &format!("{field}.platform"),
+                                "must name a platform",
+                            ));
+                        }
+                    };
+                    tokens.push(serde_json::json!({"token": device.token, "platform": platform}));
+                }
+                record.device_tokens = serde_json::Value::Array(tokens);
+            }
+            "locale" => {
+                record.locale = if update.locale.is_empty() {
+                    None
+                } else {
+                    Some(
+                        herald_templates::Locale::parse(&update.locale)
+                            .map_err(|error| ServiceError::invalid("preferences.locale", error))?
+                            .as_str()
+                            .to_owned(),
+                    )
+                };
+            }
+            "time_zone" => {
+                record.time_zone = if update.time_zone.is_empty() {
+                    None
+                } else {
+                    Some(
+                        TimeZone::parse(&update.time_zone)
+                            .map_err(|error| ServiceError::invalid("preferences.time_zone", error))?
+                            .name()
+                            .to_owned(),
+                    )
+                };
+            }
+            "channels" => record.channels = channel_map("preferences.channels", &update.channels)?,
+            "categories" => {
+                if update.categories.len() > MAX_CATEGORIES {
+                    return Err(ServiceError::invalid(
+                        "preferences.categories",
+                        format!("must have at most {MAX_CATEGORIES} entries"),
+                    ));
+                }
+                let mut categories = serde_json::Map::new();
+                for (index, entry) in update.categories.iter().enumerate() {
+                    let field = format!("preferences.categories[{index}]");
+                    let category = Category::parse(&entry.category).map_err(|error| {
+                        ServiceError::invalid(&format!("{field}.category"), error)
+                    })?;
+                    categories.insert(
+                        category.to_string(),
+                        channel_map(&format!("{field}.channels"), &entry.channels)?,
+                    );
+                }
+                record.categories = serde_json::Value::Object(categories);
+            }
+            "quiet_hours" => {
+                record.quiet_hours = match &update.quiet_hours {
+                    None => None,
+                    Some(quiet) => {
+                        let json = serde_json::json!({
+                            "start": quiet.start,
+                            "end": quiet.end,
+                            "days": quiet.days.iter().map(|day| day.to_ascii_lowercase()).collect::<Vec<_>>(),
+                        });
+                        validate_quiet_hours(quiet)?;
+                        Some(json)
+                    }
+                };
+            }
+            "global_opt_out" => record.global_opt_out = update.global_opt_out,
+            other => {
+                return Err(ServiceError::invalid(
+                    "update_mask",
+                    format!("unknown path `{other}`; use one of {}", PATHS.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_quiet_hours(quiet: &pb::QuietHours) -> Result<()> {
+    let start = herald_domain::parse_time_of_day(&quiet.start)
+        .map_err(|error| ServiceError::invalid("preferences.quiet_hours.start", error))?;
+    let end = herald_domain::parse_time_of_day(&quiet.end)
+        .map_err(|error| ServiceError::invalid("preferences.quiet_hours.end", error))?;
+    let mut days = chrono::WeekdaySet::EMPTY;
+    for (index, day) in quiet.days.iter().enumerate() {
+        days.insert(herald_domain::parse_weekday(day).map_err(|error| {
+            ServiceError::invalid(&format!("preferences.quiet_hours.days[{index}]"), error)
+        })?);
+    }
+    herald_domain::QuietHours::new(start, end, days)
+        .map_err(|error| ServiceError::invalid("preferences.quiet_hours", error))?;
+    Ok(())
+}
+
+fn message(record: &PreferenceRecord) -> pb::Preferences {
+    let channels = |value: &serde_json::Value| -> std::collections::HashMap<String, bool> {
+        value
+            .as_object()
+            .map(|object| {
+                object
+                    .iter()
+                    .filter_map(|(name, enabled)| Some((name.clone(), enabled.as_bool()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    pb::Preferences {
+        user_id: record.user_id.clone(),
+        contacts: Some(pb::ContactPoints {
+            email: record.email.clone().unwrap_or_default(),
+            phone: record.phone.clone().unwrap_or_default(),
+            device_tokens: record
+                .device_tokens
+                .as_array()
+                .map(|tokens| {
+                    tokens
+                        .iter()
+                        .filter_map(|device| {
+                            Some(pb::DeviceToken {
+                                token: device.get("token")?.as_str()?.to_owned(),
+                                platform: match device.get("platform")?.as_str()? {
+                                    "android" => pb::Platform::Android,
+                                    "ios" => pb::Platform::Ios,
+                                    "web" => pb::Platform::Web,
+                                    _ => pb::Platform::Unspecified,
+                                }
+                                .into(),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        locale: record.locale.clone().unwrap_or_default(),
+        time_zone: record.time_zone.clone().unwrap_or_default(),
+        channels: channels(&record.channels),
+        categories: record
+            .categories
+            .as_object()
+            .map(|object| {
+                object
+                    .iter()
+                    .map(|(category, value)| pb::CategoryPreference {
+                        category: category.clone(),
+                        channels: channels(value),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        quiet_hours: record.quiet_hours.as_ref().map(|quiet| pb::QuietHours {
+            start: quiet
+                .get("start")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            end: quiet
+                .get("end")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            days: quiet
+                .get("days")
+                .and_then(|v| v.as_array())
+                .map(|days| {
+                    days.iter()
+                        .filter_map(|day| Some(day.as_str()?.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        global_opt_out: record.global_opt_out,
+        updated_at: Some(herald_proto::conversions::timestamp(record.updated_at)),
+    }
+}
+
+impl PreferenceApi {
+    pub(crate) fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl PreferenceService for PreferenceApi {
+    #[tracing::instrument(
+        name = "herald.preference.v1.PreferenceService/GetPreferences",
+        skip_all
+    )]
+    async fn get_preferences(
+        &self,
+        request: Request<GetPreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        caller(&request)?.require(Role::Submit, "GetPreferences")?;
+        let user_id = user_id(&request.get_ref().user_id)?;
+        let mut connection = herald_db::connection(&self.state.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        let record = preferences::get(&mut connection, &user_id)
+            .await
+            .map_err(ServiceError::from)?
+            .unwrap_or_else(|| PreferenceRecord::defaults(&user_id));
+        Ok(Response::new(message(&record)))
+    }
+
+    #[tracing::instrument(
+        name = "herald.preference.v1.PreferenceService/UpdatePreferences",
+        skip_all
+    )]
+    async fn update_preferences(
+        &self,
+        request: Request<UpdatePreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Role::Submit, "UpdatePreferences")?;
+        let request = request.into_inner();
+        let update = request
+            .preferences
+            .ok_or_else(|| ServiceError::invalid("preferences", "is required"))?;
+        let user_id = user_id(&update.user_id).map_err(|_| {
+            ServiceError::invalid(
+                "preferences.user_id",
+                format!("must be 1 to {MAX_USER_ID} non-blank characters"),
+            )
+        })?;
+        let paths: Vec<String> = match request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            _ => PATHS.iter().map(|path| (*path).to_owned()).collect(),
+        };
+        // Validate before taking any lock or writing anything.
+        apply(&mut PreferenceRecord::defaults(&user_id), &update, &paths)?;
+        let mut connection = herald_db::connection(&self.state.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        let record = preferences::update(
+            &mut connection,
+            &user_id,
+            caller.identity.as_ref(),
+            |record| apply(record, &update, &paths).map_err(|error| error.to_string()),
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        tracing::info!(caller = %caller.identity, fields = paths.len(), "Preferences updated.");
+        Ok(Response::new(message(&record)))
+    }
+
+    #[tracing::instrument(
+        name = "herald.preference.v1.PreferenceService/DeletePreferences",
+        skip_all
+    )]
+    async fn delete_preferences(
+        &self,
+        request: Request<DeletePreferencesRequest>,
+    ) -> Result<Response<DeletePreferencesResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require(Role::Submit, "DeletePreferences")?;
+        let user_id = user_id(&request.get_ref().user_id)?;
+        let mut connection = herald_db::connection(&self.state.pool)
+            .await
+            .map_err(ServiceError::from)?;
+        let deleted = preferences::delete(&mut connection, &user_id, caller.identity.as_ref())
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(DeletePreferencesResponse { deleted }))
+    }
+}
