@@ -71,7 +71,7 @@ impl Default for SubmitSettings {
         Self {
             max_recipients: 1000,
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
-            quota_per_minute: 6000,
+            quota_per_minute: 60_000,
         }
     }
 }

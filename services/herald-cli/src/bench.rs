@@ -219,7 +219,7 @@ impl SubmitPlan {
             parameters: Some(herald_proto::conversions::json_to_struct(&parameters)),
             recipients: vec![Recipient {
                 user_id: String::new(),
-                email: self.recipient.clone(),
+                email: self.recipient.replace("{n}", &index.to_string()),
                 locale: String::new(),
             }],
             channels: vec![common::Channel::Email as i32],

@@ -435,8 +435,9 @@ pub(crate) struct BenchArgs {
     /// Category given to the template if the bench creates it.
     #[arg(long, default_value = "bench")]
     pub(crate) category: String,
-    /// Recipient of every notification.
-    #[arg(long, value_name = "EMAIL", default_value = "bench@example.com")]
+    /// Recipient of every notification; `{n}` becomes the notification's index, so the
+    /// default gives each its own recipient (one recipient would hit the per-user rate limit).
+    #[arg(long, value_name = "EMAIL", default_value = "bench+{n}@example.com")]
     pub(crate) to: String,
     /// Priority of every notification.
     #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
