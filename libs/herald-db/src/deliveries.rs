@@ -128,6 +128,28 @@ pub async fn claim(
         .await
 }
 
+/// Gives a claim back before any provider call was made (the worker could not prepare the
+/// attempt, e.g. PostgreSQL or Redis hiccuped): the delivery becomes `queued` again with its
+/// attempt counter restored, so the requeued message can be claimed at once instead of after
+/// the lease. Fenced like `finish`; `false` when the claim was already lost.
+pub async fn release(connection: &mut AsyncPgConnection, claim: &Claim) -> Result<bool> {
+    let released = diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq(claim.delivery_id.as_uuid()))
+            .filter(deliveries::state.eq(DeliveryState::Sending.as_str()))
+            .filter(deliveries::attempts.eq(claim.attempt)),
+    )
+    .set((
+        deliveries::state.eq(DeliveryState::Queued.as_str()),
+        deliveries::attempts.eq(deliveries::attempts - 1),
+        deliveries::lease_until.eq(None::<chrono::DateTime<Utc>>),
+        deliveries::updated_at.eq(Utc::now()),
+    ))
+    .execute(connection)
+    .await?;
+    Ok(released == 1)
+}
+
 /// Everything a worker needs to render and send one delivery.
 #[derive(Debug, Clone)]
 pub struct DeliveryContext {

@@ -41,6 +41,14 @@ struct Inner<P> {
     clock: herald_domain::SharedClock,
 }
 
+/// What preparing an attempt found.
+enum Prepared {
+    /// Go ahead and call the provider with this context.
+    Send(deliveries::DeliveryContext),
+    /// Already settled without a provider call (preferences, rate limit).
+    Settled(Settlement),
+}
+
 /// How a message is settled once its delivery was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settlement {
@@ -360,40 +368,24 @@ impl<P: ChannelProvider> Inner<P> {
                 ));
             }
         };
-        let mut context = deliveries::load_context(&mut connection, delivery_id).await?;
-        if let Some(outcome) = self
-            .apply_preferences(&mut connection, &mut context)
-            .await?
-        {
-            tracing::info!(
-                notification.id = %context.notification_id,
-                delivery.id = %delivery_id,
-                channel = %context.channel,
-                outcome = ?outcome,
-                "Preferences held the delivery back."
-            );
-            deliveries::finish(&mut connection, &claim, &outcome, None).await?;
-            return Ok(Settlement::Ack);
-        }
-        if let Some(limiter) = &self.limiter
-            && let crate::Admission::Suppress(reason) = limiter.admit(&context).await
-        {
-            tracing::info!(
-                notification.id = %context.notification_id,
-                delivery.id = %delivery_id,
-                channel = %context.channel,
-                reason = %reason,
-                "Delivery suppressed."
-            );
-            deliveries::finish(
-                &mut connection,
-                &claim,
-                &Outcome::Suppressed { reason },
-                None,
-            )
-            .await?;
-            return Ok(Settlement::Ack);
-        }
+        let context = match self.prepare(&mut connection, &claim).await {
+            Ok(Prepared::Send(context)) => context,
+            Ok(Prepared::Settled(settlement)) => return Ok(settlement),
+            Err(error) => {
+                // Nothing was sent: give the claim back so the requeued message is not held up
+                // by our own lease. If that fails too, the lease expiry is the fallback.
+                drop(connection);
+                let released = async {
+                    let mut connection = herald_db::connection(&self.pool).await?;
+                    deliveries::release(&mut connection, &claim).await
+                }
+                .await;
+                if let Err(release_error) = released {
+                    tracing::warn!(delivery.id = %delivery_id, error = %release_error, "Could not release a claim; its lease will expire.");
+                }
+                return Err(error);
+            }
+        };
         // Do not hold a pooled connection across the provider call.
         drop(connection);
         let result = self.provider.deliver(&context).await;
@@ -443,6 +435,41 @@ impl<P: ChannelProvider> Inner<P> {
             ),
         }
         Ok(settlement)
+    }
+
+    /// Everything between the claim and the provider call: the context, the preferences
+    /// re-check and the rate limit.
+    async fn prepare(
+        &self,
+        connection: &mut herald_db::Connection,
+        claim: &Claim,
+    ) -> Result<Prepared, herald_db::Error> {
+        let mut context = deliveries::load_context(connection, claim.delivery_id).await?;
+        if let Some(outcome) = self.apply_preferences(connection, &mut context).await? {
+            tracing::info!(
+                notification.id = %context.notification_id,
+                delivery.id = %claim.delivery_id,
+                channel = %context.channel,
+                outcome = ?outcome,
+                "Preferences held the delivery back."
+            );
+            deliveries::finish(connection, claim, &outcome, None).await?;
+            return Ok(Prepared::Settled(Settlement::Ack));
+        }
+        if let Some(limiter) = &self.limiter
+            && let crate::Admission::Suppress(reason) = limiter.admit(&context).await
+        {
+            tracing::info!(
+                notification.id = %context.notification_id,
+                delivery.id = %claim.delivery_id,
+                channel = %context.channel,
+                reason = %reason,
+                "Delivery suppressed."
+            );
+            deliveries::finish(connection, claim, &Outcome::Suppressed { reason }, None).await?;
+            return Ok(Prepared::Settled(Settlement::Ack));
+        }
+        Ok(Prepared::Send(context))
     }
 
     /// Re-checks the recipient's preferences just before sending (they may have changed since

@@ -280,3 +280,36 @@ async fn expire_every_idempotency_key(connection: &mut AsyncPgConnection) {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_claim_can_be_claimed_again_at_once() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, delivery_id) = seed(&mut connection, None).await;
+    let lease = Duration::from_secs(60);
+    let ClaimOutcome::Claimed(first) =
+        deliveries::claim(&mut connection, delivery_id, lease, chrono::Utc::now())
+            .await
+            .unwrap()
+    else {
+        panic!("the first claim wins");
+    };
+
+    assert!(deliveries::release(&mut connection, &first).await.unwrap());
+    assert!(
+        !deliveries::release(&mut connection, &first).await.unwrap(),
+        "released once"
+    );
+
+    let ClaimOutcome::Claimed(second) =
+        deliveries::claim(&mut connection, delivery_id, lease, chrono::Utc::now())
+            .await
+            .unwrap()
+    else {
+        panic!("a released delivery is claimable without waiting for the lease");
+    };
+    assert_eq!(
+        second.attempt, first.attempt,
+        "no provider call was made, so no attempt is counted"
+    );
+}
