@@ -27,7 +27,7 @@ const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// A channel worker: consumes its channel's queue and delivers through `P`.
 pub struct Worker<P> {
-    inner: Arc<Inner<P>>,
+    inner: Inner<P>,
 }
 
 struct Inner<P> {
@@ -72,7 +72,7 @@ impl<P: ChannelProvider> Worker<P> {
         service_name: &'static str,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Inner {
                 provider,
                 settings,
                 amqp,
@@ -81,43 +81,28 @@ impl<P: ChannelProvider> Worker<P> {
                 limiter: None,
                 policy: herald_config::PolicySettings::default(),
                 clock: Arc::new(herald_domain::SystemClock),
-            }),
+            },
         }
     }
 
     /// Enforces rate limits before every provider call.
-    ///
-    /// # Panics
-    /// Never: the worker is not shared until `run_until_stopped`.
     #[must_use]
     pub fn with_rate_limiter(mut self, limiter: crate::RateLimiter) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("a worker is configured before it runs, while it has one owner")
-            .limiter = Some(limiter);
+        self.inner.limiter = Some(limiter);
         self
     }
 
     /// Weighs categories and priorities against user preferences with `policy`.
-    ///
-    /// # Panics
-    /// Never: the worker is not shared until `run_until_stopped`.
     #[must_use]
     pub fn with_policy(mut self, policy: herald_config::PolicySettings) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("a worker is configured before it runs, while it has one owner")
-            .policy = policy;
+        self.inner.policy = policy;
         self
     }
 
     /// Reads quiet hours against `clock` (tests inject a manual one).
-    ///
-    /// # Panics
-    /// Never: the worker is not shared until `run_until_stopped`.
     #[must_use]
     pub fn with_clock(mut self, clock: herald_domain::SharedClock) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("a worker is configured before it runs, while it has one owner")
-            .clock = clock;
+        self.inner.clock = clock;
         self
     }
 
@@ -125,17 +110,18 @@ impl<P: ChannelProvider> Worker<P> {
     /// the connection fails. In-flight deliveries finish (within the grace period) before it
     /// returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let emergency = tokio::spawn(Arc::clone(&self.inner).emergency_path(shutdown.clone()));
-        let amqp = &self.inner.amqp;
+        let inner = Arc::new(self.inner);
+        let emergency = tokio::spawn(Arc::clone(&inner).emergency_path(shutdown.clone()));
+        let amqp = &inner.amqp;
         let mut reconnect_delay = amqp.reconnect_min;
         let mut in_flight = JoinSet::new();
         while !shutdown.is_cancelled() {
-            match self.consume(&shutdown, &mut in_flight).await {
+            match inner.consume(&shutdown, &mut in_flight).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(
                         error = %error,
-                        channel = %self.inner.provider.channel(),
+                        channel = %inner.provider.channel(),
                         retry_in_ms = reconnect_delay.as_millis() as u64,
                         "Worker lost RabbitMQ; reconnecting."
                     );
@@ -147,7 +133,7 @@ impl<P: ChannelProvider> Worker<P> {
             }
             reconnect_delay = (reconnect_delay * 2).min(amqp.reconnect_max);
         }
-        let drained = tokio::time::timeout(self.inner.settings.shutdown_grace_period, async {
+        let drained = tokio::time::timeout(inner.settings.shutdown_grace_period, async {
             while in_flight.join_next().await.is_some() {}
         })
         .await;
@@ -157,41 +143,42 @@ impl<P: ChannelProvider> Worker<P> {
             );
         }
         let _stopped = emergency.await;
-        tracing::info!(channel = %self.inner.provider.channel(), "Worker stopped.");
+        tracing::info!(channel = %inner.provider.channel(), "Worker stopped.");
     }
+}
 
+impl<P: ChannelProvider> Inner<P> {
     /// One connection's life: returns `Ok` on shutdown, `Err` when the broker fails.
     async fn consume(
-        &self,
+        self: &Arc<Self>,
         shutdown: &CancellationToken,
         in_flight: &mut JoinSet<()>,
     ) -> Result<(), herald_queue::Error> {
-        let channel_kind = self.inner.provider.channel();
+        let channel_kind = self.provider.channel();
         let connection =
-            herald_queue::connect(self.inner.amqp.url.expose_secret(), self.inner.service_name)
-                .await?;
+            herald_queue::connect(self.amqp.url.expose_secret(), self.service_name).await?;
         let channel = connection.create_channel().await?;
         herald_queue::declare_topology(&channel).await?;
         let publisher = Publisher::new(&connection).await?;
         herald_queue::declare_retry_topology(
             publisher.channel(),
             channel_kind,
-            &self.inner.settings.retry_queue_delays(),
+            &self.settings.retry_queue_delays(),
         )
         .await?;
         channel
-            .basic_qos(self.inner.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
         let queue = herald_queue::work_queue(channel_kind);
         let mut consumer = channel
             .basic_consume(
                 queue.as_str().into(),
-                self.inner.service_name.into(),
+                self.service_name.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!(queue = %queue, prefetch = self.inner.settings.prefetch, "Worker consuming.");
+        tracing::info!(queue = %queue, prefetch = self.settings.prefetch, "Worker consuming.");
         let result = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
@@ -199,7 +186,7 @@ impl<P: ChannelProvider> Worker<P> {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let inner = Arc::clone(&self.inner);
+                        let inner = Arc::clone(self);
                         let publisher = publisher.clone();
                         in_flight.spawn(async move { inner.handle(delivery, &publisher).await });
                     }
@@ -214,7 +201,7 @@ impl<P: ChannelProvider> Worker<P> {
         };
         if result.is_ok() {
             // Let in-flight deliveries settle on this channel before closing it.
-            let _drained = tokio::time::timeout(self.inner.settings.shutdown_grace_period, async {
+            let _drained = tokio::time::timeout(self.settings.shutdown_grace_period, async {
                 while in_flight.join_next().await.is_some() {}
             })
             .await;
@@ -222,9 +209,7 @@ impl<P: ChannelProvider> Worker<P> {
         }
         result
     }
-}
 
-impl<P: ChannelProvider> Inner<P> {
     /// Delivers critical notifications that the queue has not brought within
     /// `emergency_after`, straight from PostgreSQL, through the same claim and records as the
     /// queue path. When RabbitMQ returns, the relay publishes them and the claim turns the
