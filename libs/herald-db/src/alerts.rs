@@ -7,8 +7,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
+use crate::Result;
 use crate::schema::{alert_state, alerts_sent, deliveries, failures, notifications, templates};
-use crate::{Error, Result};
 
 /// The advisory lock key that makes one scanner at a time do the work, however many replicas
 /// run.
@@ -71,9 +71,7 @@ pub async fn unalerted_failures(
                 Ok(UnalertedFailure {
                     id,
                     notification_id: notification_id.into(),
-                    channel: channel
-                        .parse()
-                        .map_err(|error| Error::Corrupt(format!("{error}")))?,
+                    channel: channel.parse()?,
                     class,
                     template_key,
                     error,
@@ -136,13 +134,9 @@ pub async fn overdue_deliveries(
             overdue.push(OverdueDelivery {
                 id,
                 notification_id: notification_id.into(),
-                channel: channel
-                    .parse()
-                    .map_err(|error| Error::Corrupt(format!("{error}")))?,
+                channel: channel.parse()?,
                 priority: *priority,
-                state: state
-                    .parse()
-                    .map_err(|error| Error::Corrupt(format!("{error}")))?,
+                state: state.parse()?,
                 created_at,
             });
         }

@@ -231,12 +231,10 @@ pub async fn load_context(
     Ok(DeliveryContext {
         delivery_id,
         notification_id: notification_id.into(),
-        channel: channel
-            .parse()
-            .map_err(|error| Error::Corrupt(format!("{error}")))?,
+        channel: channel.parse()?,
         address,
         user_id,
-        priority: Priority::from_i16(priority).map_err(|error| Error::Corrupt(error.0))?,
+        priority: Priority::from_i16(priority)?,
         category,
         template_key,
         template_content: content,

@@ -49,6 +49,13 @@ impl From<DieselError> for Error {
     }
 }
 
+/// A stored value that no longer parses into its domain type.
+impl From<herald_domain::ValueError> for Error {
+    fn from(error: herald_domain::ValueError) -> Self {
+        Self::Corrupt(error.0)
+    }
+}
+
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
     fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         Self::Unavailable(error.to_string())

@@ -95,15 +95,13 @@ fn record(row: Row) -> Result<FailureRecord> {
         id,
         delivery_id: delivery_id.into(),
         notification_id: notification_id.into(),
-        channel: channel
-            .parse()
-            .map_err(|error| Error::Corrupt(format!("{error}")))?,
+        channel: channel.parse()?,
         class,
         status,
         attempts,
         error,
         template_key,
-        priority: Priority::from_i16(priority).map_err(|error| Error::Corrupt(error.0))?,
+        priority: Priority::from_i16(priority)?,
         created_at,
         resolved_at,
         resolved_by,

@@ -368,12 +368,8 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
     ) = row;
     Ok(DeliveryRecord {
         id: id.into(),
-        channel: channel
-            .parse()
-            .map_err(|error| Error::Corrupt(format!("{error}")))?,
-        state: state
-            .parse()
-            .map_err(|error| Error::Corrupt(format!("{error}")))?,
+        channel: channel.parse()?,
+        state: state.parse()?,
         recipient_index,
         user_id,
         attempts,
@@ -450,7 +446,7 @@ pub async fn load(
         template_key,
         template_version,
         category,
-        priority: Priority::from_i16(priority).map_err(|error| Error::Corrupt(error.0))?,
+        priority: Priority::from_i16(priority)?,
         metadata,
         created_at,
         deliveries: delivery_rows

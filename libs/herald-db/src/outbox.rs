@@ -11,8 +11,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
+use crate::Result;
 use crate::schema::{deliveries, delivery_events, outbox};
-use crate::{Error, Result};
 
 /// An unpublished outbox row.
 #[derive(Debug, Clone)]
@@ -73,11 +73,8 @@ pub async fn lock_unpublished(
                     id,
                     delivery_id: delivery_id.into(),
                     notification_id: notification_id.into(),
-                    channel: channel
-                        .parse()
-                        .map_err(|error| Error::Corrupt(format!("{error}")))?,
-                    priority: Priority::from_i16(priority)
-                        .map_err(|error| Error::Corrupt(error.0))?,
+                    channel: channel.parse()?,
+                    priority: Priority::from_i16(priority)?,
                     trace_context,
                     created_at,
                 })
