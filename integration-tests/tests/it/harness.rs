@@ -279,10 +279,7 @@ impl TestApp {
     pub(crate) fn start_failing_email_worker(&self, max_attempts: u32) -> CancellationToken {
         let mut settings = self.email_worker_settings(1);
         settings.worker.max_attempts = max_attempts;
-        // Nothing listens on a port that was just released.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        settings.smtp.port = closed.local_addr().expect("an address").port();
-        drop(closed);
+        settings.smtp.port = herald_test_support::unused_port();
         let shutdown = CancellationToken::new();
         let worker =
             herald_email_worker::Application::build(settings).expect("building the email worker");
@@ -347,9 +344,22 @@ impl TestApp {
         TemplateServiceClient::new(self.channel(who).await)
     }
 
-    /// Creates an email template as admin.
+    /// Creates an email template in the `transactional` category as admin.
     pub(crate) async fn create_template(
         &self,
+        key: &str,
+        subject: &str,
+        html: &str,
+        text: &str,
+    ) -> Template {
+        self.create_template_in("transactional", key, subject, html, text)
+            .await
+    }
+
+    /// Creates an email template in `category` as admin.
+    pub(crate) async fn create_template_in(
+        &self,
+        category: &str,
         key: &str,
         subject: &str,
         html: &str,
@@ -359,7 +369,7 @@ impl TestApp {
             .await
             .create_template(CreateTemplateRequest {
                 key: key.into(),
-                category: "transactional".into(),
+                category: category.into(),
                 description: String::new(),
                 content: Some(TemplateContent {
                     email: Some(EmailPart {

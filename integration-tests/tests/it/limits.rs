@@ -17,23 +17,14 @@ async fn order_shipped_app(category: &str) -> TestApp {
         ..Options::default()
     })
     .await;
-    app.template_client(crate::harness::As::Admin)
-        .await
-        .create_template(herald_proto::template::CreateTemplateRequest {
-            key: "order-shipped".into(),
-            category: category.into(),
-            content: Some(herald_proto::template::TemplateContent {
-                email: Some(herald_proto::template::EmailPart {
-                    subject: "Your {{item_name}} shipped".into(),
-                    html: String::new(),
-                    text: "Hi {{username}}".into(),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.create_template_in(
+        category,
+        "order-shipped",
+        "Your {{item_name}} shipped",
+        "",
+        "Hi {{username}}",
+    )
+    .await;
     app
 }
 
@@ -138,9 +129,7 @@ async fn critical_security_notifications_bypass_limits() {
 }
 
 fn redis_down(app: &TestApp) -> herald_email_worker::Settings {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = herald_test_support::unused_port();
     let mut settings = app.email_worker_settings(1);
     settings.rate_limits = herald_worker::RateLimitSettings::default();
     settings.redis.url = secrecy::SecretString::from(format!("redis://127.0.0.1:{port}"));
@@ -150,17 +139,14 @@ fn redis_down(app: &TestApp) -> herald_email_worker::Settings {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_redis_transactional_mail_fails_open_and_marketing_fails_closed() {
     let app = order_shipped_app("orders").await;
-    app.create_template("promo", "Sale, {{username}}", "", "{{item_name}} on sale")
-        .await;
-    // `create_template` uses the `transactional` category; make `promo` marketing.
-    {
-        use diesel_async::RunQueryDsl;
-        let mut connection = app.pool.get().await.unwrap();
-        diesel::sql_query("UPDATE templates SET category = 'marketing' WHERE key = 'promo'")
-            .execute(&mut connection)
-            .await
-            .unwrap();
-    }
+    app.create_template_in(
+        "marketing",
+        "promo",
+        "Sale, {{username}}",
+        "",
+        "{{item_name}} on sale",
+    )
+    .await;
     app.start_email_worker_with(redis_down(&app));
 
     let transactional = submit_to(&app, "user-2", WirePriority::Normal).await;

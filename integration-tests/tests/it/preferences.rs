@@ -247,21 +247,14 @@ async fn switched_off_channels_categories_and_global_opt_out_suppress_at_submit(
 #[tokio::test(flavor = "multi_thread")]
 async fn mandatory_categories_reach_users_who_opted_out() {
     let app = TestApp::spawn().await;
-    app.create_template(
+    app.create_template_in(
+        "security",
         "new-login",
         "New sign-in, {{username}}",
         "",
         "{{item_name}}",
     )
     .await;
-    {
-        use diesel_async::RunQueryDsl;
-        let mut connection = app.pool.get().await.unwrap();
-        diesel::sql_query("UPDATE templates SET category = 'security'")
-            .execute(&mut connection)
-            .await
-            .unwrap();
-    }
     let mut opted_out = user("m1");
     opted_out.global_opt_out = true;
     update(&app, opted_out, &[]).await.unwrap();
@@ -370,21 +363,14 @@ async fn critical_security_alerts_ignore_quiet_hours() {
         ..Options::default()
     })
     .await;
-    app.create_template(
+    app.create_template_in(
+        "security",
         "new-login",
         "New sign-in, {{username}}",
         "",
         "{{item_name}}",
     )
     .await;
-    {
-        use diesel_async::RunQueryDsl;
-        let mut connection = app.pool.get().await.unwrap();
-        diesel::sql_query("UPDATE templates SET category = 'security'")
-            .execute(&mut connection)
-            .await
-            .unwrap();
-    }
     seoul_sleeper(&app, "s2").await;
     let mut request = to_user("s2");
     request.template.as_mut().unwrap().key = "new-login".into();

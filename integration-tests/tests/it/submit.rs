@@ -319,9 +319,7 @@ async fn a_wiped_cache_never_causes_a_duplicate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_being_down_never_causes_a_duplicate_or_a_failed_submit() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = herald_test_support::unused_port();
     let app = TestApp::spawn_with(Options {
         redis: Some(herald_config::RedisSettings {
             url: secrecy::SecretString::from(format!("redis://127.0.0.1:{port}")),

@@ -34,6 +34,18 @@ pub fn required_env(name: &str) -> String {
     })
 }
 
+/// A loopback port nothing listens on right now (it was bound and released): for a server a
+/// test starts itself, or for a dependency that must be unreachable.
+///
+/// # Panics
+/// When no loopback port is free.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// The socket address a `scheme://user:pass@host:port/...` URL points to.
 ///
 /// # Panics

@@ -43,10 +43,7 @@ impl SmtpServer {
         // aiosmtpd cannot report a port it picked, so reserve one and hand it over; retry on
         // the rare race where another process takes it in between.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-                .port();
+            let port = crate::unused_port();
             let address = SocketAddr::from(([127, 0, 0, 1], port));
             let mut process = tokio::process::Command::new(&python)
                 .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
