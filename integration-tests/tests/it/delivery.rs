@@ -109,6 +109,7 @@ async fn one_submit_to_three_recipients_sends_three_emails() {
             user_id: String::new(),
             email: address.into(),
             locale: String::new(),
+            ..Default::default()
         });
     }
 

@@ -410,15 +410,14 @@ impl herald_worker::ChannelProvider for CrashAfterSend {
         herald_domain::Channel::Email
     }
 
-    fn name(&self) -> &str {
-        "smtp"
-    }
-
     async fn deliver(
         &self,
         context: &herald_db::deliveries::DeliveryContext,
-    ) -> Result<herald_worker::Receipt, herald_worker::DeliveryError> {
-        self.inner.deliver(context).await?;
+    ) -> herald_worker::Attempted {
+        let attempted = self.inner.deliver(context).await;
+        if attempted.result.is_err() {
+            return attempted;
+        }
         self.sent.notify_one();
         std::future::pending().await
     }

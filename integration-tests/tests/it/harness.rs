@@ -503,6 +503,7 @@ pub(crate) fn welcome_request(email: &str) -> SubmitRequest {
             user_id: "user-1".into(),
             email: email.into(),
             locale: String::new(),
+            ..Default::default()
         }],
         channels: vec![WireChannel::Email.into()],
         priority: WirePriority::Normal.into(),

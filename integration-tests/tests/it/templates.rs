@@ -262,6 +262,7 @@ fn submit_to(address: &str, locale: &str, version: Option<u32>) -> SubmitRequest
             user_id: String::new(),
             email: address.into(),
             locale: locale.into(),
+            ..Default::default()
         }],
         channels: vec![WireChannel::Email.into()],
         ..SubmitRequest::default()

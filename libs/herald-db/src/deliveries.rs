@@ -176,13 +176,20 @@ pub struct DeliveryContext {
     pub locale: Option<String>,
     /// Template parameters (personal data: never log them).
     pub parameters: serde_json::Value,
+    /// The claimed attempt's number (1 for the first).
+    pub attempt: u32,
+    /// The attempt's number within the current cycle; failover picks the provider by it.
+    pub cycle_attempt: u32,
+    /// Push: the user's enabled device tokens, resolved from preferences before sending.
+    pub device_tokens: Vec<herald_domain::DeviceToken>,
 }
 
-/// Loads the context of `delivery_id`.
+/// Loads the context of the claimed delivery.
 pub async fn load_context(
     connection: &mut AsyncPgConnection,
-    delivery_id: DeliveryId,
+    claim: &Claim,
 ) -> Result<DeliveryContext> {
+    let delivery_id = claim.delivery_id;
     let (
         notification_id,
         channel,
@@ -240,6 +247,9 @@ pub async fn load_context(
         template_content: content,
         locale,
         parameters,
+        attempt: u32::try_from(claim.attempt).unwrap_or_default(),
+        cycle_attempt: u32::try_from(claim.cycle_attempt).unwrap_or_default(),
+        device_tokens: Vec::new(),
     })
 }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod alerts;
+pub mod contacts;
 pub mod deliveries;
 mod error;
 pub mod failures;

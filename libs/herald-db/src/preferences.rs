@@ -121,6 +121,7 @@ pub async fn delete(
             let deleted = diesel::delete(user_preferences::table.find(user_id))
                 .execute(connection)
                 .await?;
+            crate::contacts::delete_for_user(connection, user_id).await?;
             if deleted > 0 {
                 audit(connection, actor, "preferences.delete", user_id).await?;
             }
@@ -147,6 +148,26 @@ async fn audit(
 }
 
 impl PreferenceRecord {
+    /// The stored device tokens. Stored values were validated on the way in, so an
+    /// unparseable one is `Error::Corrupt`.
+    pub fn device_tokens(&self) -> Result<Vec<herald_domain::DeviceToken>> {
+        let corrupt = || Error::Corrupt("user_preferences.device_tokens".into());
+        self.device_tokens
+            .as_array()
+            .ok_or_else(corrupt)?
+            .iter()
+            .map(|device| {
+                Ok(herald_domain::DeviceToken {
+                    token: device["token"].as_str().ok_or_else(corrupt)?.to_owned(),
+                    platform: device["platform"]
+                        .as_str()
+                        .and_then(|platform| platform.parse().ok())
+                        .ok_or_else(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
     /// The domain view of the stored JSON. Stored values were validated on the way in, so an
     /// unparseable one is `Error::Corrupt`.
     pub fn to_domain(&self) -> Result<herald_domain::UserPreferences> {

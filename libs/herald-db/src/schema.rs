@@ -182,6 +182,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     delivery_events,
     deliveries,
+    disabled_contacts,
     failures,
     idempotency_keys,
     notifications,
@@ -190,3 +191,14 @@ diesel::allow_tables_to_appear_in_same_query!(
     templates,
     user_preferences,
 );
+
+diesel::table! {
+    disabled_contacts (channel, address_hash) {
+        channel -> Text,
+        address_hash -> Bytea,
+        user_id -> Nullable<Text>,
+        reason -> Text,
+        delivery_id -> Nullable<Uuid>,
+        disabled_at -> Timestamptz,
+    }
+}

@@ -17,20 +17,84 @@ pub enum Channel {
     Push,
     /// The in-app inbox.
     InApp,
+    /// Chat and webhooks: Slack-compatible incoming webhooks and signed HTTP webhooks.
+    Chat,
 }
 
 impl Channel {
     /// Every channel.
-    pub const ALL: [Self; 4] = [Self::Email, Self::Sms, Self::Push, Self::InApp];
+    pub const ALL: [Self; 5] = [Self::Email, Self::Sms, Self::Push, Self::InApp, Self::Chat];
 
-    /// The stored and routing name (`email`, `sms`, `push`, `in_app`).
+    /// The stored and routing name (`email`, `sms`, `push`, `in_app`, `chat`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
             Self::Push => "push",
             Self::InApp => "in_app",
+            Self::Chat => "chat",
         }
+    }
+}
+
+/// A push platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Platform {
+    /// Android, through FCM.
+    Android,
+    /// iOS, through APNs.
+    Ios,
+    /// Web push, through FCM.
+    Web,
+}
+
+impl Platform {
+    /// Every platform.
+    pub const ALL: [Self; 3] = [Self::Android, Self::Ios, Self::Web];
+
+    /// The stored name (`android`, `ios`, `web`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Android => "android",
+            Self::Ios => "ios",
+            Self::Web => "web",
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|platform| platform.as_str() == text)
+            .ok_or_else(|| ValueError::new(format!("unknown platform `{text}`")))
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// One of a user's devices: a push token and its platform. Personal data: never log the token.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DeviceToken {
+    /// The provider's registration token (FCM) or device token (APNs).
+    pub token: String,
+    /// Which provider serves it.
+    pub platform: Platform,
+}
+
+impl fmt::Debug for DeviceToken {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("DeviceToken")
+            .field("token", &"<redacted>")
+            .field("platform", &self.platform)
+            .finish()
     }
 }
 
@@ -268,18 +332,41 @@ pub enum Role {
     Submit,
     /// Everything, including managing templates.
     Admin,
+    /// Read and change users' in-app inboxes (`InboxService`).
+    Inbox,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Self; 3] = [Self::Submit, Self::Admin, Self::Inbox];
+
+    /// The configured name (`submit`, `admin`, `inbox`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submit => "submit",
+            Self::Admin => "admin",
+            Self::Inbox => "inbox",
+        }
+    }
 }
 
 impl FromStr for Role {
     type Err = ValueError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "submit" => Ok(Self::Submit),
-            "admin" => Ok(Self::Admin),
-            other => Err(ValueError::new(format!(
-                "unknown role `{other}` (expected `submit` or `admin`)"
-            ))),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| {
+                ValueError::new(format!(
+                    "unknown role `{text}` (expected `submit`, `admin` or `inbox`)"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
     }
 }

@@ -17,6 +17,7 @@ impl TryFrom<common::Channel> for Channel {
             common::Channel::Sms => Ok(Self::Sms),
             common::Channel::Push => Ok(Self::Push),
             common::Channel::InApp => Ok(Self::InApp),
+            common::Channel::Chat => Ok(Self::Chat),
             common::Channel::Unspecified => Err(ValueError("must name a channel".into())),
         }
     }
@@ -29,6 +30,7 @@ impl From<Channel> for common::Channel {
             Channel::Sms => Self::Sms,
             Channel::Push => Self::Push,
             Channel::InApp => Self::InApp,
+            Channel::Chat => Self::Chat,
         }
     }
 }

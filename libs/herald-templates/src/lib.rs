@@ -38,6 +38,9 @@ pub struct TemplateContent {
     /// The in-app inbox part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_app: Option<InAppPart>,
+    /// The chat part (Slack-compatible and signed webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatPart>,
 }
 
 impl TemplateContent {
@@ -48,6 +51,7 @@ impl TemplateContent {
             (Channel::Sms, self.sms.is_some()),
             (Channel::Push, self.push.is_some()),
             (Channel::InApp, self.in_app.is_some()),
+            (Channel::Chat, self.chat.is_some()),
         ]
         .into_iter()
         .filter_map(|(channel, present)| present.then_some(channel))
@@ -84,6 +88,14 @@ pub struct InAppPart {
     /// Where tapping the message leads; may be empty.
     #[serde(default)]
     pub action_url: String,
+}
+
+/// The chat part of a template (not escaped): Slack `mrkdwn` text for Slack-compatible
+/// webhooks, the `text` field of a signed webhook's JSON body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatPart {
+    /// Message text.
+    pub text: String,
 }
 
 /// The email part of a template.
@@ -124,6 +136,13 @@ pub struct RenderedPush {
     pub body: String,
     /// Custom data, values rendered.
     pub data: BTreeMap<String, String>,
+}
+
+/// A rendered chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedChat {
+    /// Message text.
+    pub text: String,
 }
 
 /// A rendered in-app message.
@@ -189,7 +208,8 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
     if content.channels().is_empty() {
         return Err(Error::Invalid {
             part: "content",
-            message: "must have at least one channel part (email, sms, push or in_app)".into(),
+            message: "must have at least one channel part (email, sms, push, in_app or chat)"
+                .into(),
         });
     }
     let mut sources: Vec<(&'static str, &str)> = Vec::new();
@@ -245,6 +265,12 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
             ("in_app.action_url", in_app.action_url.as_str()),
         ]);
     }
+    if let Some(chat) = &content.chat {
+        if chat.text.trim().is_empty() {
+            return Err(invalid("chat.text", "must not be empty"));
+        }
+        sources.push(("chat.text", chat.text.as_str()));
+    }
     for (part, source) in sources {
         if source.len() > MAX_SOURCE_BYTES {
             return Err(invalid(
@@ -283,6 +309,9 @@ pub fn render_all(content: &TemplateContent, parameters: &serde_json::Value) -> 
     if let Some(part) = &content.in_app {
         render_in_app(part, parameters)?;
     }
+    if let Some(part) = &content.chat {
+        render_chat(part, parameters)?;
+    }
     Ok(())
 }
 
@@ -291,6 +320,14 @@ pub fn render_sms(part: &SmsPart, parameters: &serde_json::Value) -> Result<Rend
     let plain = registry(false);
     Ok(RenderedSms {
         text: render(&plain, "sms.text", &part.text, parameters)?,
+    })
+}
+
+/// Renders a chat part with `parameters` (a JSON object).
+pub fn render_chat(part: &ChatPart, parameters: &serde_json::Value) -> Result<RenderedChat> {
+    let plain = registry(false);
+    Ok(RenderedChat {
+        text: render(&plain, "chat.text", &part.text, parameters)?,
     })
 }
 

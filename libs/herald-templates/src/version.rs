@@ -8,7 +8,8 @@ use herald_domain::Channel;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Error, Locale, RenderedEmail, RenderedInApp, RenderedPush, RenderedSms, TemplateContent,
+    Error, Locale, RenderedChat, RenderedEmail, RenderedInApp, RenderedPush, RenderedSms,
+    TemplateContent,
 };
 
 /// The default locale of content stored before versions had locales (`{"email": …}`).
@@ -38,6 +39,8 @@ pub enum Rendered {
     Push(RenderedPush),
     /// An in-app message.
     InApp(RenderedInApp),
+    /// A chat message.
+    Chat(RenderedChat),
 }
 
 /// Why a version is invalid or could not be rendered. Messages start with the request field
@@ -193,6 +196,10 @@ impl VersionContent {
             ),
             Channel::InApp => Rendered::InApp(
                 crate::render_in_app(content.in_app.as_ref().ok_or_else(no_part)?, parameters)
+                    .map_err(part_error)?,
+            ),
+            Channel::Chat => Rendered::Chat(
+                crate::render_chat(content.chat.as_ref().ok_or_else(no_part)?, parameters)
                     .map_err(part_error)?,
             ),
         };

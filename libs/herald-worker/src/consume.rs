@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_config::AmqpSettings;
 use herald_db::deliveries::{self, Claim, ClaimOutcome, FailureClass, Outcome};
-use herald_domain::{DeliveryId, Priority};
+use herald_domain::{Channel, DeliveryId, Priority};
 use herald_proto::queue::DeliveryMessage;
 use herald_queue::Publisher;
 use herald_queue::lapin::message::Delivery;
@@ -44,7 +44,7 @@ struct Inner<P> {
 /// What preparing an attempt found.
 enum Prepared {
     /// Go ahead and call the provider with this context.
-    Send(deliveries::DeliveryContext),
+    Send(Box<deliveries::DeliveryContext>),
     /// Already settled without a provider call (preferences, rate limit).
     Settled(Settlement),
 }
@@ -354,7 +354,7 @@ impl<P: ChannelProvider> Inner<P> {
             }
         };
         let context = match self.prepare(&mut connection, &claim).await {
-            Ok(Prepared::Send(context)) => context,
+            Ok(Prepared::Send(context)) => *context,
             Ok(Prepared::Settled(settlement)) => return Ok(settlement),
             Err(error) => {
                 // Nothing was sent: give the claim back so the requeued message is not held up
@@ -373,16 +373,21 @@ impl<P: ChannelProvider> Inner<P> {
         };
         // Do not hold a pooled connection across the provider call.
         drop(connection);
-        let result = self.provider.deliver(&context).await;
-        let provider = match &result {
-            Ok(receipt) => receipt.provider.clone(),
-            Err(_) => self.provider.name().to_owned(),
+        let crate::Attempted { provider, result } = self.provider.deliver(&context).await;
+        let invalid_addresses = match &result {
+            Ok(receipt) => receipt.invalid_addresses.clone(),
+            Err(DeliveryError::AddressInvalid { addresses, .. }) => addresses.clone(),
+            Err(_) => Vec::new(),
         };
-        let (outcome, settlement) = self.decide(&claim, result);
+        let (outcome, settlement) = self.decide(&claim, &provider, result);
         let recorded = self.record(&claim, &outcome, &provider, claimed_at).await?;
         if !recorded {
             tracing::warn!(delivery.id = %delivery_id, attempt = claim.attempt, "Claim was lost before the outcome was recorded.");
             return Ok(Settlement::Ack);
+        }
+        if !invalid_addresses.is_empty() {
+            self.disable_contacts(&context, &provider, &invalid_addresses)
+                .await;
         }
         match &outcome {
             Outcome::Delivered { detail } => tracing::info!(
@@ -429,7 +434,7 @@ impl<P: ChannelProvider> Inner<P> {
         connection: &mut herald_db::Connection,
         claim: &Claim,
     ) -> Result<Prepared, herald_db::Error> {
-        let mut context = deliveries::load_context(connection, claim.delivery_id).await?;
+        let mut context = deliveries::load_context(connection, claim).await?;
         if let Some(outcome) = self.apply_preferences(connection, &mut context).await? {
             tracing::info!(
                 notification.id = %context.notification_id,
@@ -454,64 +459,164 @@ impl<P: ChannelProvider> Inner<P> {
             deliveries::finish(connection, claim, &Outcome::Suppressed { reason }, None).await?;
             return Ok(Prepared::Settled(Settlement::Ack));
         }
-        Ok(Prepared::Send(context))
+        Ok(Prepared::Send(Box::new(context)))
     }
 
     /// Re-checks the recipient's preferences just before sending (they may have changed since
-    /// the submit), resolves the contact point and locale of a user-id recipient, and returns
-    /// the outcome when the delivery must not be sent now.
+    /// the submit), resolves the contact point and locale of a user-id recipient, leaves out
+    /// disabled addresses, and returns the outcome when the delivery must not be sent now.
     async fn apply_preferences(
         &self,
         connection: &mut herald_db::Connection,
         context: &mut deliveries::DeliveryContext,
     ) -> Result<Option<Outcome>, herald_db::Error> {
-        let Some(user_id) = context.user_id.clone() else {
-            return Ok(None);
-        };
-        let stored = herald_db::preferences::get(connection, &user_id).await?;
-        if let Some(record) = &stored {
-            let overrides = self.policy.overrides(&context.category, context.priority);
-            match record.to_domain()?.decide(
-                context.channel,
-                &context.category,
-                overrides,
-                self.clock.now(),
-            ) {
-                herald_domain::Verdict::Send => {}
-                herald_domain::Verdict::Suppress(reason) => {
-                    return Ok(Some(Outcome::Suppressed { reason }));
+        if let Some(user_id) = context.user_id.clone() {
+            let stored = herald_db::preferences::get(connection, &user_id).await?;
+            if let Some(record) = &stored {
+                let overrides = self.policy.overrides(&context.category, context.priority);
+                match record.to_domain()?.decide(
+                    context.channel,
+                    &context.category,
+                    overrides,
+                    self.clock.now(),
+                ) {
+                    herald_domain::Verdict::Send => {}
+                    herald_domain::Verdict::Suppress(reason) => {
+                        return Ok(Some(Outcome::Suppressed { reason }));
+                    }
+                    herald_domain::Verdict::DeferUntil(until) => {
+                        return Ok(Some(Outcome::Deferred {
+                            until,
+                            reason: format!("quiet_hours: held until {}", until.to_rfc3339()),
+                        }));
+                    }
                 }
-                herald_domain::Verdict::DeferUntil(until) => {
-                    return Ok(Some(Outcome::Deferred {
-                        until,
-                        reason: format!("quiet_hours: held until {}", until.to_rfc3339()),
-                    }));
+                if context.address.is_none() {
+                    context.address = match context.channel {
+                        Channel::Email => record.email.clone(),
+                        Channel::Sms => record.phone.clone(),
+                        Channel::Push | Channel::InApp | Channel::Chat => None,
+                    };
+                }
+                if context.channel == Channel::Push {
+                    context.device_tokens = record.device_tokens()?;
+                }
+                if context.locale.is_none() {
+                    context.locale = record.locale.clone();
                 }
             }
-            if context.address.is_none() {
-                context.address = match context.channel {
-                    herald_domain::Channel::Email => record.email.clone(),
-                    herald_domain::Channel::Sms => record.phone.clone(),
-                    herald_domain::Channel::Push | herald_domain::Channel::InApp => None,
+            let missing = match context.channel {
+                Channel::Email | Channel::Sms => context.address.is_none(),
+                Channel::Push => context.device_tokens.is_empty(),
+                Channel::InApp | Channel::Chat => false,
+            };
+            if missing {
+                return Ok(Some(Outcome::Suppressed {
+                    reason: format!(
+                        "no_address: user {user_id} has no {}",
+                        match context.channel {
+                            Channel::Push => "device tokens",
+                            Channel::Sms => "phone number",
+                            _ => "email address",
+                        }
+                    ),
+                }));
+            }
+        }
+        self.leave_out_disabled(connection, context).await
+    }
+
+    /// Drops addresses a provider called invalid before: a disabled email address or phone
+    /// number suppresses the delivery; disabled device tokens are left out of a push, which is
+    /// suppressed only when none is left.
+    async fn leave_out_disabled(
+        &self,
+        connection: &mut herald_db::Connection,
+        context: &mut deliveries::DeliveryContext,
+    ) -> Result<Option<Outcome>, herald_db::Error> {
+        match context.channel {
+            Channel::Email | Channel::Sms => {
+                let Some(address) = context.address.as_deref() else {
+                    return Ok(None);
                 };
+                let disabled =
+                    herald_db::contacts::disabled_among(connection, context.channel, &[address])
+                        .await?;
+                Ok(disabled
+                    .into_iter()
+                    .next()
+                    .map(|(_, why)| Outcome::Suppressed {
+                        reason: format!(
+                            "address_disabled: the {} address was disabled on {} ({})",
+                            context.channel,
+                            why.disabled_at.format("%Y-%m-%d"),
+                            why.reason
+                        ),
+                    }))
             }
-            if context.locale.is_none() {
-                context.locale = record.locale.clone();
+            Channel::Push => {
+                let tokens: Vec<&str> = context
+                    .device_tokens
+                    .iter()
+                    .map(|device| device.token.as_str())
+                    .collect();
+                let disabled: Vec<String> =
+                    herald_db::contacts::disabled_among(connection, Channel::Push, &tokens)
+                        .await?
+                        .into_iter()
+                        .map(|(token, _)| token)
+                        .collect();
+                context
+                    .device_tokens
+                    .retain(|device| !disabled.contains(&device.token));
+                Ok(context
+                    .device_tokens
+                    .is_empty()
+                    .then(|| Outcome::Suppressed {
+                        reason: "address_disabled: every device token of the user was disabled"
+                            .into(),
+                    }))
             }
+            Channel::InApp | Channel::Chat => Ok(None),
         }
-        let needs_address = matches!(
-            context.channel,
-            herald_domain::Channel::Email | herald_domain::Channel::Sms
-        );
-        if needs_address && context.address.is_none() {
-            return Ok(Some(Outcome::Suppressed {
-                reason: format!(
-                    "no_address: user {user_id} has no {} address",
-                    context.channel
-                ),
-            }));
+    }
+
+    /// Records addresses the provider called invalid so nothing is sent to them again. The
+    /// outcome is already recorded; if this write fails the next attempt to the address fails
+    /// at the provider again and is recorded then.
+    async fn disable_contacts(
+        &self,
+        context: &deliveries::DeliveryContext,
+        provider: &str,
+        addresses: &[String],
+    ) {
+        let disabled = async {
+            let mut connection = herald_db::connection(&self.pool).await?;
+            herald_db::contacts::disable(
+                &mut connection,
+                context.channel,
+                context.user_id.as_deref(),
+                addresses,
+                &format!("{provider} reported the address invalid"),
+                Some(context.delivery_id),
+            )
+            .await
         }
-        Ok(None)
+        .await;
+        match disabled {
+            Ok(count) => tracing::info!(
+                delivery.id = %context.delivery_id,
+                channel = %context.channel,
+                provider = %provider,
+                disabled = count,
+                "Disabled addresses the provider called invalid."
+            ),
+            Err(error) => tracing::warn!(
+                delivery.id = %context.delivery_id,
+                error = %error,
+                "Could not record addresses the provider called invalid."
+            ),
+        }
     }
 
     /// Records the attempt's outcome. The provider has already been called, so if PostgreSQL
@@ -549,18 +654,26 @@ impl<P: ChannelProvider> Inner<P> {
     fn decide(
         &self,
         claim: &Claim,
+        provider: &str,
         result: Result<crate::Receipt, DeliveryError>,
     ) -> (Outcome, Settlement) {
         match result {
             Ok(receipt) => (
                 Outcome::Delivered {
-                    detail: format!("{}: {}", receipt.provider, receipt.detail),
+                    detail: format!("{provider}: {}", receipt.detail),
                 },
                 Settlement::Ack,
             ),
             Err(DeliveryError::Permanent(error)) => (
                 Outcome::Failed {
                     error,
+                    class: FailureClass::Permanent,
+                },
+                Settlement::DeadLetter,
+            ),
+            Err(DeliveryError::AddressInvalid { detail, .. }) => (
+                Outcome::Failed {
+                    error: format!("address_invalid: {detail}"),
                     class: FailureClass::Permanent,
                 },
                 Settlement::DeadLetter,

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod consume;
+mod failover;
 mod limits;
 
 use std::future::Future;
@@ -9,32 +10,55 @@ use std::time::Duration;
 use herald_config::Validate;
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
+use herald_templates::{Locale, Rendered, VersionContent};
 use serde::Deserialize;
 
 pub use consume::Worker;
+pub use failover::{BreakerSettings, CircuitState, Failover, Selected};
 pub use limits::{Admission, FailMode, LimitRule, RateLimitSettings, RateLimiter};
 
 /// What a provider reports when it accepted a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Receipt {
-    /// Which provider accepted it (e.g. `smtp`).
-    pub provider: String,
     /// A short summary of the provider's response, free of personal data.
     pub detail: String,
+    /// Addresses the provider called no longer valid although the delivery went out (one of
+    /// a user's device tokens was unregistered): the worker disables them.
+    pub invalid_addresses: Vec<String>,
 }
 
 /// How a delivery attempt failed, which decides what happens next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
-    /// Will never succeed (invalid address, rejected content, template error): no retry.
+    /// Will never succeed (rejected content, template error): no retry.
     #[error("permanent: {0}")]
     Permanent(String),
-    /// May succeed later (timeouts, throttling, the provider being down): retry with backoff.
+    /// May succeed later (timeouts, throttling, the provider being down): retry with backoff,
+    /// through the next provider.
     #[error("retryable: {0}")]
     Retryable(String),
     /// The request may or may not have been acted on; the channel's policy is not to resend.
     #[error("unknown outcome: {0}")]
     Unknown(String),
+    /// The address is no longer valid (unregistered device token, hard bounce, invalid
+    /// number): permanent, and the worker disables `addresses` so nothing is sent to them again.
+    #[error("address invalid: {detail}")]
+    AddressInvalid {
+        /// The addresses to disable (personal data: never log them).
+        addresses: Vec<String>,
+        /// What the provider said, free of personal data.
+        detail: String,
+    },
+}
+
+/// One attempt's result and the provider that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempted {
+    /// The configured name of the provider that was called (or would have been, when the
+    /// attempt failed before a call), recorded on the attempt.
+    pub provider: String,
+    /// What happened.
+    pub result: Result<Receipt, DeliveryError>,
 }
 
 /// One channel's way of sending a delivery.
@@ -42,14 +66,27 @@ pub trait ChannelProvider: Send + Sync + 'static {
     /// The channel this provider serves (selects the queue).
     fn channel(&self) -> Channel;
 
-    /// The provider's name, recorded on attempts that fail before a provider answered.
-    fn name(&self) -> &str;
-
     /// Renders and sends one delivery. Must not log addresses, parameters or bodies.
-    fn deliver(
-        &self,
-        context: &DeliveryContext,
-    ) -> impl Future<Output = Result<Receipt, DeliveryError>> + Send;
+    fn deliver(&self, context: &DeliveryContext) -> impl Future<Output = Attempted> + Send;
+}
+
+/// Renders `channel`'s part of the delivery's template version, in the recipient's locale
+/// through the fallback chain, with the same function as `RenderPreview`
+/// (`VersionContent::render`). A stored locale tag that no longer parses falls back to the
+/// default rather than failing the send. Every error is permanent.
+pub fn render(context: &DeliveryContext, channel: Channel) -> Result<Rendered, DeliveryError> {
+    let content =
+        VersionContent::from_stored(context.template_content.clone()).map_err(|error| {
+            DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
+        })?;
+    let locale = context
+        .locale
+        .as_deref()
+        .and_then(|tag| Locale::parse(tag).ok());
+    content
+        .render(locale.as_ref(), channel, &context.parameters)
+        .map(|(_, rendered)| rendered)
+        .map_err(|error| DeliveryError::Permanent(format!("template render failed: {error}")))
 }
 
 /// Consumption, retry and lifecycle settings of a worker.

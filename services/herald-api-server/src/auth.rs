@@ -22,7 +22,7 @@ pub struct AuthSettings {
 pub struct PrincipalSettings {
     /// The client certificate's URI SAN (or DNS SAN), e.g. `spiffe://herald.local/service/orders`.
     pub identity: String,
-    /// `submit` and/or `admin`.
+    /// `submit`, `admin` and/or `inbox`.
     pub roles: Vec<String>,
     /// Overrides `submit.quota_per_minute` for this identity.
     #[serde(default)]
@@ -66,11 +66,7 @@ impl Caller {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "{action} needs the {} role, which {} does not have",
-                match role {
-                    Role::Submit => "submit",
-                    Role::Admin => "admin",
-                },
+                "{action} needs the {role} role, which {} does not have",
                 self.identity
             )))
         }

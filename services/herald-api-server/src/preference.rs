@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use herald_db::contacts;
 use herald_db::preferences::{self, PreferenceRecord};
 use herald_domain::{Category, Channel, EmailAddress, Role, TimeZone};
 use herald_proto::preference::{
@@ -223,6 +224,52 @@ fn validate_quiet_hours(quiet: &pb::QuietHours) -> Result<()> {
     Ok(())
 }
 
+/// The user's stored preferences as a message, with each contact point's disabled reason.
+async fn message_with_status(
+    connection: &mut herald_db::Connection,
+    record: &PreferenceRecord,
+) -> Result<pb::Preferences, ServiceError> {
+    let mut preferences = message(record);
+    let Some(contacts) = preferences.contacts.as_mut() else {
+        return Ok(preferences);
+    };
+    let reason = |found: Vec<(String, herald_db::contacts::Disabled)>| {
+        found
+            .into_iter()
+            .next()
+            .map(|(_, why)| why.reason)
+            .unwrap_or_default()
+    };
+    if !contacts.email.is_empty() {
+        contacts.email_disabled_reason = reason(
+            contacts::disabled_among(connection, Channel::Email, &[contacts.email.as_str()])
+                .await?,
+        );
+    }
+    if !contacts.phone.is_empty() {
+        contacts.phone_disabled_reason = reason(
+            contacts::disabled_among(connection, Channel::Sms, &[contacts.phone.as_str()]).await?,
+        );
+    }
+    let tokens: Vec<&str> = contacts
+        .device_tokens
+        .iter()
+        .map(|device| device.token.as_str())
+        .collect();
+    let disabled: std::collections::HashMap<String, String> =
+        contacts::disabled_among(connection, Channel::Push, &tokens)
+            .await?
+            .into_iter()
+            .map(|(token, why)| (token, why.reason))
+            .collect();
+    for device in &mut contacts.device_tokens {
+        if let Some(reason) = disabled.get(&device.token) {
+            device.disabled_reason.clone_from(reason);
+        }
+    }
+    Ok(preferences)
+}
+
 fn message(record: &PreferenceRecord) -> pb::Preferences {
     let channels = |value: &serde_json::Value| -> std::collections::HashMap<String, bool> {
         value
@@ -256,11 +303,14 @@ fn message(record: &PreferenceRecord) -> pb::Preferences {
                                     _ => pb::Platform::Unspecified,
                                 }
                                 .into(),
+                                disabled_reason: String::new(),
                             })
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
+            email_disabled_reason: String::new(),
+            phone_disabled_reason: String::new(),
         }),
         locale: record.locale.clone().unwrap_or_default(),
         time_zone: record.time_zone.clone().unwrap_or_default(),
@@ -329,7 +379,9 @@ impl PreferenceService for PreferenceApi {
             .await
             .map_err(ServiceError::from)?
             .unwrap_or_else(|| PreferenceRecord::defaults(&user_id));
-        Ok(Response::new(message(&record)))
+        Ok(Response::new(
+            message_with_status(&mut connection, &record).await?,
+        ))
     }
 
     #[tracing::instrument(
@@ -370,7 +422,9 @@ impl PreferenceService for PreferenceApi {
         .await
         .map_err(ServiceError::from)?;
         tracing::info!(caller = %caller.identity, fields = paths.len(), "Preferences updated.");
-        Ok(Response::new(message(&record)))
+        Ok(Response::new(
+            message_with_status(&mut connection, &record).await?,
+        ))
     }
 
     #[tracing::instrument(

@@ -55,6 +55,10 @@ struct ValidSubmit {
 struct ValidRecipient {
     user_id: Option<String>,
     email: Option<EmailAddress>,
+    /// E.164.
+    phone: Option<String>,
+    /// A configured chat destination's name.
+    chat_destination: Option<String>,
     /// Chooses the template's content (`ko-KR` → `ko` → default). The user's profile locale
     /// (PreferenceService) is the fallback to add here when the submit gives none.
     locale: Option<Locale>,
@@ -154,11 +158,51 @@ fn validate(
                 ServiceError::invalid(&format!("recipients[{index}].email"), error)
             })?)
         };
-        if channels.contains(&Channel::Email) && email.is_none() && user_id.is_none() {
-            return Err(ServiceError::invalid(
-                &format!("recipients[{index}].email"),
-                "is required when the email channel is requested and the recipient has no user_id",
-            ));
+        let phone = (!recipient.phone.is_empty())
+            .then(|| {
+                is_e164(&recipient.phone)
+                    .then_some(recipient.phone)
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            &format!("recipients[{index}].phone"),
+                            "must be an E.164 number: `+`, then 8 to 15 digits, e.g. +821012345678",
+                        )
+                    })
+            })
+            .transpose()?;
+        let chat_destination = (!recipient.chat_destination.is_empty())
+            .then(|| {
+                is_destination_name(&recipient.chat_destination)
+                    .then_some(recipient.chat_destination)
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            &format!("recipients[{index}].chat_destination"),
+                            "must be 1 to 64 of a-z, 0-9, `-` and `_` (a destination configured in the chat worker)",
+                        )
+                    })
+            })
+            .transpose()?;
+        for channel in &channels {
+            let (field, missing) = match channel {
+                Channel::Email => ("email", email.is_none() && user_id.is_none()),
+                Channel::Sms => ("phone", phone.is_none() && user_id.is_none()),
+                Channel::Push | Channel::InApp => ("user_id", user_id.is_none()),
+                Channel::Chat => ("chat_destination", chat_destination.is_none()),
+            };
+            if missing {
+                let reason = match channel {
+                    Channel::Email | Channel::Sms => {
+                        format!("is required for the {channel} channel when the recipient has no user_id")
+                    }
+                    Channel::Push => "is required for the push channel (device tokens come from the user's preferences)".to_owned(),
+                    Channel::InApp => "is required for the in_app channel (the inbox is the user's)".to_owned(),
+                    Channel::Chat => "is required for the chat channel".to_owned(),
+                };
+                return Err(ServiceError::invalid(
+                    &format!("recipients[{index}].{field}"),
+                    reason,
+                ));
+            }
         }
         let locale = (!recipient.locale.is_empty())
             .then(|| Locale::parse(&recipient.locale))
@@ -169,6 +213,8 @@ fn validate(
         recipients.push(ValidRecipient {
             user_id,
             email,
+            phone,
+            chat_destination,
             locale,
         });
     }
@@ -221,6 +267,23 @@ fn validate(
     })
 }
 
+/// An E.164 number: `+`, a non-zero digit, then 7 to 14 more digits.
+fn is_e164(number: &str) -> bool {
+    number.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len())
+            && digits.bytes().all(|byte| byte.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
+}
+
+/// A chat destination name: 1 to 64 of `a-z`, `0-9`, `-`, `_`.
+fn is_destination_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-_".contains(&byte))
+}
+
 /// SHA-256 of the request's canonical JSON form (object keys sorted), so that a retried
 /// submit with the same content matches whatever order the client encoded maps in.
 fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
@@ -233,9 +296,15 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
                 "user_id": recipient.user_id,
                 "email": recipient.email.as_ref().map(AsRef::as_ref),
             });
-            // Only when given, so hashes of requests from before locales are unchanged.
+            // Only when given, so hashes of requests from before these fields are unchanged.
             if let Some(locale) = &recipient.locale {
                 canonical["locale"] = locale.as_str().into();
+            }
+            if let Some(phone) = &recipient.phone {
+                canonical["phone"] = phone.as_str().into();
+            }
+            if let Some(destination) = &recipient.chat_destination {
+                canonical["chat_destination"] = destination.as_str().into();
             }
             canonical
         }).collect::<Vec<_>>(),
@@ -316,13 +385,6 @@ impl SubmitApi {
                     format!("template `{}` has no {channel} part", submit.template_key),
                 ));
             }
-            // Only email has a worker so far.
-            if *channel != Channel::Email {
-                return Err(ServiceError::invalid(
-                    &format!("channels[{index}]"),
-                    format!("{channel} cannot be delivered yet"),
-                ));
-            }
         }
         let missing: BTreeSet<&str> = template
             .parameters
@@ -375,7 +437,9 @@ impl SubmitApi {
                             .email
                             .as_ref()
                             .map(|email| email.as_ref().to_owned()),
-                        Channel::Sms | Channel::Push | Channel::InApp => None,
+                        Channel::Sms => recipient.phone.clone(),
+                        Channel::Chat => recipient.chat_destination.clone(),
+                        Channel::Push | Channel::InApp => None,
                     },
                     locale: recipient.locale.as_ref().map(ToString::to_string),
                     disposition: disposition(

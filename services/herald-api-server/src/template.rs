@@ -14,8 +14,8 @@ use herald_proto::template::{
     template_service_server::TemplateService,
 };
 use herald_templates::{
-    EmailPart, InAppPart, Locale, PushPart, Rendered, SmsPart, TemplateContent, VersionContent,
-    VersionError,
+    ChatPart, EmailPart, InAppPart, Locale, PushPart, Rendered, SmsPart, TemplateContent,
+    VersionContent, VersionError,
 };
 use tonic::{Request, Response, Status};
 
@@ -404,6 +404,7 @@ fn content_from_proto(content: pb::TemplateContent) -> TemplateContent {
             body: in_app.body,
             action_url: in_app.action_url,
         }),
+        chat: content.chat.map(|chat| ChatPart { text: chat.text }),
     }
 }
 
@@ -425,6 +426,7 @@ fn content_message(content: TemplateContent) -> pb::TemplateContent {
             body: in_app.body,
             action_url: in_app.action_url,
         }),
+        chat: content.chat.map(|chat| pb::ChatPart { text: chat.text }),
     }
 }
 
@@ -453,6 +455,7 @@ fn rendered_message(rendered: Rendered) -> pb::TemplateContent {
                 action_url: in_app.action_url,
             });
         }
+        Rendered::Chat(chat) => content.chat = Some(pb::ChatPart { text: chat.text }),
     }
     content
 }

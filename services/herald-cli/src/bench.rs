@@ -220,7 +220,7 @@ impl SubmitPlan {
             recipients: vec![Recipient {
                 user_id: String::new(),
                 email: self.recipient.replace("{n}", &index.to_string()),
-                locale: String::new(),
+                ..Recipient::default()
             }],
             channels: vec![common::Channel::Email as i32],
             priority: self.priority,

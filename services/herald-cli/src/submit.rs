@@ -55,6 +55,7 @@ fn request(args: &SubmitArgs) -> SubmitRequest {
                 user_id: user_id.clone(),
                 email: email.clone(),
                 locale: args.locale.clone().unwrap_or_default(),
+                ..Recipient::default()
             })
             .collect(),
         channels: args

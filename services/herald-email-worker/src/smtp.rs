@@ -3,8 +3,8 @@
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_smtp::SmtpSettings;
-use herald_templates::{Locale, Rendered, RenderedEmail, VersionContent};
-use herald_worker::{ChannelProvider, DeliveryError, Receipt};
+use herald_templates::{Rendered, RenderedEmail};
+use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
@@ -59,33 +59,14 @@ impl SmtpProvider {
     }
 }
 
-/// Renders the delivery's email through the same function as `RenderPreview`
-/// (`VersionContent::render`), in the recipient's locale via the fallback chain.
+/// Renders the delivery's email (see `herald_worker::render`).
 fn render(context: &DeliveryContext) -> Result<RenderedEmail, DeliveryError> {
-    let content =
-        VersionContent::from_stored(context.template_content.clone()).map_err(|error| {
-            DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
-        })?;
-    let locale = recipient_locale(context);
-    match content.render(locale.as_ref(), Channel::Email, &context.parameters) {
-        Ok((_, Rendered::Email(email))) => Ok(email),
-        Ok(_) => Err(DeliveryError::Permanent(
+    match herald_worker::render(context, Channel::Email)? {
+        Rendered::Email(email) => Ok(email),
+        _ => Err(DeliveryError::Permanent(
             "the template rendered no email part".into(),
         )),
-        Err(error) => Err(DeliveryError::Permanent(format!(
-            "template render failed: {error}"
-        ))),
     }
-}
-
-/// The locale to render in: the one given at submit, else the user's profile locale (the
-/// worker runtime fills it in from PreferenceService); after that, the template's default.
-/// A stored tag that no longer parses falls back to the default rather than failing the send.
-fn recipient_locale(context: &DeliveryContext) -> Option<Locale> {
-    context
-        .locale
-        .as_deref()
-        .and_then(|tag| Locale::parse(tag).ok())
 }
 
 impl ChannelProvider for SmtpProvider {
@@ -93,15 +74,20 @@ impl ChannelProvider for SmtpProvider {
         Channel::Email
     }
 
-    fn name(&self) -> &str {
-        "smtp"
+    async fn deliver(&self, context: &DeliveryContext) -> Attempted {
+        Attempted {
+            provider: "smtp".into(),
+            result: self.send(context).await,
+        }
     }
+}
 
-    async fn deliver(&self, context: &DeliveryContext) -> Result<Receipt, DeliveryError> {
+impl SmtpProvider {
+    async fn send(&self, context: &DeliveryContext) -> Result<Receipt, DeliveryError> {
         let message = self.message(context)?;
         match self.transport.send(message).await {
             Ok(response) => Ok(Receipt {
-                provider: "smtp".into(),
+                invalid_addresses: Vec::new(),
                 detail: format!(
                     "{} {}",
                     response.code(),
