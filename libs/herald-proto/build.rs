@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "herald/preference/v1/preference.proto",
         "herald/queue/v1/queue.proto",
         "herald/admin/v1/admin.proto",
+        "herald/inbox/v1/inbox.proto",
     ]
     .map(|file| root.join(file));
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];

@@ -48,6 +48,38 @@ fn base_toml_is_valid_for_every_service() {
 }
 
 #[test]
+fn a_channel_worker_needs_its_own_channel_configured_and_only_that() {
+    use herald_channel_worker::WorkerChannel;
+    let worker: herald_channel_worker::Settings = herald_config::load(&sources(&[])).unwrap();
+    assert_eq!(worker.sms.max_segments, 6);
+    for (channel, section) in [
+        (WorkerChannel::Sms, "sms.providers"),
+        (WorkerChannel::Push, "push"),
+        (WorkerChannel::Chat, "chat.destinations"),
+    ] {
+        let problems = worker.channel_problems(channel);
+        assert!(
+            problems.iter().any(|problem| problem.contains(section)),
+            "{channel:?}: {problems:?}"
+        );
+    }
+
+    let chat: herald_channel_worker::Settings = herald_config::load(&sources(&[
+        ("HERALD__CHAT__DESTINATIONS__OPS__KIND", "slack".into()),
+        (
+            "HERALD__CHAT__DESTINATIONS__OPS__URL",
+            "https://hooks.slack.com/services/T0/B0/X".into(),
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(
+        chat.channel_problems(WorkerChannel::Chat),
+        Vec::<String>::new()
+    );
+    assert!(!chat.channel_problems(WorkerChannel::Sms).is_empty());
+}
+
+#[test]
 fn environment_variables_override_the_file() {
     let worker: herald_email_worker::Settings = herald_config::load(&sources(&[
         ("HERALD__SMTP__PORT", "2600".into()),

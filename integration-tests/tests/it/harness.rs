@@ -103,12 +103,53 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
+    /// The API server's settings: port 0, the dev certificates, `database` and `redis`; the
+    /// orders identity has the submit and inbox roles, ops is admin.
+    fn api_settings(
+        database: &DatabaseSettings,
+        redis: RedisSettings,
+        quota_per_minute: u64,
+    ) -> herald_api_server::Settings {
+        let certs = TestCerts::get();
+        herald_api_server::Settings {
+            grpc: GrpcServerSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            tls: ServerTlsSettings {
+                client_ca: certs.path("ca.pem"),
+                cert: certs.path("api-server.pem"),
+                key: certs.path("api-server.key"),
+            },
+            database: database.clone(),
+            redis,
+            auth: herald_api_server::AuthSettings {
+                principals: vec![
+                    herald_api_server::PrincipalSettings {
+                        identity: ORDERS_IDENTITY.into(),
+                        roles: vec!["submit".into(), "inbox".into()],
+                        quota_per_minute: None,
+                    },
+                    herald_api_server::PrincipalSettings {
+                        identity: "spiffe://herald.local/admin/ops".into(),
+                        roles: vec!["admin".into()],
+                        quota_per_minute: None,
+                    },
+                ],
+            },
+            submit: herald_api_server::SubmitSettings {
+                quota_per_minute,
+                ..herald_api_server::SubmitSettings::default()
+            },
+            telemetry: TelemetrySettings::default(),
+            ..herald_api_server::Settings::default()
+        }
+    }
+
     pub(crate) async fn spawn_with(options: Options) -> Self {
         herald_test_support::init_test_tracing();
         herald_tls::install_crypto_provider();
         let (database, vhost, smtp) =
             tokio::join!(TestDatabase::new(), TestVhost::new(), SmtpServer::start());
-        let certs = TestCerts::get();
         let keyspace = TestKeyspace::default();
         let database_target = socket_address_of(database.url());
         let database_proxy = FaultProxy::start(database_target).await;
@@ -133,42 +174,15 @@ impl TestApp {
         .expect("test pool");
         let shutdown = CancellationToken::new();
 
-        let api_settings = herald_api_server::Settings {
-            grpc: GrpcServerSettings {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            },
-            tls: ServerTlsSettings {
-                client_ca: certs.path("ca.pem"),
-                cert: certs.path("api-server.pem"),
-                key: certs.path("api-server.key"),
-            },
-            database: database_settings.clone(),
-            redis: options.redis.clone().unwrap_or_else(|| RedisSettings {
+        let api_settings = Self::api_settings(
+            &database_settings,
+            options.redis.clone().unwrap_or_else(|| RedisSettings {
                 url: SecretString::from(keyspace.url()),
                 key_prefix: keyspace.prefix().to_owned(),
                 ..RedisSettings::default()
             }),
-            auth: herald_api_server::AuthSettings {
-                principals: vec![
-                    herald_api_server::PrincipalSettings {
-                        identity: ORDERS_IDENTITY.into(),
-                        roles: vec!["submit".into()],
-                        quota_per_minute: None,
-                    },
-                    herald_api_server::PrincipalSettings {
-                        identity: "spiffe://herald.local/admin/ops".into(),
-                        roles: vec!["admin".into()],
-                        quota_per_minute: None,
-                    },
-                ],
-            },
-            submit: herald_api_server::SubmitSettings {
-                quota_per_minute: options.quota_per_minute,
-                ..herald_api_server::SubmitSettings::default()
-            },
-            telemetry: TelemetrySettings::default(),
-            ..herald_api_server::Settings::default()
-        };
+            options.quota_per_minute,
+        );
         let api = herald_api_server::Application::build(api_settings)
             .await
             .expect("building the API server");
@@ -285,6 +299,56 @@ impl TestApp {
             herald_email_worker::Application::build(settings).expect("building the email worker");
         tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         shutdown
+    }
+
+    /// Settings for an SMS, push, in-app or chat worker pointed at this app's infrastructure,
+    /// with the same worker, retry and rate-limit settings as `email_worker_settings`; the
+    /// test fills in its channel's section.
+    pub(crate) fn channel_worker_settings(&self) -> herald_channel_worker::Settings {
+        let email = self.email_worker_settings(8);
+        herald_channel_worker::Settings {
+            database: email.database,
+            amqp: email.amqp,
+            worker: email.worker,
+            redis: email.redis,
+            rate_limits: email.rate_limits,
+            policy: email.policy,
+            ..herald_channel_worker::Settings::default()
+        }
+    }
+
+    /// Starts a channel worker; cancel the returned token to stop it before the app stops.
+    pub(crate) fn start_channel_worker(
+        &self,
+        channel: herald_channel_worker::WorkerChannel,
+        settings: herald_channel_worker::Settings,
+    ) -> CancellationToken {
+        let shutdown = self.shutdown.child_token();
+        let worker = herald_channel_worker::Application::build(settings, channel)
+            .expect("building the channel worker")
+            .with_clock(self.clock.clone());
+        tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        shutdown
+    }
+
+    /// Creates a template with `content`'s parts in `category` as admin.
+    pub(crate) async fn create_template_with(
+        &self,
+        key: &str,
+        category: &str,
+        content: TemplateContent,
+    ) -> Template {
+        self.template_client(As::Admin)
+            .await
+            .create_template(CreateTemplateRequest {
+                key: key.into(),
+                category: category.into(),
+                content: Some(content),
+                ..CreateTemplateRequest::default()
+            })
+            .await
+            .expect("creating a template")
+            .into_inner()
     }
 
     /// Starts the sentinel, alerting to `webhook_url` (if any) and by email to `email_to`
@@ -465,6 +529,22 @@ impl TestApp {
             .expect("reading failures")
     }
 
+    /// `(kind, provider)` of every event recorded for `delivery_id`, oldest first.
+    pub(crate) async fn delivery_events(&self, delivery_id: &str) -> Vec<(String, Option<String>)> {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use herald_db::schema::delivery_events;
+        let delivery_id: uuid::Uuid = delivery_id.parse().expect("a delivery id");
+        let mut connection = self.pool.get().await.expect("a connection");
+        delivery_events::table
+            .filter(delivery_events::delivery_id.eq(delivery_id))
+            .order(delivery_events::id.asc())
+            .select((delivery_events::kind, delivery_events::provider))
+            .load(&mut connection)
+            .await
+            .expect("reading delivery events")
+    }
+
     /// Rows in `table` of this test's schema.
     pub(crate) async fn count_rows(&self, table: &str) -> i64 {
         use diesel_async::RunQueryDsl;
@@ -479,6 +559,76 @@ impl TestApp {
             .await
             .expect("counting rows")
             .count
+    }
+
+    /// Settings of another API replica on this app's database (through the proxy) and Redis
+    /// keyspace; adjust them, then `spawn_api_replica_with`.
+    pub(crate) fn api_replica_settings(&self) -> herald_api_server::Settings {
+        Self::api_settings(
+            &DatabaseSettings {
+                url: SecretString::from(self.database_url.as_str()),
+                max_connections: 8,
+                acquire_timeout: Duration::from_secs(2),
+            },
+            RedisSettings {
+                url: SecretString::from(self.keyspace.url()),
+                key_prefix: self.keyspace.prefix().to_owned(),
+                ..RedisSettings::default()
+            },
+            0,
+        )
+    }
+
+    /// Starts another API server replica on this app's database and Redis keyspace (it stops
+    /// with the app); returns its address.
+    pub(crate) async fn spawn_api_replica(&self) -> SocketAddr {
+        self.spawn_api_replica_with(self.api_replica_settings())
+            .await
+    }
+
+    /// Starts another API server replica with `settings` (from `api_replica_settings`).
+    pub(crate) async fn spawn_api_replica_with(
+        &self,
+        settings: herald_api_server::Settings,
+    ) -> SocketAddr {
+        let api = herald_api_server::Application::build(settings)
+            .await
+            .expect("building an API replica")
+            .with_clock(self.clock.clone());
+        let address = api.local_addr();
+        tokio::spawn(api.run_until_stopped(self.shutdown.clone()));
+        address
+    }
+
+    /// An mTLS channel as `who` to the API server at `address` (this app's or a replica's).
+    pub(crate) async fn channel_at(&self, address: SocketAddr, who: As) -> Channel {
+        Endpoint::from_shared(format!("https://{address}"))
+            .expect("endpoint")
+            .tls_config(self.tls(who))
+            .expect("tls config")
+            .connect()
+            .await
+            .expect("connecting over mTLS")
+    }
+
+    /// An `InboxService` client as `who` on the API server at `address`.
+    pub(crate) async fn inbox_client_at(
+        &self,
+        address: SocketAddr,
+        who: As,
+    ) -> herald_proto::inbox::inbox_service_client::InboxServiceClient<Channel> {
+        herald_proto::inbox::inbox_service_client::InboxServiceClient::new(
+            self.channel_at(address, who).await,
+        )
+    }
+
+    /// Starts an in-app worker (`herald-channel-worker` for the in-app channel) on this app's
+    /// infrastructure; cancel the returned token to stop it before the app stops.
+    pub(crate) fn start_in_app_worker(&self) -> CancellationToken {
+        self.start_channel_worker(
+            herald_channel_worker::WorkerChannel::InApp,
+            self.channel_worker_settings(),
+        )
     }
 }
 

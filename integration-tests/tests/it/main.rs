@@ -2,13 +2,18 @@
 
 mod admin;
 mod alerts;
+mod channels;
+mod chat;
 mod config;
 mod delivery;
 mod faults;
 mod harness;
+mod inbox;
 mod limits;
 mod preferences;
 mod priority;
+mod push;
 mod security;
+mod sms;
 mod submit;
 mod templates;

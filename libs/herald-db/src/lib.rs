@@ -5,6 +5,7 @@ pub mod contacts;
 pub mod deliveries;
 mod error;
 pub mod failures;
+pub mod inbox;
 pub mod notifications;
 pub mod outbox;
 mod pool;

@@ -172,6 +172,7 @@ diesel::joinable!(deliveries -> notifications (notification_id));
 diesel::joinable!(delivery_events -> deliveries (delivery_id));
 diesel::joinable!(failures -> deliveries (delivery_id));
 diesel::joinable!(failures -> notifications (notification_id));
+diesel::joinable!(inbox_items -> deliveries (delivery_id));
 diesel::joinable!(notifications -> templates (template_id));
 diesel::joinable!(outbox -> deliveries (delivery_id));
 diesel::joinable!(template_versions -> templates (template_id));
@@ -185,12 +186,29 @@ diesel::allow_tables_to_appear_in_same_query!(
     disabled_contacts,
     failures,
     idempotency_keys,
+    inbox_items,
     notifications,
     outbox,
     template_versions,
     templates,
     user_preferences,
 );
+
+diesel::table! {
+    inbox_items (id) {
+        id -> Uuid,
+        user_id -> Text,
+        delivery_id -> Uuid,
+        notification_id -> Uuid,
+        category -> Text,
+        title -> Text,
+        body -> Text,
+        action_url -> Text,
+        created_at -> Timestamptz,
+        read_at -> Nullable<Timestamptz>,
+        archived_at -> Nullable<Timestamptz>,
+    }
+}
 
 diesel::table! {
     disabled_contacts (channel, address_hash) {

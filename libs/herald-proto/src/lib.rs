@@ -14,6 +14,8 @@ mod generated {
 pub use generated::herald::admin::v1 as admin;
 /// `herald.common.v1`: channels and priorities.
 pub use generated::herald::common::v1 as common;
+/// `herald.inbox.v1`: InboxService.
+pub use generated::herald::inbox::v1 as inbox;
 /// `herald.preference.v1`: PreferenceService.
 pub use generated::herald::preference::v1 as preference;
 /// `herald.queue.v1`: envelopes Herald puts on RabbitMQ.

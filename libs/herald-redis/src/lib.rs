@@ -55,6 +55,22 @@ impl Keyspace {
     }
 }
 
+/// A connection pool to `settings.url` whose waits, connects and recycles are each bounded by
+/// `settings.timeout`; connects lazily.
+pub fn build_pool(settings: &RedisSettings) -> Result<deadpool_redis::Pool> {
+    let mut config = deadpool_redis::Config::from_url(settings.url.expose_secret());
+    let mut pool_config = deadpool_redis::PoolConfig::new(settings.max_connections);
+    pool_config.timeouts = deadpool_redis::Timeouts {
+        wait: Some(settings.timeout),
+        create: Some(settings.timeout),
+        recycle: Some(settings.timeout),
+    };
+    config.pool = Some(pool_config);
+    config
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|error| Error::Unavailable(error.to_string()))
+}
+
 /// The Redis cache.
 #[derive(Clone)]
 pub struct RedisCache {
@@ -76,19 +92,8 @@ impl std::fmt::Debug for RedisCache {
 impl RedisCache {
     /// Builds the pool; connects lazily.
     pub fn new(settings: &RedisSettings) -> Result<Self> {
-        let mut config = deadpool_redis::Config::from_url(settings.url.expose_secret());
-        let mut pool_config = deadpool_redis::PoolConfig::new(settings.max_connections);
-        pool_config.timeouts = deadpool_redis::Timeouts {
-            wait: Some(settings.timeout),
-            create: Some(settings.timeout),
-            recycle: Some(settings.timeout),
-        };
-        config.pool = Some(pool_config);
-        let pool = config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|error| Error::Unavailable(error.to_string()))?;
         Ok(Self {
-            pool,
+            pool: build_pool(settings)?,
             keyspace: Keyspace::new(settings.key_prefix.clone()),
             timeout: settings.timeout,
         })

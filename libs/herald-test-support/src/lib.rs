@@ -1,9 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::print_stderr)]
 
+mod apns;
 mod database;
+mod fcm;
 mod keyspace;
 mod proxy;
+mod sms;
 mod smtp;
 mod vhost;
 mod webhook;
@@ -13,9 +16,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use apns::{ApnsServer, ReceivedNotification};
 pub use database::TestDatabase;
+pub use fcm::FcmServer;
 pub use keyspace::TestKeyspace;
 pub use proxy::FaultProxy;
+pub use sms::{SmsGatewayServer, SmsMessage, TwilioServer};
 pub use smtp::{ReceivedEmail, SmtpServer};
 pub use vhost::TestVhost;
 pub use webhook::{ReceivedRequest, WebhookReceiver};

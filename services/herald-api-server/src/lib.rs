@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod error;
+mod inbox;
 mod preference;
 mod quota;
 mod submit;
@@ -17,6 +18,7 @@ use herald_config::{
     TelemetrySettings, Validate,
 };
 use herald_proto::admin::admin_service_server::AdminServiceServer;
+use herald_proto::inbox::inbox_service_server::InboxServiceServer;
 use herald_proto::preference::preference_service_server::PreferenceServiceServer;
 use herald_proto::submit::submit_service_server::SubmitServiceServer;
 use herald_proto::template::template_service_server::TemplateServiceServer;
@@ -50,6 +52,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Lifecycle.
     pub server: ServerSettings,
+    /// The in-app inbox's live streams (Redis pub/sub fan-out).
+    pub inbox: herald_inbox::InboxSettings,
 }
 
 /// Limits on submits.
@@ -99,6 +103,7 @@ impl Validate for Settings {
         self.database.validate(problems);
         self.redis.validate(problems);
         self.auth.validate(problems);
+        self.inbox.validate(problems);
         if self.submit.idempotency_retention < Duration::from_secs(60) {
             problems.push("submit.idempotency_retention must be at least 1m".into());
         }
@@ -125,6 +130,8 @@ pub struct Application {
     pool: herald_db::Pool,
     redis: herald_redis::RedisCache,
     clock: herald_domain::SharedClock,
+    inbox_hub: herald_inbox::InboxHub,
+    inbox_publisher: herald_inbox::InboxPublisher,
 }
 
 impl Application {
@@ -134,6 +141,10 @@ impl Application {
             herald_db::build_pool(&settings.database).context("building the database pool")?;
         let redis =
             herald_redis::RedisCache::new(&settings.redis).context("building the Redis pool")?;
+        let inbox_hub = herald_inbox::InboxHub::new(&settings.redis, settings.inbox.clone())
+            .context("building the inbox fan-out")?;
+        let inbox_publisher = herald_inbox::InboxPublisher::new(&settings.redis)
+            .context("building the inbox publisher")?;
         let listener = tokio::net::TcpListener::bind(settings.grpc.listen)
             .await
             .with_context(|| format!("binding {}", settings.grpc.listen))?;
@@ -145,6 +156,8 @@ impl Application {
             pool,
             redis,
             clock: std::sync::Arc::new(herald_domain::SystemClock),
+            inbox_hub,
+            inbox_publisher,
         })
     }
 
@@ -177,6 +190,9 @@ impl Application {
         health_reporter
             .set_serving::<PreferenceServiceServer<preference::PreferenceApi>>()
             .await;
+        health_reporter
+            .set_serving::<InboxServiceServer<inbox::InboxApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -203,6 +219,17 @@ impl Application {
             preference::PreferenceApi::new(state.clone()),
             authenticator.clone(),
         );
+        // The fan-out task: one Redis pub/sub connection feeding every Subscribe stream.
+        tokio::spawn(self.inbox_hub.clone().run(shutdown.clone()));
+        let inbox = InboxServiceServer::with_interceptor(
+            inbox::InboxApi::new(
+                state.clone(),
+                self.inbox_hub,
+                self.inbox_publisher,
+                shutdown.clone(),
+            ),
+            authenticator.clone(),
+        );
         let admin = AdminServiceServer::with_interceptor(
             admin::AdminApi::new(state.clone()),
             authenticator,
@@ -222,6 +249,7 @@ impl Application {
             .add_service(templates)
             .add_service(preferences)
             .add_service(admin)
+            .add_service(inbox)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;
                 health_reporter
@@ -232,6 +260,9 @@ impl Application {
                     .await;
                 health_reporter
                     .set_not_serving::<AdminServiceServer<admin::AdminApi>>()
+                    .await;
+                health_reporter
+                    .set_not_serving::<InboxServiceServer<inbox::InboxApi>>()
                     .await;
                 drain_signal.cancel();
             });

@@ -37,7 +37,11 @@ pub struct AlertSettings {
     #[serde(with = "humantime_serde")]
     pub scan_interval: Duration,
     /// A Slack-compatible incoming-webhook URL (a secret); empty disables webhook alerts.
+    /// Sent through the chat channel's webhook code (`herald-webhook`).
     pub webhook_url: SecretString,
+    /// With a secret, `webhook_url` gets signed webhooks (Standard Webhooks / Svix style,
+    /// event type `alert.developer`) instead of Slack's `{"text"}`; empty: Slack.
+    pub webhook_secret: SecretString,
     /// Addresses that get alerts by email; empty disables email alerts.
     pub email_to: Vec<String>,
     /// One fingerprint alerts at most once per this long.
@@ -56,6 +60,7 @@ impl Default for AlertSettings {
         Self {
             scan_interval: Duration::from_secs(10),
             webhook_url: SecretString::from(""),
+            webhook_secret: SecretString::from(""),
             email_to: Vec::new(),
             repeat_after: Duration::from_secs(15 * 60),
             max_per_hour: 20,

@@ -5,7 +5,8 @@ use std::time::Duration;
 use herald_smtp::SmtpSettings;
 use herald_smtp::lettre::message::Mailbox;
 use herald_smtp::lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use secrecy::{ExposeSecret, SecretString};
+use herald_webhook::{ChatMessage, Destination, DestinationSettings};
+use secrecy::ExposeSecret;
 
 use crate::AlertSettings;
 
@@ -24,7 +25,7 @@ struct Email {
 
 /// The configured destinations.
 pub(crate) struct Sinks {
-    webhook: Option<(reqwest::Client, SecretString)>,
+    webhook: Option<Destination>,
     email: Option<Email>,
 }
 
@@ -33,10 +34,17 @@ impl Sinks {
         let webhook = if alerts.webhook_url.expose_secret().is_empty() {
             None
         } else {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?;
-            Some((client, alerts.webhook_url.clone()))
+            let settings = if alerts.webhook_secret.expose_secret().is_empty() {
+                DestinationSettings::Slack {
+                    url: alerts.webhook_url.clone(),
+                }
+            } else {
+                DestinationSettings::Signed {
+                    url: alerts.webhook_url.clone(),
+                    secret: alerts.webhook_secret.clone(),
+                }
+            };
+            Some(Destination::new(&settings, Duration::from_secs(5))?)
         };
         let email = if alerts.email_to.is_empty() {
             None
@@ -66,18 +74,18 @@ impl Sinks {
             return true;
         }
         let mut accepted = false;
-        if let Some((client, url)) = &self.webhook {
-            let body =
-                serde_json::json!({ "text": format!("*{}*\n{}", alert.subject, alert.text) });
-            match client
-                .post(url.expose_secret())
-                .json(&body)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-            {
+        if let Some(destination) = &self.webhook {
+            let mut fields = serde_json::Map::new();
+            fields.insert("subject".into(), alert.subject.clone().into());
+            let message = ChatMessage {
+                id: format!("alert-{}", uuid::Uuid::now_v7()),
+                text: format!("*{}*\n{}", alert.subject, alert.text),
+                event_type: "alert.developer".into(),
+                fields,
+            };
+            match destination.send(&message).await {
                 Ok(_) => accepted = true,
-                Err(error) => tracing::warn!(error = %error.without_url(), "Alert webhook failed."),
+                Err(error) => tracing::warn!(error = %error, "Alert webhook failed."),
             }
         }
         if let Some(email) = &self.email {

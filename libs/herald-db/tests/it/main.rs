@@ -97,7 +97,9 @@ async fn every_table_and_column_in_schema_rs_exists_after_migrating() {
         idempotency_keys,
         alert_state,
         alerts_sent,
-        user_preferences
+        user_preferences,
+        disabled_contacts,
+        inbox_items
     );
 }
 

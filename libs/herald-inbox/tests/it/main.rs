@@ -1,0 +1,134 @@
+//! herald-inbox against real PostgreSQL and Redis: the inbox repository, the in-app provider
+//! and the pub/sub fan-out.
+
+mod channel;
+mod hub;
+mod storage;
+
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use herald_config::{DatabaseSettings, RedisSettings};
+use herald_db::deliveries::{self, ClaimOutcome, DeliveryContext};
+use herald_db::notifications::{self, Disposition, NewDelivery, NewNotification};
+use herald_db::templates::{self, NewTemplate};
+use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
+use herald_test_support::{TestDatabase, TestKeyspace};
+use secrecy::SecretString;
+
+/// A migrated schema and a pool on it.
+struct Storage {
+    database: TestDatabase,
+    pool: herald_db::Pool,
+}
+
+impl Storage {
+    async fn new() -> Self {
+        herald_test_support::init_test_tracing();
+        let database = TestDatabase::new().await;
+        let pool = herald_db::build_pool(&DatabaseSettings {
+            url: SecretString::from(database.url()),
+            ..DatabaseSettings::default()
+        })
+        .expect("a pool");
+        Self { database, pool }
+    }
+
+    async fn connect(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(self.database.url())
+            .await
+            .expect("connecting to the test schema")
+    }
+
+    /// A notification with `count` in-app deliveries to `user_id`; returns the delivery ids.
+    async fn in_app_deliveries(&self, user_id: Option<&str>, count: usize) -> Vec<DeliveryId> {
+        let mut connection = self.connect().await;
+        let template = match templates::find(&mut connection, "order-shipped", None)
+            .await
+            .expect("finding the template")
+        {
+            Some(template) => template,
+            None => templates::create(
+                &mut connection,
+                NewTemplate {
+                    id: TemplateId::generate(),
+                    key: "order-shipped".into(),
+                    category: "orders".into(),
+                    description: String::new(),
+                    content: serde_json::json!({"in_app": {
+                        "title": "Shipped: {{item}}",
+                        "body": "Hi {{name}}, your {{item}} is on its way.",
+                        "action_url": "https://shop.example/orders/{{order}}",
+                    }}),
+                    parameters: vec!["item".into(), "name".into(), "order".into()],
+                    sample_parameters: None,
+                    created_by: "test".into(),
+                },
+            )
+            .await
+            .expect("creating the template"),
+        };
+        let ids: Vec<DeliveryId> = (0..count).map(|_| DeliveryId::generate()).collect();
+        notifications::insert(
+            &mut connection,
+            &NewNotification {
+                id: NotificationId::generate(),
+                submitted_by: "test".into(),
+                idempotency_key: None,
+                idempotency_retention: Duration::from_secs(3600),
+                request_hash: vec![1],
+                template_id: template.id,
+                template_version: template.version,
+                category: "orders".into(),
+                priority: Priority::Normal,
+                parameters: serde_json::json!({"item": "kettle", "name": "Ada", "order": "42"}),
+                metadata: serde_json::json!({}),
+                trace_context: serde_json::json!({}),
+                deliveries: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(index, id)| NewDelivery {
+                        id: *id,
+                        channel: Channel::InApp,
+                        recipient_index: i32::try_from(index).expect("few deliveries"),
+                        user_id: user_id.map(str::to_owned),
+                        address: None,
+                        locale: None,
+                        disposition: Disposition::Now,
+                    })
+                    .collect(),
+            },
+        )
+        .await
+        .expect("inserting the notification");
+        ids
+    }
+
+    /// Claims `delivery_id` like a worker and loads its context.
+    async fn claim(&self, delivery_id: DeliveryId) -> DeliveryContext {
+        let mut connection = self.connect().await;
+        let ClaimOutcome::Claimed(claim) = deliveries::claim(
+            &mut connection,
+            delivery_id,
+            Duration::from_secs(60),
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("claiming") else {
+            panic!("the delivery should be claimable");
+        };
+        deliveries::load_context(&mut connection, &claim)
+            .await
+            .expect("loading the context")
+    }
+}
+
+/// Redis settings for `keyspace`, optionally at another URL (a proxy, a closed port).
+fn redis_settings(keyspace: &TestKeyspace, url: Option<&str>) -> RedisSettings {
+    RedisSettings {
+        url: SecretString::from(url.unwrap_or(keyspace.url())),
+        key_prefix: keyspace.prefix().to_owned(),
+        timeout: Duration::from_secs(2),
+        ..RedisSettings::default()
+    }
+}

@@ -1,0 +1,202 @@
+#![doc = include_str!("../README.md")]
+
+mod gateway;
+mod provider;
+pub mod segments;
+mod settings;
+mod twilio;
+
+use std::sync::Arc;
+
+use herald_db::deliveries::DeliveryContext;
+use herald_domain::Channel;
+use herald_templates::Rendered;
+use herald_worker::{Attempted, ChannelProvider, DeliveryError, Failover};
+
+pub use gateway::HttpGatewayProvider;
+pub use provider::{OutgoingSms, SmsProvider};
+pub use segments::{Encoding, Segments};
+pub use settings::{
+    HttpGatewaySettings, SmsProviderSettings, SmsSettings, TWILIO_BASE_URL, TwilioSettings,
+};
+pub use twilio::TwilioProvider;
+
+/// Why the SMS channel could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No provider is configured.
+    #[error("sms.providers must list at least one provider to run the sms channel")]
+    NoProviders,
+    /// A provider's settings cannot be used (run `Validate` first for the full list).
+    #[error("sms provider `{name}`: {reason}")]
+    InvalidProvider {
+        /// The provider's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("sms provider `{name}`: could not build the http client")]
+    Client {
+        /// The provider's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The SMS channel: renders the SMS part, checks the number and the length, and sends through
+/// the configured providers with failover.
+#[derive(Debug)]
+pub struct SmsChannel {
+    failover: Failover<SmsProvider>,
+    first_provider: String,
+    max_segments: usize,
+}
+
+impl SmsChannel {
+    /// Builds every provider with its own HTTP client; nothing connects until the first send.
+    pub fn new(settings: &SmsSettings) -> Result<Self> {
+        let members = settings
+            .providers
+            .iter()
+            .map(|provider| {
+                SmsProvider::new(provider)
+                    .map(|built| (provider.name().to_owned(), Arc::new(built)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let first_provider = members
+            .first()
+            .map(|(name, _)| name.clone())
+            .ok_or(Error::NoProviders)?;
+        Ok(Self {
+            failover: Failover::new(settings.breaker, members),
+            first_provider,
+            max_segments: usize::try_from(settings.max_segments).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// The providers and their circuit states, for health reporting.
+    pub fn failover(&self) -> &Failover<SmsProvider> {
+        &self.failover
+    }
+
+    /// Everything that can fail before a provider is chosen: the number, the rendering and
+    /// the length. Returns the number and the text.
+    fn prepare(&self, context: &DeliveryContext) -> Result<(String, String), DeliveryError> {
+        let number = context
+            .address
+            .as_deref()
+            .ok_or_else(|| DeliveryError::Permanent("the delivery has no phone number".into()))?;
+        if !is_e164(number) {
+            return Err(DeliveryError::AddressInvalid {
+                addresses: vec![number.to_owned()],
+                detail: "the phone number is not in E.164 form".into(),
+            });
+        }
+        let text = match herald_worker::render(context, Channel::Sms)? {
+            Rendered::Sms(sms) => sms.text,
+            _ => {
+                return Err(DeliveryError::Permanent(
+                    "the template rendered no sms part".into(),
+                ));
+            }
+        };
+        if text.is_empty() {
+            return Err(DeliveryError::Permanent("the sms text is empty".into()));
+        }
+        let segments = segments::analyze(&text);
+        if segments.segments > self.max_segments {
+            return Err(DeliveryError::Permanent(format!(
+                "sms text needs {} segments ({}), more than max_segments {}",
+                segments.segments, segments.encoding, self.max_segments
+            )));
+        }
+        tracing::debug!(
+            delivery.id = %context.delivery_id,
+            sms.encoding = %segments.encoding,
+            sms.segments = segments.segments,
+            "Sending an SMS."
+        );
+        Ok((number.to_owned(), text))
+    }
+}
+
+impl ChannelProvider for SmsChannel {
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    async fn deliver(&self, context: &DeliveryContext) -> Attempted {
+        // Checks that need no provider run first, so a bad delivery neither takes a provider's
+        // half-open trial slot nor counts for or against its breaker.
+        let (number, text) = match self.prepare(context) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                return Attempted {
+                    provider: self.first_provider.clone(),
+                    result: Err(error),
+                };
+            }
+        };
+        let reference = context.delivery_id.to_string();
+        let selected = self.failover.select(context.cycle_attempt);
+        let result = selected
+            .provider()
+            .send(&OutgoingSms {
+                to: &number,
+                text: &text,
+                reference: &reference,
+            })
+            .await;
+        selected.record(&result);
+        Attempted {
+            provider: selected.name().to_owned(),
+            result,
+        }
+    }
+}
+
+/// `+` then 8 to 15 digits, the first not zero (ITU-T E.164: country codes never start
+/// with 0, and a number has at most 15 digits).
+fn is_e164(number: &str) -> bool {
+    number.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len())
+            && digits.bytes().all(|byte| byte.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_e164;
+
+    #[test]
+    fn e164_needs_a_plus_and_eight_to_fifteen_digits() {
+        for valid in [
+            "+15005550006",
+            "+821012345678",
+            "+12345678",
+            "+123456789012345",
+        ] {
+            assert!(is_e164(valid), "{valid}");
+        }
+        for invalid in [
+            "",
+            "+",
+            "15005550006",
+            "+1234567",
+            "+1234567890123456",
+            "+1 500 555 0006",
+            "+01234567890",
+            "+1500555000６",
+            "tel:+15005550006",
+        ] {
+            assert!(!is_e164(invalid), "{invalid}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+#![doc = include_str!("../README.md")]
+
+use anyhow::Context;
+use herald_config::{
+    AmqpSettings, DatabaseSettings, PolicySettings, RedisSettings, TelemetrySettings, Validate,
+};
+use herald_inbox::{InboxChannel, InboxPublisher};
+use herald_push::{PushChannel, PushSettings};
+use herald_redis::RedisCache;
+use herald_sms::{SmsChannel, SmsSettings};
+use herald_webhook::{ChatChannel, ChatSettings};
+use herald_worker::{ChannelProvider, RateLimitSettings, RateLimiter, Worker, WorkerSettings};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// The binary, package and `service.name`; Deployments are named per channel
+/// (`herald-sms-worker`, …).
+pub const SERVICE_NAME: &str = "herald-channel-worker";
+
+/// The channels this binary delivers (email has its own worker, `herald-email-worker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerChannel {
+    /// Text messages through Twilio-compatible and HTTP gateway providers, with failover.
+    Sms,
+    /// Mobile push through FCM HTTP v1 and APNs.
+    Push,
+    /// The in-app inbox: items stored in PostgreSQL, announced to live streams through Redis.
+    InApp,
+    /// Slack-compatible and signed webhooks.
+    Chat,
+}
+
+impl WorkerChannel {
+    fn service_name(self) -> &'static str {
+        match self {
+            Self::Sms => "herald-sms-worker",
+            Self::Push => "herald-push-worker",
+            Self::InApp => "herald-in-app-worker",
+            Self::Chat => "herald-chat-worker",
+        }
+    }
+}
+
+/// Everything a channel worker reads from configuration; only the selected channel's
+/// section must be complete.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+    /// Consumption and retries.
+    pub worker: WorkerSettings,
+    /// Redis (rate limits).
+    pub redis: RedisSettings,
+    /// Rate limits per notification type.
+    pub rate_limits: RateLimitSettings,
+    /// Mandatory categories and quiet-hours bypasses.
+    pub policy: PolicySettings,
+    /// SMS providers, in order of preference.
+    pub sms: SmsSettings,
+    /// Push providers.
+    pub push: PushSettings,
+    /// Chat destinations.
+    pub chat: ChatSettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+}
+
+impl Validate for Settings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        self.database.validate(problems);
+        self.amqp.validate(problems);
+        self.worker.validate(problems);
+        self.redis.validate(problems);
+        self.rate_limits.validate(problems);
+    }
+}
+
+impl Settings {
+    /// Problems with the section of `channel`.
+    pub fn channel_problems(&self, channel: WorkerChannel) -> Vec<String> {
+        let mut problems = Vec::new();
+        match channel {
+            WorkerChannel::Sms => self.sms.validate(&mut problems),
+            WorkerChannel::Push => self.push.validate(&mut problems),
+            WorkerChannel::InApp => {}
+            WorkerChannel::Chat => self.chat.validate(&mut problems),
+        }
+        problems
+    }
+}
+
+enum Running {
+    Sms(Worker<SmsChannel>),
+    Push(Worker<PushChannel>),
+    InApp(Worker<InboxChannel>),
+    Chat(Worker<ChatChannel>),
+}
+
+/// A channel worker, ready to run.
+pub struct Application {
+    running: Running,
+}
+
+impl Application {
+    /// Builds the pools and the channel's providers; nothing connects until
+    /// `run_until_stopped`.
+    pub fn build(settings: Settings, channel: WorkerChannel) -> anyhow::Result<Self> {
+        let problems = settings.channel_problems(channel);
+        if !problems.is_empty() {
+            anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
+        }
+        let running = match channel {
+            WorkerChannel::Sms => Running::Sms(worker(
+                SmsChannel::new(&settings.sms).context("building the SMS providers")?,
+                &settings,
+                channel,
+            )?),
+            WorkerChannel::Push => Running::Push(worker(
+                PushChannel::from_settings(&settings.push)
+                    .context("building the push providers")?,
+                &settings,
+                channel,
+            )?),
+            WorkerChannel::InApp => {
+                let pool = herald_db::build_pool(&settings.database)
+                    .context("building the database pool")?;
+                let publisher =
+                    InboxPublisher::new(&settings.redis).context("building the inbox publisher")?;
+                Running::InApp(worker(
+                    InboxChannel::new(pool, publisher),
+                    &settings,
+                    channel,
+                )?)
+            }
+            WorkerChannel::Chat => Running::Chat(worker(
+                ChatChannel::new(&settings.chat).context("building the chat destinations")?,
+                &settings,
+                channel,
+            )?),
+        };
+        Ok(Self { running })
+    }
+
+    /// Reads quiet hours against `clock` (tests inject a manual one).
+    #[must_use]
+    pub fn with_clock(self, clock: herald_domain::SharedClock) -> Self {
+        let running = match self.running {
+            Running::Sms(worker) => Running::Sms(worker.with_clock(clock)),
+            Running::Push(worker) => Running::Push(worker.with_clock(clock)),
+            Running::InApp(worker) => Running::InApp(worker.with_clock(clock)),
+            Running::Chat(worker) => Running::Chat(worker.with_clock(clock)),
+        };
+        Self { running }
+    }
+
+    /// Delivers until `shutdown` is cancelled.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        match self.running {
+            Running::Sms(worker) => worker.run_until_stopped(shutdown).await,
+            Running::Push(worker) => worker.run_until_stopped(shutdown).await,
+            Running::InApp(worker) => worker.run_until_stopped(shutdown).await,
+            Running::Chat(worker) => worker.run_until_stopped(shutdown).await,
+        }
+    }
+}
+
+fn worker<P: ChannelProvider>(
+    provider: P,
+    settings: &Settings,
+    channel: WorkerChannel,
+) -> anyhow::Result<Worker<P>> {
+    let pool = herald_db::build_pool(&settings.database).context("building the database pool")?;
+    let redis = RedisCache::new(&settings.redis).context("building the Redis pool")?;
+    Ok(Worker::new(
+        provider,
+        settings.worker.clone(),
+        settings.amqp.clone(),
+        pool,
+        channel.service_name(),
+    )
+    .with_rate_limiter(RateLimiter::new(redis, settings.rate_limits.clone()))
+    .with_policy(settings.policy.clone()))
+}
