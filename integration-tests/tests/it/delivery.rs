@@ -275,3 +275,52 @@ async fn a_redelivered_message_for_a_delivered_delivery_is_acked_without_sending
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hard_bounced_address_is_disabled_and_never_mailed_again() {
+    use herald_proto::preference::ContactPoints;
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    crate::channels::set_contacts(
+        &app,
+        "user-1",
+        ContactPoints {
+            email: "bounce-me@example.com".into(),
+            ..ContactPoints::default()
+        },
+    )
+    .await;
+    let mut request = welcome_request("");
+    request.recipients[0].email.clear();
+
+    let id = app.submit(request.clone()).await.unwrap().notification_id;
+    let notification = app.wait_for_status(&id, NotificationStatus::Failed).await;
+    let delivery = &notification.deliveries[0];
+    assert!(
+        delivery
+            .last_error
+            .starts_with("address_invalid: smtp rejected the recipient with 550"),
+        "{}",
+        delivery.last_error
+    );
+    assert!(!delivery.last_error.contains("bounce-me"));
+    assert_eq!(app.failure_classes().await, ["permanent"]);
+    let contacts = crate::channels::contacts_of(&app, "user-1").await;
+    assert!(
+        contacts.email_disabled_reason.contains("smtp"),
+        "{contacts:?}"
+    );
+
+    let again = app.submit(request).await.unwrap().notification_id;
+    let notification = app
+        .wait_for_status(&again, NotificationStatus::Suppressed)
+        .await;
+    assert!(
+        notification.deliveries[0]
+            .last_error
+            .starts_with("address_disabled: the email address was disabled"),
+        "{}",
+        notification.deliveries[0].last_error
+    );
+    assert!(app.smtp.messages().is_empty());
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::{eventually, required_env};
 
-/// A running aiosmtpd storing every message it accepts in a Maildir.
+/// A running aiosmtpd storing every message it accepts in a Maildir. Recipients whose local
+/// part starts with `bounce` are rejected with `550 5.1.1` (a hard bounce).
 #[derive(Debug)]
 pub struct SmtpServer {
     address: SocketAddr,
@@ -47,7 +48,11 @@ impl SmtpServer {
             let address = SocketAddr::from(([127, 0, 0, 1], port));
             let mut process = tokio::process::Command::new(&python)
                 .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-                .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                .args(["-c", "herald_smtp_handlers.BouncingMailbox"])
+                .env(
+                    "PYTHONPATH",
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
+                )
                 .arg(maildir.path().join("mail"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -96,6 +96,12 @@ impl SmtpProvider {
             }),
             // Reply texts often echo the recipient's address, so only the code is kept.
             Err(error) => match (error.status(), error.is_permanent()) {
+                (Some(code), true) if is_hard_bounce(&code.to_string()) => {
+                    Err(DeliveryError::AddressInvalid {
+                        addresses: context.address.iter().cloned().collect(),
+                        detail: format!("smtp rejected the recipient with {code} (hard bounce)"),
+                    })
+                }
                 (Some(code), true) => Err(DeliveryError::Permanent(format!(
                     "smtp rejected the message with {code}"
                 ))),
@@ -112,6 +118,12 @@ impl SmtpProvider {
             },
         }
     }
+}
+
+/// Reply codes that say the mailbox does not exist or cannot take mail, for good: 550
+/// (mailbox unavailable), 551 (user not local), 553 (mailbox name not allowed).
+fn is_hard_bounce(code: &str) -> bool {
+    matches!(code, "550" | "551" | "553")
 }
 
 /// A short description of a transport error without any reply text.
