@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
+use crate::paging::{decode_token, encode_token};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 500;
@@ -89,7 +90,10 @@ impl AdminApi {
             failures::list(&mut connection, &filter, i64::from(page_size) + 1).await?;
         let next_page_token = if records.len() > page_size as usize {
             records.truncate(page_size as usize);
-            records.last().map(encode_token).unwrap_or_default()
+            records
+                .last()
+                .map(|record| encode_token(record.created_at, record.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -172,25 +176,6 @@ impl AdminApi {
 
 fn parse_id(field: &str, text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|_| ServiceError::invalid(field, "must be a failure id (a UUID)"))
-}
-
-fn encode_token(record: &FailureRecord) -> String {
-    hex::encode(format!(
-        "{}|{}",
-        record.created_at.timestamp_micros(),
-        record.id
-    ))
-}
-
-fn decode_token(token: &str) -> Result<(chrono::DateTime<chrono::Utc>, Uuid)> {
-    let invalid = || ServiceError::invalid("page_token", "is not a token this server issued");
-    let text =
-        String::from_utf8(hex::decode(token).map_err(|_| invalid())?).map_err(|_| invalid())?;
-    let (micros, id) = text.split_once('|').ok_or_else(invalid)?;
-    let created_at =
-        chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?)
-            .ok_or_else(invalid)?;
-    Ok((created_at, Uuid::parse_str(id).map_err(|_| invalid())?))
 }
 
 fn failure_message(record: FailureRecord) -> pb::Failure {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::caller;
 use crate::error::{Result, ServiceError};
+use crate::paging::{decode_token, encode_token};
 
 const MAX_USER_ID: usize = 255;
 const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -81,7 +82,10 @@ impl InboxApi {
         .await?;
         let next_page_token = if items.len() > page_size as usize {
             items.truncate(page_size as usize);
-            items.last().map(encode_token).unwrap_or_default()
+            items
+                .last()
+                .map(|item| encode_token(item.created_at, item.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -180,25 +184,6 @@ fn item_ids_of(texts: &[String]) -> Result<Vec<Uuid>> {
 
 fn count(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
-}
-
-fn encode_token(item: &InboxItem) -> String {
-    hex::encode(format!(
-        "{}|{}",
-        item.created_at.timestamp_micros(),
-        item.id
-    ))
-}
-
-fn decode_token(token: &str) -> Result<(chrono::DateTime<chrono::Utc>, Uuid)> {
-    let invalid = || ServiceError::invalid("page_token", "is not a token this server issued");
-    let text =
-        String::from_utf8(hex::decode(token).map_err(|_| invalid())?).map_err(|_| invalid())?;
-    let (micros, id) = text.split_once('|').ok_or_else(invalid)?;
-    let created_at =
-        chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| invalid())?)
-            .ok_or_else(invalid)?;
-    Ok((created_at, Uuid::parse_str(id).map_err(|_| invalid())?))
 }
 
 fn item_message(item: &InboxItem) -> pb::InboxItem {

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod error;
 mod inbox;
+mod paging;
 mod preference;
 mod quota;
 mod submit;
