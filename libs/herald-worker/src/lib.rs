@@ -27,8 +27,9 @@ pub struct Receipt {
     pub invalid_addresses: Vec<String>,
 }
 
-/// How a delivery attempt failed, which decides what happens next.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// How a delivery attempt failed, which decides what happens next. `Debug` leaves out the
+/// addresses of `AddressInvalid` (phone numbers, device tokens).
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
     /// Will never succeed (rejected content, template error): no retry.
     #[error("permanent: {0}")]
@@ -49,6 +50,21 @@ pub enum DeliveryError {
         /// What the provider said, free of personal data.
         detail: String,
     },
+}
+
+impl std::fmt::Debug for DeliveryError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Permanent(detail) => formatter.debug_tuple("Permanent").field(detail).finish(),
+            Self::Retryable(detail) => formatter.debug_tuple("Retryable").field(detail).finish(),
+            Self::Unknown(detail) => formatter.debug_tuple("Unknown").field(detail).finish(),
+            Self::AddressInvalid { addresses, detail } => formatter
+                .debug_struct("AddressInvalid")
+                .field("addresses", &format_args!("<{} redacted>", addresses.len()))
+                .field("detail", detail)
+                .finish(),
+        }
+    }
 }
 
 /// One attempt's result and the provider that produced it.

@@ -35,3 +35,14 @@ fn delays_grow_by_tier_and_stay_within_their_jitter_lanes() {
         );
     }
 }
+
+#[test]
+fn debug_output_of_an_invalid_address_leaves_the_address_out() {
+    let error = crate::DeliveryError::AddressInvalid {
+        addresses: vec!["+821012345678".into()],
+        detail: "twilio 21614".into(),
+    };
+    let printed = format!("{error:?}");
+    assert!(!printed.contains("+8210"), "{printed}");
+    assert!(printed.contains("twilio 21614"), "{printed}");
+}
