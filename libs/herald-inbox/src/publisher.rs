@@ -30,8 +30,7 @@ impl std::fmt::Debug for InboxPublisher {
 impl InboxPublisher {
     /// Builds the pool; connects lazily.
     pub fn new(settings: &RedisSettings) -> Result<Self> {
-        let pool = herald_redis::build_pool(settings)
-            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let pool = herald_redis::build_pool(settings)?;
         Ok(Self {
             pool,
             prefix: settings.key_prefix.clone(),
