@@ -13,8 +13,8 @@ pub use preference::{Overrides, UserPreferences, Verdict};
 pub use quiet_hours::{QuietHours, TimeZone, parse_time_of_day, parse_weekday};
 pub use state::DeliveryState;
 pub use values::{
-    Category, Channel, DeviceToken, EmailAddress, IdempotencyKey, Identity, Platform, Priority,
-    Role, TemplateKey,
+    Category, Channel, DeviceToken, EmailAddress, IdempotencyKey, Identity, PhoneNumber, Platform,
+    Priority, Role, TemplateKey,
 };
 
 /// Why a value was rejected. The message names the rule that was broken, lowercase, without

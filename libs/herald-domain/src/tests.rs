@@ -463,3 +463,32 @@ fn manual_clock_moves_only_when_told() {
     let system_clock: SharedClock = std::sync::Arc::new(SystemClock);
     assert!(system_clock.now() > start);
 }
+
+#[test]
+fn phone_numbers_are_e164() {
+    for valid in [
+        "+15005550006",
+        "+821012345678",
+        "+12345678",
+        "+123456789012345",
+    ] {
+        assert!(crate::PhoneNumber::parse(valid).is_ok(), "{valid}");
+    }
+    for invalid in [
+        "",
+        "+",
+        "15005550006",
+        "+1234567",
+        "+1234567890123456",
+        "+1 500 555 0006",
+        "+01234567890",
+        "+1500555000\u{ff16}",
+        "tel:+15005550006",
+    ] {
+        assert!(crate::PhoneNumber::parse(invalid).is_err(), "{invalid}");
+    }
+    assert_eq!(
+        format!("{:?}", crate::PhoneNumber::parse("+821012345678").unwrap()),
+        "PhoneNumber(<redacted>)"
+    );
+}

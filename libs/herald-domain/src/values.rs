@@ -212,6 +212,41 @@ impl fmt::Debug for EmailAddress {
     }
 }
 
+/// A phone number in E.164 form: `+`, then 8 to 15 digits, the first not zero (country codes
+/// never start with 0, and a number has at most 15 digits).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    /// Parses and validates `text`.
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        let valid = text.strip_prefix('+').is_some_and(|digits| {
+            (8..=15).contains(&digits.len())
+                && digits.bytes().all(|byte| byte.is_ascii_digit())
+                && !digits.starts_with('0')
+        });
+        if !valid {
+            return Err(ValueError::new(
+                "must be an E.164 number: `+`, then 8 to 15 digits, e.g. +821012345678",
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl AsRef<str> for PhoneNumber {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Phone numbers are personal data: Debug output never shows them.
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("PhoneNumber(<redacted>)")
+    }
+}
+
 fn parse_slug(text: &str, max_len: usize) -> Result<(), ValueError> {
     let mut chars = text.chars();
     let starts_well = chars

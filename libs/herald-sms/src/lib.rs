@@ -92,7 +92,7 @@ impl SmsChannel {
             .address
             .as_deref()
             .ok_or_else(|| DeliveryError::Permanent("the delivery has no phone number".into()))?;
-        if !is_e164(number) {
+        if herald_domain::PhoneNumber::parse(number).is_err() {
             return Err(DeliveryError::AddressInvalid {
                 addresses: vec![number.to_owned()],
                 detail: "the phone number is not in E.164 form".into(),
@@ -157,46 +157,6 @@ impl ChannelProvider for SmsChannel {
         Attempted {
             provider: selected.name().to_owned(),
             result,
-        }
-    }
-}
-
-/// `+` then 8 to 15 digits, the first not zero (ITU-T E.164: country codes never start
-/// with 0, and a number has at most 15 digits).
-fn is_e164(number: &str) -> bool {
-    number.strip_prefix('+').is_some_and(|digits| {
-        (8..=15).contains(&digits.len())
-            && digits.bytes().all(|byte| byte.is_ascii_digit())
-            && !digits.starts_with('0')
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_e164;
-
-    #[test]
-    fn e164_needs_a_plus_and_eight_to_fifteen_digits() {
-        for valid in [
-            "+15005550006",
-            "+821012345678",
-            "+12345678",
-            "+123456789012345",
-        ] {
-            assert!(is_e164(valid), "{valid}");
-        }
-        for invalid in [
-            "",
-            "+",
-            "15005550006",
-            "+1234567",
-            "+1234567890123456",
-            "+1 500 555 0006",
-            "+01234567890",
-            "+1500555000６",
-            "tel:+15005550006",
-        ] {
-            assert!(!is_e164(invalid), "{invalid}");
         }
     }
 }

@@ -7,7 +7,7 @@ use herald_db::notifications::{
 };
 use herald_domain::{
     Category, Channel, DeliveryId, DeliveryState, EmailAddress, IdempotencyKey, NotificationId,
-    Priority, Role, TemplateKey,
+    PhoneNumber, Priority, Role, TemplateKey,
 };
 use herald_proto::conversions::{self, channel_from_i32, priority_from_i32};
 use herald_proto::submit::{
@@ -55,8 +55,7 @@ struct ValidSubmit {
 struct ValidRecipient {
     user_id: Option<String>,
     email: Option<EmailAddress>,
-    /// E.164.
-    phone: Option<String>,
+    phone: Option<PhoneNumber>,
     /// A configured chat destination's name.
     chat_destination: Option<String>,
     /// Chooses the template's content (`ko-KR` → `ko` → default). The user's profile locale
@@ -159,17 +158,9 @@ fn validate(
             })?)
         };
         let phone = (!recipient.phone.is_empty())
-            .then(|| {
-                is_e164(&recipient.phone)
-                    .then_some(recipient.phone)
-                    .ok_or_else(|| {
-                        ServiceError::invalid(
-                            &format!("recipients[{index}].phone"),
-                            "must be an E.164 number: `+`, then 8 to 15 digits, e.g. +821012345678",
-                        )
-                    })
-            })
-            .transpose()?;
+            .then(|| PhoneNumber::parse(&recipient.phone))
+            .transpose()
+            .map_err(|error| ServiceError::invalid(&format!("recipients[{index}].phone"), error))?;
         let chat_destination = (!recipient.chat_destination.is_empty())
             .then(|| {
                 is_destination_name(&recipient.chat_destination)
@@ -267,15 +258,6 @@ fn validate(
     })
 }
 
-/// An E.164 number: `+`, a non-zero digit, then 7 to 14 more digits.
-fn is_e164(number: &str) -> bool {
-    number.strip_prefix('+').is_some_and(|digits| {
-        (8..=15).contains(&digits.len())
-            && digits.bytes().all(|byte| byte.is_ascii_digit())
-            && !digits.starts_with('0')
-    })
-}
-
 /// A chat destination name: 1 to 64 of `a-z`, `0-9`, `-`, `_`.
 fn is_destination_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -301,7 +283,7 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
                 canonical["locale"] = locale.as_str().into();
             }
             if let Some(phone) = &recipient.phone {
-                canonical["phone"] = phone.as_str().into();
+                canonical["phone"] = phone.as_ref().into();
             }
             if let Some(destination) = &recipient.chat_destination {
                 canonical["chat_destination"] = destination.as_str().into();
@@ -437,7 +419,10 @@ impl SubmitApi {
                             .email
                             .as_ref()
                             .map(|email| email.as_ref().to_owned()),
-                        Channel::Sms => recipient.phone.clone(),
+                        Channel::Sms => recipient
+                            .phone
+                            .as_ref()
+                            .map(|phone| phone.as_ref().to_owned()),
                         Channel::Chat => recipient.chat_destination.clone(),
                         Channel::Push | Channel::InApp => None,
                     },
