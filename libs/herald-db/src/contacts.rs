@@ -2,7 +2,7 @@
 //! token, an invalid or unsubscribed number, a hard bounce). Workers check them before sending
 //! and send nothing to them again. Only a SHA-256 of each address is stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use diesel::prelude::*;
 use diesel::upsert::on_constraint;
@@ -72,21 +72,24 @@ pub async fn disable(
         .await?)
 }
 
-/// Which of `addresses` are disabled on `channel`, with why.
+/// Which of `contacts` (channel and address) are disabled, with why, in one query.
 pub async fn disabled_among(
     connection: &mut AsyncPgConnection,
-    channel: Channel,
-    addresses: &[&str],
-) -> Result<Vec<(String, Disabled)>> {
-    if addresses.is_empty() {
+    contacts: &[(Channel, &str)],
+) -> Result<Vec<(Channel, String, Disabled)>> {
+    if contacts.is_empty() {
         return Ok(Vec::new());
     }
-    let hashes: Vec<Vec<u8>> = addresses
+    let hashes: Vec<Vec<u8>> = contacts
         .iter()
-        .map(|address| address_hash(channel, address))
+        .map(|(channel, address)| address_hash(*channel, address))
+        .collect();
+    let channels: BTreeSet<&str> = contacts
+        .iter()
+        .map(|(channel, _)| channel.as_str())
         .collect();
     let rows: Vec<(Vec<u8>, String, chrono::DateTime<chrono::Utc>)> = disabled_contacts::table
-        .filter(disabled_contacts::channel.eq(channel.as_str()))
+        .filter(disabled_contacts::channel.eq_any(channels))
         .filter(disabled_contacts::address_hash.eq_any(&hashes))
         .select((
             disabled_contacts::address_hash,
@@ -107,13 +110,13 @@ pub async fn disabled_among(
             )
         })
         .collect();
-    Ok(addresses
+    Ok(contacts
         .iter()
         .zip(&hashes)
-        .filter_map(|(address, hash)| {
+        .filter_map(|((channel, address), hash)| {
             disabled
                 .get(hash)
-                .map(|why| ((*address).to_owned(), why.clone()))
+                .map(|why| (*channel, (*address).to_owned(), why.clone()))
         })
         .collect())
 }

@@ -540,12 +540,12 @@ impl<P: ChannelProvider> Inner<P> {
                     return Ok(None);
                 };
                 let disabled =
-                    herald_db::contacts::disabled_among(connection, context.channel, &[address])
+                    herald_db::contacts::disabled_among(connection, &[(context.channel, address)])
                         .await?;
                 Ok(disabled
                     .into_iter()
                     .next()
-                    .map(|(_, why)| Outcome::Suppressed {
+                    .map(|(_, _, why)| Outcome::Suppressed {
                         reason: format!(
                             "address_disabled: the {} address was disabled on {} ({})",
                             context.channel,
@@ -555,16 +555,16 @@ impl<P: ChannelProvider> Inner<P> {
                     }))
             }
             Channel::Push => {
-                let tokens: Vec<&str> = context
+                let tokens: Vec<(Channel, &str)> = context
                     .device_tokens
                     .iter()
-                    .map(|device| device.token.as_str())
+                    .map(|device| (Channel::Push, device.token.as_str()))
                     .collect();
                 let disabled: Vec<String> =
-                    herald_db::contacts::disabled_among(connection, Channel::Push, &tokens)
+                    herald_db::contacts::disabled_among(connection, &tokens)
                         .await?
                         .into_iter()
-                        .map(|(token, _)| token)
+                        .map(|(_, token, _)| token)
                         .collect();
                 context
                     .device_tokens

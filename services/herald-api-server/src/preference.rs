@@ -233,39 +233,35 @@ async fn message_with_status(
     let Some(contacts) = preferences.contacts.as_mut() else {
         return Ok(preferences);
     };
-    let reason = |found: Vec<(String, herald_db::contacts::Disabled)>| {
-        found
-            .into_iter()
-            .next()
-            .map(|(_, why)| why.reason)
-            .unwrap_or_default()
-    };
-    if !contacts.email.is_empty() {
-        contacts.email_disabled_reason = reason(
-            contacts::disabled_among(connection, Channel::Email, &[contacts.email.as_str()])
-                .await?,
-        );
-    }
-    if !contacts.phone.is_empty() {
-        contacts.phone_disabled_reason = reason(
-            contacts::disabled_among(connection, Channel::Sms, &[contacts.phone.as_str()]).await?,
-        );
-    }
-    let tokens: Vec<&str> = contacts
+    let mut asked: Vec<(Channel, &str)> = contacts
         .device_tokens
         .iter()
-        .map(|device| device.token.as_str())
+        .map(|device| (Channel::Push, device.token.as_str()))
         .collect();
-    let disabled: std::collections::HashMap<String, String> =
-        contacts::disabled_among(connection, Channel::Push, &tokens)
+    for (channel, address) in [
+        (Channel::Email, contacts.email.as_str()),
+        (Channel::Sms, contacts.phone.as_str()),
+    ] {
+        if !address.is_empty() {
+            asked.push((channel, address));
+        }
+    }
+    let disabled: std::collections::HashMap<(Channel, String), String> =
+        contacts::disabled_among(connection, &asked)
             .await?
             .into_iter()
-            .map(|(token, why)| (token, why.reason))
+            .map(|(channel, address, why)| ((channel, address), why.reason))
             .collect();
+    let reason = |channel: Channel, address: &str| {
+        disabled
+            .get(&(channel, address.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    contacts.email_disabled_reason = reason(Channel::Email, &contacts.email);
+    contacts.phone_disabled_reason = reason(Channel::Sms, &contacts.phone);
     for device in &mut contacts.device_tokens {
-        if let Some(reason) = disabled.get(&device.token) {
-            device.disabled_reason.clone_from(reason);
-        }
+        device.disabled_reason = reason(Channel::Push, &device.token);
     }
     Ok(preferences)
 }
