@@ -2,10 +2,11 @@
 //! `ValueError`; callers prefix the field name.
 
 use chrono::{DateTime, Utc};
-use herald_domain::{Channel, DeliveryState, Priority, ValueError};
+use herald_domain::{Channel, DeliveryState, Platform, Priority, ValueError};
 use prost_types::value::Kind;
 
 use crate::common;
+use crate::preference;
 use crate::submit;
 
 impl TryFrom<common::Channel> for Channel {
@@ -31,6 +32,29 @@ impl From<Channel> for common::Channel {
             Channel::Push => Self::Push,
             Channel::InApp => Self::InApp,
             Channel::Chat => Self::Chat,
+        }
+    }
+}
+
+impl TryFrom<preference::Platform> for Platform {
+    type Error = ValueError;
+
+    fn try_from(platform: preference::Platform) -> Result<Self, Self::Error> {
+        match platform {
+            preference::Platform::Android => Ok(Self::Android),
+            preference::Platform::Ios => Ok(Self::Ios),
+            preference::Platform::Web => Ok(Self::Web),
+            preference::Platform::Unspecified => Err(ValueError("must name a platform".into())),
+        }
+    }
+}
+
+impl From<Platform> for preference::Platform {
+    fn from(platform: Platform) -> Self {
+        match platform {
+            Platform::Android => Self::Android,
+            Platform::Ios => Self::Ios,
+            Platform::Web => Self::Web,
         }
     }
 }

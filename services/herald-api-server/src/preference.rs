@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use herald_db::contacts;
 use herald_db::preferences::{self, PreferenceRecord};
-use herald_domain::{Category, Channel, EmailAddress, Role, TimeZone};
+use herald_domain::{Category, Channel, EmailAddress, Platform, Role, TimeZone, ValueError};
 use herald_proto::preference::{
     self as pb, DeletePreferencesRequest, DeletePreferencesResponse, GetPreferencesRequest,
     UpdatePreferencesRequest, preference_service_server::PreferenceService,
@@ -122,18 +122,15 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                             format!("must be 1 to {MAX_TOKEN} printable ASCII characters"),
                         ));
                     }
-                    let platform = match pb::Platform::try_from(device.platform) {
-                        Ok(pb::Platform::Android) => "android",
-                        Ok(pb::Platform::Ios) => "ios",
-                        Ok(pb::Platform::Web) => "web",
-                        _ => {
-                            return Err(ServiceError::invalid(
-                                &format!("{field}.platform"),
-                                "must name a platform",
-                            ));
-                        }
-                    };
-                    tokens.push(serde_json::json!({"token": device.token, "platform": platform}));
+                    let platform = pb::Platform::try_from(device.platform)
+                        .map_err(|_| ValueError("must name a platform".into()))
+                        .and_then(Platform::try_from)
+                        .map_err(|error| {
+                            ServiceError::invalid(&format!("{field}.platform"), error)
+                        })?;
+                    tokens.push(
+                        serde_json::json!({"token": device.token, "platform": platform.as_str()}),
+                    );
                 }
                 record.device_tokens = serde_json::Value::Array(tokens);
             }
@@ -292,13 +289,12 @@ fn message(record: &PreferenceRecord) -> pb::Preferences {
                         .filter_map(|device| {
                             Some(pb::DeviceToken {
                                 token: device.get("token")?.as_str()?.to_owned(),
-                                platform: match device.get("platform")?.as_str()? {
-                                    "android" => pb::Platform::Android,
-                                    "ios" => pb::Platform::Ios,
-                                    "web" => pb::Platform::Web,
-                                    _ => pb::Platform::Unspecified,
-                                }
-                                .into(),
+                                platform: device
+                                    .get("platform")?
+                                    .as_str()?
+                                    .parse::<Platform>()
+                                    .map_or(pb::Platform::Unspecified, pb::Platform::from)
+                                    .into(),
                                 disabled_reason: String::new(),
                             })
                         })
