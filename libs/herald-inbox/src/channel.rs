@@ -4,7 +4,7 @@
 use herald_db::deliveries::DeliveryContext;
 use herald_db::inbox::{self, NewInboxItem};
 use herald_domain::Channel;
-use herald_templates::Rendered;
+use herald_templates::RenderedInApp;
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
 
 use crate::publisher::InboxPublisher;
@@ -47,11 +47,7 @@ impl InboxChannel {
                 "an in-app delivery needs the recipient's user_id".into(),
             ));
         };
-        let Rendered::InApp(rendered) = herald_worker::render(context, Channel::InApp)? else {
-            return Err(DeliveryError::Permanent(
-                "the template did not render an in-app message".into(),
-            ));
-        };
+        let rendered: RenderedInApp = herald_worker::render(context)?;
         let stored = async {
             let mut connection = herald_db::connection(&self.pool).await?;
             inbox::insert(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::{Channel, DeviceToken, Platform};
-use herald_templates::Rendered;
+use herald_templates::RenderedPush;
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Failover, Receipt};
 
 use crate::apns::ApnsClient;
@@ -110,16 +110,8 @@ impl PushChannel {
     }
 
     async fn attempt(&self, context: &DeliveryContext) -> (Option<String>, DeliveryOutcome) {
-        let rendered = match herald_worker::render(context, Channel::Push) {
-            Ok(Rendered::Push(push)) => push,
-            Ok(_) => {
-                return (
-                    None,
-                    Err(DeliveryError::Permanent(
-                        "the template rendered no push part".into(),
-                    )),
-                );
-            }
+        let rendered: RenderedPush = match herald_worker::render(context) {
+            Ok(push) => push,
             Err(error) => return (None, Err(error)),
         };
         if context.device_tokens.is_empty() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
-use herald_templates::Rendered;
+use herald_templates::RenderedSms;
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Failover};
 
 pub use gateway::HttpGatewayProvider;
@@ -98,14 +98,7 @@ impl SmsChannel {
                 detail: "the phone number is not in E.164 form".into(),
             });
         }
-        let text = match herald_worker::render(context, Channel::Sms)? {
-            Rendered::Sms(sms) => sms.text,
-            _ => {
-                return Err(DeliveryError::Permanent(
-                    "the template rendered no sms part".into(),
-                ));
-            }
-        };
+        let RenderedSms { text } = herald_worker::render(context)?;
         if text.is_empty() {
             return Err(DeliveryError::Permanent("the sms text is empty".into()));
         }

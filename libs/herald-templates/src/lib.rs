@@ -12,7 +12,9 @@ use herald_domain::Channel;
 use serde::{Deserialize, Serialize};
 
 pub use locale::{Locale, LocaleError, MAX_LOCALE_BYTES};
-pub use version::{DEFAULT_LOCALE, MAX_LOCALES, Rendered, VersionContent, VersionError};
+pub use version::{
+    DEFAULT_LOCALE, MAX_LOCALES, Rendered, RenderedPart, VersionContent, VersionError,
+};
 
 /// The largest rendered part, in bytes. Bigger output is `Error::TooLarge`.
 pub const MAX_OUTPUT_BYTES: usize = 512 * 1024;

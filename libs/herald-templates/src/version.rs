@@ -43,6 +43,37 @@ pub enum Rendered {
     Chat(RenderedChat),
 }
 
+/// One channel's rendered part, so callers can ask for it by type
+/// (`render_part::<RenderedSms>`) instead of matching `Rendered`.
+pub trait RenderedPart: Sized {
+    /// The channel whose part this is.
+    const CHANNEL: Channel;
+
+    /// The part, when `rendered` is this channel's.
+    fn from_rendered(rendered: Rendered) -> Option<Self>;
+}
+
+macro_rules! rendered_part {
+    ($part:ty, $channel:ident) => {
+        impl RenderedPart for $part {
+            const CHANNEL: Channel = Channel::$channel;
+
+            fn from_rendered(rendered: Rendered) -> Option<Self> {
+                match rendered {
+                    Rendered::$channel(part) => Some(part),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+rendered_part!(RenderedEmail, Email);
+rendered_part!(RenderedSms, Sms);
+rendered_part!(RenderedPush, Push);
+rendered_part!(RenderedInApp, InApp);
+rendered_part!(RenderedChat, Chat);
+
 /// Why a version is invalid or could not be rendered. Messages start with the request field
 /// they concern (`locales[ko].email.subject …`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use herald_config::Validate;
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
-use herald_templates::Rendered;
+use herald_templates::RenderedChat;
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -250,11 +250,7 @@ impl ChatChannel {
         context: &DeliveryContext,
         destination: &Destination,
     ) -> Result<Receipt, DeliveryError> {
-        let Rendered::Chat(chat) = herald_worker::render(context, Channel::Chat)? else {
-            return Err(DeliveryError::Permanent(
-                "the template rendered no chat part".into(),
-            ));
-        };
+        let chat: RenderedChat = herald_worker::render(context)?;
         let mut fields = serde_json::Map::new();
         fields.insert(
             "notification_id".into(),

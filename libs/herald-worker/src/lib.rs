@@ -10,7 +10,7 @@ use std::time::Duration;
 use herald_config::Validate;
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
-use herald_templates::{Locale, Rendered, VersionContent};
+use herald_templates::{Locale, RenderedPart, VersionContent};
 use serde::Deserialize;
 
 pub use consume::Worker;
@@ -86,11 +86,11 @@ pub trait ChannelProvider: Send + Sync + 'static {
     fn deliver(&self, context: &DeliveryContext) -> impl Future<Output = Attempted> + Send;
 }
 
-/// Renders `channel`'s part of the delivery's template version, in the recipient's locale
-/// through the fallback chain, with the same function as `RenderPreview`
+/// Renders the part `P` (`RenderedSms`, …) of the delivery's template version, in the
+/// recipient's locale through the fallback chain, with the same function as `RenderPreview`
 /// (`VersionContent::render`). A stored locale tag that no longer parses falls back to the
 /// default rather than failing the send. Every error is permanent.
-pub fn render(context: &DeliveryContext, channel: Channel) -> Result<Rendered, DeliveryError> {
+pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryError> {
     let content =
         VersionContent::from_stored(context.template_content.clone()).map_err(|error| {
             DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
@@ -99,10 +99,12 @@ pub fn render(context: &DeliveryContext, channel: Channel) -> Result<Rendered, D
         .locale
         .as_deref()
         .and_then(|tag| Locale::parse(tag).ok());
-    content
-        .render(locale.as_ref(), channel, &context.parameters)
-        .map(|(_, rendered)| rendered)
-        .map_err(|error| DeliveryError::Permanent(format!("template render failed: {error}")))
+    let (_, rendered) = content
+        .render(locale.as_ref(), P::CHANNEL, &context.parameters)
+        .map_err(|error| DeliveryError::Permanent(format!("template render failed: {error}")))?;
+    P::from_rendered(rendered).ok_or_else(|| {
+        DeliveryError::Permanent(format!("the template rendered no {} part", P::CHANNEL))
+    })
 }
 
 /// Consumption, retry and lifecycle settings of a worker.

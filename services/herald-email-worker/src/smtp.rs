@@ -3,7 +3,7 @@
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_smtp::SmtpSettings;
-use herald_templates::{Rendered, RenderedEmail};
+use herald_templates::RenderedEmail;
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -31,7 +31,7 @@ impl SmtpProvider {
         let to: Mailbox = address.parse().map_err(|_| {
             DeliveryError::Permanent("the recipient address is not a valid mailbox".into())
         })?;
-        let rendered = render(context)?;
+        let rendered: RenderedEmail = herald_worker::render(context)?;
         let builder = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -56,16 +56,6 @@ impl SmtpProvider {
         body.map_err(|error| {
             DeliveryError::Permanent(format!("could not build the message: {error}"))
         })
-    }
-}
-
-/// Renders the delivery's email (see `herald_worker::render`).
-fn render(context: &DeliveryContext) -> Result<RenderedEmail, DeliveryError> {
-    match herald_worker::render(context, Channel::Email)? {
-        Rendered::Email(email) => Ok(email),
-        _ => Err(DeliveryError::Permanent(
-            "the template rendered no email part".into(),
-        )),
     }
 }
 
