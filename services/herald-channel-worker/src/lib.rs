@@ -112,31 +112,35 @@ impl Application {
         if !problems.is_empty() {
             anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
         }
+        let pool =
+            herald_db::build_pool(&settings.database).context("building the database pool")?;
         let running = match channel {
             WorkerChannel::Sms => Running::Sms(worker(
                 SmsChannel::new(&settings.sms).context("building the SMS providers")?,
+                pool,
                 &settings,
                 channel,
             )?),
             WorkerChannel::Push => Running::Push(worker(
                 PushChannel::from_settings(&settings.push)
                     .context("building the push providers")?,
+                pool,
                 &settings,
                 channel,
             )?),
             WorkerChannel::InApp => {
-                let pool = herald_db::build_pool(&settings.database)
-                    .context("building the database pool")?;
                 let publisher =
                     InboxPublisher::new(&settings.redis).context("building the inbox publisher")?;
                 Running::InApp(worker(
-                    InboxChannel::new(pool, publisher),
+                    InboxChannel::new(pool.clone(), publisher),
+                    pool,
                     &settings,
                     channel,
                 )?)
             }
             WorkerChannel::Chat => Running::Chat(worker(
                 ChatChannel::new(&settings.chat).context("building the chat destinations")?,
+                pool,
                 &settings,
                 channel,
             )?),
@@ -167,12 +171,13 @@ impl Application {
     }
 }
 
+/// The worker runtime around `provider`, on `pool` (which the in-app provider shares).
 fn worker<P: ChannelProvider>(
     provider: P,
+    pool: herald_db::Pool,
     settings: &Settings,
     channel: WorkerChannel,
 ) -> anyhow::Result<Worker<P>> {
-    let pool = herald_db::build_pool(&settings.database).context("building the database pool")?;
     let redis = RedisCache::new(&settings.redis).context("building the Redis pool")?;
     Ok(Worker::new(
         provider,
