@@ -174,24 +174,37 @@ fn validate(
             })
             .transpose()?;
         for channel in &channels {
-            let (field, missing) = match channel {
-                Channel::Email => ("email", email.is_none() && user_id.is_none()),
-                Channel::Sms => ("phone", phone.is_none() && user_id.is_none()),
-                Channel::Push | Channel::InApp => ("user_id", user_id.is_none()),
-                Channel::Chat => ("chat_destination", chat_destination.is_none()),
+            let (field, given, requirement) = match channel {
+                Channel::Email => (
+                    "email",
+                    email.is_some() || user_id.is_some(),
+                    "is required for the email channel when the recipient has no user_id",
+                ),
+                Channel::Sms => (
+                    "phone",
+                    phone.is_some() || user_id.is_some(),
+                    "is required for the sms channel when the recipient has no user_id",
+                ),
+                Channel::Push => (
+                    "user_id",
+                    user_id.is_some(),
+                    "is required for the push channel (device tokens come from the user's preferences)",
+                ),
+                Channel::InApp => (
+                    "user_id",
+                    user_id.is_some(),
+                    "is required for the in_app channel (the inbox is the user's)",
+                ),
+                Channel::Chat => (
+                    "chat_destination",
+                    chat_destination.is_some(),
+                    "is required for the chat channel",
+                ),
             };
-            if missing {
-                let reason = match channel {
-                    Channel::Email | Channel::Sms => {
-                        format!("is required for the {channel} channel when the recipient has no user_id")
-                    }
-                    Channel::Push => "is required for the push channel (device tokens come from the user's preferences)".to_owned(),
-                    Channel::InApp => "is required for the in_app channel (the inbox is the user's)".to_owned(),
-                    Channel::Chat => "is required for the chat channel".to_owned(),
-                };
+            if !given {
                 return Err(ServiceError::invalid(
                     &format!("recipients[{index}].{field}"),
-                    reason,
+                    requirement,
                 ));
             }
         }
