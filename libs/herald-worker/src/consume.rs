@@ -506,20 +506,14 @@ impl<P: ChannelProvider> Inner<P> {
                 }
             }
             let missing = match context.channel {
-                Channel::Email | Channel::Sms => context.address.is_none(),
-                Channel::Push => context.device_tokens.is_empty(),
-                Channel::InApp | Channel::Chat => false,
+                Channel::Email => context.address.is_none().then_some("email address"),
+                Channel::Sms => context.address.is_none().then_some("phone number"),
+                Channel::Push => context.device_tokens.is_empty().then_some("device tokens"),
+                Channel::InApp | Channel::Chat => None,
             };
-            if missing {
+            if let Some(missing) = missing {
                 return Ok(Some(Outcome::Suppressed {
-                    reason: format!(
-                        "no_address: user {user_id} has no {}",
-                        match context.channel {
-                            Channel::Push => "device tokens",
-                            Channel::Sms => "phone number",
-                            _ => "email address",
-                        }
-                    ),
+                    reason: format!("no_address: user {user_id} has no {missing}"),
                 }));
             }
         }
