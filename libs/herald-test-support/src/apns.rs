@@ -23,6 +23,8 @@ use rcgen::{
 use serde_json::{Value, json};
 use tokio_rustls::rustls;
 
+use crate::lock;
+
 /// The largest payload APNs accepts for an alert, in bytes.
 const MAX_PAYLOAD_BYTES: usize = 4096;
 
@@ -208,12 +210,6 @@ impl Drop for ApnsServer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn random_id() -> String {

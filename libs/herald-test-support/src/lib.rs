@@ -52,6 +52,31 @@ pub fn unused_port() -> u16 {
         .port()
 }
 
+/// Locks `mutex`, carrying on through poisoning: test servers keep serving after a handler
+/// panicked.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Serves `app` over plain HTTP on a free loopback port until the task is aborted.
+///
+/// # Panics
+/// When no loopback port is free.
+pub(crate) async fn serve(
+    app: axum::Router,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free loopback port");
+    let address = listener.local_addr().expect("the server's address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (address, task)
+}
+
 /// The socket address a `scheme://user:pass@host:port/...` URL points to.
 ///
 /// # Panics

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,7 +16,7 @@ use axum::routing::post;
 use base64::Engine;
 use serde_json::json;
 
-use crate::eventually;
+use crate::{eventually, lock, serve};
 
 /// One message a loopback provider accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +46,6 @@ struct Recorder<C> {
     requests: AtomicUsize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl<C: Clone> Recorder<C> {
     fn fail_next(&self, count: usize, status: u16, code: C) {
         let status = StatusCode::from_u16(status).expect("a valid HTTP status");
@@ -77,28 +73,8 @@ impl<C: Clone> Recorder<C> {
     }
 }
 
-/// `+` then 8 to 15 digits, the first not zero.
-fn is_e164(number: &str) -> bool {
-    number.strip_prefix('+').is_some_and(|digits| {
-        (8..=15).contains(&digits.len())
-            && digits.bytes().all(|byte| byte.is_ascii_digit())
-            && !digits.starts_with('0')
-    })
-}
-
 fn random_hex() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free loopback port");
-    let address = listener.local_addr().expect("the server's address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (address, task)
 }
 
 /// A Twilio-compatible Messages API on loopback.
@@ -280,7 +256,7 @@ async fn twilio_create_message(
     let Some(to) = parameter("To") else {
         return twilio_error(StatusCode::BAD_REQUEST, 21604);
     };
-    if !is_e164(&to) {
+    if herald_domain::PhoneNumber::parse(&to).is_err() {
         return twilio_error(StatusCode::BAD_REQUEST, 21211);
     }
     if let Some(code) = recorder.invalid_code(&to) {
@@ -463,7 +439,7 @@ async fn gateway_send(
     if request.text.is_empty() || request.from.is_empty() {
         return gateway_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
-    if !is_e164(&request.to) {
+    if herald_domain::PhoneNumber::parse(&request.to).is_err() {
         return gateway_error(StatusCode::BAD_REQUEST, "invalid_number");
     }
     if let Some(code) = recorder.invalid_code(&request.to) {
