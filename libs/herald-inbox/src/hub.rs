@@ -20,8 +20,9 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::InboxSettings;
-use crate::signal::{Signal, channel_name};
+use crate::signal::Signal;
 use crate::{Error, Result};
+use herald_redis::Keyspace;
 
 /// Most channels named in one SUBSCRIBE after a reconnect.
 const SUBSCRIBE_BATCH: usize = 500;
@@ -47,14 +48,14 @@ impl std::fmt::Debug for InboxHub {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("InboxHub")
-            .field("prefix", &self.shared.prefix)
+            .field("keyspace", &self.shared.keyspace)
             .finish_non_exhaustive()
     }
 }
 
 struct Shared {
     client: redis::Client,
-    prefix: String,
+    keyspace: Keyspace,
     settings: InboxSettings,
     registry: Mutex<Registry>,
     /// Wakes the connection task to reconcile subscriptions (a stored permit is never lost).
@@ -146,7 +147,7 @@ impl InboxHub {
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
-                prefix: redis.key_prefix.clone(),
+                keyspace: Keyspace::new(redis.key_prefix.clone()),
                 settings,
                 registry: Mutex::new(Registry::default()),
                 wake: Notify::new(),
@@ -158,7 +159,7 @@ impl InboxHub {
     /// Redis confirmed the user's channel, so that a snapshot taken afterwards misses nothing;
     /// when Redis is away it returns anyway and the stream gets `Resync` once subscribed.
     pub async fn subscribe(&self, user_id: &str) -> Subscription {
-        let channel = channel_name(&self.shared.prefix, user_id);
+        let channel = self.shared.keyspace.inbox_channel(user_id);
         let (receiver, mut confirmed) = {
             let mut registry = self.shared.registry();
             let buffer = self.shared.settings.stream_buffer.max(1);

@@ -10,7 +10,7 @@ pub use channel::{InboxChannel, PROVIDER};
 pub use hub::{InboxHub, Subscription, Update};
 pub use publisher::InboxPublisher;
 pub use settings::InboxSettings;
-pub use signal::{Signal, channel_name};
+pub use signal::Signal;
 
 /// Why a Redis operation of the inbox failed: the same errors as every Redis call in Herald.
 pub use herald_redis::{Error, Result};

@@ -5,15 +5,16 @@ use std::time::Duration;
 use deadpool_redis::redis::AsyncCommands;
 use herald_config::RedisSettings;
 
-use crate::signal::{Signal, channel_name};
+use crate::signal::Signal;
 use crate::{Error, Result};
+use herald_redis::Keyspace;
 
 /// Publishes `Signal`s with `PUBLISH` over a small connection pool. Every command is bounded by
 /// `redis.timeout`.
 #[derive(Clone)]
 pub struct InboxPublisher {
     pool: deadpool_redis::Pool,
-    prefix: String,
+    keyspace: Keyspace,
     timeout: Duration,
 }
 
@@ -21,7 +22,7 @@ impl std::fmt::Debug for InboxPublisher {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("InboxPublisher")
-            .field("prefix", &self.prefix)
+            .field("keyspace", &self.keyspace)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -33,14 +34,14 @@ impl InboxPublisher {
         let pool = herald_redis::build_pool(settings)?;
         Ok(Self {
             pool,
-            prefix: settings.key_prefix.clone(),
+            keyspace: Keyspace::new(settings.key_prefix.clone()),
             timeout: settings.timeout,
         })
     }
 
     /// Publishes `signal` to `user_id`'s channel; returns how many replicas received it.
     pub async fn publish(&self, user_id: &str, signal: &Signal) -> Result<u64> {
-        let channel = channel_name(&self.prefix, user_id);
+        let channel = self.keyspace.inbox_channel(user_id);
         let payload = signal.to_payload();
         tokio::time::timeout(self.timeout, async {
             let mut connection = self

@@ -3,7 +3,6 @@
 //! need from PostgreSQL.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// One change of a user's inbox, as published to the user's channel.
@@ -39,15 +38,4 @@ impl Signal {
     pub fn from_payload(payload: &[u8]) -> Option<Self> {
         serde_json::from_slice(payload).ok()
     }
-}
-
-/// `<prefix>:inbox:<sha256(user_id)>`: the Redis channel of `user_id`'s changes, under the
-/// configured key prefix (so parallel tests and deployments sharing a Redis stay apart). Hashed
-/// like the rate-limit keys, so channel names have a bounded length and carry no caller-chosen
-/// text.
-pub fn channel_name(prefix: &str, user_id: &str) -> String {
-    format!(
-        "{prefix}:inbox:{}",
-        hex::encode(Sha256::digest(user_id.as_bytes()))
-    )
 }

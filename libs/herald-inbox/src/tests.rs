@@ -2,7 +2,8 @@
 
 use uuid::Uuid;
 
-use crate::signal::{Signal, channel_name};
+use crate::signal::Signal;
+use herald_redis::Keyspace;
 
 #[test]
 fn signals_round_trip_through_their_payload() {
@@ -38,6 +39,7 @@ fn unknown_payloads_are_ignored() {
 
 #[test]
 fn channels_are_per_user_under_the_prefix_and_hide_the_user_id() {
+    let channel_name = |prefix: &str, user_id: &str| Keyspace::new(prefix).inbox_channel(user_id);
     let channel = channel_name("test:1", "user-1");
     assert!(channel.starts_with("test:1:inbox:"));
     assert!(!channel.contains("user-1"));

@@ -200,6 +200,17 @@ impl Keyspace {
         )
     }
 
+    /// `<prefix>:inbox:<sha256(user_id)>`: the pub/sub channel of `user_id`'s inbox changes.
+    /// Hashed like the rate-limit keys, so channel names have a bounded length and carry no
+    /// caller-chosen text.
+    pub fn inbox_channel(&self, user_id: &str) -> String {
+        format!(
+            "{}:inbox:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(user_id.as_bytes()))
+        )
+    }
+
     /// `<prefix>:quota:<sha256(identity)>:<window start>`: a caller's submit counter.
     pub fn submit_quota(&self, identity: &Identity, window_start: u64) -> String {
         format!(

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use herald_inbox::{
-    InboxHub, InboxPublisher, InboxSettings, Signal, Subscription, Update, channel_name,
-};
+use herald_inbox::{InboxHub, InboxPublisher, InboxSettings, Signal, Subscription, Update};
 use herald_test_support::{FaultProxy, TestKeyspace, eventually, socket_address_of};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -83,7 +81,7 @@ async fn a_signal_reaches_every_stream_of_its_user_on_every_replica_and_no_other
 async fn a_replica_unsubscribes_when_the_users_last_stream_closes() {
     let keyspace = TestKeyspace::default();
     let (hub, _stop) = start_hub(&keyspace, None, settings());
-    let channel = channel_name(keyspace.prefix(), "user-1");
+    let channel = herald_redis::Keyspace::new(keyspace.prefix()).inbox_channel("user-1");
     let first = hub.subscribe("user-1").await;
     let second = hub.subscribe("user-1").await;
     assert_eq!(subscribers(&keyspace, &channel).await, 1);
@@ -111,7 +109,7 @@ async fn streams_get_a_resync_after_the_connection_comes_back_and_then_signals_a
     let url = proxy.rewrite(keyspace.url(), target);
     let (hub, _stop) = start_hub(&keyspace, Some(&url), settings());
     let mut stream = hub.subscribe("user-1").await;
-    let channel = channel_name(keyspace.prefix(), "user-1");
+    let channel = herald_redis::Keyspace::new(keyspace.prefix()).inbox_channel("user-1");
     assert_eq!(subscribers(&keyspace, &channel).await, 1);
 
     proxy.cut();
