@@ -21,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{ChannelProvider, DeliveryError, WorkerSettings};
 
+/// Put one message back on its queue.
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    requeue: true,
+    multiple: false,
+};
+
 /// Pause before requeueing a message whose delivery could not be read or written because
 /// PostgreSQL was unavailable.
 const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -256,13 +262,7 @@ impl<P: ChannelProvider> Inner<P> {
                         // The delivery is in retry_wait, so putting the message back is safe; it
                         // only comes back sooner than planned.
                         tracing::warn!(error = %error, "Could not schedule a retry; requeueing the message.");
-                        delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                multiple: false,
-                            })
-                            .await
+                        delivery.acker.nack(REQUEUE).await
                     }
                 }
             }
@@ -274,13 +274,7 @@ impl<P: ChannelProvider> Inner<P> {
             }
             Settlement::RequeueAfter(delay) => {
                 tokio::time::sleep(delay).await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
+                delivery.acker.nack(REQUEUE).await
             }
         };
         if let Err(error) = outcome {
