@@ -22,9 +22,9 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::caller;
 use crate::error::{Result, ServiceError};
+use crate::fields::user_id;
 use crate::paging::{decode_token, encode_token};
 
-const MAX_USER_ID: usize = 255;
 const DEFAULT_PAGE_SIZE: u32 = 20;
 const MAX_PAGE_SIZE: u32 = 100;
 const MAX_ITEM_IDS: usize = 500;
@@ -54,7 +54,7 @@ impl InboxApi {
     }
 
     async fn list(&self, request: ListInboxRequest) -> Result<ListInboxResponse> {
-        let user_id = user_id(&request.user_id)?;
+        let user_id = user_id("user_id", &request.user_id)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             size if size <= MAX_PAGE_SIZE => size,
@@ -147,16 +147,6 @@ impl InboxApi {
             );
         }
     }
-}
-
-fn user_id(text: &str) -> Result<String> {
-    if text.trim().is_empty() || text.len() > MAX_USER_ID {
-        return Err(ServiceError::invalid(
-            "user_id",
-            format!("must be 1 to {MAX_USER_ID} non-blank characters"),
-        ));
-    }
-    Ok(text.to_owned())
 }
 
 /// 1 to `MAX_ITEM_IDS` UUIDs, duplicates dropped.
@@ -299,7 +289,7 @@ impl InboxService for InboxApi {
         request: Request<GetUnreadCountRequest>,
     ) -> Result<Response<GetUnreadCountResponse>, Status> {
         caller(&request)?.require(Role::Inbox, "GetUnreadCount")?;
-        let user_id = user_id(&request.get_ref().user_id)?;
+        let user_id = user_id("user_id", &request.get_ref().user_id)?;
         Ok(Response::new(GetUnreadCountResponse {
             unread_count: self.unread_count(&user_id).await?,
         }))
@@ -313,7 +303,7 @@ impl InboxService for InboxApi {
         let caller = caller(&request)?;
         caller.require(Role::Inbox, "MarkRead")?;
         let request = request.into_inner();
-        let user_id = user_id(&request.user_id)?;
+        let user_id = user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, false).await?;
         tracing::info!(caller = %caller.identity, changed = changed.len(), "Inbox items marked read.");
         Ok(Response::new(MarkReadResponse {
@@ -329,7 +319,7 @@ impl InboxService for InboxApi {
     ) -> Result<Response<MarkAllReadResponse>, Status> {
         let caller = caller(&request)?;
         caller.require(Role::Inbox, "MarkAllRead")?;
-        let user_id = user_id(&request.get_ref().user_id)?;
+        let user_id = user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;
@@ -357,7 +347,7 @@ impl InboxService for InboxApi {
         let caller = caller(&request)?;
         caller.require(Role::Inbox, "Archive")?;
         let request = request.into_inner();
-        let user_id = user_id(&request.user_id)?;
+        let user_id = user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, true).await?;
         tracing::info!(caller = %caller.identity, changed = changed.len(), "Inbox items archived.");
         Ok(Response::new(ArchiveResponse {
@@ -374,7 +364,7 @@ impl InboxService for InboxApi {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         caller(&request)?.require(Role::Inbox, "Subscribe")?;
-        let user_id = user_id(&request.get_ref().user_id)?;
+        let user_id = user_id("user_id", &request.get_ref().user_id)?;
         // Subscribed first, then the snapshot: every change committed after the snapshot was
         // read reaches this stream (a change just before may arrive too; counts are re-read).
         let subscription = self.hub.subscribe(&user_id).await;

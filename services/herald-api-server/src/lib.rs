@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod error;
+mod fields;
 mod inbox;
 mod paging;
 mod preference;

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::error::{Result, ServiceError};
+use crate::fields::user_id;
 
-const MAX_USER_ID: usize = 255;
 const MAX_DEVICE_TOKENS: usize = 20;
 const MAX_TOKEN: usize = 4096;
 const MAX_CATEGORIES: usize = 100;
@@ -36,16 +36,6 @@ const PATHS: [&str; 9] = [
 
 pub(crate) struct PreferenceApi {
     state: AppState,
-}
-
-fn user_id(text: &str) -> Result<String> {
-    if text.trim().is_empty() || text.len() > MAX_USER_ID {
-        return Err(ServiceError::invalid(
-            "user_id",
-            format!("must be 1 to {MAX_USER_ID} non-blank characters"),
-        ));
-    }
-    Ok(text.to_owned())
 }
 
 fn channel_map(
@@ -363,7 +353,7 @@ impl PreferenceService for PreferenceApi {
         request: Request<GetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
         caller(&request)?.require(Role::Submit, "GetPreferences")?;
-        let user_id = user_id(&request.get_ref().user_id)?;
+        let user_id = user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;
@@ -390,12 +380,7 @@ impl PreferenceService for PreferenceApi {
         let update = request
             .preferences
             .ok_or_else(|| ServiceError::invalid("preferences", "is required"))?;
-        let user_id = user_id(&update.user_id).map_err(|_| {
-            ServiceError::invalid(
-                "preferences.user_id",
-                format!("must be 1 to {MAX_USER_ID} non-blank characters"),
-            )
-        })?;
+        let user_id = user_id("preferences.user_id", &update.user_id)?;
         let paths: Vec<String> = match request.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths,
             _ => PATHS.iter().map(|path| (*path).to_owned()).collect(),
@@ -429,7 +414,7 @@ impl PreferenceService for PreferenceApi {
     ) -> Result<Response<DeletePreferencesResponse>, Status> {
         let caller = caller(&request)?;
         caller.require(Role::Submit, "DeletePreferences")?;
-        let user_id = user_id(&request.get_ref().user_id)?;
+        let user_id = user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;

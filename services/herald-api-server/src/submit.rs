@@ -25,7 +25,6 @@ use crate::error::{Result, ServiceError};
 const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY: usize = 64;
 const MAX_METADATA_VALUE: usize = 1024;
-const MAX_USER_ID: usize = 255;
 const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
 
 pub(crate) struct SubmitApi {
@@ -140,16 +139,11 @@ fn validate(
     }
     let mut recipients = Vec::with_capacity(request.recipients.len());
     for (index, recipient) in request.recipients.into_iter().enumerate() {
-        let user_id = (!recipient.user_id.is_empty()).then_some(recipient.user_id);
-        if user_id
-            .as_ref()
-            .is_some_and(|id| id.len() > MAX_USER_ID || id.trim().is_empty())
-        {
-            return Err(ServiceError::invalid(
-                &format!("recipients[{index}].user_id"),
-                format!("must be 1 to {MAX_USER_ID} non-blank characters"),
-            ));
-        }
+        let user_id = (!recipient.user_id.is_empty())
+            .then(|| {
+                crate::fields::user_id(&format!("recipients[{index}].user_id"), &recipient.user_id)
+            })
+            .transpose()?;
         let email = if recipient.email.is_empty() {
             None
         } else {
