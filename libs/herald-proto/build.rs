@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "herald/queue/v1/queue.proto",
         "herald/admin/v1/admin.proto",
         "herald/inbox/v1/inbox.proto",
+        "herald/tracking/v1/tracking.proto",
     ]
     .map(|file| root.join(file));
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];

@@ -74,8 +74,8 @@ async fn an_admin_lists_inspects_and_replays_a_failure_once() {
         .collect();
     // `queued` is absent when the worker claimed the delivery before the relay committed.
     let expected: &[&[&str]] = &[
-        &["accepted", "queued", "sending", "failed"],
-        &["accepted", "sending", "failed"],
+        &["accepted", "queued", "sending", "sent", "failed"],
+        &["accepted", "sending", "sent", "failed"],
     ];
     assert!(expected.contains(&kinds.as_slice()), "{kinds:?}");
     let failed = detail.history.last().unwrap();

@@ -57,11 +57,13 @@ pub(crate) async fn contacts_of(app: &TestApp, user_id: &str) -> ContactPoints {
         .unwrap_or_default()
 }
 
-/// `(kind, provider)` of the delivery's attempts that reached a provider, oldest first.
+/// `(kind, provider)` of the outcomes of the delivery's attempts that reached a provider
+/// (without the `sent` event before each), oldest first.
 pub(crate) async fn provider_events(app: &TestApp, delivery_id: &str) -> Vec<(String, String)> {
     app.delivery_events(delivery_id)
         .await
         .into_iter()
+        .filter(|(kind, _)| kind != "sent")
         .filter_map(|(kind, provider)| Some((kind, provider?)))
         .collect()
 }

@@ -40,6 +40,16 @@ fn base_toml_is_valid_for_every_service() {
     assert_eq!(relay.relay.batch_size, 200);
     let worker: herald_email_worker::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(worker.smtp.port, 2525);
+    let tracker: herald_tracker::Settings = herald_config::load(&sources(&[(
+        "HERALD__TRACKING__SECRET",
+        "a-tracking-secret-of-at-least-32-bytes".to_owned(),
+    )]))
+    .unwrap();
+    assert_eq!(
+        tracker.tracking.link_ttl,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    assert!(!worker.tracking.enabled);
     let sentinel: herald_sentinel::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(
         sentinel.alerts.sla.critical,
@@ -107,4 +117,19 @@ fn every_invalid_setting_is_reported_at_once() {
     for expected in ["database.url", "worker.prefetch", "smtp.from"] {
         assert!(error.contains(expected), "{expected} missing from: {error}");
     }
+}
+
+#[test]
+fn the_tracker_needs_a_secret_and_enabled_tracking_needs_one_everywhere() {
+    let error = herald_config::load::<herald_tracker::Settings>(&sources(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("tracking.secret"), "{error}");
+    let error = herald_config::load::<herald_email_worker::Settings>(&sources(&[(
+        "HERALD__TRACKING__ENABLED",
+        "true".to_owned(),
+    )]))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("tracking.secret"), "{error}");
 }

@@ -61,8 +61,8 @@ async fn a_submitted_email_arrives_rendered_at_the_smtp_server_and_is_reported_d
     // `queued` is absent when the worker claimed the delivery before the relay committed.
     let kinds = event_kinds(&app, &delivery.id).await;
     let expected: &[&[&str]] = &[
-        &["accepted", "queued", "sending", "delivered"],
-        &["accepted", "sending", "delivered"],
+        &["accepted", "queued", "sending", "sent", "delivered"],
+        &["accepted", "sending", "sent", "delivered"],
     ];
     assert!(
         expected.contains(

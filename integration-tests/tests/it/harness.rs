@@ -68,7 +68,26 @@ pub(crate) struct TestApp {
     pub(crate) pool: herald_db::Pool,
     clock: herald_domain::SharedClock,
     shutdown: CancellationToken,
+    /// Where `herald-tracker` (open pixel, click redirects) listens.
+    pub(crate) tracker_address: SocketAddr,
+    /// The API server's Prometheus endpoint.
+    pub(crate) api_metrics: SocketAddr,
+    /// The relay's Prometheus endpoint.
+    pub(crate) relay_metrics: SocketAddr,
+    /// The tracker's Prometheus endpoint.
+    pub(crate) tracker_metrics: SocketAddr,
 }
+
+/// Telemetry of every service a test starts: logs only, and Prometheus on a free port.
+pub(crate) fn test_telemetry() -> TelemetrySettings {
+    TelemetrySettings {
+        prometheus_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..TelemetrySettings::default()
+    }
+}
+
+/// The tracking secret the tracker and tracking email workers of every test share.
+pub(crate) const TRACKING_SECRET: &str = "integration-test-tracking-secret-0123456789";
 
 /// Options for `TestApp::spawn_with`.
 #[derive(Debug, Clone)]
@@ -104,7 +123,7 @@ impl TestApp {
     }
 
     /// The API server's settings: port 0, the dev certificates, `database` and `redis`; the
-    /// orders identity has the submit and inbox roles, ops is admin.
+    /// orders identity has the submit, inbox and track roles, ops is admin.
     fn api_settings(
         database: &DatabaseSettings,
         redis: RedisSettings,
@@ -126,7 +145,7 @@ impl TestApp {
                 principals: vec![
                     herald_api_server::PrincipalSettings {
                         identity: ORDERS_IDENTITY.into(),
-                        roles: vec!["submit".into(), "inbox".into()],
+                        roles: vec!["submit".into(), "inbox".into(), "track".into()],
                         quota_per_minute: None,
                     },
                     herald_api_server::PrincipalSettings {
@@ -183,9 +202,14 @@ impl TestApp {
             }),
             options.quota_per_minute,
         );
-        let api = herald_api_server::Application::build(api_settings)
-            .await
-            .expect("building the API server");
+        let api = herald_api_server::Application::build(herald_api_server::Settings {
+            amqp: amqp_settings.clone(),
+            telemetry: test_telemetry(),
+            ..api_settings
+        })
+        .await
+        .expect("building the API server");
+        let api_metrics = api.metrics_addr().expect("the API server serves metrics");
         let clock = options
             .clock
             .clone()
@@ -202,11 +226,27 @@ impl TestApp {
                 poll_interval: Duration::from_millis(10),
                 cleanup_interval: Duration::from_secs(60),
             },
-            telemetry: TelemetrySettings::default(),
+            telemetry: test_telemetry(),
         })
         .expect("building the relay")
         .with_clock(clock.clone());
+        let relay_metrics = relay.metrics_addr().expect("the relay serves metrics");
         tokio::spawn(relay.run_until_stopped(shutdown.clone()));
+
+        let tracker = herald_tracker::Application::build(herald_tracker::Settings {
+            database: database_settings.clone(),
+            tracking: herald_tracking::TrackingSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                secret: SecretString::from(TRACKING_SECRET),
+                ..herald_tracking::TrackingSettings::default()
+            },
+            telemetry: test_telemetry(),
+        })
+        .await
+        .expect("building the tracker");
+        let tracker_address = tracker.local_addr();
+        let tracker_metrics = tracker.metrics_addr().expect("the tracker serves metrics");
+        tokio::spawn(tracker.run_until_stopped(shutdown.clone()));
 
         let app = Self {
             address,
@@ -221,6 +261,10 @@ impl TestApp {
             pool,
             clock,
             shutdown,
+            tracker_address,
+            api_metrics,
+            relay_metrics,
+            tracker_metrics,
         };
         if options.email_worker {
             app.start_email_worker(options.prefetch);
@@ -272,6 +316,18 @@ impl TestApp {
                 ..herald_email_worker::SmtpSettings::default()
             },
             telemetry: TelemetrySettings::default(),
+            // Off: only the tracking tests (which use `tracking_settings`) rewrite HTML.
+            tracking: herald_tracking::TrackingSettings::default(),
+        }
+    }
+
+    /// Tracking on, with links pointing at this app's tracker.
+    pub(crate) fn tracking_settings(&self) -> herald_tracking::TrackingSettings {
+        herald_tracking::TrackingSettings {
+            enabled: true,
+            base_url: format!("http://{}", self.tracker_address),
+            secret: SecretString::from(TRACKING_SECRET),
+            ..herald_tracking::TrackingSettings::default()
         }
     }
 
@@ -353,7 +409,11 @@ impl TestApp {
 
     /// Starts the sentinel, alerting to `webhook_url` (if any) and by email to `email_to`
     /// through this app's SMTP server; `adjust` tweaks the rest.
-    pub(crate) fn start_sentinel(&self, adjust: impl FnOnce(&mut herald_sentinel::AlertSettings)) {
+    /// Returns where it serves Prometheus metrics.
+    pub(crate) fn start_sentinel(
+        &self,
+        adjust: impl FnOnce(&mut herald_sentinel::AlertSettings),
+    ) -> SocketAddr {
         let mut alerts = herald_sentinel::AlertSettings {
             scan_interval: Duration::from_millis(100),
             ..herald_sentinel::AlertSettings::default()
@@ -364,10 +424,14 @@ impl TestApp {
             database: worker.database,
             alerts,
             smtp: worker.smtp,
-            telemetry: TelemetrySettings::default(),
+            telemetry: test_telemetry(),
         })
         .expect("building the sentinel");
+        let metrics = sentinel
+            .metrics_addr()
+            .expect("the sentinel serves metrics");
         tokio::spawn(sentinel.run_until_stopped(self.shutdown.clone()));
+        metrics
     }
 
     pub(crate) async fn admin_client(&self) -> AdminServiceClient<Channel> {

@@ -141,7 +141,7 @@ async fn tracking_events(app: &TestApp, delivery_id: &str) -> Vec<(String, i32)>
     let mut connection = app.pool.get().await.unwrap();
     delivery_events::table
         .filter(delivery_events::delivery_id.eq(delivery_id))
-        .filter(delivery_events::kind.eq_any(["read", "archived"]))
+        .filter(delivery_events::kind.eq_any(["read", "dismissed"]))
         .order(delivery_events::id.asc())
         .select((delivery_events::kind, delivery_events::attempt))
         .load(&mut connection)
@@ -297,7 +297,7 @@ async fn streams_on_two_replicas_see_a_new_item_within_a_second_and_read_state_s
     }
     assert_eq!(
         tracking_events(&app, delivery_id).await,
-        [("read".to_owned(), 1), ("archived".to_owned(), 1)]
+        [("read".to_owned(), 1), ("dismissed".to_owned(), 1)]
     );
 }
 

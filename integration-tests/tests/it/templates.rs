@@ -531,6 +531,7 @@ async fn render_preview_returns_what_the_worker_sends_byte_for_byte() {
             locale: "ko-KR".into(),
             channel: WireChannel::Email.into(),
             parameters: Some(parameters(&[("username", username)])),
+            variant: String::new(),
         })
         .await
         .unwrap()
@@ -566,6 +567,7 @@ async fn render_preview_names_the_missing_parameter_and_the_missing_part() {
             locale: locale.into(),
             channel: channel.into(),
             parameters: Some(parameters(pairs)),
+            variant: String::new(),
         };
     let cases = [
         (

@@ -189,7 +189,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging and tracing.
+/// Logs, OpenTelemetry export and the Prometheus endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
@@ -197,6 +197,20 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub log_filter: String,
+    /// OTLP/gRPC collector endpoint (`http://collector:4317`) receiving traces, metrics and
+    /// tracking log records; empty turns OTLP export off.
+    pub otlp_endpoint: String,
+    /// Share of new traces sampled (0.0–1.0); a caller's sampled `traceparent` is always
+    /// followed (parent-based sampling).
+    pub trace_sample_ratio: f64,
+    /// Extra OpenTelemetry resource attributes, e.g. `deployment.environment.name`.
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// How often metrics are pushed over OTLP.
+    #[serde(with = "humantime_serde")]
+    pub metrics_export_interval: Duration,
+    /// Where the service serves Prometheus text on `GET /metrics`; unset serves nothing.
+    /// Port 0 picks a free port (logged at start).
+    pub prometheus_listen: Option<SocketAddr>,
 }
 
 impl Default for TelemetrySettings {
@@ -204,6 +218,31 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
+            otlp_endpoint: String::new(),
+            trace_sample_ratio: 1.0,
+            resource_attributes: std::collections::BTreeMap::new(),
+            metrics_export_interval: Duration::from_secs(30),
+            prometheus_listen: None,
+        }
+    }
+}
+
+impl Validate for TelemetrySettings {
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            problems.push("telemetry.trace_sample_ratio must be between 0.0 and 1.0".into());
+        }
+        let is_url = ["http://", "https://"]
+            .iter()
+            .any(|scheme| self.otlp_endpoint.starts_with(scheme));
+        if !self.otlp_endpoint.is_empty() && !is_url {
+            problems.push(format!(
+                "telemetry.otlp_endpoint must be an http:// or https:// URL (got {:?})",
+                self.otlp_endpoint
+            ));
+        }
+        if self.metrics_export_interval < Duration::from_secs(1) {
+            problems.push("telemetry.metrics_export_interval must be at least 1s".into());
         }
     }
 }

@@ -9,6 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
+use crate::events::{self, NewEvent};
 use crate::schema::{
     deliveries, delivery_events, failures, notifications, template_versions, templates,
 };
@@ -93,7 +94,7 @@ pub async fn claim(
             } else if !claimable.contains(&state.as_str()) && !due {
                 return Ok(ClaimOutcome::Done);
             }
-            let (attempt, attempts_base) =
+            let (attempt, attempts_base, notification_id, channel) =
                 diesel::update(deliveries::table.filter(deliveries::id.eq(delivery_id.as_uuid())))
                     .set((
                         deliveries::state.eq(DeliveryState::Sending.as_str()),
@@ -101,22 +102,30 @@ pub async fn claim(
                         deliveries::lease_until.eq(lease_until),
                         deliveries::updated_at.eq(now),
                     ))
-                    .returning((deliveries::attempts, deliveries::attempts_base))
-                    .get_result::<(i32, i32)>(connection)
+                    .returning((
+                        deliveries::attempts,
+                        deliveries::attempts_base,
+                        deliveries::notification_id,
+                        deliveries::channel,
+                    ))
+                    .get_result::<(i32, i32, Uuid, String)>(connection)
                     .await?;
             let detail = if takeover {
                 "the previous attempt's lease expired; its outcome is unknown"
             } else {
                 ""
             };
-            insert_event(
+            events::insert(
                 connection,
-                delivery_id,
-                "sending",
-                attempt,
-                detail,
-                None,
-                None,
+                &[NewEvent {
+                    delivery_id: *delivery_id.as_uuid(),
+                    kind: "sending",
+                    attempt,
+                    detail,
+                    notification_id: Some(notification_id),
+                    channel: Some(&channel),
+                    ..NewEvent::default()
+                }],
             )
             .await?;
             Ok(ClaimOutcome::Claimed(Claim {
@@ -174,6 +183,9 @@ pub struct DeliveryContext {
     pub template_content: serde_json::Value,
     /// The recipient's locale tag given at submit, if any.
     pub locale: Option<String>,
+    /// The A/B test variant assigned at submit, whose parts are rendered (`None`: the base
+    /// content).
+    pub variant: Option<String>,
     /// Template parameters (personal data: never log them).
     pub parameters: serde_json::Value,
     /// The claimed attempt's number (1 for the first).
@@ -182,6 +194,9 @@ pub struct DeliveryContext {
     pub cycle_attempt: u32,
     /// Push: the user's enabled device tokens, resolved from preferences before sending.
     pub device_tokens: Vec<herald_domain::DeviceToken>,
+    /// The user opted out of tracking (email: no open pixel, no rewritten links); resolved
+    /// from preferences before sending.
+    pub tracking_opt_out: bool,
 }
 
 /// Loads the context of the claimed delivery.
@@ -201,6 +216,7 @@ pub async fn load_context(
         content,
         parameters,
         locale,
+        variant,
     ) = deliveries::table
         .inner_join(notifications::table)
         .inner_join(
@@ -221,6 +237,7 @@ pub async fn load_context(
             template_versions::content,
             notifications::parameters,
             deliveries::locale,
+            deliveries::variant,
         ))
         .first::<(
             Uuid,
@@ -232,6 +249,7 @@ pub async fn load_context(
             String,
             serde_json::Value,
             serde_json::Value,
+            Option<String>,
             Option<String>,
         )>(connection)
         .await?;
@@ -246,10 +264,12 @@ pub async fn load_context(
         template_key,
         template_content: content,
         locale,
+        variant,
         parameters,
         attempt: u32::try_from(claim.attempt).unwrap_or_default(),
         cycle_attempt: u32::try_from(claim.cycle_attempt).unwrap_or_default(),
         device_tokens: Vec::new(),
+        tracking_opt_out: false,
     })
 }
 
@@ -332,6 +352,15 @@ impl Outcome {
         }
     }
 
+    /// Whether this outcome comes from a provider's answer (rather than a decision not to
+    /// send).
+    fn reached_provider(&self) -> bool {
+        matches!(
+            self,
+            Self::Delivered { .. } | Self::Failed { .. } | Self::RetryWait { .. }
+        )
+    }
+
     fn error_class(&self) -> Option<&'static str> {
         match self {
             Self::Delivered { .. } | Self::Suppressed { .. } | Self::Deferred { .. } => None,
@@ -380,16 +409,28 @@ pub async fn finish(
             let Some((notification_id, channel)) = updated else {
                 return Ok(false);
             };
-            insert_event(
-                connection,
-                claim.delivery_id,
-                state.as_str(),
-                claim.attempt,
-                outcome.detail(),
+            let event = NewEvent {
+                delivery_id: *claim.delivery_id.as_uuid(),
+                kind: state.as_str(),
+                attempt: claim.attempt,
+                detail: outcome.detail(),
                 provider,
-                outcome.error_class(),
-            )
-            .await?;
+                error_class: outcome.error_class(),
+                notification_id: Some(notification_id),
+                channel: Some(&channel),
+            };
+            // `sent`: the attempt was handed to a provider, whatever it answered.
+            let sent = provider
+                .filter(|_| outcome.reached_provider())
+                .map(|provider| NewEvent {
+                    kind: "sent",
+                    detail: "",
+                    provider: Some(provider),
+                    error_class: None,
+                    ..event.clone()
+                });
+            let recorded: Vec<NewEvent<'_>> = sent.into_iter().chain([event]).collect();
+            events::insert(connection, &recorded).await?;
             if let Outcome::Deferred { until, .. } = outcome {
                 diesel::update(
                     deliveries::table.filter(deliveries::id.eq(claim.delivery_id.as_uuid())),
@@ -430,29 +471,6 @@ pub async fn finish(
             Ok(true)
         })
         .await
-}
-
-async fn insert_event(
-    connection: &mut AsyncPgConnection,
-    delivery_id: DeliveryId,
-    kind: &str,
-    attempt: i32,
-    detail: &str,
-    provider: Option<&str>,
-    error_class: Option<&str>,
-) -> Result<()> {
-    diesel::insert_into(delivery_events::table)
-        .values((
-            delivery_events::delivery_id.eq(delivery_id.as_uuid()),
-            delivery_events::kind.eq(kind),
-            delivery_events::attempt.eq(attempt),
-            delivery_events::detail.eq(detail),
-            delivery_events::provider.eq(provider),
-            delivery_events::error_class.eq(error_class),
-        ))
-        .execute(connection)
-        .await?;
-    Ok(())
 }
 
 /// The kinds of a delivery's events, oldest first.

@@ -346,15 +346,20 @@ async fn resolve(
                         .select(notifications::priority)
                         .first::<i16>(connection)
                         .await?;
-                    diesel::insert_into(delivery_events::table)
-                        .values((
-                            delivery_events::delivery_id.eq(delivery_id),
-                            delivery_events::kind.eq("replayed"),
-                            delivery_events::attempt.eq(attempts),
-                            delivery_events::detail.eq(format!("by {actor}: {reason}")),
-                        ))
-                        .execute(connection)
-                        .await?;
+                    let detail = format!("by {actor}: {reason}");
+                    crate::events::insert(
+                        connection,
+                        &[crate::events::NewEvent {
+                            delivery_id,
+                            kind: "replayed",
+                            attempt: attempts,
+                            detail: &detail,
+                            notification_id: Some(notification_id),
+                            channel: Some(&channel),
+                            ..crate::events::NewEvent::default()
+                        }],
+                    )
+                    .await?;
                     diesel::insert_into(outbox::table)
                         .values((
                             outbox::delivery_id.eq(delivery_id),

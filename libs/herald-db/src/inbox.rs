@@ -1,15 +1,16 @@
 //! The in-app inbox: items the in-app channel stores for a user, read and archived through
 //! `InboxService`. Reading and archiving are tracking events: each item that actually changes
-//! gets a `delivery_events` row (`read` / `archived`) in the same transaction as its new state.
+//! gets a `delivery_events` row (`read` / `dismissed`, recorded once per delivery through
+//! `events::record_once`) in the same transaction as its new state.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{DeliveryId, NotificationId};
 use uuid::Uuid;
 
-use crate::schema::{deliveries, delivery_events, inbox_items};
+use crate::events::EngagementKind;
+use crate::schema::inbox_items;
 use crate::{Error, Result};
 
 /// One item in a user's inbox. Title, body and action URL are personal data: `Debug` leaves
@@ -228,10 +229,10 @@ enum Change {
 }
 
 impl Change {
-    fn event_kind(self) -> &'static str {
+    fn event_kind(self) -> EngagementKind {
         match self {
-            Self::Read => "read",
-            Self::Archive => "archived",
+            Self::Read => EngagementKind::Read,
+            Self::Archive => EngagementKind::Dismissed,
         }
     }
 }
@@ -317,25 +318,7 @@ async fn change(
             if !updated.is_empty() {
                 let delivery_ids: Vec<Uuid> =
                     updated.iter().map(|(_, delivery)| *delivery).collect();
-                diesel::insert_into(delivery_events::table)
-                    .values(
-                        deliveries::table
-                            .filter(deliveries::id.eq_any(delivery_ids))
-                            .select((
-                                deliveries::id,
-                                change.event_kind().into_sql::<Text>(),
-                                deliveries::attempts,
-                                "".into_sql::<Text>(),
-                            )),
-                    )
-                    .into_columns((
-                        delivery_events::delivery_id,
-                        delivery_events::kind,
-                        delivery_events::attempt,
-                        delivery_events::detail,
-                    ))
-                    .execute(connection)
-                    .await?;
+                crate::events::record_once(connection, change.event_kind(), &delivery_ids).await?;
             }
             let mut changed: Vec<Uuid> = updated.into_iter().map(|(id, _)| id).collect();
             changed.sort_unstable();

@@ -4,14 +4,17 @@ pub mod alerts;
 pub mod contacts;
 pub mod deliveries;
 mod error;
+pub mod events;
 pub mod failures;
 pub mod inbox;
+pub mod monitor;
 pub mod notifications;
 pub mod outbox;
 mod pool;
 pub mod preferences;
 pub mod schema;
 pub mod templates;
+pub mod variants;
 
 pub use error::{Error, Result};
 pub use pool::{Connection, Pool, build_pool, connection, run_migrations};

@@ -6,9 +6,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
 use uuid::Uuid;
 
-use crate::schema::{
-    deliveries, delivery_events, idempotency_keys, notifications, outbox, templates,
-};
+use crate::schema::{deliveries, idempotency_keys, notifications, outbox, templates};
 use crate::{Error, Result};
 
 /// A validated notification ready to store.
@@ -57,6 +55,8 @@ pub struct NewDelivery {
     pub address: Option<String>,
     /// The recipient's locale tag from the submit, if given.
     pub locale: Option<String>,
+    /// The A/B test variant assigned at submit, when the template version has variants.
+    pub variant: Option<String>,
     /// What happens to it: sent now, held until `ScheduledFor`, or suppressed.
     pub disposition: Disposition,
 }
@@ -121,6 +121,7 @@ pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -
                         deliveries::user_id.eq(delivery.user_id.clone()),
                         deliveries::address.eq(delivery.address.clone()),
                         deliveries::locale.eq(delivery.locale.clone()),
+                        deliveries::variant.eq(delivery.variant.clone()),
                         deliveries::state.eq(match &delivery.disposition {
                             Disposition::Now => DeliveryState::Pending.as_str(),
                             Disposition::ScheduledFor(_) => DeliveryState::Scheduled.as_str(),
@@ -141,37 +142,38 @@ pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -
                 .values(&delivery_rows)
                 .execute(connection)
                 .await?;
+            let details: Vec<Option<(&str, String)>> = new
+                .deliveries
+                .iter()
+                .map(|delivery| match &delivery.disposition {
+                    Disposition::Now => None,
+                    Disposition::ScheduledFor(at) => {
+                        Some(("scheduled", format!("until {}", at.to_rfc3339())))
+                    }
+                    Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
+                })
+                .collect();
             let event_rows: Vec<_> = new
                 .deliveries
                 .iter()
-                .flat_map(|delivery| {
-                    let accepted = (
-                        delivery_events::delivery_id.eq(*delivery.id.as_uuid()),
-                        delivery_events::kind.eq("accepted"),
-                        delivery_events::attempt.eq(0),
-                        delivery_events::detail.eq(String::new()),
-                    );
-                    let then = match &delivery.disposition {
-                        Disposition::Now => None,
-                        Disposition::ScheduledFor(at) => {
-                            Some(("scheduled", format!("until {}", at.to_rfc3339())))
-                        }
-                        Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
+                .zip(&details)
+                .flat_map(|(delivery, then)| {
+                    let accepted = crate::events::NewEvent {
+                        delivery_id: *delivery.id.as_uuid(),
+                        kind: "accepted",
+                        notification_id: Some(*new.id.as_uuid()),
+                        channel: Some(delivery.channel.as_str()),
+                        ..crate::events::NewEvent::default()
                     };
-                    std::iter::once(accepted).chain(then.map(|(kind, detail)| {
-                        (
-                            delivery_events::delivery_id.eq(*delivery.id.as_uuid()),
-                            delivery_events::kind.eq(kind),
-                            delivery_events::attempt.eq(0),
-                            delivery_events::detail.eq(detail),
-                        )
-                    }))
+                    let then = then.as_ref().map(|(kind, detail)| crate::events::NewEvent {
+                        kind,
+                        detail,
+                        ..accepted.clone()
+                    });
+                    std::iter::once(accepted).chain(then)
                 })
                 .collect();
-            diesel::insert_into(delivery_events::table)
-                .values(&event_rows)
-                .execute(connection)
-                .await?;
+            crate::events::insert(connection, &event_rows).await?;
             let now = Utc::now();
             let outbox_rows: Vec<_> = new
                 .deliveries
@@ -334,6 +336,8 @@ pub struct DeliveryRecord {
     pub delivered_at: Option<DateTime<Utc>>,
     /// When a scheduled delivery becomes due.
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The A/B test variant assigned at submit.
+    pub variant: Option<String>,
 }
 
 type DeliveryRow = (
@@ -349,6 +353,7 @@ type DeliveryRow = (
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
 );
 
 fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
@@ -365,6 +370,7 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
         queued_at,
         delivered_at,
         scheduled_for,
+        variant,
     ) = row;
     Ok(DeliveryRecord {
         id: id.into(),
@@ -379,6 +385,7 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
         queued_at,
         delivered_at,
         scheduled_for,
+        variant,
     })
 }
 
@@ -437,6 +444,7 @@ pub async fn load(
             deliveries::queued_at,
             deliveries::delivered_at,
             deliveries::scheduled_for,
+            deliveries::variant,
         ))
         .load::<DeliveryRow>(connection)
         .await?;

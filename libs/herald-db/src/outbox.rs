@@ -12,7 +12,7 @@ use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority
 use uuid::Uuid;
 
 use crate::Result;
-use crate::schema::{deliveries, delivery_events, outbox};
+use crate::schema::{deliveries, outbox};
 
 /// An unpublished outbox row.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct OutboxRow {
     pub trace_context: serde_json::Value,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
+    /// When it became due (its `send_at`, else `created_at`): relay lag counts from here.
+    pub available_at: DateTime<Utc>,
 }
 
 /// Locks up to `limit` unpublished rows due at `now`, oldest first, skipping rows another
@@ -53,6 +55,7 @@ pub async fn lock_unpublished(
             outbox::priority,
             outbox::trace_context,
             outbox::created_at,
+            outbox::available_at,
         ))
         .for_update()
         .skip_locked()
@@ -64,11 +67,21 @@ pub async fn lock_unpublished(
             i16,
             serde_json::Value,
             DateTime<Utc>,
+            DateTime<Utc>,
         )>(connection)
         .await?;
     rows.into_iter()
         .map(
-            |(id, delivery_id, notification_id, channel, priority, trace_context, created_at)| {
+            |(
+                id,
+                delivery_id,
+                notification_id,
+                channel,
+                priority,
+                trace_context,
+                created_at,
+                available_at,
+            )| {
                 Ok(OutboxRow {
                     id,
                     delivery_id: delivery_id.into(),
@@ -77,6 +90,7 @@ pub async fn lock_unpublished(
                     priority: Priority::from_i16(priority)?,
                     trace_context,
                     created_at,
+                    available_at,
                 })
             },
         )
@@ -120,20 +134,18 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     .returning(deliveries::id)
     .get_results(connection)
     .await?;
-    let events: Vec<_> = queued
+    let events: Vec<_> = rows
         .iter()
-        .map(|delivery_id| {
-            (
-                delivery_events::delivery_id.eq(*delivery_id),
-                delivery_events::kind.eq("queued"),
-                delivery_events::attempt.eq(0),
-            )
+        .filter(|row| queued.contains(row.delivery_id.as_uuid()))
+        .map(|row| crate::events::NewEvent {
+            delivery_id: *row.delivery_id.as_uuid(),
+            kind: "queued",
+            notification_id: Some(*row.notification_id.as_uuid()),
+            channel: Some(row.channel.as_str()),
+            ..crate::events::NewEvent::default()
         })
         .collect();
-    diesel::insert_into(delivery_events::table)
-        .values(&events)
-        .execute(connection)
-        .await?;
+    crate::events::insert(connection, &events).await?;
     Ok(())
 }
 

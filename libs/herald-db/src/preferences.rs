@@ -36,6 +36,8 @@ pub struct PreferenceRecord {
     pub updated_at: DateTime<Utc>,
     /// Who made the last change.
     pub updated_by: String,
+    /// No open pixel and no click-tracking links in this user's email.
+    pub tracking_opt_out: bool,
 }
 
 impl PreferenceRecord {
@@ -54,6 +56,7 @@ impl PreferenceRecord {
             global_opt_out: false,
             updated_at: Utc::now(),
             updated_by: String::new(),
+            tracking_opt_out: false,
         }
     }
 }

@@ -40,6 +40,7 @@ diesel::table! {
         occurred_at -> Timestamptz,
         provider -> Nullable<Text>,
         error_class -> Nullable<Text>,
+        dedupe_key -> Nullable<Text>,
     }
 }
 
@@ -63,6 +64,7 @@ diesel::table! {
         sla_alerted_at -> Nullable<Timestamptz>,
         locale -> Nullable<Text>,
         scheduled_for -> Nullable<Timestamptz>,
+        variant -> Nullable<Text>,
     }
 }
 
@@ -152,6 +154,7 @@ diesel::table! {
         global_opt_out -> Bool,
         updated_at -> Timestamptz,
         updated_by -> Text,
+        tracking_opt_out -> Bool,
     }
 }
 

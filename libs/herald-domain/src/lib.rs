@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod clock;
+mod experiment;
 mod ids;
 mod preference;
 mod quiet_hours;
@@ -8,13 +9,14 @@ mod state;
 mod values;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use experiment::{Subject, ZTest, assign_variant, two_proportion_z_test};
 pub use ids::{DeliveryId, NotificationId, TemplateId};
 pub use preference::{Overrides, UserPreferences, Verdict};
 pub use quiet_hours::{QuietHours, TimeZone, parse_time_of_day, parse_weekday};
 pub use state::DeliveryState;
 pub use values::{
     Category, Channel, DeviceToken, EmailAddress, IdempotencyKey, Identity, PhoneNumber, Platform,
-    Priority, Role, TemplateKey,
+    Priority, Role, TemplateKey, VariantName,
 };
 
 /// Why a value was rejected. The message names the rule that was broken, lowercase, without

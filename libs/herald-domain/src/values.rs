@@ -301,6 +301,11 @@ slug_type!(
     Category,
     64
 );
+slug_type!(
+    /// The name of an A/B test variant of a template, e.g. `control` or `short-subject`.
+    VariantName,
+    64
+);
 
 /// A caller-chosen key that makes a submit safe to retry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -369,18 +374,21 @@ pub enum Role {
     Admin,
     /// Read and change users' in-app inboxes (`InboxService`).
     Inbox,
+    /// Record and read tracking events (`TrackingService`).
+    Track,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Self; 3] = [Self::Submit, Self::Admin, Self::Inbox];
+    pub const ALL: [Self; 4] = [Self::Submit, Self::Admin, Self::Inbox, Self::Track];
 
-    /// The configured name (`submit`, `admin`, `inbox`).
+    /// The configured name (`submit`, `admin`, `inbox`, `track`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Submit => "submit",
             Self::Admin => "admin",
             Self::Inbox => "inbox",
+            Self::Track => "track",
         }
     }
 }
@@ -394,7 +402,7 @@ impl FromStr for Role {
             .find(|role| role.as_str() == text)
             .ok_or_else(|| {
                 ValueError::new(format!(
-                    "unknown role `{text}` (expected `submit`, `admin` or `inbox`)"
+                    "unknown role `{text}` (expected `submit`, `admin`, `inbox` or `track`)"
                 ))
             })
     }

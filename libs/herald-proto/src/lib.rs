@@ -24,6 +24,8 @@ pub use generated::herald::queue::v1 as queue;
 pub use generated::herald::submit::v1 as submit;
 /// `herald.template.v1`: TemplateService.
 pub use generated::herald::template::v1 as template;
+/// `herald.tracking.v1`: TrackingService.
+pub use generated::herald::tracking::v1 as tracking;
 
 /// The encoded `FileDescriptorSet` of every Herald proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("herald_descriptor");

@@ -253,6 +253,14 @@ impl ChannelProvider for PushChannel {
         Channel::Push
     }
 
+    fn circuit_states(&self) -> Vec<(String, herald_worker::CircuitState)> {
+        let apns = self.apns.iter().flat_map(Failover::states);
+        let fcm = self.fcm.iter().flat_map(Failover::states);
+        apns.chain(fcm)
+            .map(|(name, state)| (name.to_owned(), state))
+            .collect()
+    }
+
     async fn deliver(&self, context: &DeliveryContext) -> Attempted {
         let (provider, result) = self.attempt(context).await;
         Attempted {

@@ -202,6 +202,93 @@ pub async fn declare_retry_topology(
     Ok(())
 }
 
+/// The W3C trace context (`traceparent`, `tracestate`) in a consumed message's AMQP headers.
+pub fn trace_headers(properties: &BasicProperties) -> std::collections::HashMap<String, String> {
+    properties
+        .headers()
+        .as_ref()
+        .map(|headers| {
+            headers
+                .inner()
+                .iter()
+                .filter(|(key, _)| matches!(key.as_str(), "traceparent" | "tracestate"))
+                .filter_map(|(key, value)| match value {
+                    AMQPValue::LongString(text) => Some((
+                        key.to_string(),
+                        String::from_utf8_lossy(text.as_bytes()).into_owned(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Messages ready and consumers attached on one queue, as the broker reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Messages ready for delivery (not counting unacknowledged ones).
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// Asks the broker for `queue`'s depth with a passive declare. A queue that does not exist
+/// yet closes `channel` with NOT_FOUND: use a channel of its own per call.
+pub async fn queue_depth(channel: &lapin::Channel, queue: &str) -> Result<QueueDepth> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(QueueDepth {
+        messages: declared.message_count(),
+        consumers: declared.consumer_count(),
+    })
+}
+
+/// The broker's counts for one channel's work and dead-letter queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelDepths {
+    /// The channel.
+    pub channel: Channel,
+    /// `herald.<channel>.deliver`; `None` when the queue is not declared yet.
+    pub work: Option<QueueDepth>,
+    /// `herald.<channel>.deliver.dlq`; `None` when the queue is not declared yet.
+    pub dead_letters: Option<QueueDepth>,
+}
+
+/// The broker's counts for every channel's queues. Each passive declare gets a channel of its
+/// own, so a queue not declared yet (the broker closes the channel with NOT_FOUND) reads as
+/// `None` without affecting the others.
+pub async fn channel_depths(connection: &lapin::Connection) -> Result<Vec<ChannelDepths>> {
+    async fn depth(connection: &lapin::Connection, queue: &str) -> Result<Option<QueueDepth>> {
+        let channel = connection.create_channel().await?;
+        match queue_depth(&channel, queue).await {
+            Ok(depth) => {
+                let _closed = channel.close(200, "depth read".into()).await;
+                Ok(Some(depth))
+            }
+            Err(Error::Amqp(error)) if !connection.status().connected() => Err(Error::Amqp(error)),
+            Err(_) => Ok(None),
+        }
+    }
+    let mut depths = Vec::with_capacity(Channel::ALL.len());
+    for channel in Channel::ALL {
+        depths.push(ChannelDepths {
+            channel,
+            work: depth(connection, &work_queue(channel)).await?,
+            dead_letters: depth(connection, &dead_letter_queue(channel)).await?,
+        });
+    }
+    Ok(depths)
+}
+
 /// Publishes delivery messages with publisher confirms.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -261,7 +348,15 @@ impl Publisher {
         priority: Priority,
     ) -> Result<PendingConfirm> {
         let payload = message.encode_to_vec();
+        let mut headers = FieldTable::default();
+        for (key, value) in &message.trace_context {
+            headers.insert(
+                key.as_str().into(),
+                AMQPValue::LongString(value.as_str().into()),
+            );
+        }
         let properties = BasicProperties::default()
+            .with_headers(headers)
             .with_delivery_mode(2)
             .with_priority(priority.amqp_priority())
             .with_content_type(CONTENT_TYPE.into())

@@ -124,6 +124,14 @@ impl ChannelProvider for SmsChannel {
         Channel::Sms
     }
 
+    fn circuit_states(&self) -> Vec<(String, herald_worker::CircuitState)> {
+        self.failover
+            .states()
+            .into_iter()
+            .map(|(name, state)| (name.to_owned(), state))
+            .collect()
+    }
+
     async fn deliver(&self, context: &DeliveryContext) -> Attempted {
         // Checks that need no provider run first, so a bad delivery neither takes a provider's
         // half-open trial slot nor counts for or against its breaker.

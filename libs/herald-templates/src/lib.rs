@@ -2,6 +2,7 @@
 
 mod locale;
 mod parameters;
+mod variant;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +13,7 @@ use herald_domain::Channel;
 use serde::{Deserialize, Serialize};
 
 pub use locale::{Locale, LocaleError, MAX_LOCALE_BYTES};
+pub use variant::{MAX_VARIANTS, MAX_WEIGHT, Variant};
 pub use version::{
     DEFAULT_LOCALE, MAX_LOCALES, Rendered, RenderedPart, VersionContent, VersionError,
 };
@@ -43,6 +45,10 @@ pub struct TemplateContent {
     /// The chat part (Slack-compatible and signed webhooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatPart>,
+    /// A/B test variants (none, or at least two): each replaces some of the parts above for
+    /// the recipients assigned to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
 }
 
 impl TemplateContent {
@@ -199,12 +205,29 @@ pub enum Error {
         /// Which part.
         part: &'static str,
     },
+    /// A variant's name or weight is wrong, or the variants as a whole are.
+    #[error("{field}: {message}")]
+    Field {
+        /// Which field (`variants[1].name`, `variants[b].weight`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// One of a variant's override parts does not compile or render.
+    #[error("variants[{variant}].{error}")]
+    Variant {
+        /// The variant's name.
+        variant: String,
+        /// What failed, naming the part.
+        error: Box<Error>,
+    },
 }
 
 /// `Result` with this crate's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Compiles every part of `content` and returns the parameters they use, sorted.
+/// Compiles every part of `content` (variants' overrides included) and returns the parameters
+/// they use, sorted.
 pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
     let mut parameters = BTreeSet::new();
     if content.channels().is_empty() {
@@ -286,6 +309,7 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
         })?;
         parameters::collect(&template, &mut parameters);
     }
+    variant::validate_variants(content, &mut parameters)?;
     Ok(parameters.into_iter().collect())
 }
 
@@ -296,7 +320,7 @@ fn invalid(part: &'static str, message: &str) -> Error {
     }
 }
 
-/// Renders every part `content` has with `parameters`, which is how a version is checked
+/// Renders every part `content` has (variants' overrides included) with `parameters`, which is how a version is checked
 /// against its sample parameters before it is saved or activated.
 pub fn render_all(content: &TemplateContent, parameters: &serde_json::Value) -> Result<()> {
     if let Some(part) = &content.email {
@@ -314,7 +338,7 @@ pub fn render_all(content: &TemplateContent, parameters: &serde_json::Value) -> 
     if let Some(part) = &content.chat {
         render_chat(part, parameters)?;
     }
-    Ok(())
+    variant::render_variants(content, parameters)
 }
 
 /// Renders an SMS part with `parameters` (a JSON object).

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use herald_domain::Channel;
+use herald_domain::{Channel, Subject};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -98,6 +98,22 @@ pub enum VersionError {
         /// The channel asked for.
         channel: Channel,
     },
+    /// The version has no variant of the requested name.
+    #[error("variant: the template has no variant `{variant}`{}", known_variants(.known))]
+    NoVariant {
+        /// The name asked for.
+        variant: String,
+        /// The variants the version has.
+        known: Vec<String>,
+    },
+}
+
+fn known_variants(known: &[String]) -> String {
+    if known.is_empty() {
+        "; it has no variants".into()
+    } else {
+        format!("; it has {}", known.join(", "))
+    }
 }
 
 impl VersionContent {
@@ -153,15 +169,14 @@ impl VersionContent {
                 "must contain at most {MAX_LOCALES} locales"
             )));
         }
-        let default_channels = self
-            .default_content()
-            .ok_or_else(|| {
-                VersionError::DefaultLocale(format!(
-                    "`{}` has no content in locales",
-                    self.default_locale
-                ))
-            })?
-            .channels();
+        let default_content = self.default_content().ok_or_else(|| {
+            VersionError::DefaultLocale(format!(
+                "`{}` has no content in locales",
+                self.default_locale
+            ))
+        })?;
+        let default_channels = default_content.channels();
+        let default_variants = default_content.variant_weights();
         let mut parameters = BTreeSet::new();
         for (locale, content) in &self.locales {
             let part_error = |error| VersionError::Part {
@@ -169,6 +184,15 @@ impl VersionContent {
                 error,
             };
             parameters.extend(crate::validate(content).map_err(part_error)?);
+            let variants = content.variant_weights();
+            if variants != default_variants {
+                return Err(VersionError::Locales(format!(
+                    "`{locale}` has variants {} but the default locale `{}` has {}; every locale needs the same variants with the same weights, in the same order",
+                    weights(&variants),
+                    self.default_locale,
+                    weights(&default_variants)
+                )));
+            }
             let channels = content.channels();
             if channels != default_channels {
                 return Err(VersionError::Locales(format!(
@@ -201,12 +225,64 @@ impl VersionContent {
         channel: Channel,
         parameters: &serde_json::Value,
     ) -> Result<(Locale, Rendered), VersionError> {
-        let (locale, content) = self.resolve(requested).ok_or_else(|| {
+        self.render_variant(requested, channel, None, parameters)
+    }
+
+    /// The names of the version's A/B test variants, in order (the first is the control).
+    pub fn variant_names(&self) -> Vec<&str> {
+        self.default_content()
+            .map(|content| {
+                content
+                    .variants
+                    .iter()
+                    .map(|variant| variant.name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The variant `subject` gets in the experiment `experiment` (Herald uses the template
+    /// key), or `None` when the version has no variants. Deterministic: see
+    /// `herald_domain::assign_variant`. Every locale has the same variants and weights, so
+    /// the default locale's decide.
+    pub fn assign_variant(&self, experiment: &str, subject: Subject<'_>) -> Option<&str> {
+        let variants = &self.default_content()?.variants;
+        let weights: Vec<u32> = variants.iter().map(|variant| variant.weight).collect();
+        let index = herald_domain::assign_variant(experiment, subject, &weights)?;
+        variants.get(index).map(|variant| variant.name.as_str())
+    }
+
+    /// `render` for the recipients of `variant` (`None`: the base content): the variant's part
+    /// for `channel` when it has one, else the base part.
+    pub fn render_variant(
+        &self,
+        requested: Option<&Locale>,
+        channel: Channel,
+        variant: Option<&str>,
+        parameters: &serde_json::Value,
+    ) -> Result<(Locale, Rendered), VersionError> {
+        let (locale, base) = self.resolve(requested).ok_or_else(|| {
             VersionError::DefaultLocale(format!(
                 "`{}` has no content in locales",
                 self.default_locale
             ))
         })?;
+        let with_variant;
+        let content = match variant {
+            None => base,
+            Some(name) => {
+                let variant = base.variant(name).ok_or_else(|| VersionError::NoVariant {
+                    variant: name.to_owned(),
+                    known: self
+                        .variant_names()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                })?;
+                with_variant = base.with_variant(variant);
+                &with_variant
+            }
+        };
         let part_error = |error| VersionError::Part {
             locale: locale.clone(),
             error,
@@ -236,6 +312,17 @@ impl VersionContent {
         };
         Ok((locale.clone(), rendered))
     }
+}
+
+fn weights(variants: &[(&str, u32)]) -> String {
+    if variants.is_empty() {
+        return "none".into();
+    }
+    variants
+        .iter()
+        .map(|(name, weight)| format!("{name} ({weight})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn names(channels: &BTreeSet<Channel>) -> String {

@@ -14,11 +14,14 @@ use herald_queue::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
 use herald_queue::lapin::types::FieldTable;
+use opentelemetry::KeyValue;
 use prost::Message as _;
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+use crate::instruments::{Instruments, Settled};
 use crate::{ChannelProvider, DeliveryError, WorkerSettings};
 
 /// Put one message back on its queue.
@@ -34,6 +37,7 @@ const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// A channel worker: consumes its channel's queue and delivers through `P`.
 pub struct Worker<P> {
     inner: Inner<P>,
+    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
 }
 
 struct Inner<P> {
@@ -45,6 +49,8 @@ struct Inner<P> {
     limiter: Option<crate::RateLimiter>,
     policy: herald_config::PolicySettings,
     clock: herald_domain::SharedClock,
+    metrics: herald_telemetry::Metrics,
+    instruments: Instruments,
 }
 
 /// What preparing an attempt found.
@@ -77,8 +83,12 @@ impl<P: ChannelProvider> Worker<P> {
         pool: herald_db::Pool,
         service_name: &'static str,
     ) -> Self {
+        let metrics = herald_telemetry::Metrics::local(service_name);
         Self {
+            metrics_endpoint: None,
             inner: Inner {
+                instruments: Instruments::new(&metrics),
+                metrics,
                 provider,
                 settings,
                 amqp,
@@ -105,6 +115,27 @@ impl<P: ChannelProvider> Worker<P> {
         self
     }
 
+    /// Records queue, settlement, provider and circuit figures as `telemetry` says: pushed
+    /// over OTLP when an endpoint is set, and served on `telemetry.prometheus_listen` (bound
+    /// now) while the worker runs. Without it they go to a registry nobody reads.
+    pub fn with_telemetry(
+        mut self,
+        telemetry: &herald_config::TelemetrySettings,
+    ) -> Result<Self, herald_telemetry::Error> {
+        let metrics = herald_telemetry::Metrics::new(telemetry, self.inner.service_name)?;
+        self.metrics_endpoint = herald_telemetry::MetricsEndpoint::bind_configured(telemetry)?;
+        self.inner.instruments = Instruments::new(&metrics);
+        self.inner.metrics = metrics;
+        Ok(self)
+    }
+
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(herald_telemetry::MetricsEndpoint::local_addr)
+    }
+
     /// Reads quiet hours against `clock` (tests inject a manual one).
     #[must_use]
     pub fn with_clock(mut self, clock: herald_domain::SharedClock) -> Self {
@@ -116,7 +147,11 @@ impl<P: ChannelProvider> Worker<P> {
     /// the connection fails. In-flight deliveries finish (within the grace period) before it
     /// returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        if let Some(endpoint) = self.metrics_endpoint {
+            tokio::spawn(endpoint.serve(self.inner.metrics.clone(), shutdown.clone()));
+        }
         let inner = Arc::new(self.inner);
+        let _circuits = Inner::observe_circuits(&inner);
         let emergency = tokio::spawn(Arc::clone(&inner).emergency_path(shutdown.clone()));
         let amqp = &inner.amqp;
         let mut reconnect_delay = amqp.reconnect_min;
@@ -154,6 +189,33 @@ impl<P: ChannelProvider> Worker<P> {
 }
 
 impl<P: ChannelProvider> Inner<P> {
+    /// Reports each provider's circuit state (0 closed, 1 half-open, 2 open) as the
+    /// `herald.provider.circuit.state` gauge while the worker lives.
+    fn observe_circuits(inner: &Arc<Self>) -> opentelemetry::metrics::ObservableGauge<i64> {
+        let weak = Arc::downgrade(inner);
+        inner
+            .metrics
+            .meter()
+            .i64_observable_gauge("herald.provider.circuit.state")
+            .with_description("Circuit breaker state per provider: 0 closed, 1 half-open, 2 open")
+            .with_callback(move |observer| {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let channel = inner.provider.channel();
+                for (provider, state) in inner.provider.circuit_states() {
+                    observer.observe(
+                        state.as_gauge(),
+                        &[
+                            KeyValue::new("herald.channel", channel.as_str()),
+                            KeyValue::new("herald.provider", provider),
+                        ],
+                    );
+                }
+            })
+            .build()
+    }
+
     /// One connection's life: returns `Ok` on shutdown, `Err` when the broker fails.
     async fn consume(
         self: &Arc<Self>,
@@ -244,7 +306,13 @@ impl<P: ChannelProvider> Inner<P> {
             };
             for delivery_id in stranded {
                 tracing::warn!(delivery.id = %delivery_id, channel = %channel, "Critical delivery stranded outside the queue; delivering it on the emergency path.");
-                if let Err(error) = self.attempt(delivery_id).await {
+                let span = tracing::info_span!(
+                    "emergency",
+                    otel.name = %format_args!("deliver {channel} (emergency path)"),
+                    herald.delivery.id = %delivery_id,
+                    herald.attempt = tracing::field::Empty,
+                );
+                if let Err(error) = self.attempt(delivery_id).instrument(span).await {
                     tracing::warn!(delivery.id = %delivery_id, error = %error, "Emergency delivery could not be recorded.");
                 }
             }
@@ -252,50 +320,86 @@ impl<P: ChannelProvider> Inner<P> {
     }
 
     async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
-        let settlement = self.process(&delivery.data).await;
-        let outcome = match settlement {
-            Settlement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Settlement::Retry(delay) => {
-                match self.schedule_retry(&delivery, publisher, delay).await {
-                    Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-                    Err(error) => {
-                        // The delivery is in retry_wait, so putting the message back is safe; it
-                        // only comes back sooner than planned.
-                        tracing::warn!(error = %error, "Could not schedule a retry; requeueing the message.");
-                        delivery.acker.nack(REQUEUE).await
+        let received = tokio::time::Instant::now();
+        let message = DeliveryMessage::decode(delivery.data.as_slice()).ok();
+        let priority = delivery
+            .properties
+            .priority()
+            .and_then(|number| Priority::from_i16(i16::from(number)).ok())
+            .unwrap_or_default();
+        let queue = herald_queue::work_queue(self.provider.channel());
+        let span = consume_span(&delivery, message.as_ref(), &queue);
+        let queue = [
+            KeyValue::new("messaging.destination.name", queue),
+            KeyValue::new("herald.priority", priority.to_string()),
+        ];
+        let waited = message
+            .as_ref()
+            .and_then(|message| message.enqueued_at)
+            .and_then(|enqueued_at| herald_proto::conversions::instant(&enqueued_at))
+            .and_then(|enqueued_at| (chrono::Utc::now() - enqueued_at).to_std().ok());
+        self.instruments.consumed(&queue, waited);
+        let settled = async {
+            let settlement = self.process(message.as_ref()).await;
+            tracing::Span::current().record("herald.settlement", format!("{settlement:?}"));
+            match settlement {
+                Settlement::Ack => (
+                    Settled::Ack,
+                    delivery.acker.ack(BasicAckOptions::default()).await,
+                ),
+                Settlement::Retry(delay) => {
+                    match self
+                        .schedule_retry(message.clone().unwrap_or_default(), publisher, priority, delay)
+                        .await
+                    {
+                        Ok(()) => (
+                            Settled::Retry,
+                            delivery.acker.ack(BasicAckOptions::default()).await,
+                        ),
+                        Err(error) => {
+                            // The delivery is in retry_wait, so putting the message back is
+                            // safe; it only comes back sooner than planned.
+                            tracing::warn!(error = %error, "Could not schedule a retry; requeueing the message.");
+                            (Settled::Requeue, delivery.acker.nack(REQUEUE).await)
+                        }
                     }
                 }
+                Settlement::DeadLetter => (
+                    Settled::DeadLetter,
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await,
+                ),
+                Settlement::RequeueAfter(delay) => {
+                    tokio::time::sleep(delay).await;
+                    (Settled::Requeue, delivery.acker.nack(REQUEUE).await)
+                }
             }
-            Settlement::DeadLetter => {
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
-            }
-            Settlement::RequeueAfter(delay) => {
-                tokio::time::sleep(delay).await;
-                delivery.acker.nack(REQUEUE).await
-            }
-        };
+        }
+        .instrument(span)
+        .await;
+        let (settled, outcome) = settled;
+        self.instruments
+            .settled(&queue, settled, received.elapsed());
         if let Err(error) = outcome {
             // The broker will redeliver; the claim makes the redelivery harmless.
             tracing::warn!(error = %error, "Could not settle a message; it will be redelivered.");
         }
     }
 
-    /// Publishes the message to the delay queue for `delay`, waiting for the confirm.
+    /// Publishes the message to the delay queue for `delay`, waiting for the confirm. The copy
+    /// keeps the trace context of the relay's publish (so the next attempt joins the same
+    /// trace) and carries this attempt's, which the next attempt links to.
     async fn schedule_retry(
         &self,
-        delivery: &Delivery,
+        mut message: DeliveryMessage,
         publisher: &Publisher,
+        priority: Priority,
         delay: Duration,
     ) -> Result<(), herald_queue::Error> {
-        let message = DeliveryMessage::decode(delivery.data.as_slice()).unwrap_or_default();
-        let priority = delivery
-            .properties
-            .priority()
-            .and_then(|number| Priority::from_i16(i16::from(number)).ok())
-            .unwrap_or_default();
+        message.previous_attempt = herald_telemetry::current_context_map();
+        message.enqueued_at = Some(herald_proto::conversions::timestamp(chrono::Utc::now()));
         publisher
             .publish_retry(&message, self.provider.channel(), priority, delay)
             .await?
@@ -305,10 +409,9 @@ impl<P: ChannelProvider> Inner<P> {
 
     /// Handles one message and says how to settle it. Every path that returns `Ack` or
     /// `DeadLetter` has committed the delivery's state first.
-    async fn process(&self, body: &[u8]) -> Settlement {
-        let Some(delivery_id) = DeliveryMessage::decode(body)
-            .ok()
-            .and_then(|message| message.delivery_id.parse::<DeliveryId>().ok())
+    async fn process(&self, message: Option<&DeliveryMessage>) -> Settlement {
+        let Some(delivery_id) =
+            message.and_then(|message| message.delivery_id.parse::<DeliveryId>().ok())
         else {
             tracing::error!("Dead-lettering a message that is not a valid DeliveryMessage.");
             return Settlement::DeadLetter;
@@ -347,6 +450,7 @@ impl<P: ChannelProvider> Inner<P> {
                 ));
             }
         };
+        tracing::Span::current().record("herald.attempt", claim.attempt);
         let context = match self.prepare(&mut connection, &claim).await {
             Ok(Prepared::Send(context)) => *context,
             Ok(Prepared::Settled(settlement)) => return Ok(settlement),
@@ -367,7 +471,42 @@ impl<P: ChannelProvider> Inner<P> {
         };
         // Do not hold a pooled connection across the provider call.
         drop(connection);
-        let crate::Attempted { provider, result } = self.provider.deliver(&context).await;
+        let call = tracing::info_span!(
+            "provider",
+            otel.name = %format_args!("deliver {}", context.channel),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            herald.channel = %context.channel,
+            herald.provider = tracing::field::Empty,
+            herald.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let called_at = tokio::time::Instant::now();
+        let crate::Attempted { provider, result } = self
+            .provider
+            .deliver(&context)
+            .instrument(call.clone())
+            .await;
+        let outcome_name = match &result {
+            Ok(_) => "delivered",
+            Err(DeliveryError::Retryable(_)) => "retryable",
+            Err(DeliveryError::Permanent(_)) => "permanent",
+            Err(DeliveryError::Unknown(_)) => "unknown",
+            Err(DeliveryError::AddressInvalid { .. }) => "address_invalid",
+        };
+        call.record("herald.provider", provider.as_str());
+        call.record("herald.outcome", outcome_name);
+        if result.is_err() {
+            call.record("otel.status_code", "ERROR");
+            call.record("error.type", outcome_name);
+        }
+        drop(call);
+        self.instruments.provider_call(
+            context.channel,
+            &provider,
+            outcome_name,
+            called_at.elapsed(),
+        );
         let invalid_addresses = match &result {
             Ok(receipt) => receipt.invalid_addresses.clone(),
             Err(DeliveryError::AddressInvalid { addresses, .. }) => addresses.clone(),
@@ -498,6 +637,7 @@ impl<P: ChannelProvider> Inner<P> {
                 if context.locale.is_none() {
                     context.locale = record.locale.clone();
                 }
+                context.tracking_opt_out = record.tracking_opt_out;
             }
             let missing = match context.channel {
                 Channel::Email => context.address.is_none().then_some("email address"),
@@ -692,4 +832,40 @@ impl<P: ChannelProvider> Inner<P> {
             }
         }
     }
+}
+
+/// The consumer span of one message (OpenTelemetry messaging conventions): a child of the
+/// relay's publish span, whose context comes in the AMQP headers (or, for messages published
+/// without them, in the body), linked to the attempt that scheduled it when it is a retry.
+fn consume_span(
+    delivery: &Delivery,
+    message: Option<&DeliveryMessage>,
+    queue: &str,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format_args!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "deliver",
+        messaging.destination.name = queue,
+        messaging.message.id = message.map_or("", |message| message.delivery_id.as_str()),
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        herald.delivery.id = message.map_or("", |message| message.delivery_id.as_str()),
+        herald.notification.id = message.map_or("", |message| message.notification_id.as_str()),
+        herald.attempt = tracing::field::Empty,
+        herald.settlement = tracing::field::Empty,
+    );
+    let headers = herald_queue::trace_headers(&delivery.properties);
+    match message {
+        Some(message) if headers.is_empty() => {
+            herald_telemetry::set_parent_from_map(&span, &message.trace_context);
+        }
+        _ => herald_telemetry::set_parent_from_map(&span, &headers),
+    }
+    if let Some(message) = message {
+        herald_telemetry::link_to(&span, &message.previous_attempt);
+    }
+    span
 }

@@ -64,6 +64,15 @@ impl CircuitState {
             Self::HalfOpen => "half_open",
         }
     }
+
+    /// The `herald.provider.circuit.state` gauge value: 0 closed, 1 half-open, 2 open.
+    pub fn as_gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen => 1,
+            Self::Open => 2,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 
 mod consume;
 mod failover;
+mod instruments;
 mod limits;
 
 use std::future::Future;
@@ -84,13 +85,29 @@ pub trait ChannelProvider: Send + Sync + 'static {
 
     /// Renders and sends one delivery. Must not log addresses, parameters or bodies.
     fn deliver(&self, context: &DeliveryContext) -> impl Future<Output = Attempted> + Send;
+
+    /// Each provider's circuit breaker state, reported as a gauge; empty for channels
+    /// without breakers.
+    fn circuit_states(&self) -> Vec<(String, CircuitState)> {
+        Vec::new()
+    }
 }
 
 /// Renders the part `P` (`RenderedSms`, …) of the delivery's template version, in the
-/// recipient's locale through the fallback chain, with the same function as `RenderPreview`
-/// (`VersionContent::render`). A stored locale tag that no longer parses falls back to the
+/// recipient's locale through the fallback chain, for the A/B test variant assigned at submit
+/// (its part when it has one for the channel, else the base part), with the same function as
+/// `RenderPreview` (`VersionContent::render_variant`). A stored locale tag that no longer parses falls back to the
 /// default rather than failing the send. Every error is permanent.
 pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryError> {
+    let _span = tracing::info_span!(
+        "render",
+        otel.name = %format_args!("render {}", P::CHANNEL),
+        herald.channel = %P::CHANNEL,
+        herald.template.key = %context.template_key,
+        herald.variant = context.variant.as_deref().unwrap_or(""),
+        herald.locale = context.locale.as_deref().unwrap_or(""),
+    )
+    .entered();
     let content =
         VersionContent::from_stored(context.template_content.clone()).map_err(|error| {
             DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
@@ -100,7 +117,12 @@ pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryE
         .as_deref()
         .and_then(|tag| Locale::parse(tag).ok());
     let (_, rendered) = content
-        .render(locale.as_ref(), P::CHANNEL, &context.parameters)
+        .render_variant(
+            locale.as_ref(),
+            P::CHANNEL,
+            context.variant.as_deref(),
+            &context.parameters,
+        )
         .map_err(|error| DeliveryError::Permanent(format!("template render failed: {error}")))?;
     P::from_rendered(rendered).ok_or_else(|| {
         DeliveryError::Permanent(format!("the template rendered no {} part", P::CHANNEL))

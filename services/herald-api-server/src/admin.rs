@@ -208,9 +208,97 @@ fn failure_message(record: FailureRecord) -> pb::Failure {
     }
 }
 
+impl AdminApi {
+    /// Queue figures from PostgreSQL and, when it answers within a second, the broker.
+    async fn queue_stats(&self) -> Result<pb::GetQueueStatsResponse> {
+        let now = self.state.clock.now();
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let lanes = herald_db::monitor::lanes(&mut connection, now).await?;
+        let outbox = herald_db::monitor::outbox(&mut connection, now).await?;
+        drop(connection);
+        let (depths, broker_error) = match self.broker_depths().await {
+            Ok(depths) => (depths, String::new()),
+            Err(error) => (Vec::new(), error),
+        };
+        let since = |instant: chrono::DateTime<chrono::Utc>| {
+            prost_types::Duration::try_from((now - instant).to_std().unwrap_or_default()).ok()
+        };
+        let queues = herald_domain::Channel::ALL
+            .into_iter()
+            .map(|channel| {
+                let depth = depths.iter().find(|depth| depth.channel == channel);
+                pb::QueueStats {
+                    channel: herald_proto::common::Channel::from(channel).into(),
+                    queue: herald_queue::work_queue(channel),
+                    ready_messages: depth.and_then(|depth| depth.work).map(|work| work.messages),
+                    consumers: depth
+                        .and_then(|depth| depth.work)
+                        .map(|work| work.consumers),
+                    dead_lettered: depth
+                        .and_then(|depth| depth.dead_letters)
+                        .map(|dead| dead.messages),
+                    lanes: lanes
+                        .iter()
+                        .filter(|lane| lane.channel == channel)
+                        .map(|lane| pb::PriorityLane {
+                            priority: herald_proto::common::Priority::from(lane.priority).into(),
+                            waiting: lane.waiting,
+                            oldest_wait: lane.oldest_queued_at.and_then(since),
+                            retrying: lane.retrying,
+                            consumed_recently: lane.consumed_recently,
+                            mean_wait: lane.mean_wait_seconds.and_then(|seconds| {
+                                prost_types::Duration::try_from(
+                                    std::time::Duration::try_from_secs_f64(seconds.max(0.0))
+                                        .ok()?,
+                                )
+                                .ok()
+                            }),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(pb::GetQueueStatsResponse {
+            queues,
+            outbox: Some(pb::OutboxStats {
+                backlog: outbox.backlog,
+                oldest_due: outbox.oldest_due_at.and_then(since),
+            }),
+            recent_window: prost_types::Duration::try_from(herald_db::monitor::RECENT_WINDOW).ok(),
+            broker_error,
+            measured_at: Some(conversions::timestamp(now)),
+        })
+    }
+
+    /// The broker's counts, or why they are missing.
+    async fn broker_depths(&self) -> std::result::Result<Vec<herald_queue::ChannelDepths>, String> {
+        use secrecy::ExposeSecret as _;
+        let url = self.state.settings.amqp.url.expose_secret().to_owned();
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(1), async move {
+            let connection = herald_queue::connect(&url, crate::SERVICE_NAME).await?;
+            let depths = herald_queue::channel_depths(&connection).await;
+            let _closed = connection.close(200, "queue stats read".into()).await;
+            depths
+        })
+        .await;
+        match asked {
+            Ok(Ok(depths)) => Ok(depths),
+            Ok(Err(error)) => Err(format!("RabbitMQ did not answer: {error}")),
+            Err(_) => Err("RabbitMQ did not answer within 1s".into()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    #[tracing::instrument(name = "herald.admin.v1.AdminService/ListFailures", skip_all)]
+    async fn get_queue_stats(
+        &self,
+        request: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
+        caller(&request)?.require(Role::Admin, "GetQueueStats")?;
+        Ok(Response::new(self.queue_stats().await?))
+    }
+
     async fn list_failures(
         &self,
         request: Request<ListFailuresRequest>,
@@ -219,7 +307,6 @@ impl AdminService for AdminApi {
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
-    #[tracing::instrument(name = "herald.admin.v1.AdminService/GetFailure", skip_all)]
     async fn get_failure(
         &self,
         request: Request<GetFailureRequest>,
@@ -228,7 +315,6 @@ impl AdminService for AdminApi {
         Ok(Response::new(self.get(request.into_inner()).await?))
     }
 
-    #[tracing::instrument(name = "herald.admin.v1.AdminService/ReplayFailures", skip_all)]
     async fn replay_failures(
         &self,
         request: Request<ReplayFailuresRequest>,
@@ -242,7 +328,6 @@ impl AdminService for AdminApi {
         ))
     }
 
-    #[tracing::instrument(name = "herald.admin.v1.AdminService/DiscardFailures", skip_all)]
     async fn discard_failures(
         &self,
         request: Request<DiscardFailuresRequest>,

@@ -22,7 +22,7 @@ pub struct AuthSettings {
 pub struct PrincipalSettings {
     /// The client certificate's URI SAN (or DNS SAN), e.g. `spiffe://herald.local/service/orders`.
     pub identity: String,
-    /// `submit`, `admin` and/or `inbox`.
+    /// `submit`, `admin`, `inbox` and/or `track`.
     pub roles: Vec<String>,
     /// Overrides `submit.quota_per_minute` for this identity.
     #[serde(default)]

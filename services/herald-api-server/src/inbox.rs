@@ -274,7 +274,6 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::InboxEvent, Status>> + S
 
 #[tonic::async_trait]
 impl InboxService for InboxApi {
-    #[tracing::instrument(name = "herald.inbox.v1.InboxService/ListInbox", skip_all)]
     async fn list_inbox(
         &self,
         request: Request<ListInboxRequest>,
@@ -283,7 +282,6 @@ impl InboxService for InboxApi {
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
-    #[tracing::instrument(name = "herald.inbox.v1.InboxService/GetUnreadCount", skip_all)]
     async fn get_unread_count(
         &self,
         request: Request<GetUnreadCountRequest>,
@@ -295,7 +293,6 @@ impl InboxService for InboxApi {
         }))
     }
 
-    #[tracing::instrument(name = "herald.inbox.v1.InboxService/MarkRead", skip_all)]
     async fn mark_read(
         &self,
         request: Request<MarkReadRequest>,
@@ -312,7 +309,6 @@ impl InboxService for InboxApi {
         }))
     }
 
-    #[tracing::instrument(name = "herald.inbox.v1.InboxService/MarkAllRead", skip_all)]
     async fn mark_all_read(
         &self,
         request: Request<MarkAllReadRequest>,
@@ -339,7 +335,6 @@ impl InboxService for InboxApi {
         }))
     }
 
-    #[tracing::instrument(name = "herald.inbox.v1.InboxService/Archive", skip_all)]
     async fn archive(
         &self,
         request: Request<ArchiveRequest>,
@@ -358,7 +353,6 @@ impl InboxService for InboxApi {
 
     type SubscribeStream = EventStream;
 
-    #[tracing::instrument(name = "herald.inbox.v1.InboxService/Subscribe", skip_all)]
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,

@@ -5,11 +5,13 @@ mod auth;
 mod error;
 mod fields;
 mod inbox;
+mod observe;
 mod paging;
 mod preference;
 mod quota;
 mod submit;
 mod template;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use herald_proto::inbox::inbox_service_server::InboxServiceServer;
 use herald_proto::preference::preference_service_server::PreferenceServiceServer;
 use herald_proto::submit::submit_service_server::SubmitServiceServer;
 use herald_proto::template::template_service_server::TemplateServiceServer;
+use herald_proto::tracking::tracking_service_server::TrackingServiceServer;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +59,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The in-app inbox's live streams (Redis pub/sub fan-out).
     pub inbox: herald_inbox::InboxSettings,
+    /// RabbitMQ, asked for queue depths by `AdminService.GetQueueStats`.
+    pub amqp: herald_config::AmqpSettings,
 }
 
 /// Limits on submits.
@@ -106,6 +111,8 @@ impl Validate for Settings {
         self.redis.validate(problems);
         self.auth.validate(problems);
         self.inbox.validate(problems);
+        self.telemetry.validate(problems);
+        self.amqp.validate(problems);
         if self.submit.idempotency_retention < Duration::from_secs(60) {
             problems.push("submit.idempotency_retention must be at least 1m".into());
         }
@@ -134,6 +141,8 @@ pub struct Application {
     clock: herald_domain::SharedClock,
     inbox_hub: herald_inbox::InboxHub,
     inbox_publisher: herald_inbox::InboxPublisher,
+    metrics: herald_telemetry::Metrics,
+    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
 }
 
 impl Application {
@@ -151,6 +160,10 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.grpc.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
+        let metrics_endpoint =
+            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)
+                .context("binding the Prometheus endpoint")?;
         Ok(Self {
             listener,
             local_addr,
@@ -160,6 +173,8 @@ impl Application {
             clock: std::sync::Arc::new(herald_domain::SystemClock),
             inbox_hub,
             inbox_publisher,
+            metrics,
+            metrics_endpoint,
         })
     }
 
@@ -173,6 +188,13 @@ impl Application {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(herald_telemetry::MetricsEndpoint::local_addr)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, reports NOT_SERVING and
@@ -195,12 +217,18 @@ impl Application {
         health_reporter
             .set_serving::<InboxServiceServer<inbox::InboxApi>>()
             .await;
+        health_reporter
+            .set_serving::<TrackingServiceServer<tracking::TrackingApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
 
+        if let Some(endpoint) = self.metrics_endpoint {
+            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
+        }
         let grace_period = self.settings.server.shutdown_grace_period;
         let state = AppState {
             clock: self.clock,
@@ -232,6 +260,10 @@ impl Application {
             ),
             authenticator.clone(),
         );
+        let tracking = TrackingServiceServer::with_interceptor(
+            tracking::TrackingApi::new(state.clone()),
+            authenticator.clone(),
+        );
         let admin = AdminServiceServer::with_interceptor(
             admin::AdminApi::new(state.clone()),
             authenticator,
@@ -245,6 +277,7 @@ impl Application {
         let server = tonic::transport::Server::builder()
             .tls_config(tls)
             .context("configuring TLS")?
+            .layer(observe::RpcLayer::new(&self.metrics))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(submit)
@@ -252,6 +285,7 @@ impl Application {
             .add_service(preferences)
             .add_service(admin)
             .add_service(inbox)
+            .add_service(tracking)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;
                 health_reporter
@@ -265,6 +299,9 @@ impl Application {
                     .await;
                 health_reporter
                     .set_not_serving::<InboxServiceServer<inbox::InboxApi>>()
+                    .await;
+                health_reporter
+                    .set_not_serving::<TrackingServiceServer<tracking::TrackingApi>>()
                     .await;
                 drain_signal.cancel();
             });

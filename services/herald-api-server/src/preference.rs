@@ -22,7 +22,7 @@ const MAX_TOKEN: usize = 4096;
 const MAX_CATEGORIES: usize = 100;
 
 /// Every path `update_mask` may name.
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "contacts.email",
     "contacts.phone",
     "contacts.device_tokens",
@@ -32,6 +32,7 @@ const PATHS: [&str; 9] = [
     "categories",
     "quiet_hours",
     "global_opt_out",
+    "tracking_opt_out",
 ];
 
 pub(crate) struct PreferenceApi {
@@ -184,6 +185,7 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                 };
             }
             "global_opt_out" => record.global_opt_out = update.global_opt_out,
+            "tracking_opt_out" => record.tracking_opt_out = update.tracking_opt_out,
             other => {
                 return Err(ServiceError::invalid(
                     "update_mask",
@@ -332,6 +334,7 @@ fn message(record: &PreferenceRecord) -> pb::Preferences {
                 .unwrap_or_default(),
         }),
         global_opt_out: record.global_opt_out,
+        tracking_opt_out: record.tracking_opt_out,
         updated_at: Some(herald_proto::conversions::timestamp(record.updated_at)),
     }
 }
@@ -344,10 +347,6 @@ impl PreferenceApi {
 
 #[tonic::async_trait]
 impl PreferenceService for PreferenceApi {
-    #[tracing::instrument(
-        name = "herald.preference.v1.PreferenceService/GetPreferences",
-        skip_all
-    )]
     async fn get_preferences(
         &self,
         request: Request<GetPreferencesRequest>,
@@ -366,10 +365,6 @@ impl PreferenceService for PreferenceApi {
         ))
     }
 
-    #[tracing::instrument(
-        name = "herald.preference.v1.PreferenceService/UpdatePreferences",
-        skip_all
-    )]
     async fn update_preferences(
         &self,
         request: Request<UpdatePreferencesRequest>,
@@ -404,10 +399,6 @@ impl PreferenceService for PreferenceApi {
         ))
     }
 
-    #[tracing::instrument(
-        name = "herald.preference.v1.PreferenceService/DeletePreferences",
-        skip_all
-    )]
     async fn delete_preferences(
         &self,
         request: Request<DeletePreferencesRequest>,

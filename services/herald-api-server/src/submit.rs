@@ -7,7 +7,7 @@ use herald_db::notifications::{
 };
 use herald_domain::{
     Category, Channel, DeliveryId, DeliveryState, EmailAddress, IdempotencyKey, NotificationId,
-    PhoneNumber, Priority, Role, TemplateKey,
+    PhoneNumber, Priority, Role, Subject, TemplateKey,
 };
 use herald_proto::conversions::{self, channel_from_i32, priority_from_i32};
 use herald_proto::submit::{
@@ -17,6 +17,7 @@ use herald_proto::submit::{
 use herald_templates::{Locale, VersionContent};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::auth::{Caller, caller};
@@ -309,8 +310,18 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
-/// The W3C trace context headers of the call, carried to the workers.
+/// The W3C trace context carried to the relay and the workers: the current span's (the
+/// Submit server span) when traces are exported, else the caller's own headers.
 fn trace_context<T>(request: &Request<T>) -> serde_json::Value {
+    let current = herald_telemetry::current_context_map();
+    if !current.is_empty() {
+        return serde_json::Value::Object(
+            current
+                .into_iter()
+                .map(|(key, value)| (key, serde_json::Value::String(value)))
+                .collect(),
+        );
+    }
     let mut context = serde_json::Map::new();
     for header in ["traceparent", "tracestate"] {
         if let Some(value) = request
@@ -415,6 +426,7 @@ impl SubmitApi {
         let notification_id = NotificationId::generate();
         let mut deliveries = Vec::new();
         for (index, recipient) in submit.recipients.iter().enumerate() {
+            let variant = assign_variant(&content, &submit.template_key, recipient);
             for channel in &submit.channels {
                 deliveries.push(NewDelivery {
                     id: DeliveryId::generate(),
@@ -434,6 +446,7 @@ impl SubmitApi {
                         Channel::Push | Channel::InApp => None,
                     },
                     locale: recipient.locale.as_ref().map(ToString::to_string),
+                    variant: variant.clone(),
                     disposition: disposition(
                         recipient
                             .user_id
@@ -469,7 +482,19 @@ impl SubmitApi {
             trace_context,
             deliveries,
         };
-        match notifications::insert(&mut connection, &new).await? {
+        let transaction = tracing::info_span!(
+            "db",
+            otel.name = "INSERT notifications",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "notifications",
+            db.query.summary = "INSERT notifications deliveries delivery_events outbox",
+        );
+        let inserted = notifications::insert(&mut connection, &new)
+            .instrument(transaction)
+            .await?;
+        match inserted {
             Inserted::Created => {
                 let response = SubmitResponse {
                     notification_id: notification_id.to_string(),
@@ -577,6 +602,31 @@ impl SubmitApi {
             notification: Some(notification_message(record)),
         })
     }
+}
+
+/// The A/B test variant of the template version `recipient` gets, on every channel: assigned
+/// from the template key and the user id, or without one the first address given (only hashed,
+/// never stored for this). `None` when the version has no variants.
+fn assign_variant(
+    content: &VersionContent,
+    template_key: &TemplateKey,
+    recipient: &ValidRecipient,
+) -> Option<String> {
+    let subject = match &recipient.user_id {
+        Some(user_id) => Subject::User(user_id),
+        None => Subject::Address(
+            recipient
+                .email
+                .as_ref()
+                .map(AsRef::as_ref)
+                .or(recipient.phone.as_ref().map(AsRef::as_ref))
+                .or(recipient.chat_destination.as_deref())
+                .unwrap_or_default(),
+        ),
+    };
+    content
+        .assign_variant(template_key.as_ref(), subject)
+        .map(str::to_owned)
 }
 
 /// The original response for a reused idempotency key, or `None` if the key is unused.
@@ -702,6 +752,7 @@ fn notification_message(record: NotificationRecord) -> pb::Notification {
                 queued_at: delivery.queued_at.map(conversions::timestamp),
                 delivered_at: delivery.delivered_at.map(conversions::timestamp),
                 scheduled_for: delivery.scheduled_for.map(conversions::timestamp),
+                variant: delivery.variant.unwrap_or_default(),
             })
             .collect(),
     }
@@ -709,11 +760,6 @@ fn notification_message(record: NotificationRecord) -> pb::Notification {
 
 #[tonic::async_trait]
 impl SubmitService for SubmitApi {
-    #[tracing::instrument(
-        name = "herald.submit.v1.SubmitService/Submit",
-        skip_all,
-        fields(caller)
-    )]
     async fn submit(
         &self,
         request: Request<SubmitRequest>,
@@ -728,11 +774,6 @@ impl SubmitService for SubmitApi {
         ))
     }
 
-    #[tracing::instrument(
-        name = "herald.submit.v1.SubmitService/GetNotification",
-        skip_all,
-        fields(caller)
-    )]
     async fn get_notification(
         &self,
         request: Request<GetNotificationRequest>,

@@ -5,16 +5,17 @@
 use std::collections::HashMap;
 
 use herald_db::templates::{self, NewTemplate, NewVersion, TemplateRecord};
-use herald_domain::{Category, Role, TemplateId, TemplateKey};
+use herald_db::variants::VariantCounts;
+use herald_domain::{Category, Role, TemplateId, TemplateKey, two_proportion_z_test};
 use herald_proto::conversions::{self, channel_from_i32};
 use herald_proto::template::{
     self as pb, ActivateVersionRequest, CreateTemplateRequest, GetTemplateRequest,
-    ListTemplatesRequest, ListTemplatesResponse, ListVersionsRequest, ListVersionsResponse,
-    RenderPreviewRequest, RenderPreviewResponse, UpdateTemplateRequest,
-    template_service_server::TemplateService,
+    GetVariantStatsRequest, GetVariantStatsResponse, ListTemplatesRequest, ListTemplatesResponse,
+    ListVersionsRequest, ListVersionsResponse, RenderPreviewRequest, RenderPreviewResponse,
+    UpdateTemplateRequest, template_service_server::TemplateService,
 };
 use herald_templates::{
-    ChatPart, EmailPart, InAppPart, Locale, PushPart, Rendered, SmsPart, TemplateContent,
+    ChatPart, EmailPart, InAppPart, Locale, PushPart, Rendered, SmsPart, TemplateContent, Variant,
     VersionContent, VersionError,
 };
 use tonic::{Request, Response, Status};
@@ -201,13 +202,17 @@ impl TemplateApi {
                 None => not_found(&key),
             })?;
         let content = stored_content(record.content)?;
+        let variant = (!request.variant.is_empty()).then_some(request.variant.as_str());
         let (used, rendered) = content
-            .render(locale.as_ref(), channel, &parameters)
+            .render_variant(locale.as_ref(), channel, variant, &parameters)
             .map_err(|error| match error {
                 VersionError::NoPart { channel } => ServiceError::FailedPrecondition(format!(
                     "channel: version {} of `{key}` has no {channel} part",
                     record.version
                 )),
+                error @ VersionError::NoVariant { .. } => {
+                    ServiceError::InvalidArgument(format!("{error} (version {})", record.version))
+                }
                 error @ VersionError::Part { .. } => ServiceError::invalid("parameters", error),
                 other => herald_db::Error::Corrupt(format!("template content: {other}")).into(),
             })?;
@@ -215,7 +220,72 @@ impl TemplateApi {
             version: u32::try_from(record.version).unwrap_or_default(),
             locale: used.to_string(),
             rendered: Some(rendered_message(rendered)),
+            variant: request.variant,
         })
+    }
+
+    /// Per version and variant: the counts of one aggregate query, laid out in the variants'
+    /// order (zeros for variants without deliveries), with rates and z-tests against the
+    /// control (the version's first variant).
+    async fn variant_stats(
+        &self,
+        request: GetVariantStatsRequest,
+    ) -> Result<GetVariantStatsResponse> {
+        let key = TemplateKey::parse(&request.key)
+            .map_err(|error| ServiceError::invalid("key", error))?;
+        let version = version_number(request.version)?;
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let records = match version {
+            Some(version) => vec![
+                templates::find(&mut connection, key.as_ref(), Some(version))
+                    .await?
+                    .ok_or_else(|| not_found_version(&key, version))?,
+            ],
+            None => templates::list_versions(&mut connection, key.as_ref())
+                .await?
+                .ok_or_else(|| not_found(&key))?,
+        };
+        let mut counts: HashMap<(i32, String), VariantCounts> =
+            herald_db::variants::counts(&mut connection, key.as_ref(), version)
+                .await?
+                .into_iter()
+                .map(|counts| ((counts.version, counts.variant.clone()), counts))
+                .collect();
+        let mut variants = Vec::new();
+        for record in records {
+            let content = stored_content(record.content)?;
+            let rows: Vec<VariantCounts> = content
+                .variant_names()
+                .into_iter()
+                .map(|name| {
+                    counts
+                        .remove(&(record.version, name.to_owned()))
+                        .unwrap_or_else(|| VariantCounts {
+                            version: record.version,
+                            variant: name.to_owned(),
+                            sent: 0,
+                            delivered: 0,
+                            opened: 0,
+                            clicked: 0,
+                        })
+                })
+                .collect();
+            let Some(control) = rows.first().cloned() else {
+                continue;
+            };
+            variants.extend(
+                rows.into_iter().enumerate().map(|(index, row)| {
+                    variant_stats_message(row, (index > 0).then_some(&control))
+                }),
+            );
+        }
+        if variants.is_empty() {
+            return Err(ServiceError::FailedPrecondition(match version {
+                Some(version) => format!("version: version {version} of `{key}` has no variants"),
+                None => format!("key: no version of `{key}` has variants"),
+            }));
+        }
+        Ok(GetVariantStatsResponse { variants })
     }
 
     async fn get(&self, request: GetTemplateRequest) -> Result<pb::Template> {
@@ -388,45 +458,95 @@ fn valid_version(
 
 fn content_from_proto(content: pb::TemplateContent) -> TemplateContent {
     TemplateContent {
-        email: content.email.map(|email| EmailPart {
-            subject: email.subject,
-            html: email.html,
-            text: email.text,
-        }),
+        email: content.email.map(email_part),
         sms: content.sms.map(|sms| SmsPart { text: sms.text }),
-        push: content.push.map(|push| PushPart {
-            title: push.title,
-            body: push.body,
-            data: push.data.into_iter().collect(),
-        }),
-        in_app: content.in_app.map(|in_app| InAppPart {
-            title: in_app.title,
-            body: in_app.body,
-            action_url: in_app.action_url,
-        }),
+        push: content.push.map(push_part),
+        in_app: content.in_app.map(in_app_part),
         chat: content.chat.map(|chat| ChatPart { text: chat.text }),
+        variants: content
+            .variants
+            .into_iter()
+            .map(|variant| Variant {
+                name: variant.name,
+                weight: variant.weight,
+                email: variant.email.map(email_part),
+                sms: variant.sms.map(|sms| SmsPart { text: sms.text }),
+                push: variant.push.map(push_part),
+                in_app: variant.in_app.map(in_app_part),
+                chat: variant.chat.map(|chat| ChatPart { text: chat.text }),
+            })
+            .collect(),
+    }
+}
+
+fn email_part(email: pb::EmailPart) -> EmailPart {
+    EmailPart {
+        subject: email.subject,
+        html: email.html,
+        text: email.text,
+    }
+}
+
+fn push_part(push: pb::PushPart) -> PushPart {
+    PushPart {
+        title: push.title,
+        body: push.body,
+        data: push.data.into_iter().collect(),
+    }
+}
+
+fn in_app_part(in_app: pb::InAppPart) -> InAppPart {
+    InAppPart {
+        title: in_app.title,
+        body: in_app.body,
+        action_url: in_app.action_url,
     }
 }
 
 fn content_message(content: TemplateContent) -> pb::TemplateContent {
     pb::TemplateContent {
-        email: content.email.map(|email| pb::EmailPart {
-            subject: email.subject,
-            html: email.html,
-            text: email.text,
-        }),
+        email: content.email.map(email_message),
         sms: content.sms.map(|sms| pb::SmsPart { text: sms.text }),
-        push: content.push.map(|push| pb::PushPart {
-            title: push.title,
-            body: push.body,
-            data: push.data.into_iter().collect(),
-        }),
-        in_app: content.in_app.map(|in_app| pb::InAppPart {
-            title: in_app.title,
-            body: in_app.body,
-            action_url: in_app.action_url,
-        }),
+        push: content.push.map(push_message),
+        in_app: content.in_app.map(in_app_message),
         chat: content.chat.map(|chat| pb::ChatPart { text: chat.text }),
+        variants: content
+            .variants
+            .into_iter()
+            .map(|variant| pb::Variant {
+                name: variant.name,
+                weight: variant.weight,
+                email: variant.email.map(email_message),
+                sms: variant.sms.map(|sms| pb::SmsPart { text: sms.text }),
+                push: variant.push.map(push_message),
+                in_app: variant.in_app.map(in_app_message),
+                chat: variant.chat.map(|chat| pb::ChatPart { text: chat.text }),
+            })
+            .collect(),
+    }
+}
+
+fn email_message(email: EmailPart) -> pb::EmailPart {
+    pb::EmailPart {
+        subject: email.subject,
+        html: email.html,
+        text: email.text,
+    }
+}
+
+fn push_message(push: PushPart) -> pb::PushPart {
+    pb::PushPart {
+        title: push.title,
+        body: push.body,
+        data: push.data.into_iter().collect(),
+    }
+}
+
+fn in_app_message(in_app: InAppPart) -> pb::InAppPart {
+    pb::InAppPart {
+        title: in_app.title,
+        body: in_app.body,
+        action_url: in_app.action_url,
     }
 }
 
@@ -460,6 +580,46 @@ fn rendered_message(rendered: Rendered) -> pb::TemplateContent {
     content
 }
 
+fn variant_stats_message(row: VariantCounts, control: Option<&VariantCounts>) -> pb::VariantStats {
+    let count = |value: i64| u64::try_from(value).unwrap_or_default();
+    let rate = |part: i64, whole: i64| {
+        if whole > 0 {
+            // Counts are far below 2^52, where f64 stops being exact.
+            #[allow(clippy::cast_precision_loss)]
+            let rate = part as f64 / whole as f64;
+            rate
+        } else {
+            0.0
+        }
+    };
+    let versus = |successes: fn(&VariantCounts) -> i64| {
+        let control = control?;
+        let test = two_proportion_z_test(
+            count(successes(control)),
+            count(control.delivered),
+            count(successes(&row)),
+            count(row.delivered),
+        )?;
+        Some(pb::Significance {
+            z: test.z,
+            p_value: test.p_value,
+        })
+    };
+    pb::VariantStats {
+        version: u32::try_from(row.version).unwrap_or_default(),
+        variant: row.variant.clone(),
+        sent: count(row.sent),
+        delivered: count(row.delivered),
+        opened: count(row.opened),
+        clicked: count(row.clicked),
+        delivery_rate: rate(row.delivered, row.sent),
+        open_rate: rate(row.opened, row.delivered),
+        click_rate: rate(row.clicked, row.delivered),
+        open_rate_vs_control: versus(|counts| counts.opened),
+        click_rate_vs_control: versus(|counts| counts.clicked),
+    }
+}
+
 fn template_message(record: TemplateRecord) -> Result<pb::Template> {
     let version = stored_content(record.content)?;
     let default_content = version.default_content().cloned().map(content_message);
@@ -489,7 +649,6 @@ fn template_message(record: TemplateRecord) -> Result<pb::Template> {
 
 #[tonic::async_trait]
 impl TemplateService for TemplateApi {
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/CreateTemplate", skip_all)]
     async fn create_template(
         &self,
         request: Request<CreateTemplateRequest>,
@@ -501,7 +660,6 @@ impl TemplateService for TemplateApi {
         ))
     }
 
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/GetTemplate", skip_all)]
     async fn get_template(
         &self,
         request: Request<GetTemplateRequest>,
@@ -510,7 +668,6 @@ impl TemplateService for TemplateApi {
         Ok(Response::new(self.get(request.into_inner()).await?))
     }
 
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/ListTemplates", skip_all)]
     async fn list_templates(
         &self,
         request: Request<ListTemplatesRequest>,
@@ -519,7 +676,6 @@ impl TemplateService for TemplateApi {
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/UpdateTemplate", skip_all)]
     async fn update_template(
         &self,
         request: Request<UpdateTemplateRequest>,
@@ -531,7 +687,6 @@ impl TemplateService for TemplateApi {
         ))
     }
 
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/ActivateVersion", skip_all)]
     async fn activate_version(
         &self,
         request: Request<ActivateVersionRequest>,
@@ -543,7 +698,6 @@ impl TemplateService for TemplateApi {
         ))
     }
 
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/ListVersions", skip_all)]
     async fn list_versions(
         &self,
         request: Request<ListVersionsRequest>,
@@ -552,7 +706,16 @@ impl TemplateService for TemplateApi {
         Ok(Response::new(self.versions(request.into_inner()).await?))
     }
 
-    #[tracing::instrument(name = "herald.template.v1.TemplateService/RenderPreview", skip_all)]
+    async fn get_variant_stats(
+        &self,
+        request: Request<GetVariantStatsRequest>,
+    ) -> Result<Response<GetVariantStatsResponse>, Status> {
+        caller(&request)?.require(Role::Submit, "GetVariantStats")?;
+        Ok(Response::new(
+            self.variant_stats(request.into_inner()).await?,
+        ))
+    }
+
     async fn render_preview(
         &self,
         request: Request<RenderPreviewRequest>,

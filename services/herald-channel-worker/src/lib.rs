@@ -75,6 +75,7 @@ impl Validate for Settings {
         self.worker.validate(problems);
         self.redis.validate(problems);
         self.rate_limits.validate(problems);
+        self.telemetry.validate(problems);
     }
 }
 
@@ -160,6 +161,16 @@ impl Application {
         Self { running }
     }
 
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.running {
+            Running::Sms(worker) => worker.metrics_addr(),
+            Running::Push(worker) => worker.metrics_addr(),
+            Running::InApp(worker) => worker.metrics_addr(),
+            Running::Chat(worker) => worker.metrics_addr(),
+        }
+    }
+
     /// Delivers until `shutdown` is cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         match self.running {
@@ -187,5 +198,6 @@ fn worker<P: ChannelProvider>(
         channel.service_name(),
     )
     .with_rate_limiter(RateLimiter::new(redis, settings.rate_limits.clone()))
-    .with_policy(settings.policy.clone()))
+    .with_policy(settings.policy.clone())
+    .with_telemetry(&settings.telemetry)?)
 }

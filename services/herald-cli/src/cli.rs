@@ -102,6 +102,19 @@ pub(crate) enum Command {
     /// with that identity and the `--reason`.
     #[command(subcommand, after_help = ADMIN_CERTIFICATE)]
     Failures(FailuresCommand),
+    /// Queue monitoring: per channel queue and priority what waits, the oldest wait, retries,
+    /// recent consumption and mean wait, the broker's counts and the outbox backlog. Needs the
+    /// admin role.
+    #[command(after_help = ADMIN_CERTIFICATE)]
+    Queues(QueuesArgs),
+}
+
+/// `queues` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueuesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Template subcommands.

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod display;
 mod failures;
+mod queues;
 mod status;
 mod submit;
 mod template;
@@ -86,6 +87,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Wait(args) => status::wait(args, connection).await,
         Command::Bench(args) => bench::run(args, connection).await,
         Command::Failures(command) => failures::run(command, connection).await,
+        Command::Queues(args) => queues::run(args, connection).await,
     }
 }
 

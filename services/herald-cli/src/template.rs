@@ -133,6 +133,7 @@ pub(crate) async fn run(
                     locale: args.locale.clone().unwrap_or_default(),
                     channel: WireChannel::Email.into(),
                     parameters: samples(&args.params),
+                    variant: String::new(),
                 })
                 .await
                 .map_err(|status| rpc_error(&status))

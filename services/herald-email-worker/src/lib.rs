@@ -37,6 +37,8 @@ pub struct Settings {
     pub policy: PolicySettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// Open and click tracking (the pixel and rewritten links).
+    pub tracking: herald_tracking::TrackingSettings,
 }
 
 impl Validate for Settings {
@@ -47,6 +49,8 @@ impl Validate for Settings {
         self.smtp.validate(problems);
         self.redis.validate(problems);
         self.rate_limits.validate(problems);
+        self.tracking.validate(problems);
+        self.telemetry.validate(problems);
     }
 }
 
@@ -60,13 +64,21 @@ impl Application {
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
-        let provider = SmtpProvider::new(&settings.smtp).context("building the SMTP transport")?;
+        let provider = SmtpProvider::new(&settings.smtp)
+            .context("building the SMTP transport")?
+            .with_tracking(&settings.tracking);
         let redis = RedisCache::new(&settings.redis).context("building the Redis pool")?;
         Ok(Self {
             worker: Worker::new(provider, settings.worker, settings.amqp, pool, SERVICE_NAME)
                 .with_rate_limiter(RateLimiter::new(redis, settings.rate_limits))
-                .with_policy(settings.policy),
+                .with_policy(settings.policy)
+                .with_telemetry(&settings.telemetry)?,
         })
+    }
+
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.worker.metrics_addr()
     }
 
     /// Reads quiet hours against `clock` (tests inject a manual one).

@@ -1,9 +1,11 @@
 //! The SMTP provider on lettre.
 
+use chrono::Utc;
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_smtp::SmtpSettings;
 use herald_templates::RenderedEmail;
+use herald_tracking::{Signer, TrackingSettings};
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -12,6 +14,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 pub struct SmtpProvider {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    tracking: Option<Signer>,
 }
 
 impl SmtpProvider {
@@ -20,7 +23,35 @@ impl SmtpProvider {
         Ok(Self {
             transport: herald_smtp::transport(settings)?,
             from: settings.from_mailbox()?,
+            tracking: None,
         })
+    }
+
+    /// Rewrites the HTML of every email for open and click tracking when `settings` enable
+    /// it (except for users who opted out).
+    #[must_use]
+    pub fn with_tracking(mut self, settings: &TrackingSettings) -> Self {
+        self.tracking = settings.enabled.then(|| Signer::new(settings));
+        self
+    }
+
+    /// The rendered HTML with tracking links and the open pixel, unless tracking is off or
+    /// the user opted out. A rewrite failure sends the HTML as rendered: tracking never
+    /// holds a message back.
+    fn tracked_html(&self, context: &DeliveryContext, html: String) -> String {
+        let Some(signer) = self.tracking.as_ref() else {
+            return html;
+        };
+        if context.tracking_opt_out || html.is_empty() {
+            return html;
+        }
+        match herald_tracking::rewrite_html(&html, signer, context.delivery_id, Utc::now()) {
+            Ok(rewritten) => rewritten,
+            Err(error) => {
+                tracing::warn!(delivery.id = %context.delivery_id, error = %error, "Sending the email without tracking.");
+                html
+            }
+        }
     }
 
     fn message(&self, context: &DeliveryContext) -> Result<Message, DeliveryError> {
@@ -31,7 +62,8 @@ impl SmtpProvider {
         let to: Mailbox = address.parse().map_err(|_| {
             DeliveryError::Permanent("the recipient address is not a valid mailbox".into())
         })?;
-        let rendered: RenderedEmail = herald_worker::render(context)?;
+        let mut rendered: RenderedEmail = herald_worker::render(context)?;
+        rendered.html = self.tracked_html(context, std::mem::take(&mut rendered.html));
         let builder = Message::builder()
             .from(self.from.clone())
             .to(to)

@@ -10,6 +10,7 @@ use herald_queue::Publisher;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// The binary, package, Deployment and `service.name`.
 pub const SERVICE_NAME: &str = "herald-relay";
@@ -56,6 +57,7 @@ impl Validate for Settings {
     fn validate(&self, problems: &mut Vec<String>) {
         self.database.validate(problems);
         self.amqp.validate(problems);
+        self.telemetry.validate(problems);
         if !(1..=10_000).contains(&self.relay.batch_size) {
             problems.push("relay.batch_size must be between 1 and 10000".into());
         }
@@ -67,6 +69,42 @@ pub struct Application {
     settings: Settings,
     pool: herald_db::Pool,
     clock: herald_domain::SharedClock,
+    metrics: herald_telemetry::Metrics,
+    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    instruments: Instruments,
+}
+
+/// What the relay measures.
+#[derive(Clone)]
+struct Instruments {
+    /// Rows confirmed by the broker, by channel and priority.
+    published: opentelemetry::metrics::Counter<u64>,
+    /// Rows the broker refused or that could not be routed, by channel.
+    failed: opentelemetry::metrics::Counter<u64>,
+    /// From a row becoming due to the broker's confirm, by channel and priority.
+    lag: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl Instruments {
+    fn new(metrics: &herald_telemetry::Metrics) -> Self {
+        let meter = metrics.meter();
+        Self {
+            published: meter
+                .u64_counter("herald.outbox.published")
+                .with_description("Outbox rows published to RabbitMQ and confirmed")
+                .build(),
+            failed: meter
+                .u64_counter("herald.outbox.publish.failures")
+                .with_description("Outbox publishes the broker nacked or returned")
+                .build(),
+            lag: meter
+                .f64_histogram("herald.relay.lag")
+                .with_unit("s")
+                .with_description("Time from an outbox row becoming due to its confirmed publish")
+                .with_boundaries(herald_telemetry::LATENCY_BUCKETS.to_vec())
+                .build(),
+        }
+    }
 }
 
 /// Why one batch stopped.
@@ -96,15 +134,31 @@ impl From<diesel::result::Error> for BatchError {
 }
 
 impl Application {
-    /// Prepares the pool; nothing connects until `run_until_stopped`.
+    /// Prepares the pool and binds the Prometheus endpoint; nothing connects until
+    /// `run_until_stopped`.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
+        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
+        let metrics_endpoint =
+            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)
+                .context("binding the Prometheus endpoint")?;
+        let instruments = Instruments::new(&metrics);
         Ok(Self {
             settings,
             pool,
             clock: std::sync::Arc::new(herald_domain::SystemClock),
+            metrics,
+            metrics_endpoint,
+            instruments,
         })
+    }
+
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(herald_telemetry::MetricsEndpoint::local_addr)
     }
 
     /// Decides which scheduled rows are due with `clock` (tests inject a manual one).
@@ -116,7 +170,10 @@ impl Application {
 
     /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
     /// (published and committed) before returning.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(endpoint) = self.metrics_endpoint.take() {
+            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
+        }
         let cleanup = tokio::spawn(clean_up_expired_keys(
             self.pool.clone(),
             self.settings.relay.cleanup_interval,
@@ -209,7 +266,7 @@ impl Application {
                 if rows.is_empty() {
                     return Ok((0, None));
                 }
-                let outcomes = publish_all(publisher, &rows).await;
+                let outcomes = publish_all(publisher, &rows, &self.instruments).await;
                 let mut confirmed = Vec::new();
                 let mut failed = Vec::new();
                 let mut first_error = None;
@@ -271,43 +328,110 @@ async fn clean_up_expired_keys(
     }
 }
 
-/// Starts every publish, then awaits every confirm, so a batch costs one round trip.
+/// Starts every publish, then awaits every confirm, so a batch costs one round trip. Each
+/// row gets a producer span, a child of its Submit call's span, whose context travels with
+/// the message.
 async fn publish_all(
     publisher: &Publisher,
     rows: &[OutboxRow],
+    instruments: &Instruments,
 ) -> Vec<Result<(), herald_queue::Error>> {
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
-        pending.push(
-            publisher
-                .publish(&message(row), row.channel, row.priority)
-                .await,
-        );
+        let span = publish_span(row);
+        let message = span.in_scope(|| message(row));
+        let started = publisher
+            .publish(&message, row.channel, row.priority)
+            .instrument(span.clone())
+            .await;
+        pending.push((row, span, started));
     }
-    futures::future::join_all(
-        pending
-            .into_iter()
-            .map(|started| async move { started?.wait().await }),
-    )
+    futures::future::join_all(pending.into_iter().map(|(row, span, started)| {
+        let instruments = instruments.clone();
+        let outcome_span = span.clone();
+        async move {
+            let confirmed = match started {
+                Ok(pending) => pending.wait().await,
+                Err(error) => Err(error),
+            };
+            let channel = opentelemetry::KeyValue::new("herald.channel", row.channel.as_str());
+            match &confirmed {
+                Ok(()) => {
+                    let priority =
+                        opentelemetry::KeyValue::new("herald.priority", row.priority.to_string());
+                    instruments
+                        .published
+                        .add(1, &[channel.clone(), priority.clone()]);
+                    let lag = (chrono::Utc::now() - row.available_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    instruments
+                        .lag
+                        .record(lag.as_secs_f64(), &[channel, priority]);
+                }
+                Err(error) => {
+                    instruments.failed.add(1, &[channel]);
+                    outcome_span.record("otel.status_code", "ERROR");
+                    outcome_span.record("error.type", error.to_string());
+                }
+            }
+            confirmed
+        }
+        .instrument(span)
+    }))
     .await
 }
 
+/// The producer span of one publish (OpenTelemetry messaging conventions).
+fn publish_span(row: &OutboxRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("send {}", herald_queue::EXCHANGE),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = herald_queue::EXCHANGE,
+        messaging.rabbitmq.destination.routing_key = row.channel.as_str(),
+        messaging.message.id = %row.delivery_id,
+        herald.notification.id = %row.notification_id,
+        herald.delivery.id = %row.delivery_id,
+        herald.priority = %row.priority,
+    );
+    herald_telemetry::set_parent_from_map(&span, &submit_context(row));
+    span
+}
+
+/// The trace context stored with `row` at submit.
+fn submit_context(row: &OutboxRow) -> std::collections::HashMap<String, String> {
+    row.trace_context
+        .as_object()
+        .map(|object| {
+            object
+                .iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The message for `row`, carrying the current (publish) span's trace context, or the
+/// submit's own when traces are not exported.
 fn message(row: &OutboxRow) -> DeliveryMessage {
+    let current = herald_telemetry::current_context_map();
     DeliveryMessage {
         delivery_id: row.delivery_id.to_string(),
         notification_id: row.notification_id.to_string(),
         channel: herald_proto::common::Channel::from(row.channel).into(),
         priority: herald_proto::common::Priority::from(row.priority).into(),
         enqueued_at: Some(herald_proto::conversions::timestamp(chrono::Utc::now())),
-        trace_context: row
-            .trace_context
-            .as_object()
-            .map(|object| {
-                object
-                    .iter()
-                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        trace_context: if current.is_empty() {
+            submit_context(row)
+        } else {
+            current
+        },
+        previous_attempt: std::collections::HashMap::new(),
     }
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod monitor;
 mod scan;
 mod sinks;
 
@@ -103,6 +104,7 @@ impl Validate for Settings {
     fn validate(&self, problems: &mut Vec<String>) {
         self.database.validate(problems);
         self.smtp.validate(problems);
+        self.telemetry.validate(problems);
         let url = self.alerts.webhook_url.expose_secret();
         if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             problems.push("alerts.webhook_url must be an http(s) URL or empty".into());
@@ -132,6 +134,10 @@ impl Validate for Settings {
 pub struct Application {
     scanner: scan::Scanner,
     interval: Duration,
+    pool: herald_db::Pool,
+    metrics: herald_telemetry::Metrics,
+    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    gauges: monitor::QueueGauges,
 }
 
 impl Application {
@@ -146,18 +152,39 @@ impl Application {
                 "No alert destination configured (alerts.webhook_url, alerts.email_to); alerts are only logged."
             );
         }
+        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
+        let metrics_endpoint =
+            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)?;
         Ok(Self {
             interval: settings.alerts.scan_interval,
-            scanner: scan::Scanner::new(pool, sinks, settings.alerts),
+            gauges: monitor::QueueGauges::new(&metrics),
+            metrics,
+            metrics_endpoint,
+            scanner: scan::Scanner::new(pool.clone(), sinks, settings.alerts),
+            pool,
         })
     }
 
-    /// Scans every `alerts.scan_interval` until `shutdown` is cancelled.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(herald_telemetry::MetricsEndpoint::local_addr)
+    }
+
+    /// Scans every `alerts.scan_interval` until `shutdown` is cancelled, reading the queue
+    /// figures for the gauges at each scan.
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
+        if let Some(endpoint) = self.metrics_endpoint.take() {
+            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
+        }
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(self.interval) => {}
+            }
+            if let Err(error) = self.gauges.refresh(&self.pool).await {
+                tracing::warn!(error = %error, "Could not read the queue figures; retrying at the next interval.");
             }
             if let Err(error) = self.scanner.scan().await {
                 tracing::warn!(error = %error, "Alert scan failed; retrying at the next interval.");

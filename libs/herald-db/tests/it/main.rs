@@ -11,6 +11,8 @@ use herald_db::templates::{self, NewTemplate};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
 use herald_test_support::TestDatabase;
 
+mod events;
+
 async fn connect(database: &TestDatabase) -> AsyncPgConnection {
     AsyncPgConnection::establish(database.url()).await.unwrap()
 }
@@ -61,6 +63,7 @@ async fn seed(
                 user_id: None,
                 address: Some("ada@example.com".into()),
                 locale: Some("ko-KR".into()),
+                variant: None,
                 disposition: herald_db::notifications::Disposition::Now,
             }],
         },
@@ -206,7 +209,7 @@ async fn an_outcome_is_recorded_only_by_the_current_claim() {
         deliveries::event_kinds(&mut connection, delivery_id)
             .await
             .unwrap(),
-        ["accepted", "sending", "delivered"]
+        ["accepted", "sending", "sent", "delivered"]
     );
 }
 

@@ -94,6 +94,7 @@ impl Storage {
                         user_id: user_id.map(str::to_owned),
                         address: None,
                         locale: None,
+                        variant: None,
                         disposition: Disposition::Now,
                     })
                     .collect(),

@@ -50,7 +50,7 @@ async fn tracking_events(connection: &mut AsyncPgConnection, item_id: Uuid) -> V
                 .on(schema::inbox_items::delivery_id.eq(schema::delivery_events::delivery_id)),
         )
         .filter(schema::inbox_items::id.eq(item_id))
-        .filter(schema::delivery_events::kind.eq_any(["read", "archived"]))
+        .filter(schema::delivery_events::kind.eq_any(["read", "dismissed"]))
         .order(schema::delivery_events::id.asc())
         .select((
             schema::delivery_events::kind,
@@ -326,7 +326,7 @@ async fn mark_all_read_marks_the_unread_items_and_leaves_archived_ones() {
     assert_eq!(archived[0].read_at, None);
     assert_eq!(
         tracking_events(&mut connection, ids[1]).await,
-        vec![("archived".to_owned(), 0)]
+        vec![("dismissed".to_owned(), 0)]
     );
     assert_eq!(
         tracking_events(&mut connection, ids[3]).await,
@@ -360,7 +360,7 @@ async fn archiving_twice_changes_and_records_once_and_lowers_the_unread_count() 
     for id in &ids {
         assert_eq!(
             tracking_events(&mut connection, *id).await,
-            vec![("archived".to_owned(), 0)]
+            vec![("dismissed".to_owned(), 0)]
         );
     }
 }

@@ -30,10 +30,12 @@ fn context(devices: Vec<DeviceToken>, data: Value, priority: Priority) -> Delive
             "data": data,
         }}),
         locale: None,
+        variant: None,
         parameters: json!({"order": "A-1"}),
         attempt: 1,
         cycle_attempt: 1,
         device_tokens: devices,
+        tracking_opt_out: false,
     }
 }
 

@@ -49,10 +49,12 @@ fn context_with(
         template_key: "order-shipped".into(),
         template_content,
         locale: None,
+        variant: None,
         parameters,
         attempt: cycle_attempt,
         cycle_attempt,
         device_tokens: Vec::new(),
+        tracking_opt_out: false,
     }
 }
 

@@ -367,6 +367,15 @@ impl FakeAdminService {
 
 #[tonic::async_trait]
 impl AdminService for FakeAdminService {
+    async fn get_queue_stats(
+        &self,
+        _request: Request<herald_proto::admin::GetQueueStatsRequest>,
+    ) -> Result<Response<herald_proto::admin::GetQueueStatsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the failures tests do not read queue figures",
+        ))
+    }
+
     async fn list_failures(
         &self,
         request: Request<ListFailuresRequest>,

@@ -1,0 +1,353 @@
+//! Delivery events: the one place every `delivery_events` row is written, each also emitted
+//! as a tracing event with target [`TRACKING_TARGET`] (which telemetry bridges to OTel log
+//! records), plus idempotent engagement events and the per-notification event listing.
+//!
+//! Kinds, in the order a delivery meets them: `accepted`, `scheduled`, `suppressed`,
+//! `queued`, `sending`, `sent`, `delivered` | `retry_wait` | `failed` | `unknown` (and
+//! `replayed` when an operator replays a failure), then the engagement kinds `opened`, `clicked`, `read`, `dismissed` (see ARCHITECTURE.md).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use herald_domain::{DeliveryId, NotificationId};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::schema::{deliveries, delivery_events};
+
+/// The tracing target every stored event is emitted under (defined by `herald-telemetry`,
+/// which bridges it to OpenTelemetry log records).
+pub use herald_telemetry::TRACKING_TARGET;
+
+/// One event to store. `notification_id` and `channel` are only emitted with the tracing
+/// event (the row joins them through the delivery); give them when at hand.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent<'a> {
+    /// The delivery.
+    pub delivery_id: Uuid,
+    /// The event's kind (see the module docs).
+    pub kind: &'a str,
+    /// The delivery's attempt counter when it happened (0 before the first attempt).
+    pub attempt: i32,
+    /// A summary free of personal data.
+    pub detail: &'a str,
+    /// The provider of the attempt, if any.
+    pub provider: Option<&'a str>,
+    /// `retryable`, `permanent`, `exhausted`, `unknown` on failures.
+    pub error_class: Option<&'a str>,
+    /// The delivery's notification, for the tracing event.
+    pub notification_id: Option<Uuid>,
+    /// The delivery's channel, for the tracing event.
+    pub channel: Option<&'a str>,
+}
+
+/// Stores `events` (one statement) and emits each as a tracing event. The emission happens at
+/// the write, inside the caller's transaction: if that transaction rolls back, the events were
+/// emitted but not kept (the table, not the log, is the record).
+pub async fn insert(connection: &mut AsyncPgConnection, events: &[NewEvent<'_>]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = events
+        .iter()
+        .map(|event| {
+            (
+                delivery_events::delivery_id.eq(event.delivery_id),
+                delivery_events::kind.eq(event.kind),
+                delivery_events::attempt.eq(event.attempt),
+                delivery_events::detail.eq(event.detail),
+                delivery_events::provider.eq(event.provider),
+                delivery_events::error_class.eq(event.error_class),
+            )
+        })
+        .collect();
+    diesel::insert_into(delivery_events::table)
+        .values(&rows)
+        .execute(connection)
+        .await?;
+    for event in events {
+        emit(event);
+    }
+    Ok(())
+}
+
+/// The tracing event of a stored delivery event: ids, kind, channel and provider only, never
+/// addresses, parameters or links.
+fn emit(event: &NewEvent<'_>) {
+    tracing::event!(
+        target: TRACKING_TARGET,
+        tracing::Level::INFO,
+        delivery.id = %event.delivery_id,
+        event.kind = event.kind,
+        notification.id = event.notification_id.map(tracing::field::display),
+        channel = event.channel,
+        provider = event.provider,
+        attempt = event.attempt,
+        error.class = event.error_class,
+        "Delivery event."
+    );
+}
+
+/// What a user did with a delivered notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngagementKind {
+    /// The message was displayed (email: the open pixel loaded).
+    Opened,
+    /// A link or action in it was followed.
+    Clicked,
+    /// The user marked it read.
+    Read,
+    /// The user dismissed it (the inbox's archive).
+    Dismissed,
+}
+
+impl EngagementKind {
+    /// Every engagement kind.
+    pub const ALL: [Self; 4] = [Self::Opened, Self::Clicked, Self::Read, Self::Dismissed];
+
+    /// The stored kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Clicked => "clicked",
+            Self::Read => "read",
+            Self::Dismissed => "dismissed",
+        }
+    }
+}
+
+/// One engagement to record once.
+#[derive(Debug, Clone)]
+pub struct Engagement {
+    /// The delivery engaged with.
+    pub delivery_id: DeliveryId,
+    /// What happened.
+    pub kind: EngagementKind,
+    /// What makes this event the same as an earlier one: a second event with the same
+    /// delivery, kind and key is not stored again.
+    pub dedupe_key: String,
+    /// Stored with the event (a click's link); may contain product data, so never logged.
+    pub detail: String,
+}
+
+/// What recording an engagement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored now.
+    New {
+        /// When it was stored.
+        occurred_at: DateTime<Utc>,
+    },
+    /// The same event was stored before; nothing was written.
+    Already {
+        /// When the first one was stored.
+        occurred_at: DateTime<Utc>,
+    },
+    /// No such delivery.
+    UnknownDelivery,
+}
+
+/// Records `engagement` at most once per (delivery, kind, dedupe key): the insert is an
+/// `ON CONFLICT DO NOTHING` against the unique index `delivery_events_dedupe`, so concurrent
+/// duplicates store exactly one row, without a read-then-write race.
+pub async fn record_engagement(
+    connection: &mut AsyncPgConnection,
+    engagement: &Engagement,
+) -> Result<Recorded> {
+    let delivery = deliveries::table
+        .find(engagement.delivery_id.as_uuid())
+        .select((
+            deliveries::notification_id,
+            deliveries::channel,
+            deliveries::attempts,
+        ))
+        .first::<(Uuid, String, i32)>(connection)
+        .await
+        .optional()?;
+    let Some((notification_id, channel, attempts)) = delivery else {
+        return Ok(Recorded::UnknownDelivery);
+    };
+    let kind = engagement.kind.as_str();
+    let inserted = diesel::insert_into(delivery_events::table)
+        .values((
+            delivery_events::delivery_id.eq(engagement.delivery_id.as_uuid()),
+            delivery_events::kind.eq(kind),
+            delivery_events::attempt.eq(attempts),
+            delivery_events::detail.eq(&engagement.detail),
+            delivery_events::dedupe_key.eq(&engagement.dedupe_key),
+        ))
+        .on_conflict_do_nothing()
+        .returning(delivery_events::occurred_at)
+        .get_result::<DateTime<Utc>>(connection)
+        .await
+        .optional()?;
+    if let Some(occurred_at) = inserted {
+        emit(&NewEvent {
+            delivery_id: *engagement.delivery_id.as_uuid(),
+            kind,
+            attempt: attempts,
+            notification_id: Some(notification_id),
+            channel: Some(&channel),
+            ..NewEvent::default()
+        });
+        return Ok(Recorded::New { occurred_at });
+    }
+    let occurred_at = delivery_events::table
+        .filter(delivery_events::delivery_id.eq(engagement.delivery_id.as_uuid()))
+        .filter(delivery_events::kind.eq(kind))
+        .filter(delivery_events::dedupe_key.eq(&engagement.dedupe_key))
+        .select(delivery_events::occurred_at)
+        .first::<DateTime<Utc>>(connection)
+        .await?;
+    Ok(Recorded::Already { occurred_at })
+}
+
+/// The dedupe key of engagements that happen at most once per delivery (`opened`, `read`,
+/// `dismissed`), whichever path records them (pixel, inbox, `TrackingService`).
+pub const ONCE: &str = "once";
+
+/// Records `kind` once for each of `delivery_ids` (dedupe key [`ONCE`]); deliveries that have
+/// it already, or do not exist, are left as they are. Returns the deliveries it recorded.
+pub async fn record_once(
+    connection: &mut AsyncPgConnection,
+    kind: EngagementKind,
+    delivery_ids: &[Uuid],
+) -> Result<Vec<Uuid>> {
+    let targets = deliveries::table
+        .filter(deliveries::id.eq_any(delivery_ids))
+        .select((
+            deliveries::id,
+            deliveries::notification_id,
+            deliveries::channel,
+            deliveries::attempts,
+        ))
+        .load::<(Uuid, Uuid, String, i32)>(connection)
+        .await?;
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<_> = targets
+        .iter()
+        .map(|(delivery_id, _, _, attempts)| {
+            (
+                delivery_events::delivery_id.eq(*delivery_id),
+                delivery_events::kind.eq(kind.as_str()),
+                delivery_events::attempt.eq(*attempts),
+                delivery_events::detail.eq(""),
+                delivery_events::dedupe_key.eq(ONCE),
+            )
+        })
+        .collect();
+    let recorded: Vec<Uuid> = diesel::insert_into(delivery_events::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .returning(delivery_events::delivery_id)
+        .get_results(connection)
+        .await?;
+    for (delivery_id, notification_id, channel, attempts) in &targets {
+        if recorded.contains(delivery_id) {
+            emit(&NewEvent {
+                delivery_id: *delivery_id,
+                kind: kind.as_str(),
+                attempt: *attempts,
+                notification_id: Some(*notification_id),
+                channel: Some(channel),
+                ..NewEvent::default()
+            });
+        }
+    }
+    Ok(recorded)
+}
+
+/// One stored event of a notification's delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// The delivery's channel.
+    pub channel: String,
+    /// The event's kind.
+    pub kind: String,
+    /// When it was stored.
+    pub occurred_at: DateTime<Utc>,
+    /// The delivery's attempt counter then.
+    pub attempt: i32,
+    /// The attempt's provider, if any.
+    pub provider: Option<String>,
+    /// The failure class, if any.
+    pub error_class: Option<String>,
+    /// The stored summary (a click's link).
+    pub detail: String,
+}
+
+/// Every event of every delivery of `notification_id`, ordered by delivery (recipient order,
+/// then channel) and then oldest first; `None` when the notification does not exist.
+pub async fn for_notification(
+    connection: &mut AsyncPgConnection,
+    notification_id: NotificationId,
+) -> Result<Option<Vec<StoredEvent>>> {
+    let exists = diesel::select(diesel::dsl::exists(
+        crate::schema::notifications::table.find(notification_id.as_uuid()),
+    ))
+    .get_result::<bool>(connection)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows = delivery_events::table
+        .inner_join(deliveries::table)
+        .filter(deliveries::notification_id.eq(notification_id.as_uuid()))
+        .order((
+            deliveries::recipient_index.asc(),
+            deliveries::channel.asc(),
+            delivery_events::id.asc(),
+        ))
+        .select((
+            delivery_events::delivery_id,
+            deliveries::channel,
+            delivery_events::kind,
+            delivery_events::occurred_at,
+            delivery_events::attempt,
+            delivery_events::provider,
+            delivery_events::error_class,
+            delivery_events::detail,
+        ))
+        .load::<(
+            Uuid,
+            String,
+            String,
+            DateTime<Utc>,
+            i32,
+            Option<String>,
+            Option<String>,
+            String,
+        )>(connection)
+        .await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(
+                |(
+                    delivery_id,
+                    channel,
+                    kind,
+                    occurred_at,
+                    attempt,
+                    provider,
+                    error_class,
+                    detail,
+                )| {
+                    StoredEvent {
+                        delivery_id: delivery_id.into(),
+                        channel,
+                        kind,
+                        occurred_at,
+                        attempt,
+                        provider,
+                        error_class,
+                        detail,
+                    }
+                },
+            )
+            .collect(),
+    ))
+}

@@ -1,0 +1,161 @@
+//! Metrics: one OpenTelemetry meter provider per service, read by a Prometheus registry
+//! (served as text on `GET /metrics`) and, with OTLP on, pushed to the collector.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_config::TelemetrySettings;
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::Encoder as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// A service's metrics. Cheap to clone; every clone records into the same provider.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service_name: &'static str,
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Pushes the last figures over OTLP; nothing to do when that fails at exit.
+        let _flushed = self.provider.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Metrics")
+            .field("service_name", &self.inner.service_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics of `service_name`, readable in Prometheus text and, when `otlp_endpoint` is
+    /// set, pushed over OTLP every `metrics_export_interval` (call inside a Tokio runtime).
+    pub fn new(settings: &TelemetrySettings, service_name: &'static str) -> Result<Self, Error> {
+        let registry = prometheus::Registry::new();
+        let prometheus = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|error| Error::Exporter(format!("prometheus exporter: {error}")))?;
+        let mut builder = SdkMeterProvider::builder()
+            .with_reader(prometheus)
+            .with_resource(crate::resource(settings, service_name));
+        if !settings.otlp_endpoint.is_empty() {
+            use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(&settings.otlp_endpoint)
+                .with_compression(opentelemetry_otlp::Compression::Gzip)
+                .build()
+                .map_err(|error| Error::Exporter(format!("metric exporter: {error}")))?;
+            builder = builder.with_reader(
+                opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+                    .with_interval(settings.metrics_export_interval)
+                    .build(),
+            );
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                service_name,
+                provider: builder.build(),
+                registry,
+            }),
+        })
+    }
+
+    /// Metrics kept only for the Prometheus text (no OTLP): for tests and tools.
+    pub fn local(service_name: &'static str) -> Self {
+        Self::new(&TelemetrySettings::default(), service_name).unwrap_or_else(|error| {
+            unreachable!("a Prometheus-only provider always builds: {error}")
+        })
+    }
+
+    /// The meter instruments are created from.
+    pub fn meter(&self) -> Meter {
+        self.inner.provider.meter(self.inner.service_name)
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    pub fn prometheus_text(&self) -> String {
+        let mut buffer = Vec::new();
+        let families = self.inner.registry.gather();
+        if let Err(error) = prometheus::TextEncoder::new().encode(&families, &mut buffer) {
+            tracing::warn!(error = %error, "Could not encode metrics.");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// The bound Prometheus endpoint of a service (`GET /metrics`).
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl MetricsEndpoint {
+    /// Binds `address` now, so a taken port fails at start-up and port 0 is resolved. Call
+    /// inside a Tokio runtime.
+    pub fn bind(address: SocketAddr) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Binds `settings.prometheus_listen` when it is set.
+    pub fn bind_configured(settings: &TelemetrySettings) -> Result<Option<Self>, Error> {
+        settings
+            .prometheus_listen
+            .map(|address| Self::bind(address).map_err(|source| Error::Bind { address, source }))
+            .transpose()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves `metrics` until `shutdown` is cancelled.
+    pub async fn serve(self, metrics: Metrics, shutdown: CancellationToken) {
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.prometheus_text(),
+                    )
+                }
+            }),
+        );
+        tracing::info!(address = %self.local_addr, "Serving Prometheus metrics on /metrics.");
+        if let Err(error) = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::warn!(error = %error, "The metrics endpoint stopped.");
+        }
+    }
+}

@@ -1,0 +1,2 @@
+DROP INDEX notifications_template_version;
+ALTER TABLE deliveries DROP COLUMN variant;

@@ -1,0 +1,237 @@
+//! `herald.tracking.v1.TrackingService`: engagement events reported by clients (push, in-app)
+//! and the event history of a notification. Callers need the track role. Every event is
+//! stored through `herald_db::events`, the same path as the pixel, the click redirects and
+//! the inbox, so a given engagement is recorded once whichever way it arrives.
+
+use herald_db::events::{self, Engagement, EngagementKind, Recorded};
+use herald_domain::{DeliveryId, NotificationId, Role};
+use herald_proto::conversions::timestamp;
+use herald_proto::tracking::{
+    self as pb, ListEventsRequest, ListEventsResponse, RecordEventRequest, RecordEventResponse,
+    tracking_service_server::TrackingService,
+};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::caller;
+use crate::error::{Result, ServiceError};
+
+/// Longest link a client may report with a click.
+const MAX_LINK: usize = 2048;
+/// Longest client event id.
+const MAX_CLIENT_EVENT_ID: usize = 128;
+
+pub(crate) struct TrackingApi {
+    state: AppState,
+}
+
+impl TrackingApi {
+    pub(crate) fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    async fn record(&self, request: RecordEventRequest) -> Result<RecordEventResponse> {
+        let engagement = engagement(&request)?;
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        match events::record_engagement(&mut connection, &engagement).await? {
+            Recorded::New { occurred_at } => Ok(RecordEventResponse {
+                recorded: true,
+                already_recorded: false,
+                occurred_at: Some(timestamp(occurred_at)),
+            }),
+            Recorded::Already { occurred_at } => Ok(RecordEventResponse {
+                recorded: false,
+                already_recorded: true,
+                occurred_at: Some(timestamp(occurred_at)),
+            }),
+            Recorded::UnknownDelivery => Err(ServiceError::NotFound(format!(
+                "delivery {} does not exist",
+                engagement.delivery_id
+            ))),
+        }
+    }
+
+    async fn list(&self, request: ListEventsRequest) -> Result<ListEventsResponse> {
+        let notification_id = NotificationId::from(parse_uuid(
+            "notification_id",
+            &request.notification_id,
+            "a notification id",
+        )?);
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let stored = events::for_notification(&mut connection, notification_id)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("notification {notification_id} does not exist"))
+            })?;
+        Ok(ListEventsResponse {
+            events: stored
+                .into_iter()
+                .map(|event| pb::DeliveryEvent {
+                    delivery_id: event.delivery_id.to_string(),
+                    channel: event.channel,
+                    kind: event.kind,
+                    occurred_at: Some(timestamp(event.occurred_at)),
+                    attempt: event.attempt,
+                    provider: event.provider.unwrap_or_default(),
+                    error_class: event.error_class.unwrap_or_default(),
+                    detail: event.detail,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Validates `request` into the engagement to record, with its dedupe key: `once` for
+/// opened/read/dismissed; for clicked, the link's digest (the same key `herald-tracker` gives
+/// an email click), else the client event id's digest, else `once`.
+fn engagement(request: &RecordEventRequest) -> Result<Engagement> {
+    let delivery_id = DeliveryId::from(parse_uuid(
+        "delivery_id",
+        &request.delivery_id,
+        "a delivery id",
+    )?);
+    let kind = match pb::EngagementKind::try_from(request.kind) {
+        Ok(pb::EngagementKind::Opened) => EngagementKind::Opened,
+        Ok(pb::EngagementKind::Clicked) => EngagementKind::Clicked,
+        Ok(pb::EngagementKind::Read) => EngagementKind::Read,
+        Ok(pb::EngagementKind::Dismissed) => EngagementKind::Dismissed,
+        Ok(pb::EngagementKind::Unspecified) | Err(_) => {
+            return Err(ServiceError::invalid(
+                "kind",
+                format!(
+                    "must be one of ENGAGEMENT_KIND_OPENED, ENGAGEMENT_KIND_CLICKED, \
+                     ENGAGEMENT_KIND_READ, ENGAGEMENT_KIND_DISMISSED (got {})",
+                    request.kind
+                ),
+            ));
+        }
+    };
+    if request.link.len() > MAX_LINK {
+        return Err(ServiceError::invalid(
+            "link",
+            format!("must be at most {MAX_LINK} characters"),
+        ));
+    }
+    if request.client_event_id.len() > MAX_CLIENT_EVENT_ID {
+        return Err(ServiceError::invalid(
+            "client_event_id",
+            format!("must be at most {MAX_CLIENT_EVENT_ID} characters"),
+        ));
+    }
+    let (dedupe_key, detail) = match kind {
+        EngagementKind::Clicked if !request.link.is_empty() => (
+            herald_tracking::Target::Click {
+                url: request.link.clone(),
+            }
+            .dedupe_key(),
+            request.link.clone(),
+        ),
+        EngagementKind::Clicked if !request.client_event_id.is_empty() => (
+            format!(
+                "client:{}",
+                hex::encode(&Sha256::digest(request.client_event_id.as_bytes())[..16])
+            ),
+            String::new(),
+        ),
+        _ => (events::ONCE.to_owned(), String::new()),
+    };
+    Ok(Engagement {
+        delivery_id,
+        kind,
+        dedupe_key,
+        detail,
+    })
+}
+
+fn parse_uuid(field: &str, text: &str, what: &str) -> Result<Uuid> {
+    Uuid::parse_str(text)
+        .map_err(|_| ServiceError::invalid(field, format!("must be {what} (a UUID)")))
+}
+
+#[tonic::async_trait]
+impl TrackingService for TrackingApi {
+    async fn record_event(
+        &self,
+        request: Request<RecordEventRequest>,
+    ) -> Result<Response<RecordEventResponse>, Status> {
+        caller(&request)?.require(Role::Track, "RecordEvent")?;
+        Ok(Response::new(self.record(request.into_inner()).await?))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        caller(&request)?.require(Role::Track, "ListEvents")?;
+        Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: pb::EngagementKind, link: &str, client_event_id: &str) -> RecordEventRequest {
+        RecordEventRequest {
+            delivery_id: Uuid::now_v7().to_string(),
+            kind: kind.into(),
+            link: link.into(),
+            client_event_id: client_event_id.into(),
+        }
+    }
+
+    #[test]
+    fn opens_reads_and_dismissals_are_once_per_delivery_whatever_the_client_id() {
+        for kind in [
+            pb::EngagementKind::Opened,
+            pb::EngagementKind::Read,
+            pb::EngagementKind::Dismissed,
+        ] {
+            let engagement = engagement(&request(kind, "https://x.example", "e-1")).unwrap();
+            assert_eq!(engagement.dedupe_key, "once");
+            assert_eq!(engagement.detail, "");
+        }
+    }
+
+    #[test]
+    fn clicks_are_keyed_by_link_then_client_event_id() {
+        let by_link = engagement(&request(
+            pb::EngagementKind::Clicked,
+            "https://x.example",
+            "e-1",
+        ))
+        .unwrap();
+        assert!(by_link.dedupe_key.starts_with("link:"));
+        assert_eq!(by_link.detail, "https://x.example");
+        let by_id = engagement(&request(pb::EngagementKind::Clicked, "", "e-1")).unwrap();
+        assert!(by_id.dedupe_key.starts_with("client:"));
+        let bare = engagement(&request(pb::EngagementKind::Clicked, "", "")).unwrap();
+        assert_eq!(bare.dedupe_key, "once");
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_kind_is_invalid_and_names_the_kinds() {
+        let mut unknown = request(pb::EngagementKind::Opened, "", "");
+        for kind in [0, 99] {
+            unknown.kind = kind;
+            let Err(ServiceError::InvalidArgument(message)) = engagement(&unknown) else {
+                panic!("kind {kind} should be invalid");
+            };
+            assert!(
+                message.starts_with("kind: must be one of ENGAGEMENT_KIND_OPENED"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_delivery_id_is_invalid() {
+        let mut bad = request(pb::EngagementKind::Opened, "", "");
+        bad.delivery_id = "nope".into();
+        assert!(
+            matches!(engagement(&bad), Err(ServiceError::InvalidArgument(message)) if message.starts_with("delivery_id:"))
+        );
+    }
+}
