@@ -617,3 +617,38 @@ async fn queue_stats_show_what_waits_per_priority_and_what_the_broker_holds() {
     .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_also_pushed_over_otlp() {
+    let receiver = OtlpReceiver::start().await;
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut settings = app.api_replica_settings();
+    settings.telemetry = TelemetrySettings {
+        otlp_endpoint: receiver.endpoint().to_owned(),
+        metrics_export_interval: Duration::from_secs(1),
+        ..TelemetrySettings::default()
+    };
+    let replica = app.spawn_api_replica_with(settings).await;
+    let status = herald_proto::submit::submit_service_client::SubmitServiceClient::new(
+        app.channel_at(replica, As::Orders).await,
+    )
+    .get_notification(herald_proto::submit::GetNotificationRequest {
+        notification_id: uuid::Uuid::now_v7().to_string(),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    eventually("the replica's RPC metric over OTLP", WAIT, || {
+        let pushed = receiver.metric_names().contains(&(
+            "herald-api-server".to_owned(),
+            "rpc.server.call.duration".to_owned(),
+        ));
+        std::future::ready(pushed.then_some(()))
+    })
+    .await;
+}

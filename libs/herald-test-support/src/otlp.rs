@@ -10,6 +10,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -62,6 +68,8 @@ pub struct ReceivedLog {
 struct Received {
     spans: Mutex<Vec<ReceivedSpan>>,
     logs: Mutex<Vec<ReceivedLog>>,
+    /// `(service.name, metric name)` of every metric exported.
+    metrics: Mutex<Vec<(String, String)>>,
 }
 
 /// The receiver; stops when dropped.
@@ -92,11 +100,14 @@ impl OtlpReceiver {
             .accept_compressed(CompressionEncoding::Gzip);
         let logs = LogsServiceServer::new(Sink(Arc::clone(&received)))
             .accept_compressed(CompressionEncoding::Gzip);
+        let metrics = MetricsServiceServer::new(Sink(Arc::clone(&received)))
+            .accept_compressed(CompressionEncoding::Gzip);
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _stopped = tonic::transport::Server::builder()
                 .add_service(traces)
                 .add_service(logs)
+                .add_service(metrics)
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -115,6 +126,11 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         lock(&self.received.spans).clone()
+    }
+
+    /// `(service.name, metric name)` of every metric exported so far.
+    pub fn metric_names(&self) -> Vec<(String, String)> {
+        lock(&self.received.metrics).clone()
     }
 
     /// Every log record received so far.
@@ -188,6 +204,30 @@ impl LogsService for Sink {
         }
         lock(&self.0.logs).extend(logs);
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut names = Vec::new();
+        for resource_metrics in request.into_inner().resource_metrics {
+            let service_name = resource_metrics
+                .resource
+                .map(|resource| attributes(&resource.attributes))
+                .and_then(|attributes| attributes.get("service.name").cloned())
+                .unwrap_or_default();
+            for scope_metrics in resource_metrics.scope_metrics {
+                for metric in scope_metrics.metrics {
+                    names.push((service_name.clone(), metric.name));
+                }
+            }
+        }
+        lock(&self.0.metrics).extend(names);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
