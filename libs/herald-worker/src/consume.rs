@@ -399,7 +399,12 @@ impl<P: ChannelProvider> Inner<P> {
         delay: Duration,
     ) -> Result<(), herald_queue::Error> {
         message.previous_attempt = herald_telemetry::current_context_map();
-        message.enqueued_at = Some(herald_proto::conversions::timestamp(chrono::Utc::now()));
+        // The copy reaches the work queue when the delay queue's TTL lets it go: its queue
+        // wait counts from then, not from now (the backoff is not time spent waiting for a
+        // worker, and would swamp `herald.queue.wait.duration`).
+        let back_in_queue =
+            chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        message.enqueued_at = Some(herald_proto::conversions::timestamp(back_in_queue));
         publisher
             .publish_retry(&message, self.provider.channel(), priority, delay)
             .await?

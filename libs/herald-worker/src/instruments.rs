@@ -56,7 +56,7 @@ impl Instruments {
                 .build(),
             wait: seconds(
                 "herald.queue.wait.duration",
-                "Time from enqueue (relay publish or retry) to consume, by queue and priority",
+                "Time from enqueue (relay publish, or a retry's return from its delay queue) to consume, by queue and priority",
             ),
             settlements: meter
                 .u64_counter("herald.queue.settlements")

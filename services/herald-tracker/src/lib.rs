@@ -163,9 +163,7 @@ async fn click(State(tracker): State<Arc<Tracker>>, Path(token): Path<String>) -
     let Target::Click { url } = &link.target else {
         return not_found();
     };
-    let Ok(location) = HeaderValue::from_str(url) else {
-        // Signed, so it came from a template, but not a valid header value (raw spaces or
-        // control characters): nothing sensible to redirect to.
+    let Ok(location) = HeaderValue::from_str(&location(url)) else {
         return not_found();
     };
     tracker.record(&link, EngagementKind::Clicked).await;
@@ -181,6 +179,20 @@ async fn click(State(tracker): State<Arc<Tracker>>, Path(token): Path<String>) -
         ],
     )
         .into_response()
+}
+
+/// `url` as a `Location` value, which must be visible ASCII: a template's link may hold raw
+/// spaces or non-ASCII characters (`https://example.com/café`), which a browser following the
+/// untracked link would percent-encode (UTF-8), so the redirect does the same; ASCII tabs and
+/// newlines, which a browser drops from URLs, are dropped.
+fn location(url: &str) -> String {
+    /// Controls, space, DEL and every non-ASCII byte; `%` itself stays (already encoded).
+    const NOT_VISIBLE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b' ');
+    let url: String = url
+        .chars()
+        .filter(|character| !matches!(character, '\t' | '\n' | '\r'))
+        .collect();
+    percent_encoding::utf8_percent_encode(&url, NOT_VISIBLE).to_string()
 }
 
 /// Every refused token looks the same from outside.
@@ -253,5 +265,27 @@ impl Tracker {
                 tracing::warn!(delivery.id = %link.delivery_id, event.kind = kind.as_str(), error = %error, "Could not record a tracking event.");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_with_spaces_or_non_ascii_characters_redirects_percent_encoded() {
+        assert_eq!(
+            location("https://shop.example/a?b=c&d=%20e#top"),
+            "https://shop.example/a?b=c&d=%20e#top"
+        );
+        assert_eq!(
+            location("https://shop.example/café menu"),
+            "https://shop.example/caf%C3%A9%20menu"
+        );
+        assert_eq!(
+            location("https://shop.example/\ta\nb"),
+            "https://shop.example/ab"
+        );
+        assert!(HeaderValue::from_str(&location("https://shop.example/ü\u{7f}")).is_ok());
     }
 }
