@@ -37,7 +37,10 @@ fn base_toml_is_valid_for_every_service() {
     assert_eq!(api.auth.principals.len(), 2);
     assert_eq!(api.redis.key_prefix, "herald");
     let relay: herald_relay::Settings = herald_config::load(&sources(&[])).unwrap();
-    assert_eq!(relay.relay.batch_size, 200);
+    assert_eq!(relay.relay.batch_size, 500);
+    assert_eq!(relay.relay.publishers, 2);
+    assert_eq!(api.submit.writers, 3);
+    assert_eq!(api.submit.quota_window, std::time::Duration::from_secs(60));
     let worker: herald_email_worker::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(worker.smtp.port, 2525);
     let tracker: herald_tracker::Settings = herald_config::load(&sources(&[(

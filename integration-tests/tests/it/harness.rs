@@ -157,6 +157,8 @@ impl TestApp {
             },
             submit: herald_api_server::SubmitSettings {
                 quota_per_minute,
+                // No window boundary (which resets the count) falls inside a test.
+                quota_window: Duration::from_secs(10 * 365 * 24 * 60 * 60),
                 ..herald_api_server::SubmitSettings::default()
             },
             telemetry: TelemetrySettings::default(),
@@ -223,7 +225,15 @@ impl TestApp {
             amqp: amqp_settings.clone(),
             relay: herald_relay::RelaySettings {
                 batch_size: 100,
-                poll_interval: Duration::from_millis(10),
+                publishers: 2,
+                // Submits wake the relay (NOTIFY): with the real clock nothing else needs it,
+                // so every test shows that the wake-up works. A manual clock is moved by the
+                // test, which only polling notices.
+                poll_interval: if options.clock.is_some() {
+                    Duration::from_millis(20)
+                } else {
+                    Duration::from_secs(3600)
+                },
                 cleanup_interval: Duration::from_secs(60),
             },
             telemetry: test_telemetry(),

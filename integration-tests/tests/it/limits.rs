@@ -190,9 +190,45 @@ async fn a_caller_over_its_submit_quota_gets_resource_exhausted() {
     assert!(
         status
             .message()
-            .contains("at most 3 notifications per minute"),
+            .contains("may submit at most 3 notifications per"),
         "{}",
         status.message()
     );
     assert_eq!(app.count_rows("notifications").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_submit_quota_holds_across_api_replicas() {
+    let app = TestApp::spawn_with(Options {
+        quota_per_minute: 10,
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let mut settings = app.api_replica_settings();
+    settings.submit.quota_per_minute = 10;
+    let replica = app.spawn_api_replica_with(settings).await;
+    let mut replica_client = herald_proto::submit::submit_service_client::SubmitServiceClient::new(
+        app.channel_at(replica, crate::harness::As::Orders).await,
+    );
+
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for n in 0..8 {
+        let request = welcome_request(&format!("user{n}@example.com"));
+        for result in [
+            app.submit(request.clone()).await,
+            replica_client.submit(request).await.map(tonic::Response::into_inner),
+        ] {
+            match result {
+                Ok(_) => accepted += 1,
+                Err(status) => refused.push(status.code()),
+            }
+        }
+    }
+
+    assert_eq!(accepted, 10);
+    assert_eq!(refused, vec![Code::ResourceExhausted; 6]);
+    assert_eq!(app.count_rows("notifications").await, 10);
 }

@@ -297,9 +297,15 @@ async fn a_user_who_opts_out_while_the_message_is_queued_does_not_get_it() {
     assert!(app.smtp.messages().is_empty());
 }
 
-/// 2026-11-26 02:00 in Seoul (UTC+9).
-fn seoul_2am() -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339("2026-11-26T02:00:00+09:00")
+/// 02:00 in Seoul (UTC+9, no daylight saving), `days` days from today there: the injected
+/// clock stays within a day or two of the real one, whatever the date the tests run on.
+fn seoul_2am(days: i64) -> chrono::DateTime<chrono::Utc> {
+    let seoul = chrono::FixedOffset::east_opt(9 * 3600).unwrap();
+    let today = chrono::Utc::now().with_timezone(&seoul).date_naive();
+    (today + chrono::Duration::days(days))
+        .and_hms_opt(2, 0, 0)
+        .unwrap()
+        .and_local_timezone(seoul)
         .unwrap()
         .to_utc()
 }
@@ -317,7 +323,10 @@ async fn seoul_sleeper(app: &TestApp, user_id: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_seoul_users_2am_message_arrives_at_8am_their_time() {
-    let clock = Arc::new(ManualClock::new(seoul_2am()));
+    // Yesterday's night: the service's clock runs behind the real one, and everything that
+    // decides when a delivery is due must follow the service's clock, not the real one.
+    let two_am = seoul_2am(-1);
+    let clock = Arc::new(ManualClock::new(two_am));
     let app = TestApp::spawn_with(Options {
         clock: Some(clock.clone()),
         ..Options::default()
@@ -331,7 +340,7 @@ async fn a_seoul_users_2am_message_arrives_at_8am_their_time() {
     let held = app.notification(&id).await;
     let delivery = &held.deliveries[0];
     assert_eq!(delivery.state(), DeliveryState::Scheduled);
-    let eight_am = chrono::DateTime::parse_from_rfc3339("2026-11-26T08:00:00+09:00").unwrap();
+    let eight_am = two_am + chrono::Duration::hours(6);
     assert_eq!(
         delivery.scheduled_for.unwrap().seconds,
         eight_am.timestamp()
@@ -347,7 +356,7 @@ async fn a_seoul_users_2am_message_arrives_at_8am_their_time() {
         DeliveryState::Scheduled
     );
 
-    clock.set(eight_am.to_utc());
+    clock.set(eight_am);
 
     app.wait_for_status(&id, NotificationStatus::Delivered)
         .await;
@@ -357,7 +366,7 @@ async fn a_seoul_users_2am_message_arrives_at_8am_their_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn critical_security_alerts_ignore_quiet_hours() {
-    let clock = Arc::new(ManualClock::new(seoul_2am()));
+    let clock = Arc::new(ManualClock::new(seoul_2am(1)));
     let app = TestApp::spawn_with(Options {
         clock: Some(clock),
         ..Options::default()
@@ -384,7 +393,7 @@ async fn critical_security_alerts_ignore_quiet_hours() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn send_at_holds_a_notification_until_its_time() {
-    let start = seoul_2am();
+    let start = seoul_2am(1);
     let clock = Arc::new(ManualClock::new(start));
     let app = TestApp::spawn_with(Options {
         clock: Some(clock.clone()),

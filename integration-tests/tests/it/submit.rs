@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use herald_proto::common::Channel as WireChannel;
 use herald_proto::submit::{GetNotificationRequest, NotificationStatus, SubmitRequest};
+use herald_proto::template::{EmailPart, TemplateContent, UpdateTemplateRequest};
 use tonic::Code;
 
 use crate::harness::{As, Options, TestApp, parameters, welcome_request};
@@ -274,47 +275,84 @@ fn keyed_request(key: &str) -> SubmitRequest {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_retried_submit_is_answered_from_the_cache() {
+async fn a_replay_is_answered_with_the_original_even_after_the_template_changed() {
     let app = TestApp::spawn().await;
     app.create_welcome_template().await;
-    let first = app.submit(keyed_request("cached")).await.unwrap();
-
-    let keys: Vec<String> = app
-        .keyspace
-        .keys()
+    let first = app.submit(keyed_request("replayed")).await.unwrap();
+    assert!(!first.duplicate);
+    // Version 2 needs a parameter the original request does not have.
+    app.template_client(As::Admin)
         .await
-        .into_iter()
-        .filter(|key| key.contains(":idem:"))
-        .collect();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(keys[0].starts_with(&format!("{}:idem:", app.keyspace.prefix())));
-    assert!(
-        !keys[0].contains("cached"),
-        "keys carry no caller-chosen text"
-    );
+        .update_template(UpdateTemplateRequest {
+            key: "welcome".into(),
+            content: Some(TemplateContent {
+                email: Some(EmailPart {
+                    subject: "Hi {{username}}".into(),
+                    html: String::new(),
+                    text: "Your coupon: {{coupon}}".into(),
+                }),
+                ..TemplateContent::default()
+            }),
+            sample_parameters: Some(parameters(&[("username", "Ada"), ("coupon", "C")])),
+            activate: true,
+            ..UpdateTemplateRequest::default()
+        })
+        .await
+        .unwrap();
 
-    let second = app.submit(keyed_request("cached")).await.unwrap();
+    let second = app.submit(keyed_request("replayed")).await.unwrap();
+
     assert_eq!(second.notification_id, first.notification_id);
     assert!(second.duplicate);
-
-    let mut conflicting = keyed_request("cached");
+    let mut conflicting = keyed_request("replayed");
     conflicting.priority = herald_proto::common::Priority::High.into();
     let status = app.submit(conflicting).await.unwrap_err();
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(status.code(), Code::AlreadyExists, "{}", status.message());
+    let unkeyed = app.submit(welcome_request("ada@example.com")).await.unwrap_err();
+    assert_eq!(unkeyed.code(), Code::InvalidArgument);
+    assert!(unkeyed.message().contains("`coupon`"), "{}", unkeyed.message());
+    assert_eq!(app.count_rows("notifications").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_wiped_cache_never_causes_a_duplicate() {
-    let app = TestApp::spawn().await;
+async fn a_nul_character_is_refused_with_its_field_path_while_other_submits_are_written() {
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
     app.create_welcome_template().await;
-    let first = app.submit(keyed_request("wiped")).await.unwrap();
-    app.keyspace.wipe().await;
+    let mut bad = welcome_request("ada@example.com");
+    bad.parameters = Some(parameters(&[("username", "A\0da"), ("item_name", "x")]));
+    let mut bad_metadata = welcome_request("ada@example.com");
+    bad_metadata.metadata = [("order".to_owned(), "4\u{0}2".to_owned())].into();
 
-    let second = app.submit(keyed_request("wiped")).await.unwrap();
+    let (good, refused, refused_metadata) = tokio::join!(
+        futures::future::join_all(
+            (0..20).map(|n| app.submit(welcome_request(&format!("user{n}@example.com"))))
+        ),
+        app.submit(bad),
+        app.submit(bad_metadata),
+    );
 
-    assert_eq!(second.notification_id, first.notification_id);
-    assert!(second.duplicate);
-    assert_eq!(app.count_rows("notifications").await, 1);
+    assert!(good.iter().all(Result::is_ok), "{good:?}");
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .starts_with("parameters.username: must not contain the NUL character"),
+        "{}",
+        refused.message()
+    );
+    let refused_metadata = refused_metadata.unwrap_err();
+    assert_eq!(refused_metadata.code(), Code::InvalidArgument);
+    assert!(
+        refused_metadata.message().starts_with("metadata[order]:"),
+        "{}",
+        refused_metadata.message()
+    );
+    assert_eq!(app.count_rows("notifications").await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]

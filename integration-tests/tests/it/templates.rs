@@ -628,3 +628,69 @@ async fn non_admins_cannot_update_or_activate_and_nothing_is_written() {
         .versions;
     assert_eq!(versions.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activation_reaches_the_template_cache_of_every_api_replica() {
+    let app = TestApp::spawn_with(crate::harness::Options {
+        email_worker: false,
+        ..crate::harness::Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let replica = app.spawn_api_replica().await;
+    let mut replica_client = herald_proto::submit::submit_service_client::SubmitServiceClient::new(
+        app.channel_at(replica, As::Orders).await,
+    );
+    let version_used = async |client: &mut herald_proto::submit::submit_service_client::SubmitServiceClient<tonic::transport::Channel>| {
+        let id = client
+            .submit(crate::harness::welcome_request("ada@example.com"))
+            .await
+            .unwrap()
+            .into_inner()
+            .notification_id;
+        app.notification(&id).await.template_version
+    };
+    // The replica now holds version 1 as the active one.
+    assert_eq!(version_used(&mut replica_client).await, 1);
+
+    // Activated through the other server: the replica hears of it through PostgreSQL.
+    app.template_client(As::Admin)
+        .await
+        .update_template(UpdateTemplateRequest {
+            key: "welcome".into(),
+            content: Some(email("Version two for {{username}}", "", "{{item_name}}")),
+            sample_parameters: Some(parameters(&[("username", "Ada"), ("item_name", "x")])),
+            activate: true,
+            ..UpdateTemplateRequest::default()
+        })
+        .await
+        .unwrap();
+
+    herald_test_support::eventually(
+        "the replica to submit with version 2",
+        Duration::from_secs(10),
+        || {
+            let mut client = replica_client.clone();
+            async move { (version_used(&mut client).await == 2).then_some(()) }
+        },
+    )
+    .await;
+    // And a rollback the same way.
+    app.template_client(As::Admin)
+        .await
+        .activate_version(ActivateVersionRequest {
+            key: "welcome".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    herald_test_support::eventually(
+        "the replica to submit with version 1 again",
+        Duration::from_secs(10),
+        || {
+            let mut client = replica_client.clone();
+            async move { (version_used(&mut client).await == 1).then_some(()) }
+        },
+    )
+    .await;
+}

@@ -41,30 +41,30 @@ pub struct NewEvent<'a> {
     pub channel: Option<&'a str>,
 }
 
-/// Stores `events` (one statement) and emits each as a tracing event. The emission happens at
-/// the write, inside the caller's transaction: if that transaction rolls back, the events were
-/// emitted but not kept (the table, not the log, is the record).
+/// Stores `events` (one fixed-shape statement over arrays, whatever their number) and emits
+/// each as a tracing event. The emission happens at the write, inside the caller's
+/// transaction: if that transaction rolls back, the events were emitted but not kept (the
+/// table, not the log, is the record).
 pub async fn insert(connection: &mut AsyncPgConnection, events: &[NewEvent<'_>]) -> Result<()> {
+    use diesel::sql_types::{Array, Int4, Nullable, Text, Uuid as SqlUuid};
     if events.is_empty() {
         return Ok(());
     }
-    let rows: Vec<_> = events
-        .iter()
-        .map(|event| {
-            (
-                delivery_events::delivery_id.eq(event.delivery_id),
-                delivery_events::kind.eq(event.kind),
-                delivery_events::attempt.eq(event.attempt),
-                delivery_events::detail.eq(event.detail),
-                delivery_events::provider.eq(event.provider),
-                delivery_events::error_class.eq(event.error_class),
-            )
-        })
-        .collect();
-    diesel::insert_into(delivery_events::table)
-        .values(&rows)
-        .execute(connection)
-        .await?;
+    diesel::sql_query(
+        "INSERT INTO delivery_events (delivery_id, kind, attempt, detail, provider, error_class) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], \
+             $6::text[])",
+    )
+    .bind::<Array<SqlUuid>, _>(events.iter().map(|event| event.delivery_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(events.iter().map(|event| event.kind).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(events.iter().map(|event| event.attempt).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(events.iter().map(|event| event.detail).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(events.iter().map(|event| event.provider).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        events.iter().map(|event| event.error_class).collect::<Vec<_>>(),
+    )
+    .execute(connection)
+    .await?;
     for event in events {
         emit(event);
     }

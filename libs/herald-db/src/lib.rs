@@ -7,6 +7,7 @@ mod error;
 pub mod events;
 pub mod failures;
 pub mod inbox;
+pub mod listen;
 pub mod monitor;
 pub mod notifications;
 pub mod outbox;

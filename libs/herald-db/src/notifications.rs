@@ -6,7 +6,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
 use uuid::Uuid;
 
-use crate::schema::{deliveries, idempotency_keys, notifications, outbox, templates};
+use crate::schema::{deliveries, idempotency_keys, notifications, templates};
 use crate::{Error, Result};
 
 /// A validated notification ready to store.
@@ -36,6 +36,9 @@ pub struct NewNotification {
     pub metadata: serde_json::Value,
     /// W3C trace context to carry to the workers.
     pub trace_context: serde_json::Value,
+    /// When it was accepted, by the service's clock: deliveries sent now become due for the
+    /// relay at this instant, on the same clock the relay and quiet hours use.
+    pub accepted_at: DateTime<Utc>,
     /// One per recipient and channel.
     pub deliveries: Vec<NewDelivery>,
 }
@@ -72,182 +75,328 @@ pub enum Disposition {
     Suppressed(String),
 }
 
-/// What `insert` did.
+/// What `insert_batch` did with one notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// A new notification was stored.
     Created,
-    /// The idempotency key was already used by this caller; nothing was written.
-    KeyExists,
+    /// The caller's idempotency key is bound to another notification (stored earlier, or
+    /// earlier in the same batch); nothing was written for this one. The caller compares
+    /// `request_hash` with its own to tell a replay from a conflicting reuse of the key.
+    KeyExists {
+        /// The notification the key is bound to.
+        notification_id: NotificationId,
+        /// The request hash stored with the binding.
+        request_hash: Vec<u8>,
+    },
 }
 
-/// Stores the notification, its deliveries (state `pending`), an `accepted` event per delivery
-/// and one outbox row per delivery in a single transaction. A reused idempotency key writes
-/// nothing and returns `Inserted::KeyExists`.
+/// Stores one notification: `insert_batch` with a batch of one.
 pub async fn insert(connection: &mut AsyncPgConnection, new: &NewNotification) -> Result<Inserted> {
-    let result = connection
-        .transaction::<_, Error, _>(async |connection| {
-            if let Some(key) = &new.idempotency_key
-                && !claim_idempotency_key(connection, new, key).await?
-            {
-                return Err(Error::Conflict {
-                    constraint: IDEMPOTENCY_KEY_TAKEN.into(),
-                });
-            }
-            diesel::insert_into(notifications::table)
-                .values((
-                    notifications::id.eq(new.id.as_uuid()),
-                    notifications::submitted_by.eq(&new.submitted_by),
-                    notifications::idempotency_key.eq(&new.idempotency_key),
-                    notifications::request_hash.eq(&new.request_hash),
-                    notifications::template_id.eq(new.template_id.as_uuid()),
-                    notifications::template_version.eq(new.template_version),
-                    notifications::category.eq(&new.category),
-                    notifications::priority.eq(new.priority.as_i16()),
-                    notifications::parameters.eq(&new.parameters),
-                    notifications::metadata.eq(&new.metadata),
-                ))
-                .execute(connection)
-                .await?;
-            let delivery_rows: Vec<_> = new
-                .deliveries
-                .iter()
-                .map(|delivery| {
-                    (
-                        deliveries::id.eq(*delivery.id.as_uuid()),
-                        deliveries::notification_id.eq(*new.id.as_uuid()),
-                        deliveries::channel.eq(delivery.channel.as_str()),
-                        deliveries::recipient_index.eq(delivery.recipient_index),
-                        deliveries::user_id.eq(delivery.user_id.clone()),
-                        deliveries::address.eq(delivery.address.clone()),
-                        deliveries::locale.eq(delivery.locale.clone()),
-                        deliveries::variant.eq(delivery.variant.clone()),
-                        deliveries::state.eq(match &delivery.disposition {
-                            Disposition::Now => DeliveryState::Pending.as_str(),
-                            Disposition::ScheduledFor(_) => DeliveryState::Scheduled.as_str(),
-                            Disposition::Suppressed(_) => DeliveryState::Suppressed.as_str(),
-                        }),
-                        deliveries::scheduled_for.eq(match &delivery.disposition {
-                            Disposition::ScheduledFor(at) => Some(*at),
-                            _ => None,
-                        }),
-                        deliveries::last_error.eq(match &delivery.disposition {
-                            Disposition::Suppressed(reason) => Some(reason.clone()),
-                            _ => None,
-                        }),
-                    )
-                })
-                .collect();
-            diesel::insert_into(deliveries::table)
-                .values(&delivery_rows)
-                .execute(connection)
-                .await?;
-            let details: Vec<Option<(&str, String)>> = new
-                .deliveries
-                .iter()
-                .map(|delivery| match &delivery.disposition {
-                    Disposition::Now => None,
-                    Disposition::ScheduledFor(at) => {
-                        Some(("scheduled", format!("until {}", at.to_rfc3339())))
-                    }
-                    Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
-                })
-                .collect();
-            let event_rows: Vec<_> = new
-                .deliveries
-                .iter()
-                .zip(&details)
-                .flat_map(|(delivery, then)| {
-                    let accepted = crate::events::NewEvent {
-                        delivery_id: *delivery.id.as_uuid(),
-                        kind: "accepted",
-                        notification_id: Some(*new.id.as_uuid()),
-                        channel: Some(delivery.channel.as_str()),
-                        ..crate::events::NewEvent::default()
-                    };
-                    let then = then.as_ref().map(|(kind, detail)| crate::events::NewEvent {
-                        kind,
-                        detail,
-                        ..accepted.clone()
-                    });
-                    std::iter::once(accepted).chain(then)
-                })
-                .collect();
-            crate::events::insert(connection, &event_rows).await?;
-            let now = Utc::now();
-            let outbox_rows: Vec<_> = new
-                .deliveries
-                .iter()
-                .filter_map(|delivery| {
-                    let available_at = match &delivery.disposition {
-                        Disposition::Now => now,
-                        Disposition::ScheduledFor(at) => *at,
-                        Disposition::Suppressed(_) => return None,
-                    };
-                    Some((
-                        outbox::delivery_id.eq(*delivery.id.as_uuid()),
-                        outbox::notification_id.eq(*new.id.as_uuid()),
-                        outbox::channel.eq(delivery.channel.as_str()),
-                        outbox::priority.eq(new.priority.as_i16()),
-                        outbox::trace_context.eq(&new.trace_context),
-                        outbox::available_at.eq(available_at),
-                    ))
-                })
-                .collect();
-            if !outbox_rows.is_empty() {
-                diesel::insert_into(outbox::table)
-                    .values(&outbox_rows)
-                    .execute(connection)
-                    .await?;
-            }
-            Ok(())
-        })
-        .await;
-    match result {
-        Ok(()) => Ok(Inserted::Created),
-        Err(Error::Conflict { constraint }) if constraint == IDEMPOTENCY_KEY_TAKEN => {
-            Ok(Inserted::KeyExists)
-        }
-        Err(error) => Err(error),
-    }
+    let mut inserted = insert_batch(connection, std::slice::from_ref(new)).await?;
+    inserted
+        .pop()
+        .ok_or_else(|| Error::Corrupt("a batch of one gave no answer".into()))
 }
 
-/// The marker `insert` uses for a live idempotency key.
-const IDEMPOTENCY_KEY_TAKEN: &str = "idempotency_keys_pkey";
-
-/// Binds `key` to `new` unless a live (unexpired) binding exists; an expired binding is
-/// replaced. Concurrent callers with one key serialise on the primary key: the later insert
-/// waits for the earlier transaction, then sees its row. Returns whether the key is now ours.
-async fn claim_idempotency_key(
+/// Stores `batch` in one transaction: each notification, its deliveries (`pending`,
+/// `scheduled` or `suppressed`), an `accepted` event per delivery (and a `scheduled` or
+/// `suppressed` one), and an outbox row per delivery to send (whose insert wakes the relays at commit,
+/// through the `outbox_added` trigger). Returns one answer per notification, in
+/// order.
+///
+/// Every statement is fixed-shape over arrays (`unnest`), so one statement serves any batch
+/// size. Idempotency keys are claimed first, in one `INSERT … ON CONFLICT` sorted by key (so
+/// concurrent batches lock keys in the same order): a key with a live binding, or one used
+/// earlier in the same batch, answers `Inserted::KeyExists` and writes nothing. A concurrent
+/// batch claiming the same key waits for this one's commit, then sees the binding.
+///
+/// Any error fails the whole batch and writes nothing; the caller retries the items one by
+/// one to find the bad one.
+pub async fn insert_batch(
     connection: &mut AsyncPgConnection,
-    new: &NewNotification,
-    key: &str,
-) -> Result<bool> {
-    use diesel::sql_types::{Bytea, Text, Timestamptz, Uuid as SqlUuid};
+    batch: &[NewNotification],
+) -> Result<Vec<Inserted>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    connection
+        .transaction::<_, Error, _>(async |connection| {
+            let answers = claim_idempotency_keys(connection, batch).await?;
+            let created: Vec<&NewNotification> = batch
+                .iter()
+                .zip(&answers)
+                .filter(|(_, answer)| **answer == Inserted::Created)
+                .map(|(new, _)| new)
+                .collect();
+            if !created.is_empty() {
+                insert_rows(connection, &created).await?;
+            }
+            Ok(answers)
+        })
+        .await
+}
+
+/// Claims the batch's idempotency keys and answers `Created` for every notification that
+/// may be written (no key, or its key now bound to it) and `KeyExists` for the others.
+async fn claim_idempotency_keys(
+    connection: &mut AsyncPgConnection,
+    batch: &[NewNotification],
+) -> Result<Vec<Inserted>> {
+    use diesel::sql_types::{Array, Bytea, Text, Timestamptz, Uuid as SqlUuid};
+    // The first use of each (caller, key) in the batch claims it; later ones follow it.
+    let mut first_use: std::collections::BTreeMap<(&str, &str), usize> =
+        std::collections::BTreeMap::new();
+    for (index, new) in batch.iter().enumerate() {
+        if let Some(key) = &new.idempotency_key {
+            first_use
+                .entry((new.submitted_by.as_str(), key.as_str()))
+                .or_insert(index);
+        }
+    }
+    if first_use.is_empty() {
+        return Ok(vec![Inserted::Created; batch.len()]);
+    }
     let now = Utc::now();
-    let expires_at = now
-        + chrono::Duration::from_std(new.idempotency_retention).unwrap_or(chrono::Duration::MAX);
-    // diesel's DSL has no `ON CONFLICT … DO UPDATE … WHERE`; the statement is small and fixed.
-    let claimed = diesel::sql_query(
+    // One retention for the batch: every item of a batch comes from one service's settings.
+    let retention = batch
+        .iter()
+        .map(|new| new.idempotency_retention)
+        .max()
+        .unwrap_or_default();
+    let expires_at = now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    // BTreeMap order: sorted by (caller, key), the lock order every batch follows.
+    let callers: Vec<&str> = first_use.keys().map(|(caller, _)| *caller).collect();
+    let keys: Vec<&str> = first_use.keys().map(|(_, key)| *key).collect();
+    let hashes: Vec<&[u8]> = first_use
+        .values()
+        .map(|index| batch[*index].request_hash.as_slice())
+        .collect();
+    let ids: Vec<Uuid> = first_use
+        .values()
+        .map(|index| *batch[*index].id.as_uuid())
+        .collect();
+    // diesel's DSL has no `INSERT … SELECT FROM unnest … ON CONFLICT … DO UPDATE … WHERE`.
+    // An expired binding is replaced; a live one is left alone (and locked until commit).
+    let claimed: Vec<ClaimedKey> = diesel::sql_query(
         "INSERT INTO idempotency_keys \
              (submitted_by, key, request_hash, notification_id, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+         SELECT submitted_by, key, request_hash, notification_id, $5, $6 \
+           FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[]) \
+                AS claim(submitted_by, key, request_hash, notification_id) \
          ON CONFLICT (submitted_by, key) DO UPDATE SET \
              request_hash = EXCLUDED.request_hash, \
              notification_id = EXCLUDED.notification_id, \
              created_at = EXCLUDED.created_at, \
              expires_at = EXCLUDED.expires_at \
-         WHERE idempotency_keys.expires_at <= EXCLUDED.created_at",
+         WHERE idempotency_keys.expires_at <= EXCLUDED.created_at \
+         RETURNING notification_id",
     )
-    .bind::<Text, _>(&new.submitted_by)
-    .bind::<Text, _>(key)
-    .bind::<Bytea, _>(&new.request_hash)
-    .bind::<SqlUuid, _>(new.id.as_uuid())
+    .bind::<Array<Text>, _>(&callers)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Bytea>, _>(&hashes)
+    .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Timestamptz, _>(now)
     .bind::<Timestamptz, _>(expires_at)
+    .load(connection)
+    .await?;
+    let won: std::collections::HashSet<Uuid> =
+        claimed.into_iter().map(|claim| claim.notification_id).collect();
+    // Every keyed item claimed its key: nothing to look up.
+    let keyed = batch
+        .iter()
+        .filter(|new| new.idempotency_key.is_some())
+        .count();
+    if won.len() == keyed {
+        return Ok(vec![Inserted::Created; batch.len()]);
+    }
+    // The bindings of every key this batch did not win, read under the locks taken above.
+    let bindings: Vec<Binding> = diesel::sql_query(
+        "SELECT submitted_by, key, notification_id, request_hash FROM idempotency_keys \
+         WHERE (submitted_by, key) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[]))",
+    )
+    .bind::<Array<Text>, _>(&callers)
+    .bind::<Array<Text>, _>(&keys)
+    .load(connection)
+    .await?;
+    let bindings: std::collections::HashMap<(&str, &str), &Binding> = bindings
+        .iter()
+        .map(|binding| ((binding.submitted_by.as_str(), binding.key.as_str()), binding))
+        .collect();
+    batch
+        .iter()
+        .enumerate()
+        .map(|(index, new)| {
+            let Some(key) = &new.idempotency_key else {
+                return Ok(Inserted::Created);
+            };
+            let caller_key = (new.submitted_by.as_str(), key.as_str());
+            if first_use.get(&caller_key) == Some(&index) && won.contains(new.id.as_uuid()) {
+                return Ok(Inserted::Created);
+            }
+            let binding = bindings.get(&caller_key).ok_or_else(|| {
+                Error::Corrupt("an idempotency key neither claimed nor bound".into())
+            })?;
+            Ok(Inserted::KeyExists {
+                notification_id: binding.notification_id.into(),
+                request_hash: binding.request_hash.clone(),
+            })
+        })
+        .collect()
+}
+
+#[derive(QueryableByName)]
+struct ClaimedKey {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    notification_id: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct Binding {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    submitted_by: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key: String,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    notification_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    request_hash: Vec<u8>,
+}
+
+/// Writes the rows of `created`: notifications, deliveries, their first events and outbox
+/// rows, one statement per table.
+async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotification]) -> Result<()> {
+    use diesel::sql_types::{
+        Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    };
+    diesel::sql_query(
+        "INSERT INTO notifications (id, submitted_by, idempotency_key, request_hash, \
+             template_id, template_version, category, priority, parameters, metadata) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], \
+             $6::int4[], $7::text[], $8::int2[], $9::jsonb[], $10::jsonb[])",
+    )
+    .bind::<Array<SqlUuid>, _>(created.iter().map(|new| *new.id.as_uuid()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(created.iter().map(|new| new.submitted_by.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        created.iter().map(|new| new.idempotency_key.as_deref()).collect::<Vec<_>>(),
+    )
+    .bind::<Array<Bytea>, _>(created.iter().map(|new| new.request_hash.as_slice()).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(created.iter().map(|new| *new.template_id.as_uuid()).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(created.iter().map(|new| new.template_version).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(created.iter().map(|new| new.category.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Int2>, _>(created.iter().map(|new| new.priority.as_i16()).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.parameters).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.metadata).collect::<Vec<_>>())
     .execute(connection)
     .await?;
-    Ok(claimed == 1)
+
+    let deliveries: Vec<(&NewNotification, &NewDelivery)> = created
+        .iter()
+        .flat_map(|new| new.deliveries.iter().map(move |delivery| (*new, delivery)))
+        .collect();
+    diesel::sql_query(
+        "INSERT INTO deliveries (id, notification_id, channel, recipient_index, user_id, \
+             address, locale, variant, state, scheduled_for, last_error) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[])",
+    )
+    .bind::<Array<SqlUuid>, _>(deliveries.iter().map(|(_, delivery)| *delivery.id.as_uuid()).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(deliveries.iter().map(|(new, _)| *new.id.as_uuid()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(deliveries.iter().map(|(_, delivery)| delivery.channel.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(deliveries.iter().map(|(_, delivery)| delivery.recipient_index).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.user_id.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.address.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.locale.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.variant.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| match &delivery.disposition {
+                Disposition::Now => DeliveryState::Pending.as_str(),
+                Disposition::ScheduledFor(_) => DeliveryState::Scheduled.as_str(),
+                Disposition::Suppressed(_) => DeliveryState::Suppressed.as_str(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Timestamptz>>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| match &delivery.disposition {
+                Disposition::ScheduledFor(at) => Some(*at),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| match &delivery.disposition {
+                Disposition::Suppressed(reason) => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .execute(connection)
+    .await?;
+
+    let details: Vec<Option<(&str, String)>> = deliveries
+        .iter()
+        .map(|(_, delivery)| match &delivery.disposition {
+            Disposition::Now => None,
+            Disposition::ScheduledFor(at) => Some(("scheduled", format!("until {}", at.to_rfc3339()))),
+            Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
+        })
+        .collect();
+    let event_rows: Vec<_> = deliveries
+        .iter()
+        .zip(&details)
+        .flat_map(|((new, delivery), then)| {
+            let accepted = crate::events::NewEvent {
+                delivery_id: *delivery.id.as_uuid(),
+                kind: "accepted",
+                notification_id: Some(*new.id.as_uuid()),
+                channel: Some(delivery.channel.as_str()),
+                ..crate::events::NewEvent::default()
+            };
+            let then = then.as_ref().map(|(kind, detail)| crate::events::NewEvent {
+                kind,
+                detail,
+                ..accepted.clone()
+            });
+            std::iter::once(accepted).chain(then)
+        })
+        .collect();
+    crate::events::insert(connection, &event_rows).await?;
+
+    let outbox_rows: Vec<(&NewNotification, &NewDelivery, DateTime<Utc>)> = deliveries
+        .iter()
+        .filter_map(|(new, delivery)| {
+            let available_at = match &delivery.disposition {
+                Disposition::Now => new.accepted_at,
+                Disposition::ScheduledFor(at) => *at,
+                Disposition::Suppressed(_) => return None,
+            };
+            Some((*new, *delivery, available_at))
+        })
+        .collect();
+    if !outbox_rows.is_empty() {
+        diesel::sql_query(
+            "INSERT INTO outbox (delivery_id, notification_id, channel, priority, \
+                 trace_context, available_at) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int2[], \
+                 $5::jsonb[], $6::timestamptz[])",
+        )
+        .bind::<Array<SqlUuid>, _>(outbox_rows.iter().map(|(_, delivery, _)| *delivery.id.as_uuid()).collect::<Vec<_>>())
+        .bind::<Array<SqlUuid>, _>(outbox_rows.iter().map(|(new, _, _)| *new.id.as_uuid()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(outbox_rows.iter().map(|(_, delivery, _)| delivery.channel.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Int2>, _>(outbox_rows.iter().map(|(new, _, _)| new.priority.as_i16()).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(outbox_rows.iter().map(|(new, _, _)| &new.trace_context).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
+        .execute(connection)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The live binding of `key` for `submitted_by`: the notification and its request hash.

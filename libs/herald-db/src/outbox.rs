@@ -14,6 +14,10 @@ use uuid::Uuid;
 use crate::Result;
 use crate::schema::{deliveries, outbox};
 
+/// The prefix of the `NOTIFY` channel the `outbox_added` trigger signals on when a statement
+/// adds rows; the channel is this plus the rows' schema (`herald_outbox:public`).
+pub const RELAY_CHANNEL_PREFIX: &str = "herald_outbox:";
+
 /// An unpublished outbox row.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {

@@ -3,7 +3,9 @@
 use diesel::Connection as _;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::pooled_connection::deadpool::{self, Object};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use herald_config::DatabaseSettings;
@@ -20,9 +22,18 @@ pub type Connection = Object<AsyncPgConnection>;
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
 /// Builds a pool from settings. Connects lazily: building never touches the network.
+///
+/// Checkouts do not ping (`RecyclingMethod::Fast`): a `SELECT 1` per checkout would be one
+/// more round trip on every hot path. A connection the server closed (a restart) is seen as
+/// closed by the client and replaced; one that dies silently fails its next query, which
+/// every caller already treats as PostgreSQL being unavailable.
 pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool> {
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.expose_secret());
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        settings.url.expose_secret(),
+        config,
+    );
     deadpool::Pool::builder(manager)
         .max_size(settings.max_connections)
         .wait_timeout(Some(settings.acquire_timeout))

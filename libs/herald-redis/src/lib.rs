@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::AsyncCommands;
 use herald_config::RedisSettings;
-use herald_domain::{IdempotencyKey, Identity, NotificationId};
+use herald_domain::Identity;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -42,16 +41,6 @@ impl Keyspace {
     /// The prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// `<prefix>:idem:<sha256(identity, key)>`: hashed so that keys stay short and carry no
-    /// caller-chosen text.
-    pub fn idempotency(&self, identity: &Identity, key: &IdempotencyKey) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(identity.as_ref().as_bytes());
-        hasher.update([0]);
-        hasher.update(key.as_ref().as_bytes());
-        format!("{}:idem:{}", self.prefix, hex::encode(hasher.finalize()))
     }
 }
 
@@ -116,46 +105,6 @@ impl RedisCache {
             .await
             .map_err(|_| Error::Timeout)?
     }
-
-    /// The cached outcome of an earlier submit with `key` by `identity`.
-    pub async fn idempotency_get(
-        &self,
-        identity: &Identity,
-        key: &IdempotencyKey,
-    ) -> Result<Option<(NotificationId, Vec<u8>)>> {
-        let redis_key = self.keyspace.idempotency(identity, key);
-        let value: Option<String> = self
-            .bounded(async {
-                let mut connection = self.connection().await?;
-                Ok(connection.get(&redis_key).await?)
-            })
-            .await?;
-        Ok(value.and_then(|value| {
-            let (id, hash) = value.split_once(':')?;
-            Some((id.parse().ok()?, hex::decode(hash).ok()?))
-        }))
-    }
-
-    /// Caches the outcome of a submit for `ttl`.
-    pub async fn idempotency_put(
-        &self,
-        identity: &Identity,
-        key: &IdempotencyKey,
-        notification_id: NotificationId,
-        request_hash: &[u8],
-        ttl: Duration,
-    ) -> Result<()> {
-        let redis_key = self.keyspace.idempotency(identity, key);
-        let value = format!("{notification_id}:{}", hex::encode(request_hash));
-        self.bounded(async {
-            let mut connection = self.connection().await?;
-            let () = connection
-                .set_ex(&redis_key, value, ttl.as_secs().max(1))
-                .await?;
-            Ok(())
-        })
-        .await
-    }
 }
 
 /// Sliding-window admission in one atomic script: drops entries older than the window,
@@ -181,12 +130,23 @@ return 0
 
 /// A fixed-window counter: increments and returns the count for the current window.
 const FIXED_WINDOW: &str = r"
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return count
 ";
+
+/// The number of the fixed window of length `window` that holds the present instant (on
+/// the real clock, shared by every replica).
+pub fn quota_window(window: Duration) -> u64 {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default();
+    now_ms / window_ms
+}
 
 impl Keyspace {
     /// `<prefix>:rate:<type>:<sha256(subject)>:<window ms>`: one sliding window per subject
@@ -248,20 +208,24 @@ impl RedisCache {
         Ok(admitted == 1)
     }
 
-    /// Counts one submit by `identity` in the current fixed window of `window` and returns the
-    /// count so far in that window.
-    pub async fn count_submit(&self, identity: &Identity, window: Duration) -> Result<u64> {
+    /// Counts `count` submits by `identity` in the fixed window number `window_index` (of
+    /// `window` each; see `quota_window`) and returns the count so far in that window. API
+    /// replicas take their quota in chunks this way, and count the chunk's submits locally.
+    pub async fn count_submits(
+        &self,
+        identity: &Identity,
+        window: Duration,
+        window_index: u64,
+        count: u64,
+    ) -> Result<u64> {
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or_default();
-        let key = self.keyspace.submit_quota(identity, now_ms / window_ms);
+        let key = self.keyspace.submit_quota(identity, window_index);
         self.bounded(async {
             let mut connection = self.connection().await?;
             Ok(deadpool_redis::redis::Script::new(FIXED_WINDOW)
                 .key(&key)
                 .arg(window_ms)
+                .arg(count)
                 .invoke_async(&mut *connection)
                 .await?)
         })

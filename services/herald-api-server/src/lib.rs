@@ -11,7 +11,9 @@ mod preference;
 mod quota;
 mod submit;
 mod template;
+mod templates_cache;
 mod tracking;
+mod writer;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,7 +47,7 @@ pub struct Settings {
     pub tls: ServerTlsSettings,
     /// PostgreSQL.
     pub database: DatabaseSettings,
-    /// Redis (idempotency cache).
+    /// Redis (submit quotas, inbox fan-out).
     pub redis: RedisSettings,
     /// Which identities may do what.
     pub auth: AuthSettings,
@@ -75,6 +77,25 @@ pub struct SubmitSettings {
     /// Submits per caller per minute (0 = unlimited); `auth.principals[].quota_per_minute`
     /// overrides it per identity.
     pub quota_per_minute: u64,
+    /// The fixed window the quota counts over: a minute. Tests stretch it so that no window
+    /// boundary (which resets the count) can fall inside a test.
+    #[serde(with = "humantime_serde")]
+    pub quota_window: Duration,
+    /// Most notifications one group-commit transaction writes.
+    pub batch_max_items: usize,
+    /// Most deliveries one group-commit transaction writes.
+    pub batch_max_deliveries: usize,
+    /// How long a batch waits for more submits while other batches are being committed.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// Group-commit transactions in flight at once (each holds a pooled connection).
+    pub writers: usize,
+    /// Most deliveries one `SubmitBatch` call may create (recipients times channels, summed
+    /// over its items).
+    pub batch_call_max_deliveries: usize,
+    /// Largest request message the API accepts, in bytes (`SubmitBatch` calls are the big
+    /// ones); over it a call is `RESOURCE_EXHAUSTED`.
+    pub max_request_bytes: usize,
 }
 
 impl Default for SubmitSettings {
@@ -83,6 +104,13 @@ impl Default for SubmitSettings {
             max_recipients: 1000,
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
             quota_per_minute: 60_000,
+            quota_window: Duration::from_secs(60),
+            batch_max_items: 500,
+            batch_max_deliveries: 5_000,
+            batch_linger: Duration::from_millis(1),
+            writers: 3,
+            batch_call_max_deliveries: 100_000,
+            max_request_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -113,6 +141,20 @@ impl Validate for Settings {
         self.inbox.validate(problems);
         self.telemetry.validate(problems);
         self.amqp.validate(problems);
+        if self.submit.batch_max_items == 0 || self.submit.batch_max_deliveries == 0 {
+            problems.push(
+                "submit.batch_max_items and submit.batch_max_deliveries must be at least 1".into(),
+            );
+        }
+        if self.submit.writers == 0 || self.submit.writers >= self.database.max_connections {
+            problems.push(format!(
+                "submit.writers must be at least 1 and below database.max_connections ({}), which the other calls share",
+                self.database.max_connections
+            ));
+        }
+        if self.submit.quota_window < Duration::from_secs(1) {
+            problems.push("submit.quota_window must be at least 1s".into());
+        }
         if self.submit.idempotency_retention < Duration::from_secs(60) {
             problems.push("submit.idempotency_retention must be at least 1m".into());
         }
@@ -129,6 +171,12 @@ pub(crate) struct AppState {
     pub(crate) pool: herald_db::Pool,
     pub(crate) redis: herald_redis::RedisCache,
     pub(crate) settings: std::sync::Arc<Settings>,
+    /// Templates by key and version, kept fresh by `NOTIFY`.
+    pub(crate) templates: templates_cache::TemplateCache,
+    /// Group commit for submits.
+    pub(crate) writer: writer::SubmitWriter,
+    /// Submit quota tokens this replica holds.
+    pub(crate) quota: std::sync::Arc<quota::QuotaLeases>,
 }
 
 /// A bound, ready-to-run API server.
@@ -230,15 +278,34 @@ impl Application {
             tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
         }
         let grace_period = self.settings.server.shutdown_grace_period;
+        let templates = templates_cache::TemplateCache::default();
+        tokio::spawn(templates.clone().listen(
+            secrecy::ExposeSecret::expose_secret(&self.settings.database.url).to_owned(),
+            shutdown.clone(),
+        ));
+        templates.wait_listening(Duration::from_secs(2)).await;
+        let writer = writer::SubmitWriter::spawn(
+            self.pool.clone(),
+            writer::WriterLimits {
+                max_items: self.settings.submit.batch_max_items,
+                max_deliveries: self.settings.submit.batch_max_deliveries,
+                linger: self.settings.submit.batch_linger,
+                writers: self.settings.submit.writers,
+            },
+        );
         let state = AppState {
             clock: self.clock,
             pool: self.pool,
             redis: self.redis,
             settings: std::sync::Arc::new(self.settings),
+            templates,
+            writer,
+            quota: std::sync::Arc::default(),
         };
         let authenticator = auth::Authenticator::new(&state.settings.auth)?;
-        let submit = SubmitServiceServer::with_interceptor(
-            submit::SubmitApi::new(state.clone()),
+        let submit = tonic::service::interceptor::InterceptedService::new(
+            SubmitServiceServer::new(submit::SubmitApi::new(state.clone()))
+                .max_decoding_message_size(state.settings.submit.max_request_bytes),
             authenticator.clone(),
         );
         let templates = TemplateServiceServer::with_interceptor(
@@ -269,7 +336,10 @@ impl Application {
             authenticator,
         );
 
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        // tonic sets TCP_NODELAY only on sockets it accepts through its own `TcpIncoming`; a
+        // small unary response would otherwise wait for Nagle's delayed ACK.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tracing::info!(address = %self.local_addr, "API server listening (mutual TLS).");
         let stopping = shutdown.clone();
         let drain_started = CancellationToken::new();

@@ -11,7 +11,8 @@ use herald_domain::{
 };
 use herald_proto::conversions::{self, channel_from_i32, priority_from_i32};
 use herald_proto::submit::{
-    self as pb, GetNotificationRequest, GetNotificationResponse, SubmitRequest, SubmitResponse,
+    self as pb, GetNotificationRequest, GetNotificationResponse, SubmitBatchRequest,
+    SubmitBatchResponse, SubmitBatchResult, SubmitRequest, SubmitResponse,
     submit_service_server::SubmitService,
 };
 use herald_templates::{Locale, VersionContent};
@@ -27,6 +28,8 @@ const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY: usize = 64;
 const MAX_METADATA_VALUE: usize = 1024;
 const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
+/// Most items in one `SubmitBatch`.
+const MAX_BATCH_ITEMS: usize = 1000;
 
 pub(crate) struct SubmitApi {
     state: AppState,
@@ -106,6 +109,7 @@ fn validate(
             format!("must encode to at most {MAX_PARAMETERS_BYTES} bytes of JSON"),
         ));
     }
+    crate::fields::object_no_nul("parameters", &parameters)?;
 
     if request.channels.is_empty() {
         return Err(ServiceError::invalid(
@@ -249,6 +253,8 @@ fn validate(
                 format!("must be at most {MAX_METADATA_VALUE} bytes"),
             ));
         }
+        crate::fields::no_nul("metadata", &key)?;
+        crate::fields::no_nul(&format!("metadata[{key}]"), &value)?;
         metadata.insert(key, serde_json::Value::String(value));
     }
 
@@ -346,36 +352,84 @@ impl SubmitApi {
         let now = self.state.clock.now();
         let submit = validate(request, self.state.settings.submit.max_recipients, now)?;
         let hash = request_hash(&submit);
-        let mut connection = herald_db::connection(&self.state.pool).await?;
-
-        if let Some(key) = &submit.idempotency_key {
-            if let Some(response) = self.cached_replay(caller, key, &hash).await? {
-                return Ok(response);
+        let key = submit.idempotency_key.clone();
+        let template_key = submit.template_key.clone();
+        let priority = submit.priority;
+        let new = match self
+            .prepare(caller, submit, hash.clone(), trace_context, now)
+            .await
+        {
+            Ok(new) => new,
+            // A replay is answered even when the template changed since (a new active version
+            // needing other parameters): the key decides, as it did at the first submit. Only
+            // this failure path pays for the lookup.
+            Err(error) => {
+                return self
+                    .replay_instead(caller, key.as_ref(), &hash, error)
+                    .await;
             }
-            if let Some(response) = replay(&mut connection, caller, key, &hash).await? {
-                self.cache(caller, key, &response, &hash).await;
-                return Ok(response);
-            }
+        };
+        let notification_id = new.id;
+        let deliveries = new.deliveries.len();
+        let inserted = self
+            .state
+            .writer
+            .write(new)
+            .instrument(tracing::info_span!(
+                "db",
+                otel.name = "INSERT notifications",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = "INSERT",
+                db.collection.name = "notifications",
+                db.query.summary = "INSERT notifications deliveries delivery_events outbox",
+            ))
+            .await?;
+        let response = answer(caller, key.as_ref(), &hash, notification_id, inserted)?;
+        if !response.duplicate {
+            tracing::info!(
+                notification.id = %notification_id,
+                template.key = %template_key,
+                deliveries,
+                priority = %priority,
+                caller = %caller.identity,
+                "Notification accepted."
+            );
         }
+        Ok(response)
+    }
 
-        let template = herald_db::templates::find(
-            &mut connection,
-            submit.template_key.as_ref(),
-            submit.template_version,
-        )
-        .await?
-        .ok_or_else(|| match submit.template_version {
-            Some(version) => ServiceError::NotFound(format!(
-                "template.version: template `{}` has no version {version}",
-                submit.template_key
-            )),
-            None => ServiceError::NotFound(format!(
-                "template.key: no template named `{}`",
-                submit.template_key
-            )),
-        })?;
-        let content = VersionContent::from_stored(template.content.clone())
-            .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
+    /// Resolves the template (cached) and the recipients' preferences, and builds the rows
+    /// of a valid submit. Checks everything that depends on the template.
+    async fn prepare(
+        &self,
+        caller: &Caller,
+        submit: ValidSubmit,
+        hash: Vec<u8>,
+        trace_context: serde_json::Value,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<NewNotification> {
+        let template = self
+            .state
+            .templates
+            .find(
+                &self.state.pool,
+                submit.template_key.as_ref(),
+                submit.template_version,
+            )
+            .await?
+            .ok_or_else(|| match submit.template_version {
+                Some(version) => ServiceError::NotFound(format!(
+                    "template.version: template `{}` has no version {version}",
+                    submit.template_key
+                )),
+                None => ServiceError::NotFound(format!(
+                    "template.key: no template named `{}`",
+                    submit.template_key
+                )),
+            })?;
+        let content = &template.content;
+        let template = &template.record;
         // Every locale of a version has the same channel parts, so the default locale decides.
         let template_channels = content.channels();
         for (index, channel) in submit.channels.iter().enumerate() {
@@ -421,12 +475,16 @@ impl SubmitApi {
             .iter()
             .filter_map(|recipient| recipient.user_id.clone())
             .collect();
-        let stored_preferences =
-            herald_db::preferences::get_many(&mut connection, &user_ids).await?;
-        let notification_id = NotificationId::generate();
+        // Recipients given by address need no preferences, and no connection.
+        let stored_preferences = if user_ids.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            let mut connection = herald_db::connection(&self.state.pool).await?;
+            herald_db::preferences::get_many(&mut connection, &user_ids).await?
+        };
         let mut deliveries = Vec::new();
         for (index, recipient) in submit.recipients.iter().enumerate() {
-            let variant = assign_variant(&content, &submit.template_key, recipient);
+            let variant = assign_variant(content, &submit.template_key, recipient);
             for channel in &submit.channels {
                 deliveries.push(NewDelivery {
                     id: DeliveryId::generate(),
@@ -461,122 +519,87 @@ impl SubmitApi {
                 });
             }
         }
-        let new = NewNotification {
-            id: notification_id,
+        Ok(NewNotification {
+            id: NotificationId::generate(),
             submitted_by: caller.identity.to_string(),
             idempotency_key: submit
                 .idempotency_key
                 .as_ref()
                 .map(|key| key.as_ref().to_owned()),
             idempotency_retention: self.state.settings.submit.idempotency_retention,
-            request_hash: hash.clone(),
+            request_hash: hash,
             template_id: template.id,
             template_version: template.version,
-            category: submit
-                .category
-                .as_ref()
-                .map_or(template.category.clone(), |category| category.to_string()),
+            category,
             priority: submit.priority,
             parameters: serde_json::Value::Object(submit.parameters),
             metadata: serde_json::Value::Object(submit.metadata),
             trace_context,
+            accepted_at: now,
             deliveries,
-        };
-        let transaction = tracing::info_span!(
-            "db",
-            otel.name = "INSERT notifications",
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = "notifications",
-            db.query.summary = "INSERT notifications deliveries delivery_events outbox",
-        );
-        let inserted = notifications::insert(&mut connection, &new)
-            .instrument(transaction)
-            .await?;
-        match inserted {
-            Inserted::Created => {
-                let response = SubmitResponse {
-                    notification_id: notification_id.to_string(),
-                    duplicate: false,
-                };
-                if let Some(key) = &submit.idempotency_key {
-                    self.cache(caller, key, &response, &hash).await;
-                }
-                tracing::info!(
-                    notification.id = %notification_id,
-                    template.key = %submit.template_key,
-                    deliveries = new.deliveries.len(),
-                    priority = %submit.priority,
-                    caller = %caller.identity,
-                    "Notification accepted."
-                );
-                Ok(response)
-            }
-            Inserted::KeyExists => {
-                // A concurrent submit with the same key committed first: its result is ours.
-                let key = submit.idempotency_key.as_ref().ok_or_else(|| {
-                    herald_db::Error::Corrupt("idempotency conflict without a key".into())
-                })?;
-                replay(&mut connection, caller, key, &hash)
-                    .await?
-                    .ok_or_else(|| {
-                        herald_db::Error::Corrupt("idempotency key vanished".into()).into()
-                    })
-            }
-        }
+        })
     }
 
-    /// Answers a repeated submit from Redis when it knows the key. Redis trouble is a miss:
-    /// PostgreSQL decides.
-    async fn cached_replay(
+    /// Every item of a `SubmitBatch`, concurrently: they meet in the writer's batches. Each
+    /// gets its own result; a refused item's message starts with its path (`items[3].`).
+    async fn submit_batch(
         &self,
         caller: &Caller,
-        key: &IdempotencyKey,
-        hash: &[u8],
-    ) -> Result<Option<SubmitResponse>> {
-        match self
-            .state
-            .redis
-            .idempotency_get(&caller.identity, key)
-            .await
-        {
-            Ok(Some((notification_id, stored_hash))) => {
-                if stored_hash != hash {
-                    return Err(key_conflict(key, notification_id));
+        request: SubmitBatchRequest,
+        trace_context: &serde_json::Value,
+    ) -> Vec<SubmitBatchResult> {
+        let items = request.items.into_iter().enumerate().map(|(index, item)| async move {
+            match self.submit(caller, item, trace_context.clone()).await {
+                Ok(accepted) => SubmitBatchResult {
+                    accepted: Some(accepted),
+                    code: tonic::Code::Ok as i32,
+                    message: String::new(),
+                },
+                Err(error) => {
+                    let status = Status::from(error);
+                    SubmitBatchResult {
+                        accepted: None,
+                        code: status.code() as i32,
+                        message: format!("items[{index}].{}", status.message()),
+                    }
                 }
-                tracing::info!(notification.id = %notification_id, caller = %caller.identity, "Idempotent replay answered from the cache.");
-                Ok(Some(SubmitResponse {
-                    notification_id: notification_id.to_string(),
-                    duplicate: true,
-                }))
             }
-            Ok(None) => Ok(None),
-            Err(error) => {
-                tracing::warn!(error = %error, "Idempotency cache unavailable; asking PostgreSQL.");
-                Ok(None)
-            }
-        }
+        });
+        futures::future::join_all(items).await
     }
 
-    async fn cache(
+    /// The original response when `key` is bound to an earlier submit of the same request,
+    /// the conflict when it is bound to a different one, otherwise `error` itself.
+    async fn replay_instead(
         &self,
         caller: &Caller,
-        key: &IdempotencyKey,
-        response: &SubmitResponse,
+        key: Option<&IdempotencyKey>,
         hash: &[u8],
-    ) {
-        let Ok(notification_id) = response.notification_id.parse() else {
-            return;
-        };
-        let retention = self.state.settings.submit.idempotency_retention;
-        if let Err(error) = self
-            .state
-            .redis
-            .idempotency_put(&caller.identity, key, notification_id, hash, retention)
-            .await
-        {
-            tracing::warn!(error = %error, "Could not cache an idempotency key.");
+        error: ServiceError,
+    ) -> Result<SubmitResponse> {
+        let Some(key) = key else { return Err(error) };
+        if matches!(&error, ServiceError::Database(database) if database.is_unavailable()) {
+            return Err(error);
+        }
+        let mut connection = herald_db::connection(&self.state.pool).await?;
+        let bound = notifications::find_by_idempotency_key(
+            &mut connection,
+            caller.identity.as_ref(),
+            key.as_ref(),
+        )
+        .await?;
+        match bound {
+            Some((original, request_hash)) => answer(
+                caller,
+                Some(key),
+                hash,
+                original,
+                Inserted::KeyExists {
+                    notification_id: original,
+                    request_hash,
+                },
+            ),
+            None => Err(error),
         }
     }
 
@@ -629,27 +652,41 @@ fn assign_variant(
         .map(str::to_owned)
 }
 
-/// The original response for a reused idempotency key, or `None` if the key is unused.
-async fn replay(
-    connection: &mut herald_db::Connection,
+/// The response to a submit the writer answered `inserted`: the new notification, or for a
+/// key bound to an earlier one, a replay (same request) or a conflict (a different one).
+fn answer(
     caller: &Caller,
-    key: &IdempotencyKey,
+    key: Option<&IdempotencyKey>,
     hash: &[u8],
-) -> Result<Option<SubmitResponse>> {
-    let Some((notification_id, stored_hash)) =
-        notifications::find_by_idempotency_key(connection, caller.identity.as_ref(), key.as_ref())
-            .await?
-    else {
-        return Ok(None);
-    };
-    if stored_hash != hash {
-        return Err(key_conflict(key, notification_id));
+    notification_id: NotificationId,
+    inserted: Inserted,
+) -> Result<SubmitResponse> {
+    match (inserted, key) {
+        (Inserted::Created, _) => Ok(SubmitResponse {
+            notification_id: notification_id.to_string(),
+            duplicate: false,
+        }),
+        (
+            Inserted::KeyExists {
+                notification_id: original,
+                request_hash,
+            },
+            Some(key),
+        ) => {
+            if request_hash != hash {
+                return Err(key_conflict(key, original));
+            }
+            tracing::info!(notification.id = %original, caller = %caller.identity, "Idempotent replay answered with the original notification.");
+            Ok(SubmitResponse {
+                notification_id: original.to_string(),
+                duplicate: true,
+            })
+        }
+        (Inserted::KeyExists { .. }, None) => Err(herald_db::Error::Corrupt(
+            "an idempotency conflict without a key".into(),
+        )
+        .into()),
     }
-    tracing::info!(notification.id = %notification_id, caller = %caller.identity, "Idempotent replay answered with the original notification.");
-    Ok(Some(SubmitResponse {
-        notification_id: notification_id.to_string(),
-        duplicate: true,
-    }))
 }
 
 /// What a new delivery starts as: suppressed by the user's preferences, held until `send_at`
@@ -758,6 +795,33 @@ fn notification_message(record: NotificationRecord) -> pb::Notification {
     }
 }
 
+/// Refuses a `SubmitBatch` over the per-call limits, naming the limit.
+fn check_batch_limits(request: &SubmitBatchRequest, max_deliveries: usize) -> Result<()> {
+    if request.items.is_empty() || request.items.len() > MAX_BATCH_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!(
+                "must contain 1 to {MAX_BATCH_ITEMS} notifications (got {})",
+                request.items.len()
+            ),
+        ));
+    }
+    let deliveries: usize = request
+        .items
+        .iter()
+        .map(|item| item.recipients.len().saturating_mul(item.channels.len()))
+        .fold(0, usize::saturating_add);
+    if deliveries > max_deliveries {
+        return Err(ServiceError::invalid(
+            "items",
+            format!(
+                "would create {deliveries} deliveries (recipients times channels, summed over the items); one call may create at most {max_deliveries} (submit.batch_call_max_deliveries): split it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl SubmitService for SubmitApi {
     async fn submit(
@@ -767,11 +831,30 @@ impl SubmitService for SubmitApi {
         let caller = caller(&request)?;
         tracing::Span::current().record("caller", caller.identity.as_ref());
         caller.require(Role::Submit, "Submit")?;
-        crate::quota::check(&self.state, &caller).await?;
+        crate::quota::check(&self.state, &caller, 1).await?;
         let trace_context = trace_context(&request);
         Ok(Response::new(
             SubmitApi::submit(self, &caller, request.into_inner(), trace_context).await?,
         ))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<SubmitBatchRequest>,
+    ) -> Result<Response<SubmitBatchResponse>, Status> {
+        let caller = caller(&request)?;
+        tracing::Span::current().record("caller", caller.identity.as_ref());
+        caller.require(Role::Submit, "SubmitBatch")?;
+        check_batch_limits(
+            request.get_ref(),
+            self.state.settings.submit.batch_call_max_deliveries,
+        )?;
+        let items = u64::try_from(request.get_ref().items.len()).unwrap_or(u64::MAX);
+        crate::quota::check(&self.state, &caller, items).await?;
+        let trace_context = trace_context(&request);
+        let results =
+            SubmitApi::submit_batch(self, &caller, request.into_inner(), &trace_context).await;
+        Ok(Response::new(SubmitBatchResponse { results }))
     }
 
     async fn get_notification(

@@ -124,6 +124,9 @@ impl TemplateApi {
         )
         .await?
         .ok_or_else(|| not_found(&key))?;
+        // This replica's submits see the change at once; the others when the trigger's
+        // notification reaches them.
+        self.state.templates.invalidate(key.as_ref());
         tracing::info!(
             template.key = %key,
             template.version = record.version,
@@ -161,6 +164,7 @@ impl TemplateApi {
         let record = templates::activate(&mut connection, key.as_ref(), version)
             .await?
             .ok_or_else(|| not_found_version(&key, version))?;
+        self.state.templates.invalidate(key.as_ref());
         tracing::info!(
             template.key = %key,
             template.version = version,

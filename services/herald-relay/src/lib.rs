@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use herald_proto::queue::DeliveryMessage;
 use herald_queue::Publisher;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -29,13 +31,17 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
 }
 
-/// How the relay polls and batches.
+/// How the relay wakes and batches.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelaySettings {
     /// Most rows published per transaction.
     pub batch_size: i64,
-    /// Pause after a batch that was not full.
+    /// Batches in flight at once, each in its own transaction (`SKIP LOCKED` keeps their rows
+    /// apart): one is being confirmed by the broker while the next is read and published.
+    pub publishers: usize,
+    /// Longest sleep after a batch that was not full. Submits wake the relay at once
+    /// (`NOTIFY`); this catches scheduled rows coming due and missed notifications.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How often expired idempotency keys are deleted.
@@ -46,8 +52,9 @@ pub struct RelaySettings {
 impl Default for RelaySettings {
     fn default() -> Self {
         Self {
-            batch_size: 200,
-            poll_interval: Duration::from_millis(50),
+            batch_size: 500,
+            publishers: 2,
+            poll_interval: Duration::from_millis(500),
             cleanup_interval: Duration::from_secs(60),
         }
     }
@@ -60,6 +67,12 @@ impl Validate for Settings {
         self.telemetry.validate(problems);
         if !(1..=10_000).contains(&self.relay.batch_size) {
             problems.push("relay.batch_size must be between 1 and 10000".into());
+        }
+        if self.relay.publishers == 0 || self.relay.publishers >= self.database.max_connections {
+            problems.push(format!(
+                "relay.publishers must be at least 1 and below database.max_connections ({})",
+                self.database.max_connections
+            ));
         }
     }
 }
@@ -179,13 +192,30 @@ impl Application {
             self.settings.relay.cleanup_interval,
             shutdown.clone(),
         ));
+        let wakers: Vec<Arc<Notify>> = (0..self.settings.relay.publishers.max(1))
+            .map(|_| Arc::new(Notify::new()))
+            .collect();
+        tokio::spawn(listen_for_submits(
+            self.settings.database.url.expose_secret().to_owned(),
+            wakers.clone(),
+            shutdown.clone(),
+        ));
         let mut reconnect_delay = self.settings.amqp.reconnect_min;
         while !shutdown.is_cancelled() {
             match self.connect().await {
                 Ok((connection, publisher)) => {
                     reconnect_delay = self.settings.amqp.reconnect_min;
                     tracing::info!("Relay connected to RabbitMQ.");
-                    let error = self.publish_until_error(&publisher, &shutdown).await;
+                    // Every publisher stops at the first broker error (or shutdown); the
+                    // first error decides the reconnect.
+                    let stop = shutdown.child_token();
+                    let errors = futures::future::join_all(wakers.iter().map(|wake| async {
+                        let error = self.publish_until_error(&publisher, wake, &stop).await;
+                        stop.cancel();
+                        error
+                    }))
+                    .await;
+                    let error = errors.into_iter().flatten().next().filter(|_| !shutdown.is_cancelled());
                     // Best effort: the connection may already be gone.
                     let _closed = connection.close(200, "relay reconnecting".into()).await;
                     match error {
@@ -220,10 +250,12 @@ impl Application {
         Ok((connection, publisher))
     }
 
-    /// Publishes batches until shutdown (`None`) or a broker error (`Some`).
+    /// Publishes batches until shutdown (`None`) or a broker error (`Some`); sleeps after a
+    /// batch that was not full until `wake` (a submit committed) or the poll interval.
     async fn publish_until_error(
         &self,
         publisher: &Publisher,
+        wake: &Notify,
         shutdown: &CancellationToken,
     ) -> Option<herald_queue::Error> {
         let mut database_delay = Duration::from_millis(100);
@@ -249,6 +281,7 @@ impl Application {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return None,
+                () = wake.notified() => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -292,6 +325,47 @@ impl Application {
         match broker_error {
             Some(error) => Err(BatchError::Broker(error)),
             None => Ok(published),
+        }
+    }
+}
+
+/// Listens for committed submits (`NOTIFY herald_outbox:<schema>`) and wakes every
+/// publisher; reconnects when the connection is lost (the poll interval covers the gap).
+async fn listen_for_submits(
+    database_url: String,
+    wakers: Vec<Arc<Notify>>,
+    shutdown: CancellationToken,
+) {
+    let wake_all = || wakers.iter().for_each(|wake| wake.notify_one());
+    loop {
+        let listener = tokio::select! {
+            () = shutdown.cancelled() => return,
+            listener = herald_db::listen::Listener::connect(&database_url, outbox::RELAY_CHANNEL_PREFIX) => listener,
+        };
+        match listener {
+            Ok(mut listener) => {
+                // Rows committed while nobody listened are found by this first pass.
+                wake_all();
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        woken = listener.recv() => match woken {
+                            Ok(_) => wake_all(),
+                            Err(error) => {
+                                tracing::warn!(error = %error, "Relay lost its outbox listener; polling until it is back.");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Relay cannot listen for submits; polling until it can.");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

@@ -22,6 +22,17 @@ async fn seed(
     connection: &mut AsyncPgConnection,
     idempotency_key: Option<&str>,
 ) -> (Inserted, DeliveryId) {
+    let new = new_notification(connection, idempotency_key).await;
+    let delivery_id = new.deliveries[0].id;
+    let inserted = notifications::insert(connection, &new).await.unwrap();
+    (inserted, delivery_id)
+}
+
+/// A one-delivery notification of the `welcome` template (stored first if missing).
+async fn new_notification(
+    connection: &mut AsyncPgConnection,
+    idempotency_key: Option<&str>,
+) -> NewNotification {
     let template = match templates::find(connection, "welcome", None).await.unwrap() {
         Some(template) => template,
         None => templates::create(
@@ -40,37 +51,113 @@ async fn seed(
         .await
         .unwrap(),
     };
-    let delivery_id = DeliveryId::generate();
-    let inserted = notifications::insert(
-        connection,
-        &NewNotification {
-            id: NotificationId::generate(),
-            submitted_by: "test".into(),
-            idempotency_key: idempotency_key.map(str::to_owned),
-            idempotency_retention: Duration::from_secs(3600),
-            request_hash: vec![1],
-            template_id: template.id,
-            template_version: template.version,
-            category: "onboarding".into(),
-            priority: Priority::Normal,
-            parameters: serde_json::json!({}),
-            metadata: serde_json::json!({}),
-            trace_context: serde_json::json!({}),
-            deliveries: vec![NewDelivery {
-                id: delivery_id,
-                channel: Channel::Email,
-                recipient_index: 0,
-                user_id: None,
-                address: Some("ada@example.com".into()),
-                locale: Some("ko-KR".into()),
-                variant: None,
-                disposition: herald_db::notifications::Disposition::Now,
-            }],
-        },
+    NewNotification {
+        id: NotificationId::generate(),
+        submitted_by: "test".into(),
+        idempotency_key: idempotency_key.map(str::to_owned),
+        idempotency_retention: Duration::from_secs(3600),
+        request_hash: vec![1],
+        template_id: template.id,
+        template_version: template.version,
+        category: "onboarding".into(),
+        priority: Priority::Normal,
+        parameters: serde_json::json!({}),
+        metadata: serde_json::json!({}),
+        trace_context: serde_json::json!({}),
+        accepted_at: chrono::Utc::now(),
+        deliveries: vec![NewDelivery {
+            id: DeliveryId::generate(),
+            channel: Channel::Email,
+            recipient_index: 0,
+            user_id: None,
+            address: Some("ada@example.com".into()),
+            locale: Some("ko-KR".into()),
+            variant: None,
+            disposition: herald_db::notifications::Disposition::Now,
+        }],
+    }
+}
+
+async fn count_rows(connection: &mut AsyncPgConnection) -> (i64, i64, i64) {
+    let notifications: i64 = schema::notifications::table
+        .count()
+        .get_result(connection)
+        .await
+        .unwrap();
+    let deliveries: i64 = schema::deliveries::table
+        .count()
+        .get_result(connection)
+        .await
+        .unwrap();
+    let outbox: i64 = schema::outbox::table
+        .count()
+        .get_result(connection)
+        .await
+        .unwrap();
+    (notifications, deliveries, outbox)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_answers_each_notification_and_a_key_used_twice_in_it_creates_one() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let first = new_notification(&mut connection, Some("k")).await;
+    let again = new_notification(&mut connection, Some("k")).await;
+    let different = NewNotification {
+        request_hash: vec![2],
+        ..new_notification(&mut connection, Some("k")).await
+    };
+    let keyless = new_notification(&mut connection, None).await;
+    let other_key = new_notification(&mut connection, Some("other")).await;
+
+    let answers = notifications::insert_batch(
+        &mut connection,
+        &[
+            first.clone(),
+            again,
+            different,
+            keyless,
+            other_key,
+        ],
     )
     .await
     .unwrap();
-    (inserted, delivery_id)
+
+    let bound_to_first = Inserted::KeyExists {
+        notification_id: first.id,
+        request_hash: vec![1],
+    };
+    assert_eq!(
+        answers,
+        [
+            Inserted::Created,
+            bound_to_first.clone(),
+            bound_to_first,
+            Inserted::Created,
+            Inserted::Created,
+        ]
+    );
+    assert_eq!(count_rows(&mut connection).await, (3, 3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_with_one_bad_row_writes_nothing() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let good = new_notification(&mut connection, Some("good")).await;
+    let mut bad = new_notification(&mut connection, None).await;
+    // A NUL character is refused by PostgreSQL's text type.
+    bad.category = "on\0boarding".into();
+
+    let result = notifications::insert_batch(&mut connection, &[good.clone(), bad]).await;
+
+    assert!(result.is_err());
+    assert_eq!(count_rows(&mut connection).await, (0, 0, 0));
+    assert_eq!(
+        notifications::insert(&mut connection, &good).await.unwrap(),
+        Inserted::Created,
+        "the good notification alone is written, with its key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,10 +198,10 @@ async fn a_reused_idempotency_key_writes_nothing() {
     let database = TestDatabase::new().await;
     let mut connection = connect(&database).await;
     assert_eq!(seed(&mut connection, Some("k")).await.0, Inserted::Created);
-    assert_eq!(
+    assert!(matches!(
         seed(&mut connection, Some("k")).await.0,
-        Inserted::KeyExists
-    );
+        Inserted::KeyExists { request_hash, .. } if request_hash == [1]
+    ));
     let deliveries: i64 = schema::deliveries::table
         .count()
         .get_result(&mut connection)

@@ -84,6 +84,7 @@ impl Storage {
                 parameters: serde_json::json!({"item": "kettle", "name": "Ada", "order": "42"}),
                 metadata: serde_json::json!({}),
                 trace_context: serde_json::json!({}),
+                accepted_at: chrono::Utc::now(),
                 deliveries: ids
                     .iter()
                     .enumerate()

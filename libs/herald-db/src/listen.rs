@@ -1,0 +1,74 @@
+//! `LISTEN` on a dedicated connection: how the relay learns that outbox rows were committed
+//! and how API replicas learn that a template changed, without polling.
+//!
+//! Channels are per schema (`<prefix><schema>`), so deployments and tests sharing one
+//! database only hear their own notifications.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::StreamExt as _;
+
+use crate::{Error, Result};
+
+/// A connection listening on one channel.
+pub struct Listener {
+    connection: AsyncPgConnection,
+    channel: String,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Listener")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Connects to `url` and listens on `prefix` followed by the connection's current schema.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let mut connection = AsyncPgConnection::establish(url)
+            .await
+            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let channel = channel(&mut connection, prefix).await?;
+        // LISTEN takes an identifier, not a parameter; quoting (with `"` doubled) makes any
+        // schema name a valid one.
+        diesel::sql_query(format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
+            .execute(&mut connection)
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+        })
+    }
+
+    /// The channel listened on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Waits for the next notification and returns its payload. `Error::Unavailable` when the
+    /// connection is lost: notifications may have been missed, so callers resynchronise.
+    pub async fn recv(&mut self) -> Result<String> {
+        let mut notifications = std::pin::pin!(self.connection.notifications_stream());
+        match notifications.next().await {
+            Some(Ok(notification)) => Ok(notification.payload),
+            Some(Err(error)) => Err(Error::Unavailable(error.to_string())),
+            None => Err(Error::Unavailable("the listening connection closed".into())),
+        }
+    }
+}
+
+/// `prefix` followed by the current schema of `connection`.
+pub async fn channel(connection: &mut AsyncPgConnection, prefix: &str) -> Result<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Named {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        channel: String,
+    }
+    let named: Named = diesel::sql_query("SELECT $1 || current_schema() AS channel")
+        .bind::<diesel::sql_types::Text, _>(prefix)
+        .get_result(connection)
+        .await?;
+    Ok(named.channel)
+}
