@@ -26,7 +26,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/test"),
-            max_connections: 16,
+            max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
         }
     }

@@ -1,6 +1,9 @@
 //! `bench`: a load generator. Submits many notifications over a few shared mTLS connections,
-//! then polls them until they are final and measures end-to-end delivery from the server's own
-//! timestamps, so the polling cadence does not distort the latencies it reports.
+//! closed-loop (`--concurrency` tasks) or open-loop (`--rate`, latency counted from each
+//! request's intended send time), then measures delivery: from a herald-sink's counters
+//! (`--sink`, one cheap HTTP call every 50 ms), or by polling every notification until it is
+//! final and reading end-to-end latency from the server's own timestamps, so the polling
+//! cadence does not distort the latencies it reports.
 
 mod report;
 
@@ -15,18 +18,19 @@ use herald_proto::common;
 use herald_proto::submit::submit_service_client::SubmitServiceClient;
 use herald_proto::submit::{
     DeliveryState, GetNotificationRequest, Notification, NotificationStatus, Recipient,
-    SubmitRequest, TemplateRef,
+    SubmitBatchRequest, SubmitRequest, SubmitResponse, TemplateRef,
 };
 use herald_proto::template::template_service_client::TemplateServiceClient;
 use herald_proto::template::{
     CreateTemplateRequest, EmailPart, GetTemplateRequest, Template, TemplateContent,
 };
 use herald_tls::ClientCertificates;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use self::report::{DeliverySummary, Report, SubmitSummary};
+use self::report::{Delivery, DeliverySummary, Load, Report, SinkSummary, SubmitSummary};
 use crate::Outcome;
 use crate::cli::{BenchArgs, ConnectionArgs};
 use crate::client::{code_name, connect, rpc_error};
@@ -42,9 +46,17 @@ const TEXT: &str = "Herald bench notification {{n}} of run {{run}}.";
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Pause of a poll task that finds nothing to poll while others still hold notifications.
 const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How often the sink's counters are read with `--sink`.
+const SINK_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for one answer from the sink.
+const SINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the whole bench and prints its report.
 pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        args.batch == 1 || args.rate.is_none(),
+        "--batch is for the closed loop; the open loop (--rate) sends one submit per request"
+    );
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -60,28 +72,56 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
         priority: common::Priority::from(args.priority) as i32,
         run_id: run_id.clone(),
     });
+    let load = Load::of(args);
     eprintln!(
-        "Submitting {} notifications with template `{}` version {} from {} tasks over {} connections (run {run_id}).",
-        args.count, plan.template_key, plan.template_version, args.concurrency, args.connections
+        "Submitting {} notifications with template `{}` version {} {} over {} connections (run {run_id}).",
+        args.count,
+        plan.template_key,
+        plan.template_version,
+        load.describe(),
+        args.connections
     );
-    let (submit, accepted_ids) = submit_all(args, &channels, plan).await?;
-    let delivery = if args.no_wait || accepted_ids.is_empty() {
+    // The sink's counts are read before the first submit; watching starts with the submits, so
+    // that deliveries finishing before the last submit is answered are timed too.
+    let sink_watch = match (&args.sink, args.no_wait) {
+        (Some(url), false) => Some(SinkWatch::start(SinkClient::new(url)?).await?),
+        _ => None,
+    };
+    let submitted = submit_all(args, &channels, plan).await?;
+    let delivery = if args.no_wait || submitted.accepted_ids.is_empty() {
         None
+    } else if let Some(sink_watch) = sink_watch {
+        eprintln!(
+            "Waiting up to {} for {} notifications to reach the sink.",
+            humantime::format_duration(args.wait_timeout),
+            submitted.accepted_ids.len()
+        );
+        Some(Delivery::Sink(
+            sink_watch
+                .finish(
+                    submitted.accepted_ids.len() as u64,
+                    submitted.first_accepted_at,
+                    args.wait_timeout,
+                )
+                .await?,
+        ))
     } else {
         eprintln!(
             "Waiting up to {} for {} notifications to be delivered.",
             humantime::format_duration(args.wait_timeout),
-            accepted_ids.len()
+            submitted.accepted_ids.len()
         );
-        Some(wait_all(args, &channels, accepted_ids).await?)
+        Some(Delivery::Polled(
+            wait_all(args, &channels, submitted.accepted_ids).await?,
+        ))
     };
     let report = Report {
         run_id,
         template: args.template.clone(),
         count: args.count,
-        concurrency: args.concurrency,
+        load,
         connections: args.connections,
-        submit,
+        submit: submitted.summary,
         delivery,
     };
     report.print(args.json)?;
@@ -90,6 +130,18 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
     } else {
         Outcome::Partial
     })
+}
+
+/// Parses `--rate`: a positive, finite number of submits per second.
+pub(crate) fn parse_rate(argument: &str) -> Result<f64, String> {
+    let rate: f64 = argument
+        .parse()
+        .map_err(|_| format!("`{argument}` is not a number"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err("the rate must be a positive number of submits per second".to_owned())
+    }
 }
 
 /// Reads the template, creating it with the admin certificate when it does not exist yet.
@@ -279,22 +331,93 @@ impl Reasons {
 #[derive(Debug, Default)]
 struct SubmitTally {
     latencies_us: Vec<u64>,
+    /// Open loop only: how late each submit went out after its intended send time.
+    send_lags_us: Vec<u64>,
     accepted_ids: Vec<String>,
     duplicates: u64,
     errors: Reasons,
+    /// When the earliest accepted submit was sent.
+    first_accepted_at: Option<Instant>,
 }
 
-/// Submits `plan.count` notifications from `--concurrency` tasks. Returns the summary and the
-/// ids of accepted notifications.
+impl SubmitTally {
+    /// Records one answer. Only accepted submits are timed: fast rejections would make the
+    /// latency look better. `latency_from` is the send time (closed loop) or the intended send
+    /// time (open loop); `sent_at` is when the request actually went out.
+    fn record(
+        &mut self,
+        result: Result<SubmitResponse, tonic::Status>,
+        latency_from: Instant,
+        sent_at: Instant,
+        answered_at: Instant,
+    ) {
+        match result {
+            Ok(response) => {
+                self.latencies_us
+                    .push(micros(answered_at.saturating_duration_since(latency_from)));
+                self.duplicates += u64::from(response.duplicate);
+                self.accepted_ids.push(response.notification_id);
+                self.first_accepted_at = combine(self.first_accepted_at, Some(sent_at), Ord::min);
+            }
+            Err(status) => self.errors.note_status(&status),
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.latencies_us.extend(other.latencies_us);
+        self.send_lags_us.extend(other.send_lags_us);
+        self.accepted_ids.extend(other.accepted_ids);
+        self.duplicates += other.duplicates;
+        self.errors.merge(other.errors);
+        self.first_accepted_at = combine(self.first_accepted_at, other.first_accepted_at, Ord::min);
+    }
+}
+
+/// The submit phase's summary, the ids of accepted notifications and when the first of them
+/// was sent (where delivery throughput starts).
+#[derive(Debug)]
+struct Submitted {
+    summary: SubmitSummary,
+    accepted_ids: Vec<String>,
+    first_accepted_at: Option<Instant>,
+}
+
+/// Submits `plan.count` notifications, closed-loop or open-loop (`--rate`).
 async fn submit_all(
     args: &BenchArgs,
     channels: &[Channel],
     plan: Arc<SubmitPlan>,
-) -> anyhow::Result<(SubmitSummary, Vec<String>)> {
-    let next_index = Arc::new(AtomicU64::new(0));
+) -> anyhow::Result<Submitted> {
     let finished = Arc::new(AtomicU64::new(0));
     let _progress = Progress::spawn("submitted", Arc::clone(&finished), plan.count);
     let started = Instant::now();
+    let total = match args.rate {
+        None => submit_closed_loop(args, channels, plan, finished).await,
+        Some(rate) => submit_open_loop(args, channels, plan, finished, rate).await?,
+    };
+    let summary = SubmitSummary {
+        accepted: total.accepted_ids.len() as u64,
+        duplicates: total.duplicates,
+        errors: total.errors,
+        elapsed: started.elapsed(),
+        latency_us: report::Percentiles::of(&total.latencies_us)?,
+        send_lag_us: report::Percentiles::of(&total.send_lags_us)?,
+    };
+    Ok(Submitted {
+        summary,
+        accepted_ids: total.accepted_ids,
+        first_accepted_at: total.first_accepted_at,
+    })
+}
+
+/// `--concurrency` tasks, each sending its next submit when the previous one is answered.
+async fn submit_closed_loop(
+    args: &BenchArgs,
+    channels: &[Channel],
+    plan: Arc<SubmitPlan>,
+    finished: Arc<AtomicU64>,
+) -> SubmitTally {
+    let next_index = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for channel in channels.iter().cycle().take(args.concurrency as usize) {
         tasks.spawn(submit_task(
@@ -302,18 +425,14 @@ async fn submit_all(
             Arc::clone(&plan),
             Arc::clone(&next_index),
             Arc::clone(&finished),
+            u64::from(args.batch),
         ));
     }
     let mut total = SubmitTally::default();
     let mut panics = 0;
     while let Some(result) = tasks.join_next().await {
         match result {
-            Ok(tally) => {
-                total.latencies_us.extend(tally.latencies_us);
-                total.accepted_ids.extend(tally.accepted_ids);
-                total.duplicates += tally.duplicates;
-                total.errors.merge(tally.errors);
-            }
+            Ok(tally) => total.merge(tally),
             Err(_) => panics += 1,
         }
     }
@@ -323,14 +442,7 @@ async fn submit_all(
             "a submit task panicked; its counts are lost",
         );
     }
-    let summary = SubmitSummary {
-        accepted: total.accepted_ids.len() as u64,
-        duplicates: total.duplicates,
-        errors: total.errors,
-        elapsed: started.elapsed(),
-        latency_us: report::Percentiles::of(&total.latencies_us)?,
-    };
-    Ok((summary, total.accepted_ids))
+    total
 }
 
 async fn submit_task(
@@ -338,29 +450,148 @@ async fn submit_task(
     plan: Arc<SubmitPlan>,
     next_index: Arc<AtomicU64>,
     finished: Arc<AtomicU64>,
+    batch: u64,
 ) -> SubmitTally {
     let mut tally = SubmitTally::default();
     loop {
-        let index = next_index.fetch_add(1, Ordering::Relaxed);
-        if index >= plan.count {
+        let first = next_index.fetch_add(batch, Ordering::Relaxed);
+        if first >= plan.count {
             break;
         }
-        let request = plan.request(index);
-        let started = Instant::now();
-        let result = client.submit(request).await;
-        // Only accepted submits are timed: fast rejections would make the latency look better.
-        match result {
-            Ok(response) => {
-                tally.latencies_us.push(micros(started.elapsed()));
-                let response = response.into_inner();
-                tally.duplicates += u64::from(response.duplicate);
-                tally.accepted_ids.push(response.notification_id);
+        let indices = first..(first + batch).min(plan.count);
+        let sent_at = Instant::now();
+        if batch == 1 {
+            let result = send_submit(&mut client, &plan, first).await;
+            tally.record(result, sent_at, sent_at, Instant::now());
+        } else {
+            let results = send_submit_batch(&mut client, &plan, indices.clone()).await;
+            let answered_at = Instant::now();
+            for result in results {
+                tally.record(result, sent_at, sent_at, answered_at);
             }
-            Err(status) => tally.errors.note_status(&status),
         }
-        finished.fetch_add(1, Ordering::Relaxed);
+        finished.fetch_add(indices.end - indices.start, Ordering::Relaxed);
     }
     tally
+}
+
+/// Sends submits `indices` of `plan` in one `SubmitBatch` call; one result per index (the
+/// call's own error for each when the whole call failed).
+async fn send_submit_batch(
+    client: &mut SubmitServiceClient<Channel>,
+    plan: &SubmitPlan,
+    indices: std::ops::Range<u64>,
+) -> Vec<Result<SubmitResponse, tonic::Status>> {
+    let count = usize::try_from(indices.end - indices.start).unwrap_or_default();
+    let request = SubmitBatchRequest {
+        items: indices.map(|index| plan.request(index)).collect(),
+    };
+    match client.submit_batch(request).await {
+        Ok(response) => response
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|result| {
+                result.accepted.ok_or_else(|| {
+                    tonic::Status::new(tonic::Code::from_i32(result.code), result.message)
+                })
+            })
+            .collect(),
+        Err(status) => (0..count).map(|_| Err(status.clone())).collect(),
+    }
+}
+
+/// Sends submit `index` of `plan`.
+async fn send_submit(
+    client: &mut SubmitServiceClient<Channel>,
+    plan: &SubmitPlan,
+    index: u64,
+) -> Result<SubmitResponse, tonic::Status> {
+    client
+        .submit(plan.request(index))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The intended send time of request `index` at `rate` per second.
+fn intended_send_time(started: Instant, index: u64, rate: f64) -> Instant {
+    started + Duration::from_secs_f64(index as f64 / rate)
+}
+
+/// Sends request i at its intended time `started + i / rate`, each from its own task, whatever
+/// the answers of earlier ones; at most `--max-in-flight` wait for an answer at once. Latency
+/// counts from the intended send time, so a server that falls behind (or a full in-flight
+/// window) shows up in the latencies instead of silently lowering the load (coordinated
+/// omission).
+async fn submit_open_loop(
+    args: &BenchArgs,
+    channels: &[Channel],
+    plan: Arc<SubmitPlan>,
+    finished: Arc<AtomicU64>,
+    rate: f64,
+) -> anyhow::Result<SubmitTally> {
+    let clients: Vec<_> = channels
+        .iter()
+        .map(|channel| SubmitServiceClient::new(channel.clone()))
+        .collect();
+    anyhow::ensure!(!clients.is_empty(), "no connection to the server");
+    let in_flight = Arc::new(Semaphore::new(args.max_in_flight as usize));
+    let mut total = SubmitTally::default();
+    let mut tasks = JoinSet::new();
+    let started = Instant::now();
+    for index in 0..plan.count {
+        let intended = intended_send_time(started, index, rate);
+        tokio::time::sleep_until(intended).await;
+        let permit = Arc::clone(&in_flight)
+            .acquire_owned()
+            .await
+            .context("the in-flight window closed")?;
+        let sent_at = Instant::now();
+        total
+            .send_lags_us
+            .push(micros(sent_at.saturating_duration_since(intended)));
+        let mut client = clients[(index % clients.len() as u64) as usize].clone();
+        let plan = Arc::clone(&plan);
+        let finished = Arc::clone(&finished);
+        tasks.spawn(async move {
+            let result = send_submit(&mut client, &plan, index).await;
+            let answered_at = Instant::now();
+            drop(permit);
+            finished.fetch_add(1, Ordering::Relaxed);
+            (result, intended, sent_at, answered_at)
+        });
+        // Collect answers as they come so that finished tasks do not pile up.
+        while let Some(result) = tasks.try_join_next() {
+            total.note_open_loop_answer(result);
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        total.note_open_loop_answer(result);
+    }
+    Ok(total)
+}
+
+/// One open-loop request's outcome: the answer, its intended send time, when it went out and
+/// when it was answered.
+type OpenLoopAnswer = (
+    Result<SubmitResponse, tonic::Status>,
+    Instant,
+    Instant,
+    Instant,
+);
+
+impl SubmitTally {
+    fn note_open_loop_answer(&mut self, joined: Result<OpenLoopAnswer, tokio::task::JoinError>) {
+        match joined {
+            Ok((result, intended, sent_at, answered_at)) => {
+                self.record(result, intended, sent_at, answered_at);
+            }
+            Err(_) => self.errors.note(
+                "TaskPanicked".to_owned(),
+                "a submit task panicked; its request is lost",
+            ),
+        }
+    }
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -603,6 +834,219 @@ async fn poll_task(
             id: pending.id,
             due: Instant::now() + poll_interval,
         });
+    }
+    tally
+}
+
+/// The counters a herald-sink serves on `GET /stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SinkStats {
+    messages: u64,
+    distinct: u64,
+    duplicates: u64,
+}
+
+impl SinkStats {
+    fn from_json(body: &[u8]) -> anyhow::Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).context("the sink's answer is not JSON")?;
+        let field = |name: &str| {
+            value[name]
+                .as_u64()
+                .with_context(|| format!("the sink's answer has no number `{name}`"))
+        };
+        Ok(Self {
+            messages: field("messages")?,
+            distinct: field("distinct")?,
+            duplicates: field("duplicates")?,
+        })
+    }
+}
+
+/// Reads a herald-sink's counters (`GET /stats`).
+#[derive(Debug, Clone)]
+struct SinkClient {
+    /// As given, for messages.
+    url: String,
+    /// The `/stats` URL.
+    stats_url: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl SinkClient {
+    /// Accepts `http://host:port[/prefix]` or `host:port`.
+    fn new(url: &str) -> anyhow::Result<Self> {
+        let with_scheme = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
+        let base = reqwest::Url::parse(&with_scheme)
+            .with_context(|| format!("--sink must be an http:// URL, got `{url}`"))?;
+        anyhow::ensure!(
+            base.scheme() == "http",
+            "--sink must be an http:// URL, got the scheme `{}`",
+            base.scheme()
+        );
+        anyhow::ensure!(
+            base.host_str().is_some_and(|host| !host.is_empty()),
+            "--sink must name a host and port, got `{url}`"
+        );
+        let stats_url = reqwest::Url::parse(&format!(
+            "{}/stats",
+            base.as_str().trim_end_matches('/')
+        ))?;
+        Ok(Self {
+            url: url.to_owned(),
+            stats_url,
+            http: reqwest::Client::builder().timeout(SINK_TIMEOUT).build()?,
+        })
+    }
+
+    async fn stats(&self) -> anyhow::Result<SinkStats> {
+        let response = self
+            .http
+            .get(self.stats_url.clone())
+            .send()
+            .await
+            .with_context(|| format!("asking the sink at {} for its counts", self.url))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "the sink answered {}",
+            response.status()
+        );
+        SinkStats::from_json(&response.bytes().await.context("reading the sink's answer")?)
+    }
+}
+
+/// What the sink watcher saw.
+#[derive(Debug, Default)]
+struct SinkTally {
+    last: SinkStats,
+    /// When the distinct count was last seen to grow.
+    last_growth_at: Option<Instant>,
+    polls: u64,
+    errors: Reasons,
+}
+
+/// Watches the sink's counters from before the first submit until they have grown by the
+/// number of accepted notifications, or a deadline passes. The target is only known once
+/// the submits are done; until then the watcher only records.
+#[derive(Debug)]
+struct SinkWatch {
+    url: String,
+    baseline: SinkStats,
+    /// The number to wait for and the deadline, once known. Dropping it stops the watcher.
+    goal: watch::Sender<Option<(u64, Instant)>>,
+    task: JoinHandle<SinkTally>,
+    /// Distinct Message-IDs above the baseline, for progress lines.
+    delivered: Arc<AtomicU64>,
+}
+
+impl SinkWatch {
+    /// Reads the baseline (failing early when the sink is unreachable) and starts watching.
+    async fn start(client: SinkClient) -> anyhow::Result<Self> {
+        let baseline = client
+            .stats()
+            .await
+            .with_context(|| format!("reading the sink's counts at {}", client.url))?;
+        let (goal, goal_receiver) = watch::channel(None);
+        let delivered = Arc::new(AtomicU64::new(0));
+        let url = client.url.clone();
+        let task = tokio::spawn(watch_sink(
+            client,
+            baseline,
+            goal_receiver,
+            Arc::clone(&delivered),
+        ));
+        Ok(Self {
+            url,
+            baseline,
+            goal,
+            task,
+            delivered,
+        })
+    }
+
+    /// Waits until `expected` more distinct Message-IDs arrived, or `wait_timeout` passed.
+    /// Delivery throughput runs from `first_accepted_at` to the poll that saw the last one.
+    async fn finish(
+        self,
+        expected: u64,
+        first_accepted_at: Option<Instant>,
+        wait_timeout: Duration,
+    ) -> anyhow::Result<SinkSummary> {
+        let waiting_since = Instant::now();
+        let _progress = Progress::spawn("delivered", Arc::clone(&self.delivered), expected);
+        // The watcher only ends after it got a goal, so it is still there to receive it.
+        let _sent = self
+            .goal
+            .send(Some((expected, waiting_since + wait_timeout)));
+        let tally = self.task.await.context("the sink watcher failed")?;
+        let growth = tally.last.distinct.saturating_sub(self.baseline.distinct);
+        let window = match (first_accepted_at, tally.last_growth_at) {
+            (Some(first), Some(last)) => Some(last.saturating_duration_since(first)),
+            _ => None,
+        };
+        Ok(SinkSummary {
+            url: self.url,
+            delivered: growth.min(expected),
+            unexpected: growth.saturating_sub(expected),
+            unfinished: expected.saturating_sub(growth),
+            duplicates: tally
+                .last
+                .duplicates
+                .saturating_sub(self.baseline.duplicates),
+            messages: tally.last.messages.saturating_sub(self.baseline.messages),
+            window,
+            polls: tally.polls,
+            poll_errors: tally.errors,
+            elapsed: waiting_since.elapsed(),
+        })
+    }
+}
+
+async fn watch_sink(
+    client: SinkClient,
+    baseline: SinkStats,
+    mut goal: watch::Receiver<Option<(u64, Instant)>>,
+    delivered: Arc<AtomicU64>,
+) -> SinkTally {
+    let mut tally = SinkTally {
+        last: baseline,
+        ..SinkTally::default()
+    };
+    let mut ticker = tokio::time::interval(SINK_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let target = *goal.borrow_and_update();
+        if target.is_none() && goal.has_changed().is_err() {
+            // The bench stopped waiting (`--no-wait`, or nothing was accepted).
+            break;
+        }
+        tally.polls += 1;
+        match client.stats().await {
+            Ok(stats) => {
+                if stats.distinct > tally.last.distinct {
+                    tally.last_growth_at = Some(Instant::now());
+                }
+                tally.last = stats;
+                delivered.store(
+                    stats.distinct.saturating_sub(baseline.distinct),
+                    Ordering::Relaxed,
+                );
+            }
+            Err(error) => tally
+                .errors
+                .note("SinkUnreachable".to_owned(), &format!("{error:#}")),
+        }
+        if let Some((expected, deadline)) = target {
+            let growth = tally.last.distinct.saturating_sub(baseline.distinct);
+            if growth >= expected || Instant::now() >= deadline {
+                break;
+            }
+        }
     }
     tally
 }

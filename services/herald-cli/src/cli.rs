@@ -75,6 +75,16 @@ pub(crate) enum Command {
     Template(TemplateCommand),
     /// Submit one notification and print its id.
     Submit(SubmitArgs),
+    /// Submit many independent notifications from a JSON Lines file (a bulk job, a campaign)
+    /// through `SubmitBatch`, up to 1,000 per call, and print one result line per item.
+    ///
+    /// Each line is a notification: `{"template": "welcome", "to": ["ada@example.com"],
+    /// "params": {"username": "Ada"}, "idempotency_key": "signup-42"}`; other fields:
+    /// `version`, `recipients` (objects with `email`, `user_id`, `phone`, `locale`,
+    /// `chat_destination`), `channels`, `priority`, `category`, `metadata`, `send_at`. Prints
+    /// `<line> <id>` (plus `duplicate` for a replay) or `<line> error <Code> <message>`. Exits 3
+    /// when any item was refused.
+    SubmitBatch(SubmitBatchArgs),
     /// Show a notification's status and each of its deliveries.
     Get(GetArgs),
     /// Poll a notification until it reaches a final status, then show it.
@@ -310,6 +320,20 @@ pub(crate) struct SubmitArgs {
     pub(crate) json: bool,
 }
 
+/// Arguments of `submit-batch`.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitBatchArgs {
+    /// The JSON Lines file, one notification per line; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    /// Items per `SubmitBatch` call (the server takes at most 1,000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub(crate) per_call: u64,
+    /// Print one JSON object per item instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 /// Arguments of `get`.
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
@@ -436,9 +460,24 @@ pub(crate) struct BenchArgs {
     /// Notifications to submit.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: u64,
-    /// Concurrent submit (and later poll) tasks.
+    /// Concurrent submit (and later poll) tasks: the closed-loop load. Ignored for submits with
+    /// `--rate`, but still the number of poll tasks without `--sink`.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) concurrency: u32,
+    /// Open loop: send R submits per second, request i at i/R seconds after the start whatever
+    /// the answers, and count each latency from that intended send time (no coordinated
+    /// omission). Without it the load is closed-loop: `--concurrency` tasks, each sending its
+    /// next submit when the last one is answered.
+    #[arg(long, value_name = "R", value_parser = crate::bench::parse_rate)]
+    pub(crate) rate: Option<f64>,
+    /// With `--rate`: most submits in flight at once. When reached, sends wait (and the wait
+    /// counts in their latency, since it is measured from the intended send time).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_in_flight: u32,
+    /// Closed loop only: each task sends N notifications per `SubmitBatch` call instead of one
+    /// `Submit` each; every item's latency is its call's.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) batch: u32,
     /// mTLS connections (HTTP/2) the tasks share.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) connections: u32,
@@ -469,13 +508,19 @@ pub(crate) struct BenchArgs {
         default_value = "certs-dev/generated/admin.key"
     )]
     pub(crate) admin_key: PathBuf,
+    /// Measure delivery from a herald-sink's counters at this HTTP address (e.g.
+    /// `http://127.0.0.1:8025`) instead of polling GetNotification for every notification:
+    /// its distinct Message-ID count is read before the first submit and watched (every 50 ms)
+    /// until it has grown by the number accepted; duplicates it saw are reported too.
+    #[arg(long, value_name = "URL")]
+    pub(crate) sink: Option<String>,
     /// Only submit; do not wait for deliveries.
     #[arg(long)]
     pub(crate) no_wait: bool,
     /// Stop waiting for deliveries after this long; the rest are reported as unfinished.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub(crate) wait_timeout: Duration,
-    /// Pause between two polls of the same notification.
+    /// Pause between two polls of the same notification (without `--sink`).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub(crate) poll_interval: Duration,
     /// Print the report as one JSON object instead of text.

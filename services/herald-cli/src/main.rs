@@ -11,6 +11,7 @@ mod failures;
 mod queues;
 mod status;
 mod submit;
+mod submit_batch;
 mod template;
 
 use std::process::ExitCode;
@@ -83,6 +84,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Template(command) => template::run(command, connection).await,
         Command::Submit(args) => submit::run(args, connection).await,
+        Command::SubmitBatch(args) => submit_batch::run(args, connection).await,
         Command::Get(args) => status::get(args, connection).await,
         Command::Wait(args) => status::wait(args, connection).await,
         Command::Bench(args) => bench::run(args, connection).await,

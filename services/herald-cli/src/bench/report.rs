@@ -1,5 +1,6 @@
 //! The bench report: latency percentiles from an HDR histogram, rates, and their text and JSON
-//! forms.
+//! forms, for both loads (closed and open loop) and both ways of measuring delivery (polling
+//! every notification, or a sink's counters).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::Reasons;
+use crate::cli::BenchArgs;
 
 /// Highest latency the histograms resolve: one hour in microseconds. Longer samples are
 /// recorded as one hour.
@@ -86,6 +88,59 @@ fn rounded(value: f64, decimals: i32) -> f64 {
     (value * scale).round() / scale
 }
 
+/// How the submits were paced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Load {
+    /// `concurrency` tasks, each sending when its previous submit was answered.
+    Closed { concurrency: u32 },
+    /// `rate` submits per second on a fixed schedule, at most `max_in_flight` unanswered.
+    Open { rate: f64, max_in_flight: u32 },
+}
+
+impl Load {
+    pub(crate) fn of(args: &BenchArgs) -> Self {
+        match args.rate {
+            None => Self::Closed {
+                concurrency: args.concurrency,
+            },
+            Some(rate) => Self::Open {
+                rate,
+                max_in_flight: args.max_in_flight,
+            },
+        }
+    }
+
+    /// For the line announcing the run.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Closed { concurrency } => format!("from {concurrency} tasks (closed loop)"),
+            Self::Open {
+                rate,
+                max_in_flight,
+            } => format!("at {rate}/s (open loop, at most {max_in_flight} in flight)"),
+        }
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        match self {
+            Self::Closed { concurrency } => json!({
+                "mode": "closed",
+                "concurrency": concurrency,
+                "latency_from": "send",
+            }),
+            Self::Open {
+                rate,
+                max_in_flight,
+            } => json!({
+                "mode": "open",
+                "rate": rate,
+                "max_in_flight": max_in_flight,
+                "latency_from": "intended_send",
+            }),
+        }
+    }
+}
+
 /// The submit phase.
 #[derive(Debug)]
 pub(crate) struct SubmitSummary {
@@ -93,12 +148,16 @@ pub(crate) struct SubmitSummary {
     pub(crate) duplicates: u64,
     /// Failed submits by gRPC code.
     pub(crate) errors: Reasons,
+    /// From the first send to the last answer.
     pub(crate) elapsed: Duration,
-    /// Latency of accepted submits as seen by the client.
+    /// Latency of accepted submits as seen by the client: from the send (closed loop) or from
+    /// the intended send time (open loop).
     pub(crate) latency_us: Option<Percentiles>,
+    /// Open loop: how late submits went out after their intended send time.
+    pub(crate) send_lag_us: Option<Percentiles>,
 }
 
-/// The delivery phase.
+/// The delivery phase, measured by polling every notification.
 #[derive(Debug)]
 pub(crate) struct DeliverySummary {
     pub(crate) delivered: u64,
@@ -117,28 +176,62 @@ pub(crate) struct DeliverySummary {
     pub(crate) elapsed: Duration,
 }
 
+/// The delivery phase, measured from a herald-sink's counters (`--sink`).
+#[derive(Debug)]
+pub(crate) struct SinkSummary {
+    pub(crate) url: String,
+    /// Growth of the sink's distinct Message-IDs, up to the number accepted.
+    pub(crate) delivered: u64,
+    /// Growth beyond the number accepted: someone else is sending to the sink.
+    pub(crate) unexpected: u64,
+    /// Accepted but not seen by the sink when `--wait-timeout` passed.
+    pub(crate) unfinished: u64,
+    /// Growth of the sink's duplicates: messages whose Message-ID it had seen (resends).
+    pub(crate) duplicates: u64,
+    /// Growth of the sink's messages.
+    pub(crate) messages: u64,
+    /// From the first accepted submit to the poll that saw the last growth (polls every 50 ms).
+    pub(crate) window: Option<Duration>,
+    pub(crate) polls: u64,
+    pub(crate) poll_errors: Reasons,
+    /// The wait after the last submit.
+    pub(crate) elapsed: Duration,
+}
+
+/// How delivery was measured, and what it found.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// By polling GetNotification for every notification.
+    Polled(DeliverySummary),
+    /// From the sink's counters.
+    Sink(SinkSummary),
+}
+
 /// Everything the bench measured.
 #[derive(Debug)]
 pub(crate) struct Report {
     pub(crate) run_id: String,
     pub(crate) template: String,
     pub(crate) count: u64,
-    pub(crate) concurrency: u32,
+    pub(crate) load: Load,
     pub(crate) connections: u32,
     pub(crate) submit: SubmitSummary,
     /// `None` with `--no-wait` or when nothing was accepted.
-    pub(crate) delivery: Option<DeliverySummary>,
+    pub(crate) delivery: Option<Delivery>,
 }
 
 impl Report {
-    /// Whether every submit was accepted and, when waited for, every notification delivered.
+    /// Whether every submit was accepted and, when waited for, every notification delivered
+    /// (and, measured at the sink, delivered exactly once).
     pub(crate) fn is_complete(&self) -> bool {
-        self.submit.errors.total() == 0
-            && self.submit.accepted == self.count
-            && self
-                .delivery
-                .as_ref()
-                .is_none_or(|delivery| delivery.delivered == self.submit.accepted)
+        let delivered = match &self.delivery {
+            None => true,
+            Some(Delivery::Polled(delivery)) => delivery.delivered == self.submit.accepted,
+            Some(Delivery::Sink(sink)) => {
+                sink.delivered == self.submit.accepted && sink.duplicates == 0
+            }
+        };
+        self.submit.errors.total() == 0 && self.submit.accepted == self.count && delivered
     }
 
     /// Prints the report to stdout as text or as one JSON object.
@@ -154,10 +247,11 @@ impl Report {
         Ok(())
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    pub(super) fn to_json(&self) -> serde_json::Value {
         let submit = &self.submit;
-        let delivery = self.delivery.as_ref().map(|delivery| {
-            json!({
+        let delivery = self.delivery.as_ref().map(|delivery| match delivery {
+            Delivery::Polled(delivery) => json!({
+                "source": "poll",
                 "delivered": delivery.delivered,
                 "failed": delivery.failed,
                 "partially_delivered": delivery.partially_delivered,
@@ -172,13 +266,35 @@ impl Report {
                 "polls": delivery.polls,
                 "poll_errors": reasons_json(&delivery.poll_errors),
                 "elapsed_s": rounded(delivery.elapsed.as_secs_f64(), 3),
-            })
+            }),
+            Delivery::Sink(sink) => json!({
+                "source": "sink",
+                "sink": sink.url,
+                "delivered": sink.delivered,
+                "unfinished": sink.unfinished,
+                "duplicates": sink.duplicates,
+                "unexpected": sink.unexpected,
+                "messages": sink.messages,
+                "window_s": sink.window.map(|window| rounded(window.as_secs_f64(), 3)),
+                "delivered_per_s": sink
+                    .window
+                    .and_then(|window| per_second(sink.delivered, window))
+                    .map(|rate| rounded(rate, 1)),
+                "polls": sink.polls,
+                "poll_errors": reasons_json(&sink.poll_errors),
+                "elapsed_s": rounded(sink.elapsed.as_secs_f64(), 3),
+            }),
         });
+        let concurrency = match self.load {
+            Load::Closed { concurrency } => Some(concurrency),
+            Load::Open { .. } => None,
+        };
         json!({
             "run_id": self.run_id,
             "template": self.template,
             "count": self.count,
-            "concurrency": self.concurrency,
+            "load": self.load.to_json(),
+            "concurrency": concurrency,
             "connections": self.connections,
             "submit": {
                 "accepted": submit.accepted,
@@ -188,6 +304,7 @@ impl Report {
                 "elapsed_s": rounded(submit.elapsed.as_secs_f64(), 3),
                 "accepted_per_s": per_second(submit.accepted, submit.elapsed).map(|rate| rounded(rate, 1)),
                 "latency_us": submit.latency_us.as_ref().map(Percentiles::to_json),
+                "send_lag_us": submit.send_lag_us.as_ref().map(Percentiles::to_json),
             },
             "delivery": delivery,
         })
@@ -199,9 +316,17 @@ impl Report {
         // Writing to a String cannot fail, so the results are ignored.
         let _ = writeln!(
             text,
-            "Bench run {}: {} notifications with template `{}`, {} tasks over {} connections",
-            self.run_id, self.count, self.template, self.concurrency, self.connections
+            "Bench run {}: {} notifications with template `{}`, {} over {} connections",
+            self.run_id,
+            self.count,
+            self.template,
+            self.load.describe(),
+            self.connections
         );
+        let latency_from = match self.load {
+            Load::Closed { .. } => "from each send",
+            Load::Open { .. } => "from each intended send time",
+        };
         let _ = writeln!(text, "\nSubmit");
         let _ = writeln!(
             text,
@@ -214,11 +339,28 @@ impl Report {
         );
         let _ = writeln!(text, "  errors       {}", reasons_text(&submit.errors));
         if let Some(latency) = &submit.latency_us {
-            let _ = writeln!(text, "  latency      {}", latency.to_text());
+            let _ = writeln!(
+                text,
+                "  latency      {} ({latency_from})",
+                latency.to_text()
+            );
         }
-        let Some(delivery) = &self.delivery else {
-            return text;
-        };
+        if let Some(lag) = &submit.send_lag_us {
+            let _ = writeln!(
+                text,
+                "  send lag     {} (behind the schedule)",
+                lag.to_text()
+            );
+        }
+        match &self.delivery {
+            None => {}
+            Some(Delivery::Polled(delivery)) => self.polled_text(&mut text, delivery),
+            Some(Delivery::Sink(sink)) => self.sink_text(&mut text, sink),
+        }
+        text
+    }
+
+    fn polled_text(&self, text: &mut String, delivery: &DeliverySummary) {
         let _ = writeln!(
             text,
             "\nDelivery (end to end: notification created_at to delivery delivered_at)"
@@ -227,7 +369,7 @@ impl Report {
             text,
             "  delivered    {} of {} ({} failed, {} partially delivered, {} unfinished)",
             delivery.delivered,
-            submit.accepted,
+            self.submit.accepted,
             delivery.failed,
             delivery.partially_delivered,
             delivery.unfinished
@@ -257,7 +399,34 @@ impl Report {
             delivery.elapsed.as_secs_f64(),
             reasons_text(&delivery.poll_errors)
         );
-        text
+    }
+
+    fn sink_text(&self, text: &mut String, sink: &SinkSummary) {
+        let _ = writeln!(
+            text,
+            "\nDelivery (distinct Message-IDs at the sink {})",
+            sink.url
+        );
+        let _ = writeln!(
+            text,
+            "  delivered    {} of {} ({} unfinished), {} duplicates, {} unexpected",
+            sink.delivered, self.submit.accepted, sink.unfinished, sink.duplicates, sink.unexpected
+        );
+        if let Some(window) = sink.window {
+            let _ = writeln!(
+                text,
+                "  throughput   {} over {:.3}s (first accepted submit to the last arrival, polled every 50 ms)",
+                rate_text(per_second(sink.delivered, window)),
+                window.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            text,
+            "  watching     {} reads of /stats, {:.3}s after the last submit, errors: {}",
+            sink.polls,
+            sink.elapsed.as_secs_f64(),
+            reasons_text(&sink.poll_errors)
+        );
     }
 }
 
@@ -306,21 +475,26 @@ mod tests {
         Ok(())
     }
 
+    fn submit() -> SubmitSummary {
+        SubmitSummary {
+            accepted: 2,
+            duplicates: 0,
+            errors: Reasons::default(),
+            elapsed: Duration::from_millis(500),
+            latency_us: None,
+            send_lag_us: None,
+        }
+    }
+
     fn report(delivered: u64) -> Report {
         Report {
             run_id: "run1".to_owned(),
             template: "bench".to_owned(),
             count: 2,
-            concurrency: 1,
+            load: Load::Closed { concurrency: 1 },
             connections: 1,
-            submit: SubmitSummary {
-                accepted: 2,
-                duplicates: 0,
-                errors: Reasons::default(),
-                elapsed: Duration::from_millis(500),
-                latency_us: None,
-            },
-            delivery: Some(DeliverySummary {
+            submit: submit(),
+            delivery: Some(Delivery::Polled(DeliverySummary {
                 delivered,
                 failed: 2 - delivered,
                 partially_delivered: 0,
@@ -331,7 +505,34 @@ mod tests {
                 polls: 4,
                 poll_errors: Reasons::default(),
                 elapsed: Duration::from_secs(1),
-            }),
+            })),
+        }
+    }
+
+    fn sink_report(delivered: u64, duplicates: u64) -> Report {
+        Report {
+            load: Load::Open {
+                rate: 1000.0,
+                max_in_flight: 64,
+            },
+            submit: SubmitSummary {
+                latency_us: Percentiles::of(&[1_000, 2_000]).unwrap(),
+                send_lag_us: Percentiles::of(&[10, 20]).unwrap(),
+                ..submit()
+            },
+            delivery: Some(Delivery::Sink(SinkSummary {
+                url: "http://127.0.0.1:8025".to_owned(),
+                delivered,
+                unexpected: 0,
+                unfinished: 2 - delivered,
+                duplicates,
+                messages: delivered + duplicates,
+                window: Some(Duration::from_millis(250)),
+                polls: 9,
+                poll_errors: Reasons::default(),
+                elapsed: Duration::from_millis(100),
+            })),
+            ..report(2)
         }
     }
 
@@ -339,13 +540,48 @@ mod tests {
     fn rates_are_counts_over_their_windows() {
         let json = report(2).to_json();
         assert_eq!(json["submit"]["accepted_per_s"], 4.0);
+        assert_eq!(json["delivery"]["source"], "poll");
         assert_eq!(json["delivery"]["delivered_per_s"], 0.5);
         assert_eq!(json["delivery"]["window_s"], 4.0);
+        assert_eq!(json["load"]["mode"], "closed");
+        assert_eq!(json["concurrency"], 1);
+        assert!(json["submit"]["send_lag_us"].is_null());
     }
 
     #[test]
     fn a_run_is_complete_only_when_everything_was_delivered() {
         assert!(report(2).is_complete());
         assert!(!report(1).is_complete());
+    }
+
+    #[test]
+    fn sink_delivery_and_the_open_loop_are_in_the_json() {
+        let json = sink_report(2, 0).to_json();
+        assert_eq!(json["load"]["mode"], "open");
+        assert_eq!(json["load"]["rate"], 1000.0);
+        assert_eq!(json["load"]["max_in_flight"], 64);
+        assert_eq!(json["load"]["latency_from"], "intended_send");
+        assert!(json["concurrency"].is_null());
+        assert_eq!(json["submit"]["latency_us"]["max"], 2_000);
+        assert_eq!(json["submit"]["send_lag_us"]["max"], 20);
+        let delivery = &json["delivery"];
+        assert_eq!(delivery["source"], "sink");
+        assert_eq!(delivery["sink"], "http://127.0.0.1:8025");
+        assert_eq!(delivery["delivered"], 2);
+        assert_eq!(delivery["duplicates"], 0);
+        assert_eq!(delivery["unfinished"], 0);
+        assert_eq!(delivery["delivered_per_s"], 8.0);
+        assert_eq!(delivery["window_s"], 0.25);
+        let text = sink_report(2, 0).to_text();
+        assert!(text.contains("at 1000/s (open loop"), "{text}");
+        assert!(text.contains("from each intended send time"), "{text}");
+        assert!(text.contains("8.0/s over 0.250s"), "{text}");
+    }
+
+    #[test]
+    fn a_sink_run_is_complete_only_when_everything_arrived_exactly_once() {
+        assert!(sink_report(2, 0).is_complete());
+        assert!(!sink_report(1, 0).is_complete());
+        assert!(!sink_report(2, 1).is_complete(), "a resend is not complete");
     }
 }

@@ -1,4 +1,5 @@
-//! Unit tests of the bench, and its two phases against a fake SubmitService over loopback.
+//! Unit tests of the bench, and its phases against a fake SubmitService and a fake sink over
+//! loopback: closed and open loop, delivery by polling and by the sink's counters.
 
 use std::collections::HashMap;
 
@@ -6,6 +7,8 @@ use clap::Parser as _;
 use herald_proto::submit::submit_service_server::{SubmitService, SubmitServiceServer};
 use herald_proto::submit::{Delivery, GetNotificationResponse, SubmitResponse};
 use tonic::{Request, Response, Status};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::cli::{Cli, Command};
@@ -120,10 +123,16 @@ fn reasons_keep_the_first_example_and_add_counts() {
 
 /// Accepts every submit except those whose idempotency key ends in `7` (UNAVAILABLE), and
 /// reports each notification IN_PROGRESS on its first poll and DELIVERED, 5 ms after its
-/// creation, from the second on. Notification ids are the idempotency keys.
+/// creation, from the second on. Notification ids are the idempotency keys. Each submit takes
+/// `delay`, one at a time when `serial`; with a `sink`, each accepted one arrives there
+/// `sink.arrival_delay` later.
 #[derive(Debug, Default)]
 struct FakeSubmitService {
     notifications: Mutex<HashMap<String, (prost_types::Timestamp, u32)>>,
+    delay: Duration,
+    serial: tokio::sync::Mutex<()>,
+    serialize: bool,
+    sink: Option<Arc<FakeSink>>,
 }
 
 #[tonic::async_trait]
@@ -132,6 +141,14 @@ impl SubmitService for FakeSubmitService {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        let _one_at_a_time = if self.serialize {
+            Some(self.serial.lock().await)
+        } else {
+            None
+        };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let key = request.into_inner().idempotency_key;
         if key.ends_with('7') {
             return Err(Status::unavailable("try again"));
@@ -141,10 +158,21 @@ impl SubmitService for FakeSubmitService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.clone(), (created_at, 0));
+        if let Some(sink) = &self.sink {
+            sink.arrive_later();
+        }
         Ok(Response::new(SubmitResponse {
             notification_id: key,
             duplicate: false,
         }))
+    }
+
+    /// Not used by the bench yet (`--batch` is to come).
+    async fn submit_batch(
+        &self,
+        _request: Request<herald_proto::submit::SubmitBatchRequest>,
+    ) -> Result<Response<herald_proto::submit::SubmitBatchResponse>, Status> {
+        Err(Status::unimplemented("the fake has no SubmitBatch"))
     }
 
     async fn get_notification(
@@ -189,16 +217,108 @@ impl SubmitService for FakeSubmitService {
 
 /// Two plaintext channels to a fake SubmitService on a loopback port.
 async fn fake_server() -> anyhow::Result<Vec<Channel>> {
+    fake_server_with(FakeSubmitService::default()).await
+}
+
+async fn fake_server_with(service: FakeSubmitService) -> anyhow::Result<Vec<Channel>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(SubmitServiceServer::new(FakeSubmitService::default()))
+            .add_service(SubmitServiceServer::new(service))
             .serve_with_incoming(incoming),
     );
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?;
     Ok(vec![endpoint.connect().await?, endpoint.connect().await?])
+}
+
+/// A stand-in for herald-sink's `GET /stats`: counts that start at `baseline` and grow by
+/// one distinct message `arrival_delay` after each accepted submit (plus `duplicate_every`:
+/// every n-th arrival is also resent).
+#[derive(Debug)]
+struct FakeSink {
+    stats: Mutex<SinkStats>,
+    arrivals: AtomicU64,
+    arrival_delay: Duration,
+    duplicate_every: Option<u64>,
+    /// Stops all arrivals (a platform that never delivers).
+    stalled: bool,
+}
+
+impl FakeSink {
+    fn new(baseline: SinkStats) -> Self {
+        Self {
+            stats: Mutex::new(baseline),
+            arrivals: AtomicU64::new(0),
+            arrival_delay: Duration::from_millis(5),
+            duplicate_every: None,
+            stalled: false,
+        }
+    }
+
+    fn arrive_later(self: &Arc<Self>) {
+        if self.stalled {
+            return;
+        }
+        let sink = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(sink.arrival_delay).await;
+            let arrival = sink.arrivals.fetch_add(1, Ordering::AcqRel) + 1;
+            let mut stats = sink.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.messages += 1;
+            stats.distinct += 1;
+            if sink
+                .duplicate_every
+                .is_some_and(|every| arrival.is_multiple_of(every))
+            {
+                stats.messages += 1;
+                stats.duplicates += 1;
+            }
+        });
+    }
+
+    /// Serves `GET /stats` on a loopback port, one request per connection, as herald-sink
+    /// answers it (JSON with a Content-Length); returns its URL.
+    async fn serve(self: &Arc<Self>) -> anyhow::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let sink = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sink = Arc::clone(&sink);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0_u8; 1024];
+                    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let stats = *sink.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                    let body = serde_json::json!({
+                        "messages": stats.messages,
+                        "distinct": stats.distinct,
+                        "duplicates": stats.duplicates,
+                        "without_message_id": 0,
+                    })
+                    .to_string();
+                    let response = if request.starts_with(b"GET /stats ") {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else {
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_owned()
+                    };
+                    let _written = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(format!("http://{address}"))
+    }
 }
 
 fn bench_args(arguments: &[&str]) -> BenchArgs {
@@ -228,7 +348,13 @@ async fn submits_and_waits_for_every_notification_counting_errors_by_code() -> a
         ..plan(&["n"])
     });
 
-    let (submit, accepted_ids) = submit_all(&args, &channels, plan).await?;
+    let Submitted {
+        summary: submit,
+        accepted_ids,
+        first_accepted_at,
+    } = submit_all(&args, &channels, plan).await?;
+    assert!(first_accepted_at.is_some());
+    assert!(submit.send_lag_us.is_none(), "closed loop has no schedule");
     // Indices 7, 17, 27, 37 and 47 are refused.
     assert_eq!(submit.accepted, 45);
     assert_eq!(accepted_ids.len(), 45);
@@ -274,6 +400,220 @@ async fn unfinished_notifications_are_reported_when_the_wait_times_out() -> anyh
             .map(|(code, _)| code.as_str())
             .collect::<Vec<_>>(),
         ["NotFound"]
+    );
+    Ok(())
+}
+
+#[test]
+fn rates_must_be_positive_numbers() {
+    assert_eq!(parse_rate("1000"), Ok(1000.0));
+    assert_eq!(parse_rate("0.5"), Ok(0.5));
+    assert!(parse_rate("0").is_err());
+    assert!(parse_rate("-3").is_err());
+    assert!(parse_rate("inf").is_err());
+    assert!(parse_rate("fast").is_err());
+}
+
+#[test]
+fn the_open_loop_schedule_spaces_requests_by_one_over_the_rate() {
+    let started = Instant::now();
+    assert_eq!(intended_send_time(started, 0, 1000.0), started);
+    assert_eq!(
+        intended_send_time(started, 250, 1000.0) - started,
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        intended_send_time(started, 3, 2.0) - started,
+        Duration::from_millis(1500)
+    );
+}
+
+#[test]
+fn sink_urls_are_http_with_a_host_and_port() -> anyhow::Result<()> {
+    let client = SinkClient::new("http://127.0.0.1:8025")?;
+    assert_eq!(client.stats_url.as_str(), "http://127.0.0.1:8025/stats");
+    let client = SinkClient::new("127.0.0.1:8025/sink/")?;
+    assert_eq!(client.stats_url.as_str(), "http://127.0.0.1:8025/sink/stats");
+    assert_eq!(
+        SinkClient::new("http://sink")?.stats_url.as_str(),
+        "http://sink/stats"
+    );
+    assert!(SinkClient::new("https://127.0.0.1:8025").is_err());
+    assert!(SinkClient::new("http://").is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_open_loop_sends_on_schedule_and_counts_every_error() -> anyhow::Result<()> {
+    let channels = fake_server().await?;
+    let args = bench_args(&["--count", "50", "--rate", "2000"]);
+    let plan = Arc::new(SubmitPlan {
+        count: args.count,
+        ..plan(&["n"])
+    });
+    let started = Instant::now();
+    let submitted = submit_all(&args, &channels, plan).await?;
+    let submit = submitted.summary;
+    assert_eq!(submit.accepted, 45);
+    assert_eq!(submit.errors.total(), 5);
+    assert!(
+        started.elapsed() >= Duration::from_millis(24),
+        "the 50th request is due 24.5 ms after the first"
+    );
+    assert!(submit.latency_us.is_some());
+    assert!(
+        submit.send_lag_us.is_some(),
+        "the open loop reports its lag"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_loop_latency_counts_from_the_intended_send_time() -> anyhow::Result<()> {
+    // The server answers one submit at a time, 10 ms each, and only one may be in flight:
+    // request i is due at i ms but goes out at about 10·i ms. Latency measured from the actual
+    // send would stay near 10 ms (coordinated omission); from the intended time it grows.
+    let channels = fake_server_with(FakeSubmitService {
+        delay: Duration::from_millis(10),
+        serialize: true,
+        ..FakeSubmitService::default()
+    })
+    .await?;
+    let args = bench_args(&["--count", "20", "--rate", "1000", "--max-in-flight", "1"]);
+    let plan = Arc::new(SubmitPlan {
+        count: args.count,
+        ..plan(&["n"])
+    });
+    let submit = submit_all(&args, &channels, plan).await?.summary;
+    let json = report::Report {
+        run_id: "run1".to_owned(),
+        template: "bench".to_owned(),
+        count: 20,
+        load: report::Load::of(&args),
+        connections: 2,
+        submit,
+        delivery: None,
+    }
+    .to_json();
+    let latency = &json["submit"]["latency_us"];
+    let max = latency["max"].as_u64().context("a max latency")?;
+    let p50 = latency["p50"].as_u64().context("a median latency")?;
+    // Request 19 is due at 19 ms and answered after about 20 · 10 ms.
+    assert!(
+        max >= 150_000,
+        "max latency {max} µs should include the queueing"
+    );
+    assert!(
+        p50 >= 50_000,
+        "median latency {p50} µs should include the queueing"
+    );
+    let lag = json["submit"]["send_lag_us"]["max"]
+        .as_u64()
+        .context("a lag")?;
+    assert!(
+        lag >= 100_000,
+        "the last sends went out far behind schedule: {lag} µs"
+    );
+    Ok(())
+}
+
+/// Runs the submits against a fake server wired to `sink` and waits at the sink.
+async fn submit_and_watch_sink(
+    sink: Arc<FakeSink>,
+    arguments: &[&str],
+) -> anyhow::Result<(SubmitSummary, SinkSummary)> {
+    let url = sink.serve().await?;
+    let channels = fake_server_with(FakeSubmitService {
+        sink: Some(Arc::clone(&sink)),
+        ..FakeSubmitService::default()
+    })
+    .await?;
+    let mut all = vec!["--sink", url.as_str()];
+    all.extend_from_slice(arguments);
+    let args = bench_args(&all);
+    let plan = Arc::new(SubmitPlan {
+        count: args.count,
+        ..plan(&["n"])
+    });
+    let watch = SinkWatch::start(SinkClient::new(&url)?).await?;
+    let submitted = submit_all(&args, &channels, plan).await?;
+    let delivery = watch
+        .finish(
+            submitted.summary.accepted,
+            submitted.first_accepted_at,
+            args.wait_timeout,
+        )
+        .await?;
+    Ok((submitted.summary, delivery))
+}
+
+#[tokio::test]
+async fn delivery_is_read_from_the_sink_counts_above_the_baseline() -> anyhow::Result<()> {
+    let sink = Arc::new(FakeSink::new(SinkStats {
+        messages: 1_003,
+        distinct: 1_000,
+        duplicates: 3,
+    }));
+    let (submit, delivery) =
+        submit_and_watch_sink(sink, &["--count", "50", "--concurrency", "4"]).await?;
+    assert_eq!(submit.accepted, 45);
+    assert_eq!(delivery.delivered, 45);
+    assert_eq!(delivery.unfinished, 0);
+    assert_eq!(
+        delivery.duplicates, 0,
+        "the baseline's duplicates are not ours"
+    );
+    assert_eq!(delivery.messages, 45);
+    assert_eq!(delivery.unexpected, 0);
+    assert_eq!(delivery.poll_errors.total(), 0);
+    let window = delivery.window.context("a delivery window")?;
+    assert!(window >= Duration::from_millis(5), "{window:?}");
+    assert!(delivery.polls >= 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn resends_seen_by_the_sink_are_reported_as_duplicates() -> anyhow::Result<()> {
+    let sink = Arc::new(FakeSink {
+        duplicate_every: Some(10),
+        ..FakeSink::new(SinkStats::default())
+    });
+    let (_submit, delivery) = submit_and_watch_sink(sink, &["--count", "30"]).await?;
+    // 27 accepted (7, 17 and 27 are refused); arrivals 10 and 20 were also resent.
+    assert_eq!(
+        (delivery.delivered, delivery.duplicates, delivery.messages),
+        (27, 2, 29)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sink_that_never_fills_is_reported_unfinished_at_the_timeout() -> anyhow::Result<()> {
+    let sink = Arc::new(FakeSink {
+        stalled: true,
+        ..FakeSink::new(SinkStats::default())
+    });
+    let started = Instant::now();
+    let (submit, delivery) =
+        submit_and_watch_sink(sink, &["--count", "5", "--wait-timeout", "200ms"]).await?;
+    assert_eq!(submit.accepted, 5);
+    assert_eq!((delivery.delivered, delivery.unfinished), (0, 5));
+    assert_eq!(delivery.window, None);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_sink_fails_before_anything_is_submitted() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let error = SinkWatch::start(SinkClient::new(&format!("http://127.0.0.1:{port}"))?)
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        format!("{error:#}").contains("reading the sink's counts"),
+        "{error:#}"
     );
     Ok(())
 }
