@@ -96,12 +96,13 @@ pub(crate) enum Command {
     ///
     /// Makes sure the template exists first (creating it with the admin certificate if it does
     /// not), submits `--count` email notifications, each with a unique idempotency key, from
-    /// `--concurrency` tasks sharing `--connections` mTLS connections, and reports submit
-    /// throughput, errors by gRPC code and submit latency. Unless `--no-wait`, it then polls
-    /// every accepted notification until it is final and reports end-to-end delivery throughput
-    /// and latency, measured from the server's timestamps (notification `created_at` to
-    /// delivery `delivered_at`). Exits 3 when any submit failed or any notification was not
-    /// delivered.
+    /// `--concurrency` tasks sharing `--connections` mTLS connections (`--batch N` per
+    /// `SubmitBatch` call), or open-loop at `--rate R` per second, and reports submit
+    /// throughput, errors by gRPC code and submit latency. With `--sink URL` it then reads
+    /// delivery from a herald-sink's counters; otherwise, unless `--no-wait`, it polls every
+    /// accepted notification until it is final and reports end-to-end delivery throughput and
+    /// latency from the server's timestamps (notification `created_at` to delivery
+    /// `delivered_at`). Exits 3 when any submit failed or any notification was not delivered.
     Bench(BenchArgs),
     /// Failed deliveries (the failure record): list, inspect, replay and discard. Needs the
     /// admin role.
