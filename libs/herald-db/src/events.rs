@@ -46,6 +46,15 @@ pub struct NewEvent<'a> {
 /// transaction: if that transaction rolls back, the events were emitted but not kept (the
 /// table, not the log, is the record).
 pub async fn insert(connection: &mut AsyncPgConnection, events: &[NewEvent<'_>]) -> Result<()> {
+    insert_pipelined(connection, events).await
+}
+
+/// `insert` on a shared connection, so that it can run concurrently with other statements on
+/// the same connection: diesel-async pipelines them (sends them all, then reads the answers).
+pub async fn insert_pipelined(
+    mut connection: &AsyncPgConnection,
+    events: &[NewEvent<'_>],
+) -> Result<()> {
     use diesel::sql_types::{Array, Int4, Nullable, Text, Uuid as SqlUuid};
     if events.is_empty() {
         return Ok(());
@@ -63,7 +72,7 @@ pub async fn insert(connection: &mut AsyncPgConnection, events: &[NewEvent<'_>])
     .bind::<Array<Nullable<Text>>, _>(
         events.iter().map(|event| event.error_class).collect::<Vec<_>>(),
     )
-    .execute(connection)
+    .execute(&mut connection)
     .await?;
     for event in events {
         emit(event);

@@ -265,12 +265,14 @@ struct Binding {
 }
 
 /// Writes the rows of `created`: notifications, deliveries, their first events and outbox
-/// rows, one statement per table.
-async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotification]) -> Result<()> {
+/// rows, one statement per table, all four pipelined on the connection (sent together, then
+/// their answers read): inside the transaction, a failure of any one fails the commit.
+async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification]) -> Result<()> {
     use diesel::sql_types::{
         Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
     };
-    diesel::sql_query(
+    let mut notifications_connection = connection;
+    let notifications = diesel::sql_query(
         "INSERT INTO notifications (id, submitted_by, idempotency_key, request_hash, \
              template_id, template_version, category, priority, parameters, metadata) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], \
@@ -288,14 +290,14 @@ async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotifica
     .bind::<Array<Int2>, _>(created.iter().map(|new| new.priority.as_i16()).collect::<Vec<_>>())
     .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.parameters).collect::<Vec<_>>())
     .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.metadata).collect::<Vec<_>>())
-    .execute(connection)
-    .await?;
+    .execute(&mut notifications_connection);
 
     let deliveries: Vec<(&NewNotification, &NewDelivery)> = created
         .iter()
         .flat_map(|new| new.deliveries.iter().map(move |delivery| (*new, delivery)))
         .collect();
-    diesel::sql_query(
+    let mut deliveries_connection = connection;
+    let deliveries_written = diesel::sql_query(
         "INSERT INTO deliveries (id, notification_id, channel, recipient_index, user_id, \
              address, locale, variant, state, scheduled_for, last_error) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], \
@@ -337,8 +339,7 @@ async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotifica
             })
             .collect::<Vec<_>>(),
     )
-    .execute(connection)
-    .await?;
+    .execute(&mut deliveries_connection);
 
     let details: Vec<Option<(&str, String)>> = deliveries
         .iter()
@@ -367,7 +368,7 @@ async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotifica
             std::iter::once(accepted).chain(then)
         })
         .collect();
-    crate::events::insert(connection, &event_rows).await?;
+    let events = crate::events::insert_pipelined(connection, &event_rows);
 
     let outbox_rows: Vec<(&NewNotification, &NewDelivery, DateTime<Utc>)> = deliveries
         .iter()
@@ -380,7 +381,11 @@ async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotifica
             Some((*new, *delivery, available_at))
         })
         .collect();
-    if !outbox_rows.is_empty() {
+    let outbox = async {
+        if outbox_rows.is_empty() {
+            return Ok(0);
+        }
+        let mut outbox_connection = connection;
         diesel::sql_query(
             "INSERT INTO outbox (delivery_id, notification_id, channel, priority, \
                  trace_context, available_at) \
@@ -393,9 +398,15 @@ async fn insert_rows(connection: &mut AsyncPgConnection, created: &[&NewNotifica
         .bind::<Array<Int2>, _>(outbox_rows.iter().map(|(new, _, _)| new.priority.as_i16()).collect::<Vec<_>>())
         .bind::<Array<Jsonb>, _>(outbox_rows.iter().map(|(new, _, _)| &new.trace_context).collect::<Vec<_>>())
         .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
-        .execute(connection)
-        .await?;
-    }
+        .execute(&mut outbox_connection)
+        .await
+    };
+    let (notifications, deliveries_written, events, outbox) =
+        futures::join!(notifications, deliveries_written, events, outbox);
+    notifications?;
+    deliveries_written?;
+    events?;
+    outbox?;
     Ok(())
 }
 
