@@ -59,18 +59,31 @@ pub async fn insert_pipelined(
     if events.is_empty() {
         return Ok(());
     }
-    diesel::sql_query(
+    crate::statement::Statement::new(
         "INSERT INTO delivery_events (delivery_id, kind, attempt, detail, provider, error_class) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], \
-             $6::text[])",
+         SELECT * FROM unnest(?::uuid[], ?::text[], ?::int4[], ?::text[], ?::text[], \
+             ?::text[])",
     )
-    .bind::<Array<SqlUuid>, _>(events.iter().map(|event| event.delivery_id).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(
+        events
+            .iter()
+            .map(|event| event.delivery_id)
+            .collect::<Vec<_>>(),
+    )
     .bind::<Array<Text>, _>(events.iter().map(|event| event.kind).collect::<Vec<_>>())
     .bind::<Array<Int4>, _>(events.iter().map(|event| event.attempt).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(events.iter().map(|event| event.detail).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(events.iter().map(|event| event.provider).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(
-        events.iter().map(|event| event.error_class).collect::<Vec<_>>(),
+        events
+            .iter()
+            .map(|event| event.provider)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        events
+            .iter()
+            .map(|event| event.error_class)
+            .collect::<Vec<_>>(),
     )
     .execute(&mut connection)
     .await?;

@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod notifications;
 pub mod outbox;
 mod pool;
+mod statement;
 pub mod preferences;
 pub mod schema;
 pub mod templates;

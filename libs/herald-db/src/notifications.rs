@@ -178,11 +178,12 @@ async fn claim_idempotency_keys(
         .collect();
     // diesel's DSL has no `INSERT … SELECT FROM unnest … ON CONFLICT … DO UPDATE … WHERE`.
     // An expired binding is replaced; a live one is left alone (and locked until commit).
-    let claimed: Vec<ClaimedKey> = diesel::sql_query(
+    let claimed: Vec<ClaimedKey> = crate::statement::Statement::new(
         "INSERT INTO idempotency_keys \
              (submitted_by, key, request_hash, notification_id, created_at, expires_at) \
-         SELECT submitted_by, key, request_hash, notification_id, $5, $6 \
-           FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[]) \
+         SELECT submitted_by, key, request_hash, notification_id, ?::timestamptz, \
+                ?::timestamptz \
+           FROM unnest(?::text[], ?::text[], ?::bytea[], ?::uuid[]) \
                 AS claim(submitted_by, key, request_hash, notification_id) \
          ON CONFLICT (submitted_by, key) DO UPDATE SET \
              request_hash = EXCLUDED.request_hash, \
@@ -192,16 +193,18 @@ async fn claim_idempotency_keys(
          WHERE idempotency_keys.expires_at <= EXCLUDED.created_at \
          RETURNING notification_id",
     )
+    .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(expires_at)
     .bind::<Array<Text>, _>(&callers)
     .bind::<Array<Text>, _>(&keys)
     .bind::<Array<Bytea>, _>(&hashes)
     .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Timestamptz, _>(expires_at)
     .load(connection)
     .await?;
-    let won: std::collections::HashSet<Uuid> =
-        claimed.into_iter().map(|claim| claim.notification_id).collect();
+    let won: std::collections::HashSet<Uuid> = claimed
+        .into_iter()
+        .map(|claim| claim.notification_id)
+        .collect();
     // Every keyed item claimed its key: nothing to look up.
     let keyed = batch
         .iter()
@@ -211,10 +214,10 @@ async fn claim_idempotency_keys(
         return Ok(vec![Inserted::Created; batch.len()]);
     }
     // The bindings of every key this batch did not win, read under the locks taken above.
-    let bindings: Vec<Binding> = diesel::sql_query(
+    let bindings: Vec<Binding> = crate::statement::Statement::new(
         "SELECT submitted_by, key, notification_id, request_hash FROM idempotency_keys \
          WHERE (submitted_by, key) IN \
-               (SELECT * FROM unnest($1::text[], $2::text[]))",
+               (SELECT * FROM unnest(?::text[], ?::text[]))",
     )
     .bind::<Array<Text>, _>(&callers)
     .bind::<Array<Text>, _>(&keys)
@@ -222,7 +225,12 @@ async fn claim_idempotency_keys(
     .await?;
     let bindings: std::collections::HashMap<(&str, &str), &Binding> = bindings
         .iter()
-        .map(|binding| ((binding.submitted_by.as_str(), binding.key.as_str()), binding))
+        .map(|binding| {
+            (
+                (binding.submitted_by.as_str(), binding.key.as_str()),
+                binding,
+            )
+        })
         .collect();
     batch
         .iter()
@@ -272,23 +280,66 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
         Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
     };
     let mut notifications_connection = connection;
-    let notifications = diesel::sql_query(
+    let notifications = crate::statement::Statement::new(
         "INSERT INTO notifications (id, submitted_by, idempotency_key, request_hash, \
              template_id, template_version, category, priority, parameters, metadata) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], \
-             $6::int4[], $7::text[], $8::int2[], $9::jsonb[], $10::jsonb[])",
+         SELECT * FROM unnest(?::uuid[], ?::text[], ?::text[], ?::bytea[], ?::uuid[], \
+             ?::int4[], ?::text[], ?::int2[], ?::jsonb[], ?::jsonb[])",
     )
-    .bind::<Array<SqlUuid>, _>(created.iter().map(|new| *new.id.as_uuid()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(created.iter().map(|new| new.submitted_by.as_str()).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(
+        created
+            .iter()
+            .map(|new| *new.id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        created
+            .iter()
+            .map(|new| new.submitted_by.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind::<Array<Nullable<Text>>, _>(
-        created.iter().map(|new| new.idempotency_key.as_deref()).collect::<Vec<_>>(),
+        created
+            .iter()
+            .map(|new| new.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
     )
-    .bind::<Array<Bytea>, _>(created.iter().map(|new| new.request_hash.as_slice()).collect::<Vec<_>>())
-    .bind::<Array<SqlUuid>, _>(created.iter().map(|new| *new.template_id.as_uuid()).collect::<Vec<_>>())
-    .bind::<Array<Int4>, _>(created.iter().map(|new| new.template_version).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(created.iter().map(|new| new.category.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Int2>, _>(created.iter().map(|new| new.priority.as_i16()).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.parameters).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(
+        created
+            .iter()
+            .map(|new| new.request_hash.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<SqlUuid>, _>(
+        created
+            .iter()
+            .map(|new| *new.template_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int4>, _>(
+        created
+            .iter()
+            .map(|new| new.template_version)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        created
+            .iter()
+            .map(|new| new.category.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int2>, _>(
+        created
+            .iter()
+            .map(|new| new.priority.as_i16())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Jsonb>, _>(
+        created
+            .iter()
+            .map(|new| &new.parameters)
+            .collect::<Vec<_>>(),
+    )
     .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.metadata).collect::<Vec<_>>())
     .execute(&mut notifications_connection);
 
@@ -297,20 +348,60 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
         .flat_map(|new| new.deliveries.iter().map(move |delivery| (*new, delivery)))
         .collect();
     let mut deliveries_connection = connection;
-    let deliveries_written = diesel::sql_query(
+    let deliveries_written = crate::statement::Statement::new(
         "INSERT INTO deliveries (id, notification_id, channel, recipient_index, user_id, \
              address, locale, variant, state, scheduled_for, last_error) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[])",
+         SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[], ?::int4[], ?::text[], \
+             ?::text[], ?::text[], ?::text[], ?::text[], ?::timestamptz[], ?::text[])",
     )
-    .bind::<Array<SqlUuid>, _>(deliveries.iter().map(|(_, delivery)| *delivery.id.as_uuid()).collect::<Vec<_>>())
-    .bind::<Array<SqlUuid>, _>(deliveries.iter().map(|(new, _)| *new.id.as_uuid()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(deliveries.iter().map(|(_, delivery)| delivery.channel.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Int4>, _>(deliveries.iter().map(|(_, delivery)| delivery.recipient_index).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.user_id.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.address.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.locale.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(deliveries.iter().map(|(_, delivery)| delivery.variant.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| *delivery.id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<SqlUuid>, _>(
+        deliveries
+            .iter()
+            .map(|(new, _)| *new.id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| delivery.channel.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int4>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| delivery.recipient_index)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| delivery.user_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| delivery.address.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| delivery.locale.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        deliveries
+            .iter()
+            .map(|(_, delivery)| delivery.variant.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind::<Array<Text>, _>(
         deliveries
             .iter()
@@ -345,7 +436,9 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
         .iter()
         .map(|(_, delivery)| match &delivery.disposition {
             Disposition::Now => None,
-            Disposition::ScheduledFor(at) => Some(("scheduled", format!("until {}", at.to_rfc3339()))),
+            Disposition::ScheduledFor(at) => {
+                Some(("scheduled", format!("until {}", at.to_rfc3339())))
+            }
             Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
         })
         .collect();
@@ -386,17 +479,42 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
             return Ok(0);
         }
         let mut outbox_connection = connection;
-        diesel::sql_query(
+        crate::statement::Statement::new(
             "INSERT INTO outbox (delivery_id, notification_id, channel, priority, \
                  trace_context, available_at) \
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int2[], \
-                 $5::jsonb[], $6::timestamptz[])",
+             SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[], ?::int2[], \
+                 ?::jsonb[], ?::timestamptz[])",
         )
-        .bind::<Array<SqlUuid>, _>(outbox_rows.iter().map(|(_, delivery, _)| *delivery.id.as_uuid()).collect::<Vec<_>>())
-        .bind::<Array<SqlUuid>, _>(outbox_rows.iter().map(|(new, _, _)| *new.id.as_uuid()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(outbox_rows.iter().map(|(_, delivery, _)| delivery.channel.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Int2>, _>(outbox_rows.iter().map(|(new, _, _)| new.priority.as_i16()).collect::<Vec<_>>())
-        .bind::<Array<Jsonb>, _>(outbox_rows.iter().map(|(new, _, _)| &new.trace_context).collect::<Vec<_>>())
+        .bind::<Array<SqlUuid>, _>(
+            outbox_rows
+                .iter()
+                .map(|(_, delivery, _)| *delivery.id.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<SqlUuid>, _>(
+            outbox_rows
+                .iter()
+                .map(|(new, _, _)| *new.id.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            outbox_rows
+                .iter()
+                .map(|(_, delivery, _)| delivery.channel.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Int2>, _>(
+            outbox_rows
+                .iter()
+                .map(|(new, _, _)| new.priority.as_i16())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Jsonb>, _>(
+            outbox_rows
+                .iter()
+                .map(|(new, _, _)| &new.trace_context)
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
         .execute(&mut outbox_connection)
         .await

@@ -1,0 +1,104 @@
+//! Fixed-shape SQL statements that diesel-async prepares once per connection.
+//!
+//! diesel-async caches a prepared statement only when diesel says it is safe to: `sql_query`
+//! never is, so every execution of one costs a `Parse` round trip and planning on the server.
+//! The hot statements of Herald are fixed-shape statements over arrays
+//! (`INSERT … SELECT * FROM unnest(?::uuid[], …)`), whose text is the same for any batch
+//! size; a `Statement` carries such a text and its binds, and walks them without marking
+//! itself uncacheable, so the connection's statement cache keys it by its text.
+
+use std::marker::PhantomData;
+
+use diesel::QueryResult;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::HasSqlType;
+
+/// One statement: SQL text with `?` where each bind goes (in order), and the binds.
+pub(crate) struct Statement<'a> {
+    sql: &'static str,
+    binds: Vec<Box<dyn PushBind + Send + 'a>>,
+}
+
+impl<'a> Statement<'a> {
+    /// `sql` with one `?` per bind, added in order with `bind`. Write the SQL type of each
+    /// placeholder in the text (`?::uuid[]`), so that the statement reads on its own.
+    pub(crate) fn new(sql: &'static str) -> Self {
+        Self {
+            sql,
+            binds: Vec::new(),
+        }
+    }
+
+    /// Adds the next bind, of SQL type `ST`.
+    pub(crate) fn bind<ST, T>(mut self, value: T) -> Self
+    where
+        ST: Send + 'a,
+        T: ToSql<ST, Pg> + Send + 'a,
+        Pg: HasSqlType<ST>,
+    {
+        self.binds.push(Box::new(Bound::<ST, T> {
+            value,
+            sql_type: PhantomData,
+        }));
+        self
+    }
+}
+
+impl QueryFragment<Pg> for Statement<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let mut parts = self.sql.split('?');
+        if let Some(first) = parts.next() {
+            out.push_sql(first);
+        }
+        let mut binds = self.binds.iter();
+        for part in parts {
+            let bind = binds.next().ok_or_else(|| {
+                diesel::result::Error::QueryBuilderError(
+                    format!("more placeholders than binds in `{}`", self.sql).into(),
+                )
+            })?;
+            bind.push(&mut out)?;
+            out.push_sql(part);
+        }
+        if binds.next().is_some() {
+            return Err(diesel::result::Error::QueryBuilderError(
+                format!("more binds than placeholders in `{}`", self.sql).into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// No static id: the statement cache keys it by its SQL text (and bind types).
+impl QueryId for Statement<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+// Rows come back by name (`QueryableByName`), as with `sql_query`.
+impl Query for Statement<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+/// A bind of a known SQL type, behind a trait object so that one statement holds binds of
+/// many types.
+trait PushBind {
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
+}
+
+struct Bound<ST, T> {
+    value: T,
+    sql_type: PhantomData<ST>,
+}
+
+impl<ST, T> PushBind for Bound<ST, T>
+where
+    T: ToSql<ST, Pg>,
+    Pg: HasSqlType<ST>,
+{
+    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_bind_param::<ST, T>(&self.value)
+    }
+}
