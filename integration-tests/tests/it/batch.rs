@@ -162,8 +162,7 @@ async fn a_batch_over_the_per_call_limits_is_refused_naming_the_limit_and_writes
     .unwrap_err();
     assert_eq!(over.code(), Code::InvalidArgument);
     assert!(
-        over.message()
-            .contains("would create 6 deliveries")
+        over.message().contains("would create 6 deliveries")
             && over.message().contains("submit.batch_call_max_deliveries"),
         "{}",
         over.message()

@@ -219,7 +219,10 @@ async fn the_submit_quota_holds_across_api_replicas() {
         let request = welcome_request(&format!("user{n}@example.com"));
         for result in [
             app.submit(request.clone()).await,
-            replica_client.submit(request).await.map(tonic::Response::into_inner),
+            replica_client
+                .submit(request)
+                .await
+                .map(tonic::Response::into_inner),
         ] {
             match result {
                 Ok(_) => accepted += 1,

@@ -308,9 +308,16 @@ async fn a_replay_is_answered_with_the_original_even_after_the_template_changed(
     conflicting.priority = herald_proto::common::Priority::High.into();
     let status = app.submit(conflicting).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{}", status.message());
-    let unkeyed = app.submit(welcome_request("ada@example.com")).await.unwrap_err();
+    let unkeyed = app
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap_err();
     assert_eq!(unkeyed.code(), Code::InvalidArgument);
-    assert!(unkeyed.message().contains("`coupon`"), "{}", unkeyed.message());
+    assert!(
+        unkeyed.message().contains("`coupon`"),
+        "{}",
+        unkeyed.message()
+    );
     assert_eq!(app.count_rows("notifications").await, 1);
 }
 

@@ -641,15 +641,18 @@ async fn an_activation_reaches_the_template_cache_of_every_api_replica() {
     let mut replica_client = herald_proto::submit::submit_service_client::SubmitServiceClient::new(
         app.channel_at(replica, As::Orders).await,
     );
-    let version_used = async |client: &mut herald_proto::submit::submit_service_client::SubmitServiceClient<tonic::transport::Channel>| {
-        let id = client
-            .submit(crate::harness::welcome_request("ada@example.com"))
-            .await
-            .unwrap()
-            .into_inner()
-            .notification_id;
-        app.notification(&id).await.template_version
-    };
+    let version_used =
+        async |client: &mut herald_proto::submit::submit_service_client::SubmitServiceClient<
+            tonic::transport::Channel,
+        >| {
+            let id = client
+                .submit(crate::harness::welcome_request("ada@example.com"))
+                .await
+                .unwrap()
+                .into_inner()
+                .notification_id;
+            app.notification(&id).await.template_version
+        };
     // The replica now holds version 1 as the active one.
     assert_eq!(version_used(&mut replica_client).await, 1);
 

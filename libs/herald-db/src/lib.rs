@@ -12,9 +12,9 @@ pub mod monitor;
 pub mod notifications;
 pub mod outbox;
 mod pool;
-mod statement;
 pub mod preferences;
 pub mod schema;
+mod statement;
 pub mod templates;
 pub mod variants;
 

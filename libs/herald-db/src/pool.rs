@@ -3,10 +3,10 @@
 use diesel::Connection as _;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{self, Object};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::pooled_connection::deadpool::{self, Object};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use herald_config::DatabaseSettings;
 use secrecy::ExposeSecret;

@@ -43,12 +43,10 @@ pub(crate) async fn check(state: &AppState, caller: &Caller, count: u64) -> Resu
     let window_length = state.settings.submit.quota_window;
     let window = herald_redis::quota_window(window_length);
     let mut leases = state.quota.leases.lock().await;
-    let lease = leases
-        .entry(caller.identity.to_string())
-        .or_insert(Lease {
-            window,
-            remaining: 0,
-        });
+    let lease = leases.entry(caller.identity.to_string()).or_insert(Lease {
+        window,
+        remaining: 0,
+    });
     if lease.window != window {
         *lease = Lease {
             window,

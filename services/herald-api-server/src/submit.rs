@@ -548,23 +548,27 @@ impl SubmitApi {
         request: SubmitBatchRequest,
         trace_context: &serde_json::Value,
     ) -> Vec<SubmitBatchResult> {
-        let items = request.items.into_iter().enumerate().map(|(index, item)| async move {
-            match self.submit(caller, item, trace_context.clone()).await {
-                Ok(accepted) => SubmitBatchResult {
-                    accepted: Some(accepted),
-                    code: tonic::Code::Ok as i32,
-                    message: String::new(),
-                },
-                Err(error) => {
-                    let status = Status::from(error);
-                    SubmitBatchResult {
-                        accepted: None,
-                        code: status.code() as i32,
-                        message: format!("items[{index}].{}", status.message()),
+        let items = request
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| async move {
+                match self.submit(caller, item, trace_context.clone()).await {
+                    Ok(accepted) => SubmitBatchResult {
+                        accepted: Some(accepted),
+                        code: tonic::Code::Ok as i32,
+                        message: String::new(),
+                    },
+                    Err(error) => {
+                        let status = Status::from(error);
+                        SubmitBatchResult {
+                            accepted: None,
+                            code: status.code() as i32,
+                            message: format!("items[{index}].{}", status.message()),
+                        }
                     }
                 }
-            }
-        });
+            });
         futures::future::join_all(items).await
     }
 
@@ -682,10 +686,9 @@ fn answer(
                 duplicate: true,
             })
         }
-        (Inserted::KeyExists { .. }, None) => Err(herald_db::Error::Corrupt(
-            "an idempotency conflict without a key".into(),
-        )
-        .into()),
+        (Inserted::KeyExists { .. }, None) => {
+            Err(herald_db::Error::Corrupt("an idempotency conflict without a key".into()).into())
+        }
     }
 }
 

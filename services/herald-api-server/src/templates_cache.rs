@@ -112,7 +112,8 @@ impl TemplateCache {
     /// PostgreSQL is up serves from the cache from its first call.
     pub(crate) async fn wait_listening(&self, timeout: Duration) {
         let mut listening = self.inner.listening.subscribe();
-        let _waited = tokio::time::timeout(timeout, listening.wait_for(|listening| *listening)).await;
+        let _waited =
+            tokio::time::timeout(timeout, listening.wait_for(|listening| *listening)).await;
     }
 
     /// Drops everything and says whether entries may be used from now on.
@@ -143,7 +144,10 @@ impl TemplateCache {
             match listener {
                 Ok(mut listener) => {
                     self.reset(true);
-                    tracing::debug!(channel = listener.channel(), "Listening for template changes.");
+                    tracing::debug!(
+                        channel = listener.channel(),
+                        "Listening for template changes."
+                    );
                     loop {
                         tokio::select! {
                             () = shutdown.cancelled() => return,

@@ -892,10 +892,8 @@ impl SinkClient {
             base.host_str().is_some_and(|host| !host.is_empty()),
             "--sink must name a host and port, got `{url}`"
         );
-        let stats_url = reqwest::Url::parse(&format!(
-            "{}/stats",
-            base.as_str().trim_end_matches('/')
-        ))?;
+        let stats_url =
+            reqwest::Url::parse(&format!("{}/stats", base.as_str().trim_end_matches('/')))?;
         Ok(Self {
             url: url.to_owned(),
             stats_url,
@@ -915,7 +913,12 @@ impl SinkClient {
             "the sink answered {}",
             response.status()
         );
-        SinkStats::from_json(&response.bytes().await.context("reading the sink's answer")?)
+        SinkStats::from_json(
+            &response
+                .bytes()
+                .await
+                .context("reading the sink's answer")?,
+        )
     }
 }
 

@@ -91,12 +91,19 @@ pub(crate) async fn run(
         }
         let item: Item = serde_json::from_str(&line)
             .with_context(|| format!("line {}: not a notification", index + 1))?;
-        items.push((index + 1, request(item).with_context(|| format!("line {}", index + 1))?));
+        items.push((
+            index + 1,
+            request(item).with_context(|| format!("line {}", index + 1))?,
+        ));
     }
     let mut client =
         SubmitServiceClient::new(connect(connection, &connection.certificates()).await?);
     let mut refused = 0_usize;
-    for chunk in items.chunks(usize::try_from(args.per_call).unwrap_or(MAX_ITEMS_PER_CALL).clamp(1, MAX_ITEMS_PER_CALL)) {
+    for chunk in items.chunks(
+        usize::try_from(args.per_call)
+            .unwrap_or(MAX_ITEMS_PER_CALL)
+            .clamp(1, MAX_ITEMS_PER_CALL),
+    ) {
         let results = client
             .submit_batch(SubmitBatchRequest {
                 items: chunk.iter().map(|(_, request)| request.clone()).collect(),
@@ -159,11 +166,10 @@ fn request(item: Item) -> anyhow::Result<SubmitRequest> {
     };
     let priority = match item.priority.as_deref() {
         None => common::Priority::Normal,
-        Some(name) => common::Priority::from_str_name(&format!(
-            "PRIORITY_{}",
-            name.to_ascii_uppercase()
-        ))
-        .with_context(|| format!("unknown priority `{name}`"))?,
+        Some(name) => {
+            common::Priority::from_str_name(&format!("PRIORITY_{}", name.to_ascii_uppercase()))
+                .with_context(|| format!("unknown priority `{name}`"))?
+        }
     };
     let send_at = item
         .send_at

@@ -215,7 +215,11 @@ impl Application {
                         error
                     }))
                     .await;
-                    let error = errors.into_iter().flatten().next().filter(|_| !shutdown.is_cancelled());
+                    let error = errors
+                        .into_iter()
+                        .flatten()
+                        .next()
+                        .filter(|_| !shutdown.is_cancelled());
                     // Best effort: the connection may already be gone.
                     let _closed = connection.close(200, "relay reconnecting".into()).await;
                     match error {

@@ -112,13 +112,7 @@ async fn a_batch_answers_each_notification_and_a_key_used_twice_in_it_creates_on
 
     let answers = notifications::insert_batch(
         &mut connection,
-        &[
-            first.clone(),
-            again,
-            different,
-            keyless,
-            other_key,
-        ],
+        &[first.clone(), again, different, keyless, other_key],
     )
     .await
     .unwrap();

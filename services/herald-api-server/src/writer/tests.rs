@@ -85,11 +85,8 @@ async fn a_bad_submit_in_a_batch_fails_alone_and_the_others_are_written() {
     let ids = [good[0].id, bad.id, good[1].id];
     let [first, last] = good;
 
-    let (first, refused, last) = tokio::join!(
-        writer.write(first),
-        writer.write(bad),
-        writer.write(last),
-    );
+    let (first, refused, last) =
+        tokio::join!(writer.write(first), writer.write(bad), writer.write(last),);
 
     assert_eq!(first.unwrap(), Inserted::Created);
     assert_eq!(last.unwrap(), Inserted::Created);

@@ -433,7 +433,10 @@ fn sink_urls_are_http_with_a_host_and_port() -> anyhow::Result<()> {
     let client = SinkClient::new("http://127.0.0.1:8025")?;
     assert_eq!(client.stats_url.as_str(), "http://127.0.0.1:8025/stats");
     let client = SinkClient::new("127.0.0.1:8025/sink/")?;
-    assert_eq!(client.stats_url.as_str(), "http://127.0.0.1:8025/sink/stats");
+    assert_eq!(
+        client.stats_url.as_str(),
+        "http://127.0.0.1:8025/sink/stats"
+    );
     assert_eq!(
         SinkClient::new("http://sink")?.stats_url.as_str(),
         "http://sink/stats"

@@ -21,7 +21,10 @@ fn a_line_becomes_a_submit_request() {
     .unwrap();
 
     let template = request.template.unwrap();
-    assert_eq!((template.key.as_str(), template.version), ("order-shipped", Some(2)));
+    assert_eq!(
+        (template.key.as_str(), template.version),
+        ("order-shipped", Some(2))
+    );
     assert_eq!(request.recipients.len(), 2);
     assert_eq!(request.recipients[0].email, "ada@example.com");
     assert_eq!(request.recipients[1].user_id, "u-1");
