@@ -8,11 +8,11 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
+use herald_domain::{Channel, DeliveryId, NotificationId, Priority};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::schema::{deliveries, outbox};
+use crate::schema::outbox;
 
 /// The prefix of the `NOTIFY` channel the `outbox_added` trigger signals on when a statement
 /// adds rows; the channel is this plus the rows' schema (`herald_outbox:public`).
@@ -104,40 +104,49 @@ pub async fn lock_unpublished(
 /// Marks rows published and moves their deliveries from `pending` to `queued` with a `queued`
 /// event. Deliveries a worker already claimed keep their state.
 pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxRow]) -> Result<()> {
+    use diesel::sql_types::{Array, BigInt, Timestamptz, Uuid as SqlUuid};
     if rows.is_empty() {
         return Ok(());
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
     let delivery_ids: Vec<Uuid> = rows.iter().map(|row| *row.delivery_id.as_uuid()).collect();
     let now = Utc::now();
-    diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-        .set((
-            outbox::published_at.eq(now),
-            outbox::publish_attempts.eq(outbox::publish_attempts + 1),
-        ))
-        .execute(connection)
-        .await?;
-    diesel::update(deliveries::table.filter(deliveries::id.eq_any(&delivery_ids)))
-        .set(deliveries::queued_at.eq(now))
-        .execute(connection)
-        .await?;
-    // A worker may have claimed a delivery before this commit (it consumed the message
-    // while the relay waited for confirms); only deliveries still pending become queued.
-    let queued: Vec<Uuid> = diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq_any(&delivery_ids))
-            .filter(deliveries::state.eq_any([
-                DeliveryState::Pending.as_str(),
-                DeliveryState::Scheduled.as_str(),
-            ])),
+    let mut outbox_connection = &*connection;
+    let published = crate::statement::Statement::new(
+        "UPDATE outbox SET published_at = ?::timestamptz, publish_attempts = publish_attempts + 1 \
+         WHERE id = ANY(?::int8[])",
     )
-    .set((
-        deliveries::state.eq(DeliveryState::Queued.as_str()),
-        deliveries::updated_at.eq(now),
-    ))
-    .returning(deliveries::id)
-    .get_results(connection)
-    .await?;
+    .bind::<Timestamptz, _>(now)
+    .bind::<Array<BigInt>, _>(&ids)
+    .execute(&mut outbox_connection);
+    // One update per delivery: every one gets its queued_at, and only those still pending or
+    // scheduled become queued (a worker may have claimed one before this commit, having
+    // consumed its message while the relay waited for confirms). The states are read under
+    // the row locks (taken in id order, as every batch does, so batches do not deadlock), so
+    // a claim that committed meanwhile is seen.
+    let mut deliveries_connection = &*connection;
+    let stamped = crate::statement::Statement::new(
+        "WITH current AS ( \
+             SELECT id, state IN ('pending', 'scheduled') AS becomes_queued FROM deliveries \
+             WHERE id = ANY(?::uuid[]) ORDER BY id FOR UPDATE) \
+         UPDATE deliveries SET queued_at = ?::timestamptz, \
+             state = CASE WHEN current.becomes_queued THEN 'queued' ELSE deliveries.state END, \
+             updated_at = CASE WHEN current.becomes_queued THEN ?::timestamptz \
+                 ELSE deliveries.updated_at END \
+         FROM current WHERE deliveries.id = current.id \
+         RETURNING deliveries.id, current.becomes_queued",
+    )
+    .bind::<Array<SqlUuid>, _>(&delivery_ids)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(now)
+    .load::<Stamped>(&mut deliveries_connection);
+    let (published, stamped) = futures::join!(published, stamped);
+    published?;
+    let queued: std::collections::HashSet<Uuid> = stamped?
+        .into_iter()
+        .filter(|stamped| stamped.becomes_queued)
+        .map(|stamped| stamped.id)
+        .collect();
     let events: Vec<_> = rows
         .iter()
         .filter(|row| queued.contains(row.delivery_id.as_uuid()))
@@ -151,6 +160,14 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
         .collect();
     crate::events::insert(connection, &events).await?;
     Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Stamped {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    becomes_queued: bool,
 }
 
 /// Records a failed publish attempt on rows that stay unpublished.
