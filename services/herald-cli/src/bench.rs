@@ -5,9 +5,11 @@
 //! final and reading end-to-end latency from the server's own timestamps, so the polling
 //! cadence does not distort the latencies it reports.
 
+pub(crate) mod probe;
 mod report;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -62,7 +64,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
     for _ in 0..args.connections {
         channels.push(connect(connection, &connection.certificates()).await?);
     }
-    let template = ensure_template(args, connection, &channels).await?;
+    let template = ensure_template(&TemplateSource::from(args), connection, &channels).await?;
     let plan = Arc::new(SubmitPlan {
         count: args.count,
         template_key: template.key,
@@ -144,10 +146,32 @@ pub(crate) fn parse_rate(argument: &str) -> Result<f64, String> {
     }
 }
 
+/// The template the bench and the probe send with, and the admin identity that creates it when
+/// it is missing.
+#[derive(Debug, Clone, Copy)]
+struct TemplateSource<'a> {
+    key: &'a str,
+    /// Given to the template if it is created.
+    category: &'a str,
+    admin_cert: &'a Path,
+    admin_key: &'a Path,
+}
+
+impl<'a> From<&'a BenchArgs> for TemplateSource<'a> {
+    fn from(args: &'a BenchArgs) -> Self {
+        Self {
+            key: &args.template,
+            category: &args.category,
+            admin_cert: &args.admin_cert,
+            admin_key: &args.admin_key,
+        }
+    }
+}
+
 /// Reads the template, creating it with the admin certificate when it does not exist yet.
 /// Fails when it cannot be used for email.
 async fn ensure_template(
-    args: &BenchArgs,
+    source: &TemplateSource<'_>,
     connection: &ConnectionArgs,
     channels: &[Channel],
 ) -> anyhow::Result<Template> {
@@ -155,18 +179,18 @@ async fn ensure_template(
     let mut reader = TemplateServiceClient::new(channel.clone());
     let existing = reader
         .get_template(GetTemplateRequest {
-            key: args.template.clone(),
+            key: source.key.to_owned(),
             version: None,
         })
         .await;
     let template = match existing {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound => {
-            create_template(args, connection, &mut reader).await?
+            create_template(source, connection, &mut reader).await?
         }
         Err(status) => {
             return Err(rpc_error(&status))
-                .with_context(|| format!("reading template `{}`", args.template));
+                .with_context(|| format!("reading template `{}`", source.key));
         }
     };
     if template
@@ -184,14 +208,14 @@ async fn ensure_template(
 }
 
 async fn create_template(
-    args: &BenchArgs,
+    source: &TemplateSource<'_>,
     connection: &ConnectionArgs,
     reader: &mut TemplateServiceClient<Channel>,
 ) -> anyhow::Result<Template> {
     let admin = ClientCertificates {
         ca: connection.ca.clone(),
-        cert: args.admin_cert.clone(),
-        key: args.admin_key.clone(),
+        cert: source.admin_cert.to_owned(),
+        key: source.admin_key.to_owned(),
     };
     let mut admin_client = TemplateServiceClient::new(
         connect(connection, &admin)
@@ -199,8 +223,8 @@ async fn create_template(
             .context("connecting with the admin certificate to create the bench template")?,
     );
     let request = CreateTemplateRequest {
-        key: args.template.clone(),
-        category: args.category.clone(),
+        key: source.key.to_owned(),
+        category: source.category.to_owned(),
         description: "Created by herald-cli bench.".to_owned(),
         content: Some(TemplateContent {
             email: Some(EmailPart {
@@ -214,21 +238,22 @@ async fn create_template(
     };
     match admin_client.create_template(request).await {
         Ok(response) => {
-            eprintln!("Created template `{}`.", args.template);
+            eprintln!("Created template `{}`.", source.key);
             Ok(response.into_inner())
         }
         // Someone else created it between our read and our create; theirs is as good.
         Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(reader
             .get_template(GetTemplateRequest {
-                key: args.template.clone(),
+                key: source.key.to_owned(),
                 version: None,
             })
             .await
             .map_err(|status| rpc_error(&status))
-            .with_context(|| format!("reading template `{}`", args.template))?
+            .with_context(|| format!("reading template `{}`", source.key))?
             .into_inner()),
-        Err(status) => Err(rpc_error(&status))
-            .with_context(|| format!("creating template `{}`", args.template)),
+        Err(status) => {
+            Err(rpc_error(&status)).with_context(|| format!("creating template `{}`", source.key))
+        }
     }
 }
 
@@ -239,6 +264,7 @@ struct SubmitPlan {
     template_key: String,
     template_version: u32,
     parameter_names: Vec<String>,
+    /// `{n}` becomes the index.
     recipient: String,
     priority: i32,
     run_id: String,
@@ -846,6 +872,17 @@ struct SinkStats {
     duplicates: u64,
 }
 
+/// One message's arrival as a herald-sink serves it on `GET /messages/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct SinkArrival {
+    /// The `Message-ID` as the sink received it, angle brackets included.
+    message_id: String,
+    /// When the first copy arrived: the sink's wall clock, milliseconds since the Unix epoch.
+    arrived_at_unix_ms: u64,
+    /// Messages with this `Message-ID` (more than 1 after a resend).
+    copies: u64,
+}
+
 impl SinkStats {
     fn from_json(body: &[u8]) -> anyhow::Result<Self> {
         let value: serde_json::Value =
@@ -863,11 +900,13 @@ impl SinkStats {
     }
 }
 
-/// Reads a herald-sink's counters (`GET /stats`).
+/// Reads a herald-sink's counters (`GET /stats`) and single arrivals (`GET /messages/<id>`).
 #[derive(Debug, Clone)]
 struct SinkClient {
     /// As given, for messages.
     url: String,
+    /// Where the sink's routes start (`http://host:port/` or `http://host:port/prefix/`).
+    base: reqwest::Url,
     /// The `/stats` URL.
     stats_url: reqwest::Url,
     http: reqwest::Client,
@@ -896,9 +935,46 @@ impl SinkClient {
             reqwest::Url::parse(&format!("{}/stats", base.as_str().trim_end_matches('/')))?;
         Ok(Self {
             url: url.to_owned(),
+            base,
             stats_url,
             http: reqwest::Client::builder().timeout(SINK_TIMEOUT).build()?,
         })
+    }
+
+    /// `GET /messages/<message_id>`: `message_id` without its angle brackets, percent-encoded
+    /// here as one path segment.
+    fn message_url(&self, message_id: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["messages", message_id]);
+        }
+        url
+    }
+
+    /// When the message with `message_id` (without angle brackets) arrived, or `None` while
+    /// the sink has not seen it (404).
+    async fn message(&self, message_id: &str) -> anyhow::Result<Option<SinkArrival>> {
+        let response = self
+            .http
+            .get(self.message_url(message_id))
+            .send()
+            .await
+            .with_context(|| format!("asking the sink at {} for a message", self.url))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            response.status().is_success(),
+            "the sink answered {}",
+            response.status()
+        );
+        let body = response
+            .bytes()
+            .await
+            .context("reading the sink's answer")?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .context("the sink's answer is not a message arrival")
     }
 
     async fn stats(&self) -> anyhow::Result<SinkStats> {

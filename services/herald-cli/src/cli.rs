@@ -24,8 +24,8 @@ pub(crate) struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad usage, 3 partially delivered \
-(or an incomplete bench, or a failure replay/discard in which some id was not resolved), \
-4 failed, 5 timed out.";
+(or an incomplete bench, a probe that arrived more than once, or a failure replay/discard in \
+which some id was not resolved), 4 failed, 5 timed out.";
 
 /// Shown under every `failures` command's help: AdminService refuses other identities.
 const ADMIN_CERTIFICATE: &str = "Needs the admin certificate. Connection options go before \
@@ -104,6 +104,18 @@ pub(crate) enum Command {
     /// latency from the server's timestamps (notification `created_at` to delivery
     /// `delivered_at`). Exits 3 when any submit failed or any notification was not delivered.
     Bench(BenchArgs),
+    /// Time one notification from its submit to a herald-sink: how long a critical email takes
+    /// to arrive, for example while a bulk campaign is being delivered.
+    ///
+    /// Makes sure the template exists (as `bench` does), submits one email notification with
+    /// `--priority` (critical by default), reads its delivery id with GetNotification, then asks
+    /// the sink for the message `<delivery-id@herald>` every `--poll-interval` until it has
+    /// arrived or `--timeout` passed. The latency runs from the moment Submit returned OK to the
+    /// sink's arrival time: both are wall-clock readings on the same machine, subtracted once.
+    /// Also reports how many other messages reached the sink meanwhile (from its counts before
+    /// the submit and after the arrival). Exits 0 when the message arrived once, 3 when it
+    /// arrived more than once, 4 when the notification failed or was suppressed, 5 on timeout.
+    Probe(ProbeArgs),
     /// Failed deliveries (the failure record): list, inspect, replay and discard. Needs the
     /// admin role.
     ///
@@ -523,6 +535,52 @@ pub(crate) struct BenchArgs {
     pub(crate) wait_timeout: Duration,
     /// Pause between two polls of the same notification (without `--sink`).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub(crate) poll_interval: Duration,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Arguments of `probe`.
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// The herald-sink's HTTP address (e.g. `http://127.0.0.1:8025`) that the email worker
+    /// delivers into; it answers `GET /messages/<id>` and `GET /stats`.
+    #[arg(long, value_name = "URL")]
+    pub(crate) sink: String,
+    /// Priority of the probe notification.
+    #[arg(long, value_enum, default_value_t = PriorityArg::Critical)]
+    pub(crate) priority: PriorityArg,
+    /// Template key; created with an email part when missing (the bench's template).
+    #[arg(long, default_value = "bench")]
+    pub(crate) template: String,
+    /// Category given to the template if the probe creates it.
+    #[arg(long, default_value = "bench")]
+    pub(crate) category: String,
+    /// Recipient; `{run}` becomes the probe's run id, so that each probe has its own
+    /// recipient (and no per-recipient rate limit from earlier probes).
+    #[arg(long, value_name = "EMAIL", default_value = "probe+{run}@example.com")]
+    pub(crate) to: String,
+    /// Admin certificate used only to create the template when it is missing.
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_CERT",
+        default_value = "certs-dev/generated/admin.pem"
+    )]
+    pub(crate) admin_cert: PathBuf,
+    /// Private key of `--admin-cert`.
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_KEY",
+        default_value = "certs-dev/generated/admin.key"
+    )]
+    pub(crate) admin_key: PathBuf,
+    /// Give up when the message has not reached the sink this long after Submit returned.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Pause between two questions to the sink; the arrival time is the sink's own, so this
+    /// only bounds how soon the probe notices.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub(crate) poll_interval: Duration,
     /// Print the report as one JSON object instead of text.
     #[arg(long)]

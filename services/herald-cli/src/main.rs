@@ -26,9 +26,9 @@ use crate::cli::{Cli, Command};
 pub(crate) enum Outcome {
     /// Done; for `wait`, the notification was delivered.
     Success,
-    /// Partially delivered, a bench in which something was not accepted or not delivered, or a
-    /// failure replay/discard in which some id was neither resolved now nor already in the
-    /// requested state.
+    /// Partially delivered, a bench in which something was not accepted or not delivered, a
+    /// probe whose message arrived more than once, or a failure replay/discard in which some id
+    /// was neither resolved now nor already in the requested state.
     Partial,
     /// The notification failed.
     Failed,
@@ -88,6 +88,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Get(args) => status::get(args, connection).await,
         Command::Wait(args) => status::wait(args, connection).await,
         Command::Bench(args) => bench::run(args, connection).await,
+        Command::Probe(args) => bench::probe::run(args, connection).await,
         Command::Failures(command) => failures::run(command, connection).await,
         Command::Queues(args) => queues::run(args, connection).await,
     }

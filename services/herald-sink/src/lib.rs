@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use blast::{BlastReport, BlastSettings, blast};
-pub use stats::Stats;
+pub use stats::{MessageArrival, Stats};
 
 use crate::maildir::Maildir;
 use crate::stats::Counters;
@@ -69,7 +69,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Settings {
     /// SMTP listener; port 0 picks a free port.
     pub smtp_listen: SocketAddr,
-    /// HTTP listener for `/stats` and `/reset`; port 0 picks a free port.
+    /// HTTP listener for `/stats`, `/reset` and `/messages/<id>`; port 0 picks a free port.
     pub http_listen: SocketAddr,
     /// Also store every message in this Maildir.
     pub maildir: Option<PathBuf>,

@@ -12,7 +12,8 @@ use herald_sink::{Application, BlastSettings, SERVICE_NAME, Settings};
 use tokio_util::sync::CancellationToken;
 
 /// A fast SMTP sink for benchmarks and development: counts messages and distinct Message-IDs
-/// and serves the counts as JSON on GET /stats (POST /reset starts them again).
+/// and serves the counts as JSON on GET /stats (POST /reset starts them again), and when each
+/// Message-ID first arrived on GET /messages/ID (the id without its angle brackets).
 #[derive(Debug, Parser)]
 #[command(name = SERVICE_NAME, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -31,7 +32,8 @@ struct ServeArgs {
         default_value = "127.0.0.1:2525"
     )]
     smtp_listen: SocketAddr,
-    /// HTTP listen address for GET /stats and POST /reset; port 0 picks a free port.
+    /// HTTP listen address for GET /stats, POST /reset and GET /messages/ID; port 0 picks a
+    /// free port.
     #[arg(
         long,
         env = "HERALD_SINK_HTTP_LISTEN",

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
 use tokio::net::TcpStream;
@@ -239,8 +240,9 @@ impl Session {
         self.accept(&transaction, &message).await
     }
 
-    /// Stores (with `--maildir`) and counts one message, then answers `250`. The count comes
-    /// before the answer: whoever saw the `250` finds the message counted.
+    /// Stores (with `--maildir`) and counts one message, then answers `250`. The count (and the
+    /// arrival time, served on `GET /messages/<id>`) comes before the answer: whoever saw the
+    /// `250` finds the message counted.
     async fn accept(&mut self, transaction: &Transaction, message: &[u8]) -> std::io::Result<()> {
         if let Some(maildir) = &self.sink.maildir {
             let peer = self.peer.to_string();
@@ -256,7 +258,9 @@ impl Session {
                     .await;
             }
         }
-        self.sink.counters.record(message_id(message).as_deref());
+        self.sink
+            .counters
+            .record(message_id(message).as_deref(), SystemTime::now());
         self.reply("250 2.0.0 OK\r\n").await
     }
 

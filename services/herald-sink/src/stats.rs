@@ -1,8 +1,9 @@
-//! The counters: messages, distinct `Message-ID`s and duplicates, and the header scan that
-//! finds a message's `Message-ID`.
+//! The counters: messages, distinct `Message-ID`s and duplicates, when each `Message-ID`
+//! first arrived, and the header scan that finds a message's `Message-ID`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,33 +20,78 @@ pub struct Stats {
     pub without_message_id: u64,
 }
 
+/// When a message with one `Message-ID` first arrived and how many copies did, as served on
+/// `GET /messages/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageArrival {
+    /// The `Message-ID` as received, angle brackets included (`<delivery-id@herald>`).
+    pub message_id: String,
+    /// When the first copy was accepted: wall-clock milliseconds since the Unix epoch, taken
+    /// just before its `250`, so that it can be compared with another process's clock on the
+    /// same machine.
+    pub arrived_at_unix_ms: u64,
+    /// Messages accepted with this `Message-ID`: 1, or more after resends.
+    pub copies: u64,
+}
+
 /// The live counts. One lock guards all of them so that a snapshot or a reset is consistent;
-/// it is held for a hash-set insert, far shorter than the SMTP round trips around it.
+/// it is held for a hash-map insert, far shorter than the SMTP round trips around it.
 #[derive(Debug, Default)]
 pub(crate) struct Counters(Mutex<State>);
 
 #[derive(Debug, Default)]
 struct State {
     stats: Stats,
-    seen: HashSet<Box<[u8]>>,
+    /// Every `Message-ID` since the start or the last reset: the duplicate check needs them
+    /// all anyway, and the first arrival time and the number of copies ride along (about
+    /// 100 bytes per id with Herald's ids, so 10 MB for a campaign of 100,000).
+    seen: HashMap<Box<[u8]>, Arrival>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    arrived_at_unix_ms: u64,
+    copies: u64,
 }
 
 impl Counters {
-    /// Counts one accepted message.
-    pub(crate) fn record(&self, message_id: Option<&[u8]>) {
+    /// Counts one message accepted at `arrived_at`.
+    pub(crate) fn record(&self, message_id: Option<&[u8]>, arrived_at: SystemTime) {
+        let arrived_at_unix_ms = unix_ms(arrived_at);
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         state.stats.messages += 1;
         match message_id {
             None => state.stats.without_message_id += 1,
             Some(id) => {
-                if state.seen.contains(id) {
+                if let Some(arrival) = state.seen.get_mut(id) {
+                    arrival.copies += 1;
                     state.stats.duplicates += 1;
                 } else {
-                    state.seen.insert(id.into());
+                    state.seen.insert(
+                        id.into(),
+                        Arrival {
+                            arrived_at_unix_ms,
+                            copies: 1,
+                        },
+                    );
                     state.stats.distinct += 1;
                 }
             }
         }
+    }
+
+    /// When the message with `message_id` (as in its header, angle brackets included) first
+    /// arrived, and how many copies did; `None` when none arrived since the last reset.
+    pub(crate) fn arrival(&self, message_id: &str) -> Option<MessageArrival> {
+        let state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .seen
+            .get(message_id.as_bytes())
+            .map(|arrival| MessageArrival {
+                message_id: message_id.to_owned(),
+                arrived_at_unix_ms: arrival.arrived_at_unix_ms,
+                copies: arrival.copies,
+            })
     }
 
     /// The counts right now.
@@ -60,6 +106,13 @@ impl Counters {
         *state = State::default();
         before
     }
+}
+
+/// Milliseconds since the Unix epoch; 0 for a clock set before 1970.
+fn unix_ms(instant: SystemTime) -> u64 {
+    instant.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// The value of the first `Message-ID` header of `message` (its header section: everything

@@ -83,7 +83,7 @@ fn per_second(count: u64, elapsed: Duration) -> Option<f64> {
 }
 
 /// Rounds for JSON so reports are not full of float noise.
-fn rounded(value: f64, decimals: i32) -> f64 {
+pub(super) fn rounded(value: f64, decimals: i32) -> f64 {
     let scale = 10_f64.powi(decimals);
     (value * scale).round() / scale
 }
@@ -434,7 +434,7 @@ fn rate_text(rate: Option<f64>) -> String {
     rate.map_or_else(|| "-/s".to_owned(), |rate| format!("{rate:.1}/s"))
 }
 
-fn reasons_json(reasons: &Reasons) -> serde_json::Value {
+pub(super) fn reasons_json(reasons: &Reasons) -> serde_json::Value {
     reasons
         .iter()
         .map(|(name, reason)| {
@@ -447,7 +447,7 @@ fn reasons_json(reasons: &Reasons) -> serde_json::Value {
         .into()
 }
 
-fn reasons_text(reasons: &Reasons) -> String {
+pub(super) fn reasons_text(reasons: &Reasons) -> String {
     if reasons.total() == 0 {
         return "none".to_owned();
     }

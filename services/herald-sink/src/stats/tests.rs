@@ -43,10 +43,11 @@ fn a_message_without_a_blank_line_is_all_header() {
 #[test]
 fn counters_tell_distinct_ids_from_duplicates_and_reset() {
     let counters = Counters::default();
-    counters.record(Some(b"<a>"));
-    counters.record(Some(b"<b>"));
-    counters.record(Some(b"<a>"));
-    counters.record(None);
+    let now = SystemTime::now();
+    counters.record(Some(b"<a>"), now);
+    counters.record(Some(b"<b>"), now);
+    counters.record(Some(b"<a>"), now);
+    counters.record(None, now);
     let expected = Stats {
         messages: 4,
         distinct: 2,
@@ -56,6 +57,44 @@ fn counters_tell_distinct_ids_from_duplicates_and_reset() {
     assert_eq!(counters.snapshot(), expected);
     assert_eq!(counters.reset(), expected);
     assert_eq!(counters.snapshot(), Stats::default());
-    counters.record(Some(b"<a>"));
+    counters.record(Some(b"<a>"), now);
     assert_eq!(counters.snapshot().duplicates, 0, "a reset forgets the ids");
+}
+
+fn at_unix_ms(milliseconds: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(milliseconds)
+}
+
+#[test]
+fn the_first_arrival_of_an_id_is_kept_and_later_copies_are_counted() {
+    let counters = Counters::default();
+    counters.record(Some(b"<a@herald>"), at_unix_ms(1_700_000_000_123));
+    counters.record(Some(b"<b@herald>"), at_unix_ms(1_700_000_000_200));
+    counters.record(Some(b"<a@herald>"), at_unix_ms(1_700_000_000_999));
+    assert_eq!(
+        counters.arrival("<a@herald>"),
+        Some(MessageArrival {
+            message_id: "<a@herald>".to_owned(),
+            arrived_at_unix_ms: 1_700_000_000_123,
+            copies: 2,
+        })
+    );
+    assert_eq!(
+        counters.arrival("<b@herald>").map(|arrival| arrival.copies),
+        Some(1)
+    );
+    assert_eq!(counters.arrival("a@herald"), None, "ids match exactly");
+    assert_eq!(counters.arrival("<c@herald>"), None);
+    counters.reset();
+    assert_eq!(
+        counters.arrival("<a@herald>"),
+        None,
+        "a reset forgets arrivals"
+    );
+}
+
+#[test]
+fn a_clock_before_1970_gives_zero_instead_of_failing() {
+    assert_eq!(unix_ms(UNIX_EPOCH - std::time::Duration::from_secs(1)), 0);
+    assert_eq!(unix_ms(at_unix_ms(42)), 42);
 }

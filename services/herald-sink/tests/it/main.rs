@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use herald_sink::{Application, BlastSettings, Settings, Stats};
+use herald_sink::{Application, BlastSettings, MessageArrival, Settings, Stats};
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -59,6 +59,27 @@ impl TestSink {
             .json()
             .await
             .expect("stats as JSON")
+    }
+
+    /// `GET /messages/<path>`: the arrival, or `None` on 404.
+    async fn message(&self, path: &str) -> Option<MessageArrival> {
+        let response = self
+            .client
+            .get(format!("http://{}/messages/{path}", self.http))
+            .send()
+            .await
+            .expect("GET /messages/..");
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        Some(
+            response
+                .error_for_status()
+                .expect("GET /messages/..")
+                .json()
+                .await
+                .expect("an arrival as JSON"),
+        )
     }
 
     fn transport(&self) -> AsyncSmtpTransport<Tokio1Executor> {
@@ -319,6 +340,93 @@ async fn reset_answers_the_counts_before_it_and_starts_again() {
         (after.distinct, after.duplicates),
         (1, 0),
         "the reset forgot the id"
+    );
+}
+
+fn unix_ms_now() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_message_arrival_is_served_by_its_message_id_without_angle_brackets() {
+    let sink = TestSink::start(None).await;
+    let transport = sink.transport();
+    assert_eq!(
+        sink.message("d-1@herald").await,
+        None,
+        "nothing arrived yet"
+    );
+    let before = unix_ms_now();
+    transport
+        .send(email(Some("<d-1@herald>"), "first"))
+        .await
+        .unwrap();
+    let after = unix_ms_now();
+    let arrival = sink.message("d-1@herald").await.expect("arrived");
+    assert_eq!(arrival.message_id, "<d-1@herald>");
+    assert_eq!(arrival.copies, 1);
+    assert!(
+        (before..=after).contains(&arrival.arrived_at_unix_ms),
+        "the arrival {} is on the wall clock, between {before} and {after}",
+        arrival.arrived_at_unix_ms
+    );
+    assert_eq!(
+        sink.message("%3Cd-1@herald%3E").await.as_ref(),
+        Some(&arrival),
+        "with its angle brackets, percent-encoded, it is found too"
+    );
+    assert_eq!(sink.message("d-2@herald").await, None);
+}
+
+#[tokio::test]
+async fn a_resent_message_keeps_its_first_arrival_and_counts_copies() {
+    let sink = TestSink::start(None).await;
+    let transport = sink.transport();
+    transport
+        .send(email(Some("<again@herald>"), "x"))
+        .await
+        .unwrap();
+    let first = sink.message("again@herald").await.expect("arrived");
+    transport
+        .send(email(Some("<again@herald>"), "x"))
+        .await
+        .unwrap();
+    let second = sink.message("again@herald").await.expect("arrived");
+    assert_eq!(second.copies, 2);
+    assert_eq!(second.arrived_at_unix_ms, first.arrived_at_unix_ms);
+    sink.reset().await;
+    assert_eq!(
+        sink.message("again@herald").await,
+        None,
+        "a reset forgets arrivals"
+    );
+}
+
+#[tokio::test]
+async fn a_bare_message_id_is_found_as_sent() {
+    let sink = TestSink::start(None).await;
+    let session = concat!(
+        "HELO raw\r\n",
+        "MAIL FROM:<>\r\n",
+        "RCPT TO:<b@example.com>\r\n",
+        "DATA\r\n",
+        "Message-ID: bare-id@example.com\r\n",
+        "\r\n",
+        "body\r\n",
+        ".\r\n",
+        "QUIT\r\n",
+    );
+    sink.raw_session(session).await;
+    let arrival = sink.message("bare-id@example.com").await.expect("arrived");
+    assert_eq!(
+        (arrival.message_id.as_str(), arrival.copies),
+        ("bare-id@example.com", 1)
     );
 }
 
