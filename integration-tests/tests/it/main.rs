@@ -12,6 +12,7 @@ mod harness;
 mod inbox;
 mod limits;
 mod observability;
+mod prefetch;
 mod preferences;
 mod priority;
 mod push;

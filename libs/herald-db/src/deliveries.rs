@@ -1,19 +1,24 @@
 //! What channel workers read and write: an atomic, fenced claim, the context to render, and
-//! the outcome.
+//! the outcome. Workers claim and finish deliveries in batches (`claim_many`, `finish_many`,
+//! in `batch`); the single-delivery functions here are the same statements with one item.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
-use crate::events::{self, NewEvent};
-use crate::schema::{
-    deliveries, delivery_events, failures, notifications, template_versions, templates,
+use crate::Result;
+use crate::schema::{deliveries, delivery_events, notifications, template_versions, templates};
+
+mod batch;
+
+pub use batch::{
+    BatchClaim, Claimed, Finishing, TemplateVersionRef, claim_many, finish_many, release_many,
+    template_contents,
 };
-use crate::{Error, Result};
 
 /// A delivery a worker holds for one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,87 +59,16 @@ pub async fn claim(
     lease: Duration,
     clock_now: chrono::DateTime<Utc>,
 ) -> Result<ClaimOutcome> {
-    let now = Utc::now();
-    let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let claimable: Vec<&str> = DeliveryState::ALL
+    let answer = claim_many(connection, &[delivery_id], lease, clock_now)
+        .await?
         .into_iter()
-        .filter(|state| state.is_claimable())
-        .map(DeliveryState::as_str)
-        .collect();
-    connection
-        .transaction::<_, Error, _>(async |connection| {
-            let current = deliveries::table
-                .filter(deliveries::id.eq(delivery_id.as_uuid()))
-                .select((
-                    deliveries::state,
-                    deliveries::lease_until,
-                    deliveries::scheduled_for,
-                ))
-                .for_update()
-                .first::<(
-                    String,
-                    Option<chrono::DateTime<Utc>>,
-                    Option<chrono::DateTime<Utc>>,
-                )>(connection)
-                .await
-                .optional()?;
-            let Some((state, held_until, scheduled_for)) = current else {
-                return Ok(ClaimOutcome::Done);
-            };
-            let due = state == DeliveryState::Scheduled.as_str()
-                && scheduled_for.is_none_or(|scheduled_for| scheduled_for <= clock_now);
-            let takeover = state == DeliveryState::Sending.as_str();
-            if takeover {
-                if let Some(left) = held_until
-                    .and_then(|until| (until - now).to_std().ok())
-                    .filter(|left| !left.is_zero())
-                {
-                    return Ok(ClaimOutcome::Busy { retry_after: left });
-                }
-            } else if !claimable.contains(&state.as_str()) && !due {
-                return Ok(ClaimOutcome::Done);
-            }
-            let (attempt, attempts_base, notification_id, channel) =
-                diesel::update(deliveries::table.filter(deliveries::id.eq(delivery_id.as_uuid())))
-                    .set((
-                        deliveries::state.eq(DeliveryState::Sending.as_str()),
-                        deliveries::attempts.eq(deliveries::attempts + 1),
-                        deliveries::lease_until.eq(lease_until),
-                        deliveries::updated_at.eq(now),
-                    ))
-                    .returning((
-                        deliveries::attempts,
-                        deliveries::attempts_base,
-                        deliveries::notification_id,
-                        deliveries::channel,
-                    ))
-                    .get_result::<(i32, i32, Uuid, String)>(connection)
-                    .await?;
-            let detail = if takeover {
-                "the previous attempt's lease expired; its outcome is unknown"
-            } else {
-                ""
-            };
-            events::insert(
-                connection,
-                &[NewEvent {
-                    delivery_id: *delivery_id.as_uuid(),
-                    kind: "sending",
-                    attempt,
-                    detail,
-                    notification_id: Some(notification_id),
-                    channel: Some(&channel),
-                    ..NewEvent::default()
-                }],
-            )
-            .await?;
-            Ok(ClaimOutcome::Claimed(Claim {
-                delivery_id,
-                attempt,
-                cycle_attempt: attempt - attempts_base,
-            }))
-        })
-        .await
+        .next();
+    Ok(match answer {
+        Some(BatchClaim::Claimed(claimed)) => ClaimOutcome::Claimed(claimed.claim),
+        Some(BatchClaim::Unreadable { claim, .. }) => ClaimOutcome::Claimed(claim),
+        Some(BatchClaim::Busy { retry_after }) => ClaimOutcome::Busy { retry_after },
+        Some(BatchClaim::Done) | None => ClaimOutcome::Done,
+    })
 }
 
 /// Gives a claim back before any provider call was made (the worker could not prepare the
@@ -142,21 +76,7 @@ pub async fn claim(
 /// attempt counter restored, so the requeued message can be claimed at once instead of after
 /// the lease. Fenced like `finish`; `false` when the claim was already lost.
 pub async fn release(connection: &mut AsyncPgConnection, claim: &Claim) -> Result<bool> {
-    let released = diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq(claim.delivery_id.as_uuid()))
-            .filter(deliveries::state.eq(DeliveryState::Sending.as_str()))
-            .filter(deliveries::attempts.eq(claim.attempt)),
-    )
-    .set((
-        deliveries::state.eq(DeliveryState::Queued.as_str()),
-        deliveries::attempts.eq(deliveries::attempts - 1),
-        deliveries::lease_until.eq(None::<chrono::DateTime<Utc>>),
-        deliveries::updated_at.eq(Utc::now()),
-    ))
-    .execute(connection)
-    .await?;
-    Ok(released == 1)
+    Ok(release_many(connection, std::slice::from_ref(claim)).await? == 1)
 }
 
 /// Everything a worker needs to render and send one delivery.
@@ -380,97 +300,17 @@ pub async fn finish(
     outcome: &Outcome,
     provider: Option<&str>,
 ) -> Result<bool> {
-    let now = Utc::now();
-    let state = outcome.state();
-    let last_error = match outcome {
-        Outcome::Delivered { .. } => None,
-        other => Some(other.detail().to_owned()),
-    };
-    let delivered_at = matches!(outcome, Outcome::Delivered { .. }).then_some(now);
-    connection
-        .transaction::<_, Error, _>(async |connection| {
-            let updated = diesel::update(
-                deliveries::table
-                    .filter(deliveries::id.eq(claim.delivery_id.as_uuid()))
-                    .filter(deliveries::state.eq(DeliveryState::Sending.as_str()))
-                    .filter(deliveries::attempts.eq(claim.attempt)),
-            )
-            .set((
-                deliveries::state.eq(state.as_str()),
-                deliveries::last_error.eq(&last_error),
-                deliveries::lease_until.eq(None::<chrono::DateTime<Utc>>),
-                deliveries::updated_at.eq(now),
-                deliveries::delivered_at.eq(delivered_at),
-            ))
-            .returning((deliveries::notification_id, deliveries::channel))
-            .get_result::<(Uuid, String)>(connection)
-            .await
-            .optional()?;
-            let Some((notification_id, channel)) = updated else {
-                return Ok(false);
-            };
-            let event = NewEvent {
-                delivery_id: *claim.delivery_id.as_uuid(),
-                kind: state.as_str(),
-                attempt: claim.attempt,
-                detail: outcome.detail(),
-                provider,
-                error_class: outcome.error_class(),
-                notification_id: Some(notification_id),
-                channel: Some(&channel),
-            };
-            // `sent`: the attempt was handed to a provider, whatever it answered.
-            let sent = provider
-                .filter(|_| outcome.reached_provider())
-                .map(|provider| NewEvent {
-                    kind: "sent",
-                    detail: "",
-                    provider: Some(provider),
-                    error_class: None,
-                    ..event.clone()
-                });
-            let recorded: Vec<NewEvent<'_>> = sent.into_iter().chain([event]).collect();
-            events::insert(connection, &recorded).await?;
-            if let Outcome::Deferred { until, .. } = outcome {
-                diesel::update(
-                    deliveries::table.filter(deliveries::id.eq(claim.delivery_id.as_uuid())),
-                )
-                .set(deliveries::scheduled_for.eq(Some(*until)))
-                .execute(connection)
-                .await?;
-                let priority = notifications::table
-                    .find(notification_id)
-                    .select(notifications::priority)
-                    .first::<i16>(connection)
-                    .await?;
-                diesel::insert_into(crate::schema::outbox::table)
-                    .values((
-                        crate::schema::outbox::delivery_id.eq(claim.delivery_id.as_uuid()),
-                        crate::schema::outbox::notification_id.eq(notification_id),
-                        crate::schema::outbox::channel.eq(&channel),
-                        crate::schema::outbox::priority.eq(priority),
-                        crate::schema::outbox::available_at.eq(*until),
-                    ))
-                    .execute(connection)
-                    .await?;
-            }
-            if let Outcome::Failed { error, class } = outcome {
-                diesel::insert_into(failures::table)
-                    .values((
-                        failures::id.eq(Uuid::now_v7()),
-                        failures::delivery_id.eq(claim.delivery_id.as_uuid()),
-                        failures::notification_id.eq(notification_id),
-                        failures::channel.eq(channel),
-                        failures::attempts.eq(claim.attempt),
-                        failures::error.eq(error),
-                        failures::error_class.eq(class.as_str()),
-                    ))
-                    .execute(connection)
-                    .await?;
-            }
-            Ok(true)
-        })
-        .await
+    let recorded = finish_many(
+        connection,
+        &[Finishing {
+            claim,
+            outcome,
+            provider,
+            invalid_addresses: &[],
+        }],
+    )
+    .await?;
+    Ok(recorded.as_slice() == [true])
 }
 
 /// The kinds of a delivery's events, oldest first.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use herald_config::RedisSettings;
 use herald_domain::Identity;
 use secrecy::ExposeSecret;
@@ -66,6 +67,10 @@ pub struct RedisCache {
     pool: deadpool_redis::Pool,
     keyspace: Keyspace,
     timeout: Duration,
+    /// One multiplexed connection taken out of the pool for rate-limit batches: it pipelines
+    /// the commands of concurrent callers and skips the pool's `PING` on every checkout.
+    /// Dropped after an error, so the next batch connects afresh.
+    shared: std::sync::Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -85,6 +90,7 @@ impl RedisCache {
             pool: build_pool(settings)?,
             keyspace: Keyspace::new(settings.key_prefix.clone()),
             timeout: settings.timeout,
+            shared: std::sync::Arc::default(),
         })
     }
 
@@ -98,6 +104,22 @@ impl RedisCache {
             .get()
             .await
             .map_err(|error| Error::Unavailable(error.to_string()))
+    }
+
+    /// The shared multiplexed connection, taken from the pool on first use.
+    async fn shared_connection(&self) -> Result<MultiplexedConnection> {
+        let mut shared = self.shared.lock().await;
+        if let Some(connection) = shared.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = deadpool_redis::Connection::take(self.connection().await?);
+        *shared = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets the shared connection after an error: the next caller connects again.
+    async fn forget_shared_connection(&self) {
+        *self.shared.lock().await = None;
     }
 
     async fn bounded<T>(&self, command: impl Future<Output = Result<T>>) -> Result<T> {
@@ -181,6 +203,21 @@ impl Keyspace {
     }
 }
 
+/// One sliding-window check for `RedisCache::admit_many`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    /// The notification type (template key).
+    pub notification_type: &'a str,
+    /// Whose window: a user id, else an address (personal data: only its hash is in the key).
+    pub subject: &'a str,
+    /// What is admitted (a delivery id): admitted before, it is admitted again.
+    pub member: &'a str,
+    /// Most members within `window`.
+    pub limit: u32,
+    /// The sliding window.
+    pub window: Duration,
+}
+
 impl RedisCache {
     /// Admits `member` (a delivery id) into `subject`'s window for `notification_type` unless
     /// `limit` members were admitted within `window`. Atomic under concurrent workers.
@@ -206,6 +243,56 @@ impl RedisCache {
             })
             .await?;
         Ok(admitted == 1)
+    }
+
+    /// `admit` for many deliveries at once, in one pipelined round trip: each check runs the
+    /// same atomic sliding-window script (a retry of the same member counts once), in order,
+    /// so two checks of one subject in a batch see each other. Returns, per check, whether it
+    /// was admitted.
+    pub async fn admit_many(&self, checks: &[Admission<'_>]) -> Result<Vec<bool>> {
+        use deadpool_redis::redis::{ErrorKind, ServerErrorKind};
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = deadpool_redis::redis::Script::new(SLIDING_WINDOW);
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|check| {
+                self.keyspace
+                    .rate_limit(check.notification_type, check.subject, check.window)
+            })
+            .collect();
+        let mut pipeline = deadpool_redis::redis::pipe();
+        for (check, key) in checks.iter().zip(&keys) {
+            pipeline.invoke_script(
+                script
+                    .key(key)
+                    .arg(u64::try_from(check.window.as_millis()).unwrap_or(u64::MAX))
+                    .arg(check.limit)
+                    .arg(check.member),
+            );
+        }
+        let result = self
+            .bounded(async {
+                let mut connection = self.shared_connection().await?;
+                match pipeline.query_async::<Vec<i64>>(&mut connection).await {
+                    // Redis lost its script cache (a restart): load the script and run the
+                    // batch again. No check ran, since none of them found the script.
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        script.load_async(&mut connection).await?;
+                        Ok(pipeline.query_async::<Vec<i64>>(&mut connection).await?)
+                    }
+                    other => Ok(other?),
+                }
+            })
+            .await;
+        match result {
+            Ok(admitted) => Ok(admitted.into_iter().map(|admitted| admitted == 1).collect()),
+            Err(error) => {
+                self.forget_shared_connection().await;
+                Err(error)
+            }
+        }
     }
 
     /// Counts `count` submits by `identity` in the fixed window number `window_index` (of

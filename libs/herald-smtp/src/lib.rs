@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod pool;
+
 use std::time::Duration;
 
 use herald_config::Validate;
@@ -10,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use lettre;
+pub use pool::{Error as PoolError, SmtpPool, VERIFY_IDLE_AFTER};
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -43,8 +46,12 @@ pub struct SmtpSettings {
     /// Per-command timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Most pooled connections to the relay.
-    pub max_connections: u32,
+    /// Most connections to the relay at once. `None`: the email worker opens as many as it
+    /// makes concurrent deliveries (`worker.concurrency`); alerts use one.
+    pub max_connections: Option<u32>,
+    /// Connections idle this long are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for SmtpSettings {
@@ -57,7 +64,8 @@ impl Default for SmtpSettings {
             password: SecretString::from(""),
             from: "Herald <noreply@herald.local>".into(),
             timeout: Duration::from_secs(10),
-            max_connections: 8,
+            max_connections: None,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -71,13 +79,18 @@ impl Validate for SmtpSettings {
             problems
                 .push("smtp.from must be a mailbox such as `Herald <noreply@example.com>`".into());
         }
-        if self.max_connections == 0 {
+        if self.max_connections == Some(0) {
             problems.push("smtp.max_connections must be at least 1".into());
+        }
+        if self.idle_timeout.is_zero() {
+            problems.push("smtp.idle_timeout must be positive".into());
         }
     }
 }
 
-/// The pooled async transport `settings` describe; connections open on first use.
+/// lettre's pooled async transport `settings` describe (at most `max_connections` idle
+/// connections, one by default), for occasional mail such as alerts; connections open on
+/// first use. High-volume senders use `SmtpPool`.
 pub fn transport(
     settings: &SmtpSettings,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, lettre::transport::smtp::Error> {
@@ -93,7 +106,11 @@ pub fn transport(
     let mut builder = builder
         .port(settings.port)
         .timeout(Some(settings.timeout))
-        .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(settings.max_connections));
+        .pool_config(
+            lettre::transport::smtp::PoolConfig::new()
+                .max_size(settings.max_connections.unwrap_or(1))
+                .idle_timeout(settings.idle_timeout),
+        );
     if !settings.username.is_empty() {
         builder = builder.credentials(Credentials::new(
             settings.username.clone(),

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod compiled;
 mod locale;
 mod parameters;
 mod variant;
@@ -8,10 +9,10 @@ mod version;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use handlebars::Handlebars;
 use herald_domain::Channel;
 use serde::{Deserialize, Serialize};
 
+pub use compiled::{CompiledPart, CompiledVersion};
 pub use locale::{Locale, LocaleError, MAX_LOCALE_BYTES};
 pub use variant::{MAX_VARIANTS, MAX_WEIGHT, Variant};
 pub use version::{
@@ -343,54 +344,81 @@ pub fn render_all(content: &TemplateContent, parameters: &serde_json::Value) -> 
 
 /// Renders an SMS part with `parameters` (a JSON object).
 pub fn render_sms(part: &SmsPart, parameters: &serde_json::Value) -> Result<RenderedSms> {
-    let plain = registry(false);
-    Ok(RenderedSms {
-        text: render(&plain, "sms.text", &part.text, parameters)?,
-    })
+    let content = TemplateContent {
+        sms: Some(part.clone()),
+        ..TemplateContent::default()
+    };
+    match render_once(&content, Channel::Sms, parameters)? {
+        Rendered::Sms(rendered) => Ok(rendered),
+        _ => Err(wrong_part("sms")),
+    }
 }
 
 /// Renders a chat part with `parameters` (a JSON object).
 pub fn render_chat(part: &ChatPart, parameters: &serde_json::Value) -> Result<RenderedChat> {
-    let plain = registry(false);
-    Ok(RenderedChat {
-        text: render(&plain, "chat.text", &part.text, parameters)?,
-    })
+    let content = TemplateContent {
+        chat: Some(part.clone()),
+        ..TemplateContent::default()
+    };
+    match render_once(&content, Channel::Chat, parameters)? {
+        Rendered::Chat(rendered) => Ok(rendered),
+        _ => Err(wrong_part("chat")),
+    }
 }
 
 /// Renders a push part with `parameters` (a JSON object).
 pub fn render_push(part: &PushPart, parameters: &serde_json::Value) -> Result<RenderedPush> {
-    let plain = registry(false);
-    let mut data = BTreeMap::new();
-    for (key, value) in &part.data {
-        data.insert(key.clone(), render(&plain, "push.data", value, parameters)?);
+    let content = TemplateContent {
+        push: Some(part.clone()),
+        ..TemplateContent::default()
+    };
+    match render_once(&content, Channel::Push, parameters)? {
+        Rendered::Push(rendered) => Ok(rendered),
+        _ => Err(wrong_part("push")),
     }
-    Ok(RenderedPush {
-        title: render(&plain, "push.title", &part.title, parameters)?,
-        body: render(&plain, "push.body", &part.body, parameters)?,
-        data,
-    })
 }
 
 /// Renders an in-app part with `parameters` (a JSON object).
 pub fn render_in_app(part: &InAppPart, parameters: &serde_json::Value) -> Result<RenderedInApp> {
-    let plain = registry(false);
-    Ok(RenderedInApp {
-        title: render(&plain, "in_app.title", &part.title, parameters)?,
-        body: render(&plain, "in_app.body", &part.body, parameters)?,
-        action_url: render(&plain, "in_app.action_url", &part.action_url, parameters)?,
-    })
+    let content = TemplateContent {
+        in_app: Some(part.clone()),
+        ..TemplateContent::default()
+    };
+    match render_once(&content, Channel::InApp, parameters)? {
+        Rendered::InApp(rendered) => Ok(rendered),
+        _ => Err(wrong_part("in_app")),
+    }
 }
 
 /// Renders an email part with `parameters` (a JSON object).
 pub fn render_email(part: &EmailPart, parameters: &serde_json::Value) -> Result<RenderedEmail> {
-    let escaped = registry(true);
-    let plain = registry(false);
-    Ok(RenderedEmail {
-        subject: render(&plain, "email.subject", &part.subject, parameters)?
-            .replace(['\r', '\n'], " "),
-        html: crlf(&render(&escaped, "email.html", &part.html, parameters)?),
-        text: crlf(&render(&plain, "email.text", &part.text, parameters)?),
-    })
+    let content = TemplateContent {
+        email: Some(part.clone()),
+        ..TemplateContent::default()
+    };
+    match render_once(&content, Channel::Email, parameters)? {
+        Rendered::Email(rendered) => Ok(rendered),
+        _ => Err(wrong_part("email")),
+    }
+}
+
+/// Compiles `channel`'s part of `content` and renders it once.
+fn render_once(
+    content: &TemplateContent,
+    channel: Channel,
+    parameters: &serde_json::Value,
+) -> Result<Rendered> {
+    CompiledPart::compile(content, channel)?
+        .ok_or_else(|| wrong_part(channel.as_str()))?
+        .render(parameters)
+}
+
+/// A part that should have been there was not (unreachable: the callers build the content).
+fn wrong_part(part: &'static str) -> Error {
+    Error::Invalid {
+        part,
+        message: "is missing".into(),
+    }
 }
 
 /// Email bodies travel with CRLF line endings (RFC 5322 §2.3, RFC 2045 §6.7), and the mail
@@ -414,49 +442,11 @@ fn crlf(text: &str) -> String {
     output
 }
 
-fn registry(escape_html: bool) -> Handlebars<'static> {
-    let mut registry = Handlebars::new();
-    registry.set_strict_mode(true);
-    if !escape_html {
-        registry.register_escape_fn(handlebars::no_escape);
-    }
-    registry
-}
-
-fn render(
-    registry: &Handlebars<'_>,
-    part: &'static str,
-    source: &str,
-    parameters: &serde_json::Value,
-) -> Result<String> {
-    if source.is_empty() {
-        return Ok(String::new());
-    }
-    let mut output = BoundedOutput::default();
-    match registry.render_template_to_write(source, parameters, &mut output) {
-        Ok(()) => String::from_utf8(output.buffer).map_err(|error| Error::Render {
-            part,
-            message: error.to_string(),
-        }),
-        Err(_) if output.overflowed => Err(Error::TooLarge { part }),
-        Err(error) => match error.reason() {
-            handlebars::RenderErrorReason::MissingVariable(path) => Err(Error::MissingParameter {
-                part,
-                parameter: path.clone().unwrap_or_else(|| "(unnamed)".into()),
-            }),
-            _ => Err(Error::Render {
-                part,
-                message: error.to_string(),
-            }),
-        },
-    }
-}
-
 /// A writer that refuses to grow past `MAX_OUTPUT_BYTES`.
 #[derive(Default)]
 struct BoundedOutput {
-    buffer: Vec<u8>,
-    overflowed: bool,
+    pub(crate) buffer: Vec<u8>,
+    pub(crate) overflowed: bool,
 }
 
 impl io::Write for BoundedOutput {

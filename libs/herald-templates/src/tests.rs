@@ -377,3 +377,49 @@ fn email_bodies_get_crlf_line_endings_as_sent() {
     assert_eq!(rendered.text, "one\r\ntwo\r\nthree\r\nx\r\ny");
     assert_eq!(rendered.html, "<p>x\r\ny</p>\r\n");
 }
+
+#[test]
+fn a_compiled_version_renders_what_a_one_off_render_does_for_every_recipient() {
+    let mut version = localized();
+    version
+        .locales
+        .get_mut(&locale("en"))
+        .unwrap()
+        .email
+        .as_mut()
+        .unwrap()
+        .html = "<p>{{username}} &amp; {{#if vip}}VIP{{/if}}</p>".into();
+    let compiled = CompiledVersion::new(version.clone());
+    let recipients = [
+        (Some("ko-KR"), json!({"username": "지민"})),
+        (Some("ko-KP"), json!({"username": "민수"})),
+        (None, json!({"username": "<Ada>", "vip": true})),
+        (Some("fr"), json!({"username": "Zoé"})),
+        (Some("ko-KR"), json!({"username": "지우"})),
+    ];
+    for (requested, parameters) in &recipients {
+        let requested = requested.map(locale);
+        assert_eq!(
+            compiled.render_variant(requested.as_ref(), Channel::Email, None, parameters),
+            version.render_variant(requested.as_ref(), Channel::Email, None, parameters),
+            "{requested:?} {parameters}"
+        );
+    }
+    assert_eq!(
+        compiled
+            .render_variant(None, Channel::Email, None, &json!({}))
+            .unwrap_err(),
+        version
+            .render_variant(None, Channel::Email, None, &json!({}))
+            .unwrap_err(),
+        "a missing parameter is the same error"
+    );
+    assert_eq!(
+        compiled
+            .render_variant(None, Channel::Sms, None, &json!({"username": "x"}))
+            .unwrap_err(),
+        VersionError::NoPart {
+            channel: Channel::Sms
+        }
+    );
+}

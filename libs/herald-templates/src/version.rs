@@ -2,6 +2,7 @@
 //! recipient through the locale fallback chain. The API's preview and the channel workers
 //! both render through `VersionContent::render`, so a preview is what a worker sends.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use herald_domain::{Channel, Subject};
@@ -253,7 +254,8 @@ impl VersionContent {
     }
 
     /// `render` for the recipients of `variant` (`None`: the base content): the variant's part
-    /// for `channel` when it has one, else the base part.
+    /// for `channel` when it has one, else the base part. Compiles the part for this one
+    /// render; `CompiledVersion` keeps compiled parts for many.
     pub fn render_variant(
         &self,
         requested: Option<&Locale>,
@@ -261,57 +263,45 @@ impl VersionContent {
         variant: Option<&str>,
         parameters: &serde_json::Value,
     ) -> Result<(Locale, Rendered), VersionError> {
-        let (locale, base) = self.resolve(requested).ok_or_else(|| {
-            VersionError::DefaultLocale(format!(
-                "`{}` has no content in locales",
-                self.default_locale
-            ))
-        })?;
-        let with_variant;
-        let content = match variant {
-            None => base,
-            Some(name) => {
-                let variant = base.variant(name).ok_or_else(|| VersionError::NoVariant {
-                    variant: name.to_owned(),
-                    known: self
-                        .variant_names()
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect(),
-                })?;
-                with_variant = base.with_variant(variant);
-                &with_variant
-            }
-        };
-        let part_error = |error| VersionError::Part {
-            locale: locale.clone(),
-            error,
-        };
-        let no_part = || VersionError::NoPart { channel };
-        let rendered = match channel {
-            Channel::Email => Rendered::Email(
-                crate::render_email(content.email.as_ref().ok_or_else(no_part)?, parameters)
-                    .map_err(part_error)?,
-            ),
-            Channel::Sms => Rendered::Sms(
-                crate::render_sms(content.sms.as_ref().ok_or_else(no_part)?, parameters)
-                    .map_err(part_error)?,
-            ),
-            Channel::Push => Rendered::Push(
-                crate::render_push(content.push.as_ref().ok_or_else(no_part)?, parameters)
-                    .map_err(part_error)?,
-            ),
-            Channel::InApp => Rendered::InApp(
-                crate::render_in_app(content.in_app.as_ref().ok_or_else(no_part)?, parameters)
-                    .map_err(part_error)?,
-            ),
-            Channel::Chat => Rendered::Chat(
-                crate::render_chat(content.chat.as_ref().ok_or_else(no_part)?, parameters)
-                    .map_err(part_error)?,
-            ),
-        };
-        Ok((locale.clone(), rendered))
+        let (locale, part) = crate::compiled::compile_part(self, requested, channel, variant)?;
+        let rendered = part
+            .render(parameters)
+            .map_err(|error| VersionError::Part {
+                locale: locale.clone(),
+                error,
+            })?;
+        Ok((locale, rendered))
     }
+}
+
+/// The content a recipient asking for `requested` in `variant` gets, and its locale: the
+/// locale's base content with the variant's parts in place of the base ones.
+pub(crate) fn part_content<'a>(
+    content: &'a VersionContent,
+    requested: Option<&Locale>,
+    variant: Option<&str>,
+) -> Result<(Locale, Cow<'a, TemplateContent>), VersionError> {
+    let (locale, base) = content.resolve(requested).ok_or_else(|| {
+        VersionError::DefaultLocale(format!(
+            "`{}` has no content in locales",
+            content.default_locale
+        ))
+    })?;
+    let effective = match variant {
+        None => Cow::Borrowed(base),
+        Some(name) => {
+            let variant = base.variant(name).ok_or_else(|| VersionError::NoVariant {
+                variant: name.to_owned(),
+                known: content
+                    .variant_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            })?;
+            Cow::Owned(base.with_variant(variant))
+        }
+    };
+    Ok((locale.clone(), effective))
 }
 
 fn weights(variants: &[(&str, u32)]) -> String {

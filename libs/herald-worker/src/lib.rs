@@ -1,9 +1,16 @@
 #![doc = include_str!("../README.md")]
 
-mod consume;
+mod core;
+mod decide;
 mod failover;
 mod instruments;
+mod intake;
 mod limits;
+mod pipeline;
+mod prepare;
+mod settle;
+mod supervise;
+mod templates;
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,9 +21,9 @@ use herald_domain::Channel;
 use herald_templates::{Locale, RenderedPart, VersionContent};
 use serde::Deserialize;
 
-pub use consume::Worker;
 pub use failover::{BreakerSettings, CircuitState, Failover, Selected};
 pub use limits::{Admission, FailMode, LimitRule, RateLimitSettings, RateLimiter};
+pub use supervise::Worker;
 
 /// What a provider reports when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,9 +102,12 @@ pub trait ChannelProvider: Send + Sync + 'static {
 
 /// Renders the part `P` (`RenderedSms`, …) of the delivery's template version, in the
 /// recipient's locale through the fallback chain, for the A/B test variant assigned at submit
-/// (its part when it has one for the channel, else the base part), with the same function as
+/// (its part when it has one for the channel, else the base part), with the same code as
 /// `RenderPreview` (`VersionContent::render_variant`). A stored locale tag that no longer parses falls back to the
 /// default rather than failing the send. Every error is permanent.
+///
+/// Called from a provider inside the worker, it renders with the version the worker compiled
+/// once and cached (see `templates`); elsewhere it compiles from `context.template_content`.
 pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryError> {
     let _span = tracing::info_span!(
         "render",
@@ -108,33 +118,52 @@ pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryE
         herald.locale = context.locale.as_deref().unwrap_or(""),
     )
     .entered();
-    let content =
-        VersionContent::from_stored(context.template_content.clone()).map_err(|error| {
-            DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
-        })?;
     let locale = context
         .locale
         .as_deref()
         .and_then(|tag| Locale::parse(tag).ok());
-    let (_, rendered) = content
-        .render_variant(
+    let rendered = match templates::version_of(context.delivery_id) {
+        Some(version) => version.compiled.render_variant(
             locale.as_ref(),
             P::CHANNEL,
             context.variant.as_deref(),
             &context.parameters,
-        )
+        ),
+        None => VersionContent::from_stored(context.template_content.clone())
+            .map_err(|error| {
+                DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
+            })?
+            .render_variant(
+                locale.as_ref(),
+                P::CHANNEL,
+                context.variant.as_deref(),
+                &context.parameters,
+            ),
+    };
+    let (_, rendered) = rendered
         .map_err(|error| DeliveryError::Permanent(format!("template render failed: {error}")))?;
     P::from_rendered(rendered).ok_or_else(|| {
         DeliveryError::Permanent(format!("the template rendered no {} part", P::CHANNEL))
     })
 }
 
-/// Consumption, retry and lifecycle settings of a worker.
+/// Consumption, batching, retry and lifecycle settings of a worker.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Unacknowledged messages (and so concurrent deliveries) per worker process.
+    /// Unacknowledged messages per worker process: what RabbitMQ hands over ahead of time.
+    /// The worker takes them in priority order, so a high prefetch does not put bulk
+    /// messages ahead of a critical one that arrives later.
     pub prefetch: u16,
+    /// Deliveries claimed and not yet answered by the provider, per process: the provider
+    /// calls in flight (and the size of the email worker's SMTP connection pool).
+    pub concurrency: usize,
+    /// The most deliveries claimed, or outcomes recorded, in one statement.
+    pub batch_max: usize,
+    /// How long a batch waits for more deliveries while other work is in flight; a lone
+    /// message never waits.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
     /// How long a claim is held before it counts as abandoned.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -161,7 +190,10 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            prefetch: 16,
+            prefetch: 256,
+            concurrency: 64,
+            batch_max: 64,
+            batch_linger: Duration::from_millis(1),
             lease: Duration::from_secs(60),
             max_attempts: 5,
             retry_delays: [1, 5, 30, 120].map(Duration::from_secs).to_vec(),
@@ -176,6 +208,12 @@ impl Validate for WorkerSettings {
     fn validate(&self, problems: &mut Vec<String>) {
         if self.prefetch == 0 {
             problems.push("worker.prefetch must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            problems.push("worker.concurrency must be at least 1".into());
+        }
+        if self.batch_max == 0 {
+            problems.push("worker.batch_max must be at least 1".into());
         }
         if self.max_attempts == 0 {
             problems.push("worker.max_attempts must be at least 1".into());

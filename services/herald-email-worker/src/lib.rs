@@ -60,12 +60,13 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the pool and SMTP transport; nothing connects until `run_until_stopped`.
+    /// Builds the pools (the SMTP one sized to `worker.concurrency`); nothing connects until
+    /// `run_until_stopped`.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
-        let provider = SmtpProvider::new(&settings.smtp)
-            .context("building the SMTP transport")?
+        let provider = SmtpProvider::with_concurrency(&settings.smtp, settings.worker.concurrency)
+            .context("building the SMTP connection pool")?
             .with_tracking(&settings.tracking);
         let redis = RedisCache::new(&settings.redis).context("building the Redis pool")?;
         Ok(Self {

@@ -1,27 +1,43 @@
-//! The SMTP provider on lettre.
+//! The SMTP provider on lettre, sending through `SmtpPool` (connections reused, at most one
+//! per concurrent delivery, no `NOOP` before each message).
 
 use chrono::Utc;
 use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
-use herald_smtp::SmtpSettings;
+use herald_smtp::{PoolError, SmtpPool, SmtpSettings};
 use herald_templates::RenderedEmail;
 use herald_tracking::{Signer, TrackingSettings};
 use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
+use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// Sends email deliveries through one SMTP relay.
 pub struct SmtpProvider {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: SmtpPool,
     from: Mailbox,
     tracking: Option<Signer>,
 }
 
+/// Connections to the relay when `smtp.max_connections` is not set and no concurrency is
+/// given (`SmtpProvider::new`).
+const DEFAULT_CONNECTIONS: usize = 8;
+
 impl SmtpProvider {
-    /// Builds the pooled transport; connections open on first use.
+    /// Builds the connection pool (`smtp.max_connections`, else a few connections);
+    /// connections open on first use.
     pub fn new(settings: &SmtpSettings) -> anyhow::Result<Self> {
+        Self::with_concurrency(settings, DEFAULT_CONNECTIONS)
+    }
+
+    /// Builds the connection pool sized to `concurrency` deliveries at once (unless
+    /// `smtp.max_connections` sets it), so every concurrent send has a connection to reuse and
+    /// none is opened and closed per message.
+    pub fn with_concurrency(settings: &SmtpSettings, concurrency: usize) -> anyhow::Result<Self> {
+        let connections = settings.max_connections.map_or(concurrency, |max| {
+            usize::try_from(max).unwrap_or(usize::MAX)
+        });
         Ok(Self {
-            transport: herald_smtp::transport(settings)?,
+            pool: SmtpPool::new(settings, connections)?,
             from: settings.from_mailbox()?,
             tracking: None,
         })
@@ -107,37 +123,49 @@ impl ChannelProvider for SmtpProvider {
 impl SmtpProvider {
     async fn send(&self, context: &DeliveryContext) -> Result<Receipt, DeliveryError> {
         let message = self.message(context)?;
-        match self.transport.send(message).await {
-            Ok(response) => Ok(Receipt {
-                invalid_addresses: Vec::new(),
-                detail: format!(
-                    "{} {}",
-                    response.code(),
-                    response.first_line().unwrap_or_default()
-                ),
-            }),
-            // Reply texts often echo the recipient's address, so only the code is kept.
-            Err(error) => match (error.status(), error.is_permanent()) {
-                (Some(code), true) if is_hard_bounce(&code.to_string()) => {
-                    Err(DeliveryError::AddressInvalid {
-                        addresses: context.address.iter().cloned().collect(),
-                        detail: format!("smtp rejected the recipient with {code} (hard bounce)"),
-                    })
-                }
-                (Some(code), true) => Err(DeliveryError::Permanent(format!(
-                    "smtp rejected the message with {code}"
-                ))),
-                (Some(code), false) => Err(DeliveryError::Retryable(format!(
-                    "smtp deferred the message with {code}"
-                ))),
-                (None, _) if error.is_timeout() => {
-                    Err(DeliveryError::Retryable("smtp timed out".into()))
-                }
-                (None, _) => Err(DeliveryError::Retryable(format!(
-                    "smtp connection failed: {}",
-                    error_kind(&error)
-                ))),
-            },
+        let envelope = message.envelope().clone();
+        let error = match self.pool.send(&envelope, &message.formatted()).await {
+            Ok(response) => {
+                return Ok(Receipt {
+                    invalid_addresses: Vec::new(),
+                    detail: format!(
+                        "{} {}",
+                        response.code(),
+                        response.first_line().unwrap_or_default()
+                    ),
+                });
+            }
+            Err(PoolError::Smtp(error)) => error,
+            Err(PoolError::ConnectTimeout) => {
+                return Err(DeliveryError::Retryable("smtp timed out".into()));
+            }
+            Err(PoolError::Connect(_)) => {
+                return Err(DeliveryError::Retryable(
+                    "smtp connection failed: network error".into(),
+                ));
+            }
+        };
+        // Reply texts often echo the recipient's address, so only the code is kept.
+        match (error.status(), error.is_permanent()) {
+            (Some(code), true) if is_hard_bounce(&code.to_string()) => {
+                Err(DeliveryError::AddressInvalid {
+                    addresses: context.address.iter().cloned().collect(),
+                    detail: format!("smtp rejected the recipient with {code} (hard bounce)"),
+                })
+            }
+            (Some(code), true) => Err(DeliveryError::Permanent(format!(
+                "smtp rejected the message with {code}"
+            ))),
+            (Some(code), false) => Err(DeliveryError::Retryable(format!(
+                "smtp deferred the message with {code}"
+            ))),
+            (None, _) if error.is_timeout() => {
+                Err(DeliveryError::Retryable("smtp timed out".into()))
+            }
+            (None, _) => Err(DeliveryError::Retryable(format!(
+                "smtp connection failed: {}",
+                error_kind(&error)
+            ))),
         }
     }
 }

@@ -11,6 +11,7 @@ use herald_db::templates::{self, NewTemplate};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
 use herald_test_support::TestDatabase;
 
+mod batch;
 mod events;
 
 async fn connect(database: &TestDatabase) -> AsyncPgConnection {

@@ -1,0 +1,832 @@
+//! Claims, releases and outcomes of many deliveries at once, for channel workers that handle
+//! their messages in micro-batches.
+//!
+//! Each step is one transaction with a fixed number of statements whatever the batch size:
+//! the rows are first locked in id order (`SELECT … ORDER BY id FOR UPDATE`), so concurrent
+//! batches (two workers, a claim and a finish, the relay) wait for each other instead of
+//! deadlocking, and then changed by one fixed-shape statement over arrays (`= ANY($1)`,
+//! `unnest(…)`), which diesel-async prepares once per connection (a static `QueryId`) rather
+//! than on every execution. The fencing is the single-delivery one, per row: a claim only from
+//! a claimable state (attempt + 1, a lease), an outcome only while the delivery is still
+//! `sending` at the claimed attempt, and a lost claim writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use herald_domain::{DeliveryId, DeliveryState, Priority, TemplateId};
+use uuid::Uuid;
+
+use super::{Claim, DeliveryContext, Outcome};
+use crate::events::{self, NewEvent};
+use crate::schema::deliveries;
+use crate::{Error, Result};
+
+/// How often a batch transaction is retried when PostgreSQL aborted it to break a deadlock or
+/// a serialization conflict (neither is the batch's fault; a retry succeeds).
+const CONFLICT_RETRIES: usize = 3;
+
+/// The template version a claimed delivery renders (versions are immutable, so workers cache
+/// them by this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TemplateVersionRef {
+    /// The template.
+    pub template_id: TemplateId,
+    /// Its version.
+    pub version: i32,
+}
+
+/// A delivery claimed by `claim_many`, with everything its attempt needs from its rows.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The claim every later write is fenced on.
+    pub claim: Claim,
+    /// The template version to render.
+    pub template: TemplateVersionRef,
+    /// The context to render and send with. `template_content` is `Null`: the caller fills it
+    /// from its cache of versions (or `template_contents`).
+    pub context: DeliveryContext,
+}
+
+/// What `claim_many` found for one requested delivery.
+#[derive(Debug, Clone)]
+pub enum BatchClaim {
+    /// The caller holds the delivery for this attempt and may call the provider.
+    Claimed(Box<Claimed>),
+    /// Claimed, but its stored values no longer parse (a bug or a bad manual edit): the
+    /// caller records a permanent failure rather than sending.
+    Unreadable {
+        /// The claim to record the failure on.
+        claim: Claim,
+        /// What did not parse.
+        problem: String,
+    },
+    /// The delivery reached a final state (or does not exist): nothing to do, ever.
+    Done,
+    /// Another worker (or an earlier copy in the same batch) holds an unexpired lease; look
+    /// again after `retry_after`.
+    Busy {
+        /// Time left on the lease.
+        retry_after: Duration,
+    },
+}
+
+/// Claims every delivery of `delivery_ids` that is claimable, in one transaction: moves each
+/// to `sending`, bumps its attempt counter, sets a lease until now + `lease`, records a
+/// `sending` event, and returns what the attempt needs. Claimable are `pending`, `queued`
+/// and `retry_wait`, a `scheduled` delivery due by `clock_now`, and a `sending` delivery whose
+/// lease expired (a takeover: its previous attempt's outcome is unknown).
+///
+/// Returns one answer per requested id, in order. An id asked for twice is claimed once; its
+/// later copies are `Busy` for the lease just taken.
+pub async fn claim_many(
+    connection: &mut AsyncPgConnection,
+    delivery_ids: &[DeliveryId],
+    lease: Duration,
+    clock_now: DateTime<Utc>,
+) -> Result<Vec<BatchClaim>> {
+    if delivery_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<Uuid> = delivery_ids.iter().map(|id| *id.as_uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut retries = 0;
+    let mut found = loop {
+        let result = connection
+            .transaction::<_, Error, _>(async |connection| {
+                claim_locked(connection, &ids, lease, clock_now).await
+            })
+            .await;
+        match result {
+            Err(error) if retry_conflict(&error, &mut retries) => {}
+            other => break other?,
+        }
+    };
+    // What a later copy of an id gets: a claimed delivery is leased by this very batch.
+    let mut copies: HashMap<Uuid, BatchClaim> = HashMap::new();
+    Ok(delivery_ids
+        .iter()
+        .map(|id| match found.remove(id.as_uuid()) {
+            Some(answer) => {
+                let copy = match &answer {
+                    BatchClaim::Claimed(_) | BatchClaim::Unreadable { .. } => {
+                        BatchClaim::Busy { retry_after: lease }
+                    }
+                    other => other.clone(),
+                };
+                copies.insert(*id.as_uuid(), copy);
+                answer
+            }
+            None => copies
+                .get(id.as_uuid())
+                .cloned()
+                .unwrap_or(BatchClaim::Done),
+        })
+        .collect())
+}
+
+/// The body of `claim_many`'s transaction over sorted, distinct `ids`.
+async fn claim_locked(
+    connection: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    lease: Duration,
+    clock_now: DateTime<Utc>,
+) -> Result<HashMap<Uuid, BatchClaim>> {
+    let now = Utc::now();
+    let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let locked: Vec<LockedRow> = deliveries::table
+        .filter(deliveries::id.eq_any(ids))
+        .order(deliveries::id.asc())
+        .select((
+            deliveries::id,
+            deliveries::state,
+            deliveries::lease_until,
+            deliveries::scheduled_for,
+        ))
+        .for_update()
+        .load(connection)
+        .await?;
+    let mut answers: HashMap<Uuid, BatchClaim> =
+        ids.iter().map(|id| (*id, BatchClaim::Done)).collect();
+    let mut claimable = Vec::new();
+    let mut takeovers = Vec::new();
+    for (id, state, held_until, scheduled_for) in locked {
+        match claimability(&state, held_until, scheduled_for, now, clock_now) {
+            Claimability::Claim => claimable.push(id),
+            Claimability::Takeover => {
+                claimable.push(id);
+                takeovers.push(id);
+            }
+            Claimability::Busy(retry_after) => {
+                answers.insert(id, BatchClaim::Busy { retry_after });
+            }
+            Claimability::Done => {}
+        }
+    }
+    if claimable.is_empty() {
+        return Ok(answers);
+    }
+    let rows: Vec<ClaimedRow> = ClaimRows {
+        ids: claimable,
+        lease_until,
+        now,
+    }
+    .load(connection)
+    .await?;
+    let takeover_detail = "the previous attempt's lease expired; its outcome is unknown";
+    let events: Vec<NewEvent<'_>> = rows
+        .iter()
+        .map(|row| NewEvent {
+            delivery_id: row.0,
+            kind: "sending",
+            attempt: row.1,
+            detail: if takeovers.contains(&row.0) {
+                takeover_detail
+            } else {
+                ""
+            },
+            notification_id: Some(row.3),
+            channel: Some(&row.4),
+            ..NewEvent::default()
+        })
+        .collect();
+    events::insert(connection, &events).await?;
+    for row in rows {
+        let id = row.0;
+        answers.insert(id, claimed(row));
+    }
+    Ok(answers)
+}
+
+/// A row as `claim_locked` locks it: id, state, lease, scheduled time.
+type LockedRow = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// What a locked row allows.
+enum Claimability {
+    Claim,
+    Takeover,
+    Busy(Duration),
+    Done,
+}
+
+fn claimability(
+    state: &str,
+    held_until: Option<DateTime<Utc>>,
+    scheduled_for: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    clock_now: DateTime<Utc>,
+) -> Claimability {
+    let Ok(state) = state.parse::<DeliveryState>() else {
+        return Claimability::Done;
+    };
+    match state {
+        DeliveryState::Sending => match held_until
+            .and_then(|until| (until - now).to_std().ok())
+            .filter(|left| !left.is_zero())
+        {
+            Some(left) => Claimability::Busy(left),
+            None => Claimability::Takeover,
+        },
+        DeliveryState::Scheduled
+            if scheduled_for.is_none_or(|scheduled_for| scheduled_for <= clock_now) =>
+        {
+            Claimability::Claim
+        }
+        state if state.is_claimable() => Claimability::Claim,
+        _ => Claimability::Done,
+    }
+}
+
+/// A row `ClaimRows` returns: id, attempts, attempts_base, notification, channel, address,
+/// user id, locale, variant, priority, category, template id, template version, parameters,
+/// template key.
+type ClaimedRow = (
+    Uuid,
+    i32,
+    i32,
+    Uuid,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i16,
+    String,
+    Uuid,
+    i32,
+    serde_json::Value,
+    String,
+);
+
+fn claimed(row: ClaimedRow) -> BatchClaim {
+    let (
+        id,
+        attempt,
+        attempts_base,
+        notification_id,
+        channel,
+        address,
+        user_id,
+        locale,
+        variant,
+        priority,
+        category,
+        template_id,
+        template_version,
+        parameters,
+        template_key,
+    ) = row;
+    let delivery_id = DeliveryId::from(id);
+    let claim = Claim {
+        delivery_id,
+        attempt,
+        cycle_attempt: attempt - attempts_base,
+    };
+    let (channel, priority) = match (channel.parse(), Priority::from_i16(priority)) {
+        (Ok(channel), Ok(priority)) => (channel, priority),
+        (Err(error), _) | (_, Err(error)) => {
+            return BatchClaim::Unreadable {
+                claim,
+                problem: format!("stored delivery is unreadable: {error}"),
+            };
+        }
+    };
+    BatchClaim::Claimed(Box::new(Claimed {
+        template: TemplateVersionRef {
+            template_id: TemplateId::from(template_id),
+            version: template_version,
+        },
+        context: DeliveryContext {
+            delivery_id,
+            notification_id: notification_id.into(),
+            channel,
+            address,
+            user_id,
+            priority,
+            category,
+            template_key,
+            template_content: serde_json::Value::Null,
+            locale,
+            variant,
+            parameters,
+            attempt: u32::try_from(claim.attempt).unwrap_or_default(),
+            cycle_attempt: u32::try_from(claim.cycle_attempt).unwrap_or_default(),
+            device_tokens: Vec::new(),
+            tracking_opt_out: false,
+        },
+        claim,
+    }))
+}
+
+/// `UPDATE deliveries … RETURNING` the claimed rows' context: one statement text for any
+/// number of ids, so it is prepared once per connection. The rows are already locked.
+struct ClaimRows {
+    ids: Vec<Uuid>,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+impl QueryId for ClaimRows {
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for ClaimRows {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "UPDATE deliveries AS d SET state = 'sending', attempts = d.attempts + 1, \
+             lease_until = ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.lease_until)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(" FROM notifications AS n, templates AS t WHERE d.id = ANY(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
+        out.push_sql(
+            ") AND n.id = d.notification_id AND t.id = n.template_id \
+             RETURNING d.id, d.attempts, d.attempts_base, d.notification_id, d.channel, \
+             d.address, d.user_id, d.locale, d.variant, n.priority, n.category, \
+             n.template_id, n.template_version, n.parameters, t.key",
+        );
+        Ok(())
+    }
+}
+
+impl Query for ClaimRows {
+    type SqlType = (
+        SqlUuid,
+        Int4,
+        Int4,
+        SqlUuid,
+        Text,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+        Nullable<Text>,
+        Int2,
+        Text,
+        SqlUuid,
+        Int4,
+        Jsonb,
+        Text,
+    );
+}
+
+/// Gives claims back before any provider call was made (the worker could not prepare the
+/// attempts): each delivery still `sending` at its claimed attempt becomes `queued` again with
+/// its attempt counter restored. Returns how many were released (the others were lost).
+pub async fn release_many(connection: &mut AsyncPgConnection, claims: &[Claim]) -> Result<usize> {
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let mut sorted: Vec<&Claim> = claims.iter().collect();
+    sorted.sort_unstable_by_key(|claim| *claim.delivery_id.as_uuid());
+    let statement = ReleaseRows {
+        ids: sorted
+            .iter()
+            .map(|claim| *claim.delivery_id.as_uuid())
+            .collect(),
+        attempts: sorted.iter().map(|claim| claim.attempt).collect(),
+        now: Utc::now(),
+    };
+    let mut retries = 0;
+    loop {
+        let result = connection
+            .transaction::<_, Error, _>(async |connection| {
+                lock(connection, &statement.ids).await?;
+                Ok(statement.clone().execute(connection).await?)
+            })
+            .await;
+        match result {
+            Err(error) if retry_conflict(&error, &mut retries) => {}
+            other => return other,
+        }
+    }
+}
+
+/// `UPDATE deliveries … FROM unnest(ids, attempts)`, fenced on the claimed attempt.
+#[derive(Clone)]
+struct ReleaseRows {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    now: DateTime<Utc>,
+}
+
+impl QueryId for ReleaseRows {
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for ReleaseRows {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "UPDATE deliveries AS d SET state = 'queued', attempts = d.attempts - 1, \
+             lease_until = NULL, updated_at = ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
+        out.push_sql("::uuid[], ");
+        out.push_bind_param::<Array<Int4>, _>(&self.attempts)?;
+        out.push_sql(
+            "::int4[]) AS c(id, attempt) \
+             WHERE d.id = c.id AND d.state = 'sending' AND d.attempts = c.attempt",
+        );
+        Ok(())
+    }
+}
+
+/// One attempt's outcome to record with `finish_many`.
+#[derive(Debug, Clone, Copy)]
+pub struct Finishing<'a> {
+    /// The attempt's claim.
+    pub claim: &'a Claim,
+    /// How it ended.
+    pub outcome: &'a Outcome,
+    /// The provider that was called, if any.
+    pub provider: Option<&'a str>,
+    /// Addresses the provider called invalid: disabled (`contacts::disable`) in the same
+    /// transaction, so no later attempt can see the outcome without them.
+    pub invalid_addresses: &'a [String],
+}
+
+/// Records many attempts' outcomes in one transaction: for each whose delivery is still
+/// `sending` at the claimed attempt, its new state, a `sent` event (when a provider was
+/// called) and the outcome's event; a final failure also gets its `failures` row (before
+/// the caller dead-letters the message), a deferral its outbox row for `until`, and the
+/// addresses the provider called invalid are disabled. Returns,
+/// per item and in order, whether it was recorded (`false`: the claim was lost and nothing
+/// was written for it).
+pub async fn finish_many(
+    connection: &mut AsyncPgConnection,
+    items: &[Finishing<'_>],
+) -> Result<Vec<bool>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_unstable_by_key(|index| *items[*index].claim.delivery_id.as_uuid());
+    let rows = OutcomeRows::new(&order, items);
+    let mut retries = 0;
+    let recorded = loop {
+        let result = connection
+            .transaction::<_, Error, _>(async |connection| {
+                finish_locked(connection, &rows, &order, items).await
+            })
+            .await;
+        match result {
+            Err(error) if retry_conflict(&error, &mut retries) => {}
+            other => break other?,
+        }
+    };
+    Ok(items
+        .iter()
+        .map(|item| recorded.contains_key(item.claim.delivery_id.as_uuid()))
+        .collect())
+}
+
+/// The body of `finish_many`'s transaction; returns the recorded deliveries with their
+/// notification and channel.
+async fn finish_locked(
+    connection: &mut AsyncPgConnection,
+    rows: &OutcomeRows,
+    order: &[usize],
+    items: &[Finishing<'_>],
+) -> Result<BTreeMap<Uuid, (Uuid, String)>> {
+    lock(connection, &rows.ids).await?;
+    let returned: Vec<(Uuid, Uuid, String, Option<String>)> = rows.clone().load(connection).await?;
+    let user_ids: HashMap<Uuid, Option<String>> = returned
+        .iter()
+        .map(|(id, _, _, user_id)| (*id, user_id.clone()))
+        .collect();
+    let recorded: BTreeMap<Uuid, (Uuid, String)> = returned
+        .into_iter()
+        .map(|(id, notification_id, channel, _)| (id, (notification_id, channel)))
+        .collect();
+    let mut events = Vec::new();
+    let mut failures = FailureRows::default();
+    let mut deferrals = Vec::new();
+    for (position, index) in order.iter().enumerate() {
+        let item = &items[*index];
+        let id = *item.claim.delivery_id.as_uuid();
+        let Some((notification_id, channel)) = recorded.get(&id) else {
+            continue;
+        };
+        let event = NewEvent {
+            delivery_id: id,
+            kind: item.outcome.state().as_str(),
+            attempt: item.claim.attempt,
+            detail: &rows.details[position],
+            provider: item.provider,
+            error_class: item.outcome.error_class(),
+            notification_id: Some(*notification_id),
+            channel: Some(channel),
+        };
+        // `sent`: the attempt was handed to a provider, whatever it answered.
+        if let Some(provider) = item.provider.filter(|_| item.outcome.reached_provider()) {
+            events.push(NewEvent {
+                kind: "sent",
+                detail: "",
+                provider: Some(provider),
+                error_class: None,
+                ..event.clone()
+            });
+        }
+        events.push(event);
+        match item.outcome {
+            Outcome::Failed { class, .. } => failures.push(
+                id,
+                *notification_id,
+                channel,
+                item.claim.attempt,
+                &rows.details[position],
+                class.as_str(),
+            ),
+            Outcome::Deferred { until, .. } => deferrals.push((id, *until)),
+            _ => {}
+        }
+    }
+    events::insert(connection, &events).await?;
+    insert_failures(connection, failures).await?;
+    insert_deferrals(connection, deferrals).await?;
+    for item in items {
+        let id = item.claim.delivery_id.as_uuid();
+        let Some((_, channel)) = recorded.get(id) else {
+            continue;
+        };
+        if item.invalid_addresses.is_empty() {
+            continue;
+        }
+        crate::contacts::disable(
+            connection,
+            channel.parse()?,
+            user_ids.get(id).and_then(Option::as_deref),
+            item.invalid_addresses,
+            &format!(
+                "{} reported the address invalid",
+                item.provider.unwrap_or("the provider")
+            ),
+            Some(item.claim.delivery_id),
+        )
+        .await?;
+    }
+    Ok(recorded)
+}
+
+/// `UPDATE deliveries … FROM unnest(…) RETURNING id, notification_id, channel, user_id`: every
+/// outcome of a batch in one fixed-shape statement, fenced per row on `sending` at the
+/// claimed attempt. Columns are in delivery-id order.
+#[derive(Clone)]
+struct OutcomeRows {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    states: Vec<&'static str>,
+    last_errors: Vec<Option<String>>,
+    scheduled_for: Vec<Option<DateTime<Utc>>>,
+    /// The stored text of each outcome (PostgreSQL text cannot hold NUL, which a provider's
+    /// reply could contain, so it is removed).
+    details: Vec<String>,
+    now: DateTime<Utc>,
+}
+
+impl OutcomeRows {
+    fn new(order: &[usize], items: &[Finishing<'_>]) -> Self {
+        let ordered = || order.iter().map(|index| &items[*index]);
+        let details: Vec<String> = ordered()
+            .map(|item| item.outcome.detail().replace('\0', ""))
+            .collect();
+        Self {
+            ids: ordered()
+                .map(|item| *item.claim.delivery_id.as_uuid())
+                .collect(),
+            attempts: ordered().map(|item| item.claim.attempt).collect(),
+            states: ordered()
+                .map(|item| item.outcome.state().as_str())
+                .collect(),
+            last_errors: ordered()
+                .zip(&details)
+                .map(|(item, detail)| {
+                    (!matches!(item.outcome, Outcome::Delivered { .. })).then(|| detail.clone())
+                })
+                .collect(),
+            scheduled_for: ordered()
+                .map(|item| match item.outcome {
+                    Outcome::Deferred { until, .. } => Some(*until),
+                    _ => None,
+                })
+                .collect(),
+            details,
+            now: Utc::now(),
+        }
+    }
+}
+
+impl QueryId for OutcomeRows {
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for OutcomeRows {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "UPDATE deliveries AS d SET state = o.state, last_error = o.last_error, \
+             lease_until = NULL, scheduled_for = COALESCE(o.scheduled_for, d.scheduled_for), \
+             updated_at = ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(", delivered_at = CASE WHEN o.state = 'delivered' THEN ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(" END FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
+        out.push_sql("::uuid[], ");
+        out.push_bind_param::<Array<Int4>, _>(&self.attempts)?;
+        out.push_sql("::int4[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.states)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.last_errors)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.scheduled_for)?;
+        out.push_sql(
+            "::timestamptz[]) AS o(id, attempt, state, last_error, scheduled_for) \
+             WHERE d.id = o.id AND d.state = 'sending' AND d.attempts = o.attempt \
+             RETURNING d.id, d.notification_id, d.channel, d.user_id",
+        );
+        Ok(())
+    }
+}
+
+impl Query for OutcomeRows {
+    type SqlType = (SqlUuid, SqlUuid, Text, Nullable<Text>);
+}
+
+/// Locks the rows of `ids` (sorted) in id order, the order every batch statement takes them.
+async fn lock(connection: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<()> {
+    deliveries::table
+        .filter(deliveries::id.eq_any(ids))
+        .order(deliveries::id.asc())
+        .select(deliveries::id)
+        .for_update()
+        .load::<Uuid>(connection)
+        .await?;
+    Ok(())
+}
+
+/// The `failures` rows of a batch, column by column.
+#[derive(Default)]
+struct FailureRows {
+    delivery_ids: Vec<Uuid>,
+    notification_ids: Vec<Uuid>,
+    channels: Vec<String>,
+    attempts: Vec<i32>,
+    errors: Vec<String>,
+    classes: Vec<&'static str>,
+}
+
+impl FailureRows {
+    fn push(
+        &mut self,
+        delivery_id: Uuid,
+        notification_id: Uuid,
+        channel: &str,
+        attempt: i32,
+        error: &str,
+        class: &'static str,
+    ) {
+        self.delivery_ids.push(delivery_id);
+        self.notification_ids.push(notification_id);
+        self.channels.push(channel.to_owned());
+        self.attempts.push(attempt);
+        self.errors.push(error.to_owned());
+        self.classes.push(class);
+    }
+}
+
+/// The `failures` rows of the batch's final failures (rare, so not worth a cached statement).
+async fn insert_failures(connection: &mut AsyncPgConnection, rows: FailureRows) -> Result<()> {
+    if rows.delivery_ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.delivery_ids.iter().map(|_| Uuid::now_v7()).collect();
+    diesel::sql_query(
+        "INSERT INTO failures (id, delivery_id, notification_id, channel, attempts, error, \
+             error_class) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], \
+             $6::text[], $7::text[])",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<SqlUuid>, _>(rows.delivery_ids)
+    .bind::<Array<SqlUuid>, _>(rows.notification_ids)
+    .bind::<Array<Text>, _>(rows.channels)
+    .bind::<Array<Int4>, _>(rows.attempts)
+    .bind::<Array<Text>, _>(rows.errors)
+    .bind::<Array<Text>, _>(rows.classes)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// The outbox rows that bring deferred deliveries back when their quiet hours end, with
+/// their notification's priority (rare, so not worth a cached statement).
+async fn insert_deferrals(
+    connection: &mut AsyncPgConnection,
+    rows: Vec<(Uuid, DateTime<Utc>)>,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (ids, untils): (Vec<Uuid>, Vec<DateTime<Utc>>) = rows.into_iter().unzip();
+    diesel::sql_query(
+        "INSERT INTO outbox (delivery_id, notification_id, channel, priority, available_at) \
+         SELECT d.id, d.notification_id, d.channel, n.priority, r.available_at \
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS r(id, available_at) \
+         JOIN deliveries AS d ON d.id = r.id \
+         JOIN notifications AS n ON n.id = d.notification_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Timestamptz>, _>(untils)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// The stored content of each of `versions` (missing ones are left out), in one query.
+pub async fn template_contents(
+    connection: &mut AsyncPgConnection,
+    versions: &[TemplateVersionRef],
+) -> Result<HashMap<TemplateVersionRef, serde_json::Value>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = SqlUuid)]
+        template_id: Uuid,
+        #[diesel(sql_type = Int4)]
+        version: i32,
+        #[diesel(sql_type = Jsonb)]
+        content: serde_json::Value,
+    }
+    if versions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT v.template_id, v.version, v.content FROM template_versions AS v \
+         JOIN unnest($1::uuid[], $2::int4[]) AS r(template_id, version) \
+         ON v.template_id = r.template_id AND v.version = r.version",
+    )
+    .bind::<Array<SqlUuid>, _>(
+        versions
+            .iter()
+            .map(|version| *version.template_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Int4>, _>(
+        versions
+            .iter()
+            .map(|version| version.version)
+            .collect::<Vec<_>>(),
+    )
+    .load(connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                TemplateVersionRef {
+                    template_id: TemplateId::from(row.template_id),
+                    version: row.version,
+                },
+                row.content,
+            )
+        })
+        .collect())
+}
+
+/// Whether a transaction that failed with `error` should run again: PostgreSQL aborted it to
+/// break a deadlock or a serialization conflict (not the batch's fault; a retry succeeds),
+/// and fewer than `CONFLICT_RETRIES` retries were made (counted in `retries`).
+fn retry_conflict(error: &Error, retries: &mut usize) -> bool {
+    if *retries >= CONFLICT_RETRIES || !is_conflict(error) {
+        return false;
+    }
+    *retries += 1;
+    tracing::debug!(error = %error, retries = *retries, "Retrying a batch after a conflict.");
+    true
+}
+
+/// Whether PostgreSQL aborted the transaction to resolve a conflict with another one.
+fn is_conflict(error: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    match error {
+        Error::Query(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => {
+            true
+        }
+        Error::Query(DieselError::DatabaseError(_, info)) => {
+            info.message().starts_with("deadlock detected")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,163 @@
+//! The outcome decision, pure: what a claim or a provider's answer means for the delivery's
+//! record (`Outcome`) and for its queue message (`Settlement`). No IO, so every rule is in
+//! one table of tests (`decide/tests.rs`).
+
+use std::time::Duration;
+
+use herald_db::deliveries::{BatchClaim, Claim, Claimed, FailureClass, Outcome};
+
+use crate::{DeliveryError, Receipt, WorkerSettings};
+
+/// Pause before requeueing a message whose delivery could not be read or written because
+/// PostgreSQL was unavailable.
+pub(crate) const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How a message is settled once its delivery was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Done with the message.
+    Ack,
+    /// Reject without requeue: the broker moves it to the channel's dead-letter queue.
+    DeadLetter,
+    /// Publish a copy to the delay queue for this long, then ack the original.
+    Retry(Duration),
+    /// Put the message back after this pause (PostgreSQL away, delivery leased elsewhere).
+    RequeueAfter(Duration),
+}
+
+/// What the worker does with one delivery after its claim was attempted.
+#[derive(Debug)]
+pub(crate) enum AfterClaim {
+    /// Go on: prepare the attempt and call the provider.
+    Attempt(Box<Claimed>),
+    /// Record this outcome on the claim without a provider call, then settle the message.
+    Record(Claim, Outcome),
+    /// Nothing to record: settle the message now.
+    Settle(Settlement),
+}
+
+/// The next step for a delivery whose claim came back as `claim`. A final delivery is acked
+/// without a provider call (a redelivered message never sends twice); one leased by a live
+/// worker is requeued until its lease runs out, so a worker that died mid-attempt is taken
+/// over rather than forgotten; an unreadable one fails for good.
+pub(crate) fn after_claim(claim: BatchClaim, lease: Duration) -> AfterClaim {
+    match claim {
+        BatchClaim::Claimed(claimed) => AfterClaim::Attempt(claimed),
+        BatchClaim::Unreadable { claim, problem } => AfterClaim::Record(
+            claim,
+            Outcome::Failed {
+                error: problem,
+                class: FailureClass::Permanent,
+            },
+        ),
+        BatchClaim::Done => AfterClaim::Settle(Settlement::Ack),
+        BatchClaim::Busy { retry_after } => {
+            AfterClaim::Settle(Settlement::RequeueAfter(retry_after.min(lease)))
+        }
+    }
+}
+
+/// The record and settlement of an attempt that reached `provider` and got `result`: a
+/// delivery is acked, a permanent failure, an unknown outcome and a retryable failure past
+/// `max_attempts` are recorded as final and dead-lettered, any other retryable failure waits
+/// in the delay queue of its tier.
+pub(crate) fn after_call(
+    claim: &Claim,
+    provider: &str,
+    result: Result<Receipt, DeliveryError>,
+    settings: &WorkerSettings,
+) -> (Outcome, Settlement) {
+    match result {
+        Ok(receipt) => (
+            Outcome::Delivered {
+                detail: format!("{provider}: {}", receipt.detail),
+            },
+            Settlement::Ack,
+        ),
+        Err(DeliveryError::Permanent(error)) => (
+            Outcome::Failed {
+                error,
+                class: FailureClass::Permanent,
+            },
+            Settlement::DeadLetter,
+        ),
+        Err(DeliveryError::AddressInvalid { detail, .. }) => (
+            Outcome::Failed {
+                error: format!("address_invalid: {detail}"),
+                class: FailureClass::Permanent,
+            },
+            Settlement::DeadLetter,
+        ),
+        Err(DeliveryError::Unknown(error)) => (
+            Outcome::Failed {
+                error,
+                class: FailureClass::Unknown,
+            },
+            Settlement::DeadLetter,
+        ),
+        Err(DeliveryError::Retryable(error)) => {
+            let cycle_attempt = u32::try_from(claim.cycle_attempt).unwrap_or(u32::MAX);
+            if cycle_attempt >= settings.max_attempts {
+                (
+                    Outcome::Failed {
+                        error: format!("gave up after {cycle_attempt} attempts: {error}"),
+                        class: FailureClass::Exhausted,
+                    },
+                    Settlement::DeadLetter,
+                )
+            } else {
+                (
+                    Outcome::RetryWait { error },
+                    Settlement::Retry(settings.retry_delay(cycle_attempt)),
+                )
+            }
+        }
+    }
+}
+
+/// The settlement of an outcome that is not a provider's answer (preferences, a rate limit,
+/// an unreadable delivery): a deferral or a suppression is done with the message, a failure
+/// goes to the dead-letter queue.
+pub(crate) fn settlement_of_held(outcome: &Outcome) -> Settlement {
+    match outcome {
+        Outcome::Failed { .. } => Settlement::DeadLetter,
+        Outcome::Delivered { .. }
+        | Outcome::RetryWait { .. }
+        | Outcome::Suppressed { .. }
+        | Outcome::Deferred { .. } => Settlement::Ack,
+    }
+}
+
+/// How a message is finally settled once recording was tried: as decided when the outcome
+/// was recorded; acked when the claim was lost meanwhile (whoever took the delivery over owns
+/// it now); requeued after a pause when PostgreSQL could not record it within the lease.
+pub(crate) fn after_record(recorded: Option<bool>, decided: Settlement) -> Settlement {
+    match recorded {
+        Some(true) => decided,
+        Some(false) => Settlement::Ack,
+        None => Settlement::RequeueAfter(DATABASE_RETRY_DELAY),
+    }
+}
+
+/// The name of a provider result, for the provider span and metrics.
+pub(crate) fn outcome_name(result: &Result<Receipt, DeliveryError>) -> &'static str {
+    match result {
+        Ok(_) => "delivered",
+        Err(DeliveryError::Retryable(_)) => "retryable",
+        Err(DeliveryError::Permanent(_)) => "permanent",
+        Err(DeliveryError::Unknown(_)) => "unknown",
+        Err(DeliveryError::AddressInvalid { .. }) => "address_invalid",
+    }
+}
+
+/// The addresses a provider's answer says to disable.
+pub(crate) fn invalid_addresses(result: &Result<Receipt, DeliveryError>) -> Vec<String> {
+    match result {
+        Ok(receipt) => receipt.invalid_addresses.clone(),
+        Err(DeliveryError::AddressInvalid { addresses, .. }) => addresses.clone(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! Table tests of the outcome decision.
+
+use std::time::Duration;
+
+use herald_db::deliveries::{
+    BatchClaim, Claim, Claimed, DeliveryContext, FailureClass, Outcome, TemplateVersionRef,
+};
+use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
+
+use super::{
+    AfterClaim, DATABASE_RETRY_DELAY, Settlement, after_call, after_claim, after_record,
+    invalid_addresses, outcome_name, settlement_of_held,
+};
+use crate::{DeliveryError, Receipt, WorkerSettings};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn settings() -> WorkerSettings {
+    WorkerSettings {
+        max_attempts: 3,
+        retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
+        lease: LEASE,
+        ..WorkerSettings::default()
+    }
+}
+
+fn claim(attempt: i32, cycle_attempt: i32) -> Claim {
+    Claim {
+        delivery_id: DeliveryId::generate(),
+        attempt,
+        cycle_attempt,
+    }
+}
+
+fn receipt(detail: &str, invalid: &[&str]) -> Result<Receipt, DeliveryError> {
+    Ok(Receipt {
+        detail: detail.into(),
+        invalid_addresses: invalid
+            .iter()
+            .map(|address| (*address).to_owned())
+            .collect(),
+    })
+}
+
+/// What a row of the table expects of the settlement.
+#[derive(Debug)]
+enum Expect {
+    Exactly(Settlement),
+    /// A retry through one of the jitter lanes of this tier's delay (ms).
+    RetryAround(u64),
+}
+
+/// A row of the provider-answer table: case, cycle attempt, answer, record, settlement.
+type AnswerCase = (
+    &'static str,
+    i32,
+    Result<Receipt, DeliveryError>,
+    Outcome,
+    Expect,
+);
+
+#[test]
+fn a_provider_answer_decides_the_record_and_the_settlement() {
+    let table: Vec<AnswerCase> = vec![
+        (
+            "delivered",
+            1,
+            receipt("250 ok", &[]),
+            Outcome::Delivered {
+                detail: "smtp: 250 ok".into(),
+            },
+            Expect::Exactly(Settlement::Ack),
+        ),
+        (
+            "delivered, some device tokens unregistered",
+            1,
+            receipt("2 of 3 devices", &["token"]),
+            Outcome::Delivered {
+                detail: "smtp: 2 of 3 devices".into(),
+            },
+            Expect::Exactly(Settlement::Ack),
+        ),
+        (
+            "permanent",
+            1,
+            Err(DeliveryError::Permanent("rejected".into())),
+            Outcome::Failed {
+                error: "rejected".into(),
+                class: FailureClass::Permanent,
+            },
+            Expect::Exactly(Settlement::DeadLetter),
+        ),
+        (
+            "address invalid",
+            2,
+            Err(DeliveryError::AddressInvalid {
+                addresses: vec!["ada@example.com".into()],
+                detail: "smtp rejected the recipient with 550".into(),
+            }),
+            Outcome::Failed {
+                error: "address_invalid: smtp rejected the recipient with 550".into(),
+                class: FailureClass::Permanent,
+            },
+            Expect::Exactly(Settlement::DeadLetter),
+        ),
+        (
+            "unknown outcome",
+            1,
+            Err(DeliveryError::Unknown("timed out after sending".into())),
+            Outcome::Failed {
+                error: "timed out after sending".into(),
+                class: FailureClass::Unknown,
+            },
+            Expect::Exactly(Settlement::DeadLetter),
+        ),
+        (
+            "retryable, first attempt",
+            1,
+            Err(DeliveryError::Retryable("smtp timed out".into())),
+            Outcome::RetryWait {
+                error: "smtp timed out".into(),
+            },
+            Expect::RetryAround(1000),
+        ),
+        (
+            "retryable, second attempt: the next tier",
+            2,
+            Err(DeliveryError::Retryable("smtp timed out".into())),
+            Outcome::RetryWait {
+                error: "smtp timed out".into(),
+            },
+            Expect::RetryAround(5000),
+        ),
+        (
+            "retryable, last attempt of the cycle",
+            3,
+            Err(DeliveryError::Retryable("smtp timed out".into())),
+            Outcome::Failed {
+                error: "gave up after 3 attempts: smtp timed out".into(),
+                class: FailureClass::Exhausted,
+            },
+            Expect::Exactly(Settlement::DeadLetter),
+        ),
+    ];
+    for (case, cycle_attempt, result, outcome, expected) in table {
+        let (decided, settlement) = after_call(
+            &claim(cycle_attempt + 4, cycle_attempt),
+            "smtp",
+            result,
+            &settings(),
+        );
+        assert_eq!(decided, outcome, "{case}");
+        match expected {
+            Expect::Exactly(expected) => assert_eq!(settlement, expected, "{case}"),
+            Expect::RetryAround(ms) => {
+                let Settlement::Retry(delay) = settlement else {
+                    panic!("{case}: {settlement:?} is not a retry");
+                };
+                let lanes = [ms * 8 / 10, ms, ms * 12 / 10].map(Duration::from_millis);
+                assert!(lanes.contains(&delay), "{case}: {delay:?} not in {lanes:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_claim_decides_whether_to_attempt() {
+    let claimed = || {
+        let claim = claim(1, 1);
+        BatchClaim::Claimed(Box::new(Claimed {
+            template: TemplateVersionRef {
+                template_id: TemplateId::generate(),
+                version: 1,
+            },
+            context: DeliveryContext {
+                delivery_id: claim.delivery_id,
+                notification_id: NotificationId::generate(),
+                channel: Channel::Email,
+                address: None,
+                user_id: None,
+                priority: Priority::Normal,
+                category: "orders".into(),
+                template_key: "welcome".into(),
+                template_content: serde_json::Value::Null,
+                locale: None,
+                variant: None,
+                parameters: serde_json::json!({}),
+                attempt: 1,
+                cycle_attempt: 1,
+                device_tokens: Vec::new(),
+                tracking_opt_out: false,
+            },
+            claim,
+        }))
+    };
+    assert!(matches!(
+        after_claim(claimed(), LEASE),
+        AfterClaim::Attempt(claimed) if claimed.claim.attempt == 1
+    ));
+    let table: Vec<(&str, BatchClaim, Settlement)> = vec![
+        (
+            "final or missing: acked without a provider call",
+            BatchClaim::Done,
+            Settlement::Ack,
+        ),
+        (
+            "leased by a live worker: requeued when its lease runs out",
+            BatchClaim::Busy {
+                retry_after: Duration::from_secs(12),
+            },
+            Settlement::RequeueAfter(Duration::from_secs(12)),
+        ),
+        (
+            "a lease longer than ours waits no longer than ours",
+            BatchClaim::Busy {
+                retry_after: Duration::from_secs(600),
+            },
+            Settlement::RequeueAfter(LEASE),
+        ),
+    ];
+    for (case, answer, expected) in table {
+        assert!(
+            matches!(after_claim(answer, LEASE), AfterClaim::Settle(settlement) if settlement == expected),
+            "{case}"
+        );
+    }
+    let unreadable = claim(1, 1);
+    let AfterClaim::Record(recorded_on, outcome) = after_claim(
+        BatchClaim::Unreadable {
+            claim: unreadable.clone(),
+            problem: "stored delivery is unreadable: bad channel".into(),
+        },
+        LEASE,
+    ) else {
+        panic!("an unreadable delivery is recorded as failed");
+    };
+    assert_eq!(recorded_on, unreadable);
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            error: "stored delivery is unreadable: bad channel".into(),
+            class: FailureClass::Permanent,
+        }
+    );
+}
+
+#[test]
+fn what_recording_found_decides_the_final_settlement() {
+    let retry = Settlement::Retry(Duration::from_secs(1));
+    let table = [
+        ("recorded: as decided", Some(true), retry, retry),
+        (
+            "recorded: dead-letter as decided",
+            Some(true),
+            Settlement::DeadLetter,
+            Settlement::DeadLetter,
+        ),
+        (
+            "the claim was lost: someone else owns the delivery",
+            Some(false),
+            retry,
+            Settlement::Ack,
+        ),
+        (
+            "PostgreSQL away past the lease: requeued",
+            None,
+            Settlement::Ack,
+            Settlement::RequeueAfter(DATABASE_RETRY_DELAY),
+        ),
+    ];
+    for (case, recorded, decided, expected) in table {
+        assert_eq!(after_record(recorded, decided), expected, "{case}");
+    }
+}
+
+#[test]
+fn held_outcomes_are_acked_and_failures_dead_lettered() {
+    let table = [
+        (
+            Outcome::Suppressed {
+                reason: "rate_limited".into(),
+            },
+            Settlement::Ack,
+        ),
+        (
+            Outcome::Deferred {
+                until: chrono::Utc::now(),
+                reason: "quiet_hours".into(),
+            },
+            Settlement::Ack,
+        ),
+        (
+            Outcome::Failed {
+                error: "unreadable".into(),
+                class: FailureClass::Permanent,
+            },
+            Settlement::DeadLetter,
+        ),
+    ];
+    for (outcome, expected) in table {
+        assert_eq!(settlement_of_held(&outcome), expected, "{outcome:?}");
+    }
+}
+
+#[test]
+fn results_are_named_and_invalid_addresses_collected() {
+    let table: Vec<(Result<Receipt, DeliveryError>, &str, Vec<String>)> = vec![
+        (receipt("ok", &["t1"]), "delivered", vec!["t1".into()]),
+        (
+            Err(DeliveryError::Retryable("x".into())),
+            "retryable",
+            vec![],
+        ),
+        (
+            Err(DeliveryError::Permanent("x".into())),
+            "permanent",
+            vec![],
+        ),
+        (Err(DeliveryError::Unknown("x".into())), "unknown", vec![]),
+        (
+            Err(DeliveryError::AddressInvalid {
+                addresses: vec!["+821012345678".into()],
+                detail: "x".into(),
+            }),
+            "address_invalid",
+            vec!["+821012345678".into()],
+        ),
+    ];
+    for (result, name, invalid) in table {
+        assert_eq!(outcome_name(&result), name);
+        assert_eq!(invalid_addresses(&result), invalid, "{name}");
+    }
+}

@@ -1,0 +1,730 @@
+//! The attempt pipeline: intake, claim, prepare, provider call, finish, settle.
+//!
+//! ```text
+//! consumer / emergency path ──▶ Intake (priority, then arrival)
+//!   claimer: a batch slot, one attempt permit per delivery (worker.concurrency), then up to
+//!            worker.batch_max deliveries off the intake
+//!   claim batch: claim_many ─ templates ─ preferences, disabled contacts ─ rate limits
+//!            (one statement or round trip each for the whole batch)
+//!   provider calls: one task per delivery; its permit is returned when the provider answers
+//!   finish batch: finish_many (one transaction for every outcome waiting) ─ settle
+//!            (acks after the commit, retry copies after their confirms, dead letters)
+//! ```
+//!
+//! Batches form by themselves under load and cost nothing when it is light: the claimer
+//! lingers for `worker.batch_linger` only while other attempts are in flight, and a finish
+//! batch takes everything that waits when it starts; a lone message is claimed and finished at
+//! once. At most `BATCHES_IN_FLIGHT` claim batches and as many finish batches run at a time
+//! (one of each with a pool of fewer than four connections), each on one pooled connection.
+//!
+//! Every guarantee of the single-delivery worker holds per delivery: the claim is fenced (a
+//! delivery is sent only under a claim this worker won), a message is settled only after its
+//! delivery's outcome is committed, a claim that fails before its provider call is released,
+//! and an outcome that cannot be recorded is retried while the lease holds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use herald_db::deliveries::{
+    self, Claim, Claimed, DeliveryContext, Finishing, Outcome, TemplateVersionRef,
+};
+use herald_domain::{DeliveryId, Priority};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::core::Core;
+use crate::decide::{self, AfterClaim, DATABASE_RETRY_DELAY, Settlement};
+use crate::intake::Intake;
+use crate::prepare::{self, Prepared};
+use crate::settle::{self, QueueMessage, ToSettle};
+use crate::templates::{self, CachedVersion};
+use crate::{Attempted, ChannelProvider};
+
+/// The most claim batches, and finish batches, in flight at once (each holds a pooled
+/// connection); one of each when the pool has fewer than four connections, so that the
+/// provider (the in-app inbox writes to PostgreSQL) and the emergency path find one too.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// The longest pause between tries to record outcomes while PostgreSQL is away.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The pipeline's tasks: tracked, so the drain at shutdown can wait for them, and stopped
+/// together when the worker is killed (its `run_until_stopped` future dropped, as a test does
+/// to kill a worker mid-delivery): nothing of a killed worker runs on.
+pub(crate) struct Tasks {
+    tracker: TaskTracker,
+    killed: CancellationToken,
+}
+
+impl Tasks {
+    /// Runs `task` until it ends or the worker is killed.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let killed = self.killed.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = killed.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+}
+
+/// One delivery to attempt.
+pub(crate) struct Job {
+    /// The delivery.
+    pub(crate) delivery_id: DeliveryId,
+    /// Its notification's priority: the intake's order.
+    pub(crate) priority: Priority,
+    /// The attempt's span (the consumer span of its message, or the emergency span).
+    pub(crate) span: tracing::Span,
+    /// Where it came from, and so how it is settled.
+    pub(crate) origin: Origin,
+}
+
+/// Where a job came from.
+pub(crate) enum Origin {
+    /// A message of the work queue, settled once the outcome is committed.
+    Queue(Box<QueueMessage>),
+    /// The emergency path (no message). Dropping the job tells the path it is done.
+    Emergency {
+        /// Closed when the job is dropped.
+        _done: oneshot::Sender<()>,
+    },
+}
+
+impl Job {
+    /// Whether its message's connection is gone: the broker returns the message, so the job
+    /// is dropped rather than attempted.
+    fn is_stale(&self) -> bool {
+        matches!(&self.origin, Origin::Queue(message) if message.session.is_closed())
+    }
+}
+
+/// An attempt's outcome, waiting to be recorded and settled.
+struct Finished {
+    job: Job,
+    claim: Claim,
+    claimed_at: Instant,
+    outcome: Outcome,
+    /// The provider that was called, if any.
+    provider: Option<String>,
+    /// How to settle the message once the outcome is recorded.
+    settlement: Settlement,
+    /// The delivery's context, when it was prepared (for logs and disabling addresses).
+    context: Option<Box<DeliveryContext>>,
+    /// Addresses the provider called invalid.
+    invalid_addresses: Vec<String>,
+}
+
+/// The pipeline of one worker; lives as long as the worker runs, across AMQP reconnects.
+pub(crate) struct Pipeline<P> {
+    core: Arc<Core<P>>,
+    intake: Intake<Job>,
+    /// One permit per delivery claimed and not yet answered by its provider.
+    attempts: Arc<Semaphore>,
+    /// One permit per claim batch in flight.
+    claim_batches: Arc<Semaphore>,
+    /// Outcomes waiting for a finish batch.
+    finishing: Mutex<Vec<Finished>>,
+    /// Finish batches running.
+    finishers: AtomicUsize,
+    /// Claim batches, and finish batches, that may run at once.
+    batches_in_flight: usize,
+    /// Every task of the pipeline.
+    tasks: Tasks,
+    shutdown: CancellationToken,
+    /// When in-flight work must be done by, fixed by the first drain.
+    drain_deadline: OnceLock<Instant>,
+}
+
+impl<P: ChannelProvider> Pipeline<P> {
+    /// Starts the pipeline's claimer; it stops taking work when `shutdown` is cancelled, and
+    /// every task of the pipeline stops where it is when `killed` is.
+    pub(crate) fn start(
+        core: Arc<Core<P>>,
+        shutdown: CancellationToken,
+        killed: CancellationToken,
+    ) -> Arc<Self> {
+        let batches_in_flight = (core.pool.status().max_size / 2).clamp(1, BATCHES_IN_FLIGHT);
+        let pipeline = Arc::new(Self {
+            attempts: Arc::new(Semaphore::new(core.settings.concurrency)),
+            claim_batches: Arc::new(Semaphore::new(batches_in_flight)),
+            batches_in_flight,
+            core,
+            intake: Intake::default(),
+            finishing: Mutex::new(Vec::new()),
+            finishers: AtomicUsize::new(0),
+            tasks: Tasks {
+                tracker: TaskTracker::new(),
+                killed,
+            },
+            shutdown,
+            drain_deadline: OnceLock::new(),
+        });
+        pipeline.tasks.spawn(Arc::clone(&pipeline).claimer());
+        pipeline
+    }
+
+    /// Adds `job` to the intake (dropped once the worker stops).
+    pub(crate) fn submit(&self, job: Job) {
+        if !self.shutdown.is_cancelled() {
+            self.intake.push(job.priority, job);
+        }
+    }
+
+    /// Drops the waiting jobs of closed sessions (the broker returns their messages).
+    pub(crate) fn forget_closed(&self) {
+        self.intake.retain(|job| !job.is_stale());
+    }
+
+    /// Waits, after shutdown, for the deliveries in flight to be recorded and settled, until
+    /// `shutdown_grace_period` after the first call. Returns whether they all were.
+    pub(crate) async fn drain(&self) -> bool {
+        let deadline = *self
+            .drain_deadline
+            .get_or_init(|| Instant::now() + self.core.settings.shutdown_grace_period);
+        self.tasks.tracker.close();
+        tokio::time::timeout_at(deadline, self.tasks.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Takes batches off the intake: as many deliveries as there are free attempt permits
+    /// (at most `batch_max`), highest priority first, each batch on its own task.
+    async fn claimer(self: Arc<Self>) {
+        let settings = &self.core.settings;
+        loop {
+            let shutdown = self.shutdown.cancelled();
+            let batch = async {
+                let slot = Arc::clone(&self.claim_batches).acquire_owned().await.ok()?;
+                self.intake.wait().await;
+                let first = Arc::clone(&self.attempts).acquire_owned().await.ok()?;
+                // Under load, let a batch gather; a lone message goes at once.
+                let busy = self.attempts.available_permits() + 1 < settings.concurrency
+                    || self.claim_batches.available_permits() + 1 < self.batches_in_flight;
+                if busy && self.intake.len() < settings.batch_max {
+                    tokio::time::sleep(settings.batch_linger).await;
+                }
+                Some((slot, first))
+            };
+            let (slot, first) = tokio::select! {
+                () = shutdown => break,
+                batch = batch => match batch {
+                    Some(batch) => batch,
+                    None => break,
+                },
+            };
+            let mut jobs = Vec::new();
+            let mut permit = Some(first);
+            while jobs.len() < settings.batch_max {
+                let Some(next_permit) = permit
+                    .take()
+                    .or_else(|| Arc::clone(&self.attempts).try_acquire_owned().ok())
+                else {
+                    break;
+                };
+                let Some(job) = self.next_job() else {
+                    break;
+                };
+                jobs.push((job, next_permit));
+            }
+            if !jobs.is_empty() {
+                self.tasks.spawn(Arc::clone(&self).claim_batch(jobs, slot));
+            }
+        }
+        // Stopping: what still waits is returned by the broker when the connection closes.
+        self.intake.retain(|_| false);
+    }
+
+    /// The first job of the intake whose message is still settleable.
+    fn next_job(&self) -> Option<Job> {
+        std::iter::from_fn(|| self.intake.pop()).find(|job| !job.is_stale())
+    }
+
+    /// Claims and prepares `jobs` on one connection, then starts their provider calls.
+    async fn claim_batch(
+        self: Arc<Self>,
+        jobs: Vec<(Job, OwnedSemaphorePermit)>,
+        _slot: OwnedSemaphorePermit,
+    ) {
+        let core = &self.core;
+        let ids: Vec<DeliveryId> = jobs.iter().map(|(job, _)| job.delivery_id).collect();
+        let claimed_at = Instant::now();
+        let mut connection = match herald_db::connection(&core.pool).await {
+            Ok(connection) => connection,
+            Err(error) => return self.requeue_unclaimed(jobs, &error).await,
+        };
+        let answers = match deliveries::claim_many(
+            &mut connection,
+            &ids,
+            core.settings.lease,
+            core.clock.now(),
+        )
+        .await
+        {
+            Ok(answers) => answers,
+            Err(error) => return self.requeue_unclaimed(jobs, &error).await,
+        };
+        tracing::debug!(
+            deliveries = ids.len(),
+            took_us = claimed_at.elapsed().as_micros() as u64,
+            "Claimed a batch."
+        );
+        let mut attempts = Vec::new();
+        let mut settle_now = Vec::new();
+        for ((job, permit), answer) in jobs.into_iter().zip(answers) {
+            match decide::after_claim(answer, core.settings.lease) {
+                AfterClaim::Attempt(claimed) => {
+                    job.span.record("herald.attempt", claimed.claim.attempt);
+                    attempts.push((job, permit, *claimed));
+                }
+                AfterClaim::Record(claim, outcome) => {
+                    job.span.record("herald.attempt", claim.attempt);
+                    self.finish(Finished {
+                        settlement: decide::settlement_of_held(&outcome),
+                        job,
+                        claim,
+                        claimed_at,
+                        outcome,
+                        provider: None,
+                        context: None,
+                        invalid_addresses: Vec::new(),
+                    });
+                }
+                AfterClaim::Settle(settlement) => {
+                    let _entered = job.span.enter();
+                    match settlement {
+                        Settlement::RequeueAfter(_) => tracing::info!(
+                            delivery.id = %job.delivery_id,
+                            "Delivery is leased by another worker; requeueing."
+                        ),
+                        _ => tracing::info!(
+                            delivery.id = %job.delivery_id,
+                            "Delivery already handled; skipping the message."
+                        ),
+                    }
+                    drop(_entered);
+                    settle_now.push((job, settlement));
+                }
+            }
+        }
+        self.settle(settle_now).await;
+        if attempts.is_empty() {
+            return;
+        }
+        let prepared = match self.prepare(&mut connection, &mut attempts).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // Nothing was sent: give the claims back so the requeued messages are not
+                // held up by our own leases. If that fails too, the leases expire.
+                let claims: Vec<Claim> = attempts
+                    .iter()
+                    .map(|(_, _, claimed)| claimed.claim.clone())
+                    .collect();
+                release(&mut connection, &claims).await;
+                let jobs = attempts.into_iter().map(|(job, permit, _)| (job, permit));
+                return self.requeue_unclaimed(jobs.collect(), &error).await;
+            }
+        };
+        let mut released = Vec::new();
+        let mut sends = Vec::new();
+        for ((job, permit, claimed), prepared) in attempts.into_iter().zip(prepared) {
+            match prepared {
+                Prepared::Send(context) => {
+                    sends.push((job, permit, claimed.claim, context, claimed.template))
+                }
+                Prepared::Hold(outcome) => self.finish(Finished {
+                    settlement: decide::settlement_of_held(&outcome),
+                    job,
+                    claim: claimed.claim,
+                    claimed_at,
+                    outcome,
+                    provider: None,
+                    context: Some(Box::new(claimed.context)),
+                    invalid_addresses: Vec::new(),
+                }),
+                Prepared::Release(error) => {
+                    let _entered = job.span.enter();
+                    tracing::warn!(delivery.id = %job.delivery_id, error = %error, "Could not prepare the attempt; releasing the claim.");
+                    drop(_entered);
+                    released.push((job, claimed.claim));
+                }
+            }
+        }
+        if !released.is_empty() {
+            let claims: Vec<Claim> = released.iter().map(|(_, claim)| claim.clone()).collect();
+            release(&mut connection, &claims).await;
+            let settles = released
+                .into_iter()
+                .map(|(job, _)| (job, Settlement::RequeueAfter(DATABASE_RETRY_DELAY)))
+                .collect();
+            self.settle(settles).await;
+        }
+        // Do not hold a pooled connection across the provider calls.
+        drop(connection);
+        tracing::debug!(
+            sends = sends.len(),
+            took_us = claimed_at.elapsed().as_micros() as u64,
+            "Prepared a batch."
+        );
+        for (job, permit, claim, context, template) in sends {
+            let version = core.templates.get(&template);
+            self.tasks
+                .spawn(Arc::clone(&self).call(job, permit, claim, claimed_at, context, version));
+        }
+    }
+
+    /// Loads the batch's template versions that are not cached yet (one query), fills each
+    /// context's template, and prepares the attempts (preferences, disabled contacts, rate
+    /// limits).
+    async fn prepare(
+        &self,
+        connection: &mut herald_db::Connection,
+        attempts: &mut [(Job, OwnedSemaphorePermit, Claimed)],
+    ) -> Result<Vec<Prepared>, herald_db::Error> {
+        let core = &self.core;
+        let mut missing: Vec<TemplateVersionRef> = attempts
+            .iter()
+            .map(|(_, _, claimed)| claimed.template)
+            .filter(|template| core.templates.get(template).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let mut unparsed = deliveries::template_contents(connection, &missing).await?;
+        for (template, stored) in &unparsed {
+            core.templates.insert(*template, stored.clone());
+        }
+        let contexts = attempts
+            .iter_mut()
+            .map(|(_, _, claimed)| {
+                let mut context = claimed.context.clone();
+                context.template_content = match core.templates.get(&claimed.template) {
+                    Some(version) => version.stored.clone(),
+                    // Unreadable content is not cached: `render` reports it when the
+                    // provider renders.
+                    None => unparsed
+                        .remove(&claimed.template)
+                        .unwrap_or(serde_json::Value::Null),
+                };
+                context
+            })
+            .collect();
+        prepare::prepare(core, connection, contexts).await
+    }
+
+    /// One provider call, inside the attempt's span and its compiled template version; its
+    /// permit is returned as soon as the provider answers.
+    async fn call(
+        self: Arc<Self>,
+        job: Job,
+        permit: OwnedSemaphorePermit,
+        claim: Claim,
+        claimed_at: Instant,
+        context: Box<DeliveryContext>,
+        version: Option<Arc<CachedVersion>>,
+    ) {
+        let core = &self.core;
+        let span = tracing::info_span!(
+            parent: &job.span,
+            "provider",
+            otel.name = %format_args!("deliver {}", context.channel),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            herald.channel = %context.channel,
+            herald.provider = tracing::field::Empty,
+            herald.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let called_at = Instant::now();
+        let delivery = core.provider.deliver(&context).instrument(span.clone());
+        let Attempted { provider, result } = match version {
+            Some(version) => templates::with_version(context.delivery_id, version, delivery).await,
+            None => delivery.await,
+        };
+        drop(permit);
+        let outcome_name = decide::outcome_name(&result);
+        span.record("herald.provider", provider.as_str());
+        span.record("herald.outcome", outcome_name);
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", outcome_name);
+        }
+        drop(span);
+        core.instruments.provider_call(
+            context.channel,
+            &provider,
+            outcome_name,
+            called_at.elapsed(),
+        );
+        let invalid_addresses = decide::invalid_addresses(&result);
+        let (outcome, settlement) = decide::after_call(&claim, &provider, result, &core.settings);
+        self.finish(Finished {
+            job,
+            claim,
+            claimed_at,
+            outcome,
+            provider: Some(provider),
+            settlement,
+            context: Some(context),
+            invalid_addresses,
+        });
+    }
+
+    /// Queues `finished` for recording, starting a finish batch unless enough run already.
+    fn finish(self: &Arc<Self>, finished: Finished) {
+        self.lock_finishing().push(finished);
+        self.start_finisher();
+    }
+
+    fn start_finisher(self: &Arc<Self>) {
+        let started = self
+            .finishers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
+                (running < self.batches_in_flight).then_some(running + 1)
+            })
+            .is_ok();
+        if started {
+            self.tasks.spawn(Arc::clone(self).finisher());
+        }
+    }
+
+    fn lock_finishing(&self) -> std::sync::MutexGuard<'_, Vec<Finished>> {
+        self.finishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records and settles what waits, batch after batch, until nothing does.
+    async fn finisher(self: Arc<Self>) {
+        let settings = &self.core.settings;
+        loop {
+            let waiting = self.lock_finishing().len();
+            if waiting > 0
+                && waiting < settings.batch_max
+                && self.finishers.load(Ordering::SeqCst) > 1
+            {
+                // Another batch is committing: let this one gather.
+                tokio::time::sleep(settings.batch_linger).await;
+            }
+            let batch: Vec<Finished> = {
+                let mut finishing = self.lock_finishing();
+                let take = finishing.len().min(settings.batch_max);
+                finishing.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                self.finishers.fetch_sub(1, Ordering::SeqCst);
+                // An outcome queued after the check above but before the count went down
+                // found no free finisher: take it on.
+                if self.lock_finishing().is_empty()
+                    || self
+                        .finishers
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
+                            (running < self.batches_in_flight).then_some(running + 1)
+                        })
+                        .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            self.finish_batch(batch).await;
+        }
+    }
+
+    /// Records `batch` in one transaction, then logs, disables invalid addresses and settles.
+    async fn finish_batch(&self, batch: Vec<Finished>) {
+        let started = Instant::now();
+        let recorded = self.record(&batch).await;
+        tracing::debug!(
+            outcomes = batch.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "Recorded a batch."
+        );
+        let mut to_settle = Vec::new();
+        for (finished, recorded) in batch.into_iter().zip(recorded) {
+            let settlement = decide::after_record(recorded, finished.settlement);
+            {
+                let _entered = finished.job.span.enter();
+                log_recorded(&finished, recorded);
+            }
+            if recorded == Some(true)
+                && !finished.invalid_addresses.is_empty()
+                && let Some(context) = &finished.context
+            {
+                tracing::info!(
+                    delivery.id = %context.delivery_id,
+                    channel = %context.channel,
+                    provider = finished.provider.as_deref().unwrap_or_default(),
+                    addresses = finished.invalid_addresses.len(),
+                    "Disabled addresses the provider called invalid."
+                );
+            }
+            to_settle.push((finished.job, settlement));
+        }
+        self.settle(to_settle).await;
+    }
+
+    /// Records the outcomes of `batch`: `Some(recorded)` per item, `None` when PostgreSQL
+    /// could not take it. The provider has already been called, so while PostgreSQL is away
+    /// the write is retried as long as the leases protect the claims, rather than requeueing
+    /// the messages and, after the leases, sending again. A batch PostgreSQL refuses for
+    /// another reason is recorded item by item, so only a bad item fails.
+    async fn record(&self, batch: &[Finished]) -> Vec<Option<bool>> {
+        match self.record_batch(batch).await {
+            Ok(recorded) => recorded.into_iter().map(Some).collect(),
+            Err(error) if batch.len() > 1 && !error.is_unavailable() => {
+                tracing::warn!(error = %error, outcomes = batch.len(), "Could not record a batch of outcomes; recording them one by one.");
+                let mut recorded = Vec::with_capacity(batch.len());
+                for item in batch {
+                    recorded.push(match self.record_batch(std::slice::from_ref(item)).await {
+                        Ok(answer) => answer.first().copied(),
+                        Err(_) => None,
+                    });
+                }
+                recorded
+            }
+            Err(_) => vec![None; batch.len()],
+        }
+    }
+
+    async fn record_batch(&self, batch: &[Finished]) -> Result<Vec<bool>, herald_db::Error> {
+        let lease = self.core.settings.lease.mul_f64(0.8);
+        let give_up_at = batch
+            .iter()
+            .map(|finished| finished.claimed_at)
+            .min()
+            .map_or_else(Instant::now, |claimed_at| claimed_at + lease);
+        let items: Vec<Finishing<'_>> = batch
+            .iter()
+            .map(|finished| Finishing {
+                claim: &finished.claim,
+                outcome: &finished.outcome,
+                provider: finished.provider.as_deref(),
+                invalid_addresses: &finished.invalid_addresses,
+            })
+            .collect();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let result = async {
+                let mut connection = herald_db::connection(&self.core.pool).await?;
+                deliveries::finish_many(&mut connection, &items).await
+            }
+            .await;
+            match result {
+                Err(error) if error.is_unavailable() && Instant::now() + pause < give_up_at => {
+                    tracing::warn!(error = %error, outcomes = batch.len(), "Cannot record outcomes yet; retrying while the leases hold.");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Requeues the messages of jobs whose deliveries could not be claimed or prepared
+    /// because PostgreSQL was unavailable (after a pause).
+    async fn requeue_unclaimed(
+        &self,
+        jobs: Vec<(Job, OwnedSemaphorePermit)>,
+        error: &herald_db::Error,
+    ) {
+        tracing::warn!(error = %error, messages = jobs.len(), "Database unavailable; requeueing the messages.");
+        let settles = jobs
+            .into_iter()
+            .map(|(job, _permit)| (job, Settlement::RequeueAfter(DATABASE_RETRY_DELAY)))
+            .collect();
+        self.settle(settles).await;
+    }
+
+    /// Settles the messages of `jobs` (emergency jobs have none: dropping them is enough).
+    async fn settle(&self, jobs: Vec<(Job, Settlement)>) {
+        let messages: Vec<ToSettle> = jobs
+            .into_iter()
+            .filter_map(|(job, settlement)| match job.origin {
+                Origin::Queue(message) => Some(ToSettle {
+                    message: *message,
+                    settlement,
+                    span: job.span,
+                }),
+                Origin::Emergency { .. } => None,
+            })
+            .collect();
+        if !messages.is_empty() {
+            settle::settle(messages, &self.core.instruments, &self.tasks).await;
+        }
+    }
+}
+
+/// Gives `claims` back (no provider call was made for them); a failure leaves them to their
+/// leases' expiry.
+async fn release(connection: &mut herald_db::Connection, claims: &[Claim]) {
+    if let Err(error) = deliveries::release_many(connection, claims).await {
+        tracing::warn!(error = %error, claims = claims.len(), "Could not release claims; their leases will expire.");
+    }
+}
+
+/// The log line of one recorded attempt (held-back deliveries were logged when prepared).
+fn log_recorded(finished: &Finished, recorded: Option<bool>) {
+    let delivery_id = finished.claim.delivery_id;
+    let attempt = finished.claim.attempt;
+    match recorded {
+        None => {
+            tracing::warn!(delivery.id = %delivery_id, attempt, "Database unavailable; requeueing the message.");
+            return;
+        }
+        Some(false) => {
+            tracing::warn!(delivery.id = %delivery_id, attempt, "Claim was lost before the outcome was recorded.");
+            return;
+        }
+        Some(true) => {}
+    }
+    let provider = finished.provider.as_deref().unwrap_or_default();
+    let Some(context) = &finished.context else {
+        if let Outcome::Failed { error, class } = &finished.outcome {
+            tracing::warn!(delivery.id = %delivery_id, attempt, error.class = class.as_str(), error = %error, "Delivery failed for good.");
+        }
+        return;
+    };
+    if finished.provider.is_none() {
+        return;
+    }
+    match &finished.outcome {
+        Outcome::Delivered { detail } => tracing::info!(
+            notification.id = %context.notification_id,
+            delivery.id = %delivery_id,
+            channel = %context.channel,
+            provider = %provider,
+            attempt,
+            provider.response = %detail,
+            "Delivered."
+        ),
+        Outcome::Failed { error, class } => tracing::warn!(
+            notification.id = %context.notification_id,
+            delivery.id = %delivery_id,
+            channel = %context.channel,
+            provider = %provider,
+            attempt,
+            error.class = class.as_str(),
+            error = %error,
+            "Delivery failed for good."
+        ),
+        Outcome::RetryWait { error } => tracing::warn!(
+            notification.id = %context.notification_id,
+            delivery.id = %delivery_id,
+            channel = %context.channel,
+            provider = %provider,
+            attempt,
+            error = %error,
+            "Delivery failed; will retry."
+        ),
+        Outcome::Suppressed { reason } | Outcome::Deferred { reason, .. } => tracing::info!(
+            delivery.id = %delivery_id,
+            reason = %reason,
+            "Delivery held back."
+        ),
+    }
+}
