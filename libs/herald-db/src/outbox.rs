@@ -39,8 +39,9 @@ pub struct OutboxRow {
     pub available_at: DateTime<Utc>,
 }
 
-/// Locks up to `limit` unpublished rows due at `now`, oldest first, skipping rows another
-/// relay holds. Call inside a transaction; the locks last until it ends.
+/// Locks up to `limit` unpublished rows due at `now`, most urgent first and oldest first
+/// within a priority (a critical row never waits behind a campaign's backlog), skipping rows
+/// another relay holds. Call inside a transaction; the locks last until it ends.
 pub async fn lock_unpublished(
     connection: &mut AsyncPgConnection,
     now: DateTime<Utc>,
@@ -49,7 +50,7 @@ pub async fn lock_unpublished(
     let rows = outbox::table
         .filter(outbox::published_at.is_null())
         .filter(outbox::available_at.le(now))
-        .order(outbox::id.asc())
+        .order((outbox::priority.desc(), outbox::id.asc()))
         .limit(limit)
         .select((
             outbox::id,

@@ -400,3 +400,33 @@ async fn a_released_claim_can_be_claimed_again_at_once() {
         "no provider call was made, so no attempt is counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_takes_the_most_urgent_due_rows_first_then_the_oldest() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let mut bulk = Vec::new();
+    for _ in 0..3 {
+        let new = NewNotification {
+            priority: Priority::Low,
+            ..new_notification(&mut connection, None).await
+        };
+        notifications::insert(&mut connection, &new).await.unwrap();
+        bulk.push(new.deliveries[0].id);
+    }
+    let critical = NewNotification {
+        priority: Priority::Critical,
+        ..new_notification(&mut connection, None).await
+    };
+    notifications::insert(&mut connection, &critical)
+        .await
+        .unwrap();
+
+    let rows = herald_db::outbox::lock_unpublished(&mut connection, chrono::Utc::now(), 10)
+        .await
+        .unwrap();
+
+    let order: Vec<DeliveryId> = rows.iter().map(|row| row.delivery_id).collect();
+    assert_eq!(order[0], critical.deliveries[0].id);
+    assert_eq!(order[1..], bulk[..]);
+}

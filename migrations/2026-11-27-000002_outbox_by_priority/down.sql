@@ -1,0 +1,1 @@
+DROP INDEX outbox_unpublished_by_priority;
