@@ -9,7 +9,6 @@ pub(crate) mod probe;
 mod report;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -34,7 +33,7 @@ use tonic::transport::Channel;
 
 use self::report::{Delivery, DeliverySummary, Load, Report, SinkSummary, SubmitSummary};
 use crate::Outcome;
-use crate::cli::{BenchArgs, ConnectionArgs};
+use crate::cli::{BenchArgs, BenchTemplateArgs, ConnectionArgs};
 use crate::client::{code_name, connect, rpc_error};
 use crate::{display, status};
 
@@ -64,7 +63,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
     for _ in 0..args.connections {
         channels.push(connect(connection, &connection.certificates()).await?);
     }
-    let template = ensure_template(&TemplateSource::from(args), connection, &channels).await?;
+    let template = ensure_template(&args.template, connection, &channels).await?;
     let plan = Arc::new(SubmitPlan {
         count: args.count,
         template_key: template.key,
@@ -119,7 +118,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
     };
     let report = Report {
         run_id,
-        template: args.template.clone(),
+        template: args.template.key.clone(),
         count: args.count,
         load,
         connections: args.connections,
@@ -146,32 +145,10 @@ pub(crate) fn parse_rate(argument: &str) -> Result<f64, String> {
     }
 }
 
-/// The template the bench and the probe send with, and the admin identity that creates it when
-/// it is missing.
-#[derive(Debug, Clone, Copy)]
-struct TemplateSource<'a> {
-    key: &'a str,
-    /// Given to the template if it is created.
-    category: &'a str,
-    admin_cert: &'a Path,
-    admin_key: &'a Path,
-}
-
-impl<'a> From<&'a BenchArgs> for TemplateSource<'a> {
-    fn from(args: &'a BenchArgs) -> Self {
-        Self {
-            key: &args.template,
-            category: &args.category,
-            admin_cert: &args.admin_cert,
-            admin_key: &args.admin_key,
-        }
-    }
-}
-
 /// Reads the template, creating it with the admin certificate when it does not exist yet.
 /// Fails when it cannot be used for email.
 async fn ensure_template(
-    source: &TemplateSource<'_>,
+    source: &BenchTemplateArgs,
     connection: &ConnectionArgs,
     channels: &[Channel],
 ) -> anyhow::Result<Template> {
@@ -179,7 +156,7 @@ async fn ensure_template(
     let mut reader = TemplateServiceClient::new(channel.clone());
     let existing = reader
         .get_template(GetTemplateRequest {
-            key: source.key.to_owned(),
+            key: source.key.clone(),
             version: None,
         })
         .await;
@@ -208,14 +185,14 @@ async fn ensure_template(
 }
 
 async fn create_template(
-    source: &TemplateSource<'_>,
+    source: &BenchTemplateArgs,
     connection: &ConnectionArgs,
     reader: &mut TemplateServiceClient<Channel>,
 ) -> anyhow::Result<Template> {
     let admin = ClientCertificates {
         ca: connection.ca.clone(),
-        cert: source.admin_cert.to_owned(),
-        key: source.admin_key.to_owned(),
+        cert: source.admin_cert.clone(),
+        key: source.admin_key.clone(),
     };
     let mut admin_client = TemplateServiceClient::new(
         connect(connection, &admin)
@@ -223,8 +200,8 @@ async fn create_template(
             .context("connecting with the admin certificate to create the bench template")?,
     );
     let request = CreateTemplateRequest {
-        key: source.key.to_owned(),
-        category: source.category.to_owned(),
+        key: source.key.clone(),
+        category: source.category.clone(),
         description: "Created by herald-cli bench.".to_owned(),
         content: Some(TemplateContent {
             email: Some(EmailPart {
@@ -244,7 +221,7 @@ async fn create_template(
         // Someone else created it between our read and our create; theirs is as good.
         Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(reader
             .get_template(GetTemplateRequest {
-                key: source.key.to_owned(),
+                key: source.key.clone(),
                 version: None,
             })
             .await

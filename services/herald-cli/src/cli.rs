@@ -470,6 +470,9 @@ pub(crate) struct FailuresDiscardArgs {
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    /// The template to send with.
+    #[command(flatten)]
+    pub(crate) template: BenchTemplateArgs,
     /// Notifications to submit.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: u64,
@@ -494,12 +497,6 @@ pub(crate) struct BenchArgs {
     /// mTLS connections (HTTP/2) the tasks share.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) connections: u32,
-    /// Template key; created with an email part when missing.
-    #[arg(long, default_value = "bench")]
-    pub(crate) template: String,
-    /// Category given to the template if the bench creates it.
-    #[arg(long, default_value = "bench")]
-    pub(crate) category: String,
     /// Recipient of every notification; `{n}` becomes the notification's index, so the
     /// default gives each its own recipient (one recipient would hit the per-user rate limit).
     #[arg(long, value_name = "EMAIL", default_value = "bench+{n}@example.com")]
@@ -507,20 +504,6 @@ pub(crate) struct BenchArgs {
     /// Priority of every notification.
     #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
     pub(crate) priority: PriorityArg,
-    /// Admin certificate used only to create the template when it is missing.
-    #[arg(
-        long,
-        env = "HERALD_ADMIN_CERT",
-        default_value = "certs-dev/generated/admin.pem"
-    )]
-    pub(crate) admin_cert: PathBuf,
-    /// Private key of `--admin-cert`.
-    #[arg(
-        long,
-        env = "HERALD_ADMIN_KEY",
-        default_value = "certs-dev/generated/admin.key"
-    )]
-    pub(crate) admin_key: PathBuf,
     /// Measure delivery from a herald-sink's counters at this HTTP address (e.g.
     /// `http://127.0.0.1:8025`) instead of polling GetNotification for every notification:
     /// its distinct Message-ID count is read before the first submit and watched (every 50 ms)
@@ -544,6 +527,9 @@ pub(crate) struct BenchArgs {
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
+    /// The template to send with.
+    #[command(flatten)]
+    pub(crate) template: BenchTemplateArgs,
     /// The herald-sink's HTTP address (e.g. `http://127.0.0.1:8025`) that the email worker
     /// delivers into; it answers `GET /messages/<id>` and `GET /stats`.
     #[arg(long, value_name = "URL")]
@@ -551,16 +537,31 @@ pub(crate) struct ProbeArgs {
     /// Priority of the probe notification.
     #[arg(long, value_enum, default_value_t = PriorityArg::Critical)]
     pub(crate) priority: PriorityArg,
-    /// Template key; created with an email part when missing (the bench's template).
-    #[arg(long, default_value = "bench")]
-    pub(crate) template: String,
-    /// Category given to the template if the probe creates it.
-    #[arg(long, default_value = "bench")]
-    pub(crate) category: String,
     /// Recipient; `{run}` becomes the probe's run id, so that each probe has its own
     /// recipient (and no per-recipient rate limit from earlier probes).
     #[arg(long, value_name = "EMAIL", default_value = "probe+{run}@example.com")]
     pub(crate) to: String,
+    /// Give up when the message has not reached the sink this long after Submit returned.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Pause between two questions to the sink; the arrival time is the sink's own, so this
+    /// only bounds how soon the probe notices.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub(crate) poll_interval: Duration,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The template `bench` and `probe` send with, created (email part) when missing.
+#[derive(Debug, Args)]
+pub(crate) struct BenchTemplateArgs {
+    /// Template key; created with an email part when missing.
+    #[arg(long = "template", default_value = "bench")]
+    pub(crate) key: String,
+    /// Category given to the template if it is created.
+    #[arg(long, default_value = "bench")]
+    pub(crate) category: String,
     /// Admin certificate used only to create the template when it is missing.
     #[arg(
         long,
@@ -575,16 +576,6 @@ pub(crate) struct ProbeArgs {
         default_value = "certs-dev/generated/admin.key"
     )]
     pub(crate) admin_key: PathBuf,
-    /// Give up when the message has not reached the sink this long after Submit returned.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub(crate) timeout: Duration,
-    /// Pause between two questions to the sink; the arrival time is the sink's own, so this
-    /// only bounds how soon the probe notices.
-    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
-    pub(crate) poll_interval: Duration,
-    /// Print the report as one JSON object instead of text.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 /// A delivery channel as typed on the command line.

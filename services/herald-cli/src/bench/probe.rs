@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::report::{reasons_json, reasons_text, rounded};
-use super::{Reasons, SinkArrival, SinkClient, SinkStats, SubmitPlan, TemplateSource};
+use super::{Reasons, SinkArrival, SinkClient, SinkStats, SubmitPlan};
 use crate::Outcome;
 use crate::cli::{ConnectionArgs, ProbeArgs};
 use crate::client::{connect, rpc_error};
@@ -33,17 +33,6 @@ use crate::{display, status};
 /// failed or was suppressed never arrives, and the probe says so instead of timing out.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 
-impl<'a> From<&'a ProbeArgs> for TemplateSource<'a> {
-    fn from(args: &'a ProbeArgs) -> Self {
-        Self {
-            key: &args.template,
-            category: &args.category,
-            admin_cert: &args.admin_cert,
-            admin_key: &args.admin_key,
-        }
-    }
-}
-
 /// Runs the probe and prints its report.
 pub(crate) async fn run(args: &ProbeArgs, connection: &ConnectionArgs) -> anyhow::Result<Outcome> {
     let sink = SinkClient::new(&args.sink)?;
@@ -52,12 +41,8 @@ pub(crate) async fn run(args: &ProbeArgs, connection: &ConnectionArgs) -> anyhow
         .await
         .with_context(|| format!("reading the sink's counts at {}", sink.url))?;
     let channel = connect(connection, &connection.certificates()).await?;
-    let template = super::ensure_template(
-        &TemplateSource::from(args),
-        connection,
-        std::slice::from_ref(&channel),
-    )
-    .await?;
+    let template =
+        super::ensure_template(&args.template, connection, std::slice::from_ref(&channel)).await?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let probe = Probe {
         request: probe_request(&template, args, &run_id),

@@ -29,7 +29,7 @@ fn probe_args(arguments: &[&str]) -> anyhow::Result<ProbeArgs> {
 fn a_probe_is_critical_by_default_and_needs_a_sink() -> anyhow::Result<()> {
     let args = probe_args(&["--sink", "http://127.0.0.1:8025"])?;
     assert_eq!(args.priority, PriorityArg::Critical);
-    assert_eq!(args.template, "bench");
+    assert_eq!(args.template.key, "bench");
     assert_eq!(args.poll_interval, Duration::from_millis(10));
     assert_eq!(args.to, "probe+{run}@example.com");
     assert!(!args.json);
