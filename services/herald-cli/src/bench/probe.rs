@@ -366,15 +366,7 @@ impl ProbeReport {
     }
 
     fn print(&self, json: bool) -> anyhow::Result<()> {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string(&self.to_json()).context("encoding JSON")?
-            );
-        } else {
-            print!("{}", self.to_text());
-        }
-        Ok(())
+        super::report::print_report(json, || self.to_json(), || self.to_text())
     }
 
     fn to_json(&self) -> serde_json::Value {

@@ -236,15 +236,7 @@ impl Report {
 
     /// Prints the report to stdout as text or as one JSON object.
     pub(crate) fn print(&self, json: bool) -> anyhow::Result<()> {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string(&self.to_json()).context("encoding JSON")?
-            );
-        } else {
-            print!("{}", self.to_text());
-        }
-        Ok(())
+        print_report(json, || self.to_json(), || self.to_text())
     }
 
     pub(super) fn to_json(&self) -> serde_json::Value {
@@ -456,6 +448,23 @@ pub(super) fn reasons_text(reasons: &Reasons) -> String {
         .map(|(name, reason)| format!("{name} x{} (e.g. {:?})", reason.count, reason.example))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Prints a report to stdout: one JSON object with `json`, else its text.
+pub(super) fn print_report(
+    json: bool,
+    to_json: impl FnOnce() -> serde_json::Value,
+    to_text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&to_json()).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", to_text());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
