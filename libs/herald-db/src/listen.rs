@@ -72,3 +72,57 @@ pub async fn channel(connection: &mut AsyncPgConnection, prefix: &str) -> Result
         .await?;
     Ok(named.channel)
 }
+
+/// What `follow` reports to its caller.
+#[derive(Debug)]
+pub enum Heard {
+    /// Listening (again): anything committed while nobody listened was missed, so the caller
+    /// resynchronises.
+    Listening,
+    /// A notification's payload.
+    Notified(String),
+    /// The connection could not be made or was lost (the error says why); `follow` tries
+    /// again after `RELISTEN_AFTER`.
+    Deaf(Error),
+}
+
+/// Pause between two attempts to listen.
+pub const RELISTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Listens on `prefix` + schema at `url` until `shutdown`, reconnecting whenever the
+/// connection cannot be made or is lost, and tells `heard` what happens.
+pub async fn follow(
+    url: &str,
+    prefix: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut heard: impl FnMut(Heard),
+) {
+    loop {
+        let listener = tokio::select! {
+            () = shutdown.cancelled() => return,
+            listener = Listener::connect(url, prefix) => listener,
+        };
+        match listener {
+            Ok(mut listener) => {
+                heard(Heard::Listening);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        payload = listener.recv() => match payload {
+                            Ok(payload) => heard(Heard::Notified(payload)),
+                            Err(error) => {
+                                heard(Heard::Deaf(error));
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Err(error) => heard(Heard::Deaf(error)),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RELISTEN_AFTER) => {}
+        }
+    }
+}

@@ -21,8 +21,6 @@ use tokio_util::sync::CancellationToken;
 const CHANNEL_PREFIX: &str = "herald_templates:";
 /// Most entries kept; beyond it the cache starts over (templates are few, versions many).
 const MAX_ENTRIES: usize = 10_000;
-/// Pause before listening again after the connection was lost.
-const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
 /// A template version ready for submits: its record and parsed content.
 #[derive(Debug)]
@@ -136,40 +134,18 @@ impl TemplateCache {
     /// Listens for template changes until `shutdown`, reconnecting when the connection is
     /// lost; the cache is bypassed while it is.
     pub(crate) async fn listen(self, database_url: String, shutdown: CancellationToken) {
-        loop {
-            let listener = tokio::select! {
-                () = shutdown.cancelled() => return,
-                listener = herald_db::listen::Listener::connect(&database_url, CHANNEL_PREFIX) => listener,
-            };
-            match listener {
-                Ok(mut listener) => {
-                    self.reset(true);
-                    tracing::debug!(
-                        channel = listener.channel(),
-                        "Listening for template changes."
-                    );
-                    loop {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            changed = listener.recv() => match changed {
-                                Ok(key) => self.invalidate(&key),
-                                Err(error) => {
-                                    tracing::warn!(error = %error, "Lost the template change listener; templates are read from PostgreSQL until it is back.");
-                                    break;
-                                }
-                            },
-                        }
-                    }
-                    self.reset(false);
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "Cannot listen for template changes; templates are read from PostgreSQL until it can.");
-                }
+        use herald_db::listen::Heard;
+        herald_db::listen::follow(&database_url, CHANNEL_PREFIX, shutdown, |heard| match heard {
+            Heard::Listening => {
+                self.reset(true);
+                tracing::debug!("Listening for template changes.");
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RELISTEN_AFTER) => {}
+            Heard::Notified(key) => self.invalidate(&key),
+            Heard::Deaf(error) => {
+                self.reset(false);
+                tracing::warn!(error = %error, "Cannot listen for template changes; templates are read from PostgreSQL until it can.");
             }
-        }
+        })
+        .await;
     }
 }

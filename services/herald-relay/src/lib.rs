@@ -340,38 +340,22 @@ async fn listen_for_submits(
     wakers: Vec<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
-    let wake_all = || wakers.iter().for_each(|wake| wake.notify_one());
-    loop {
-        let listener = tokio::select! {
-            () = shutdown.cancelled() => return,
-            listener = herald_db::listen::Listener::connect(&database_url, outbox::RELAY_CHANNEL_PREFIX) => listener,
-        };
-        match listener {
-            Ok(mut listener) => {
-                // Rows committed while nobody listened are found by this first pass.
-                wake_all();
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        woken = listener.recv() => match woken {
-                            Ok(_) => wake_all(),
-                            Err(error) => {
-                                tracing::warn!(error = %error, "Relay lost its outbox listener; polling until it is back.");
-                                break;
-                            }
-                        },
-                    }
-                }
+    use herald_db::listen::Heard;
+    herald_db::listen::follow(
+        &database_url,
+        outbox::RELAY_CHANNEL_PREFIX,
+        shutdown,
+        |heard| match heard {
+            // Rows committed while nobody listened are found by the pass this wakes.
+            Heard::Listening | Heard::Notified(_) => {
+                wakers.iter().for_each(|wake| wake.notify_one());
             }
-            Err(error) => {
+            Heard::Deaf(error) => {
                 tracing::warn!(error = %error, "Relay cannot listen for submits; polling until it can.");
             }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// Deletes expired idempotency-key bindings every `interval` until `shutdown`. Expired keys are
