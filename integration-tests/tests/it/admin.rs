@@ -100,9 +100,12 @@ async fn an_admin_lists_inspects_and_replays_a_failure_once() {
         .unwrap()
         .into_inner();
     assert_eq!(again.results[0].outcome(), ResolveOutcome::AlreadyReplayed);
+    // A replay writes its `replayed` event in the transaction that queues the delivery again
+    // (published outbox rows are deleted, so they cannot be counted afterwards).
     assert_eq!(
-        app.count_rows("outbox").await,
-        2,
+        app.count_rows("delivery_events WHERE kind = 'replayed'")
+            .await,
+        1,
         "the second replay queued nothing"
     );
     assert_eq!(

@@ -67,6 +67,25 @@ struct OutboxRow {
     oldest_due_at: Option<DateTime<Utc>>,
 }
 
+/// The lanes and the outbox backlog read from one snapshot (a read-only `REPEATABLE READ`
+/// transaction), so that a delivery the relay publishes meanwhile is counted once: either
+/// still in the backlog or already waiting in its lane, never in neither.
+pub async fn figures(
+    connection: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<(Vec<LaneFigures>, OutboxFigures)> {
+    connection
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, crate::Error, _>(async |connection| {
+            let lanes = lanes(connection, now).await?;
+            let outbox = outbox(connection, now).await?;
+            Ok((lanes, outbox))
+        })
+        .await
+}
+
 /// Every channel and priority that has something waiting, retrying or recently consumed.
 pub async fn lanes(
     connection: &mut AsyncPgConnection,

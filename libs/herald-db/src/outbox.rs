@@ -1,9 +1,10 @@
 //! The transactional outbox read by the relay.
 //!
-//! The relay locks a batch with `FOR UPDATE SKIP LOCKED` inside a transaction, publishes it,
-//! and marks only the confirmed rows published before committing, so several relay replicas
-//! never publish the same row concurrently and a crash before commit re-publishes (the
-//! worker's claim makes that harmless).
+//! The relay locks a batch with `FOR NO KEY UPDATE SKIP LOCKED` inside a transaction,
+//! publishes it, and deletes only the confirmed rows before committing, so several relay
+//! replicas never publish the same row concurrently and a crash before commit re-publishes
+//! (the worker's claim makes that harmless). The table holds only what waits to be published;
+//! the delivery's `queued_at` and `queued` event record the publish.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -62,7 +63,7 @@ pub async fn lock_unpublished(
             outbox::created_at,
             outbox::available_at,
         ))
-        .for_update()
+        .for_no_key_update()
         .skip_locked()
         .load::<(
             i64,
@@ -102,8 +103,8 @@ pub async fn lock_unpublished(
         .collect()
 }
 
-/// Marks rows published and moves their deliveries from `pending` to `queued` with a `queued`
-/// event. Deliveries a worker already claimed keep their state.
+/// Deletes published rows and moves their deliveries from `pending` to `queued` with a
+/// `queued` event. Deliveries a worker already claimed keep their state.
 pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxRow]) -> Result<()> {
     use diesel::sql_types::{Array, BigInt, Timestamptz, Uuid as SqlUuid};
     if rows.is_empty() {
@@ -113,13 +114,10 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     let delivery_ids: Vec<Uuid> = rows.iter().map(|row| *row.delivery_id.as_uuid()).collect();
     let now = Utc::now();
     let mut outbox_connection = &*connection;
-    let published = crate::statement::Statement::new(
-        "UPDATE outbox SET published_at = ?::timestamptz, publish_attempts = publish_attempts + 1 \
-         WHERE id = ANY(?::int8[])",
-    )
-    .bind::<Timestamptz, _>(now)
-    .bind::<Array<BigInt>, _>(&ids)
-    .execute(&mut outbox_connection);
+    let published =
+        crate::statement::Statement::new("DELETE FROM outbox WHERE id = ANY(?::int8[])")
+            .bind::<Array<BigInt>, _>(&ids)
+            .execute(&mut outbox_connection);
     // One update per delivery: every one gets its queued_at, and only those still pending or
     // scheduled become queued (a worker may have claimed one before this commit, having
     // consumed its message while the relay waited for confirms). The states are read under
@@ -129,7 +127,7 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     let stamped = crate::statement::Statement::new(
         "WITH current AS ( \
              SELECT id, state IN ('pending', 'scheduled') AS becomes_queued FROM deliveries \
-             WHERE id = ANY(?::uuid[]) ORDER BY id FOR UPDATE) \
+             WHERE id = ANY(?::uuid[]) ORDER BY id FOR NO KEY UPDATE) \
          UPDATE deliveries SET queued_at = ?::timestamptz, \
              state = CASE WHEN current.becomes_queued THEN 'queued' ELSE deliveries.state END, \
              updated_at = CASE WHEN current.becomes_queued THEN ?::timestamptz \

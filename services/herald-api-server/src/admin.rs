@@ -213,8 +213,7 @@ impl AdminApi {
     async fn queue_stats(&self) -> Result<pb::GetQueueStatsResponse> {
         let now = self.state.clock.now();
         let mut connection = herald_db::connection(&self.state.pool).await?;
-        let lanes = herald_db::monitor::lanes(&mut connection, now).await?;
-        let outbox = herald_db::monitor::outbox(&mut connection, now).await?;
+        let (lanes, outbox) = herald_db::monitor::figures(&mut connection, now).await?;
         drop(connection);
         let (depths, broker_error) = match self.broker_depths().await {
             Ok(depths) => (depths, String::new()),

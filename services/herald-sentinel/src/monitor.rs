@@ -158,8 +158,7 @@ impl QueueGauges {
     pub(crate) async fn refresh(&self, pool: &herald_db::Pool) -> Result<(), herald_db::Error> {
         let now = chrono::Utc::now();
         let mut connection = herald_db::connection(pool).await?;
-        let lanes = herald_db::monitor::lanes(&mut connection, now).await?;
-        let outbox = herald_db::monitor::outbox(&mut connection, now).await?;
+        let (lanes, outbox) = herald_db::monitor::figures(&mut connection, now).await?;
         *lock(&self.reading) = Reading {
             lanes,
             outbox,

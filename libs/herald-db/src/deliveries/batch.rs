@@ -2,13 +2,18 @@
 //! their messages in micro-batches.
 //!
 //! Each step is one transaction with a fixed number of statements whatever the batch size:
-//! the rows are first locked in id order (`SELECT … ORDER BY id FOR UPDATE`), so concurrent
-//! batches (two workers, a claim and a finish, the relay) wait for each other instead of
-//! deadlocking, and then changed by one fixed-shape statement over arrays (`= ANY($1)`,
+//! the rows are first locked in id order (`SELECT … ORDER BY id FOR NO KEY UPDATE`), so
+//! concurrent batches (two workers, a claim and a finish, the relay) wait for each other
+//! instead of deadlocking, and then changed by one fixed-shape statement over arrays (`= ANY($1)`,
 //! `unnest(…)`), which diesel-async prepares once per connection (a static `QueryId`) rather
 //! than on every execution. The fencing is the single-delivery one, per row: a claim only from
 //! a claimable state (attempt + 1, a lease), an outcome only while the delivery is still
 //! `sending` at the claimed attempt, and a lost claim writes nothing.
+//!
+//! The locks are `FOR NO KEY UPDATE`, the lock an `UPDATE` of non-key columns takes anyway:
+//! unlike `FOR UPDATE`, it does not block the foreign-key checks (`FOR KEY SHARE`) of rows
+//! inserted meanwhile for the same delivery, such as the relay's `queued` event while a worker
+//! holds the claim.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -149,7 +154,7 @@ async fn claim_locked(
             deliveries::lease_until,
             deliveries::scheduled_for,
         ))
-        .for_update()
+        .for_no_key_update()
         .load(connection)
         .await?;
     let mut answers: HashMap<Uuid, BatchClaim> =
@@ -671,7 +676,7 @@ async fn lock(connection: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<()> {
         .filter(deliveries::id.eq_any(ids))
         .order(deliveries::id.asc())
         .select(deliveries::id)
-        .for_update()
+        .for_no_key_update()
         .load::<Uuid>(connection)
         .await?;
     Ok(())

@@ -430,3 +430,54 @@ async fn the_relay_takes_the_most_urgent_due_rows_first_then_the_oldest() {
     assert_eq!(order[0], critical.deliveries[0].id);
     assert_eq!(order[1..], bulk[..]);
 }
+
+#[tokio::test]
+async fn a_published_row_leaves_the_outbox_and_its_delivery_is_queued() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let published = new_notification(&mut connection, None).await;
+    notifications::insert(&mut connection, &published)
+        .await
+        .unwrap();
+    let waiting = new_notification(&mut connection, None).await;
+    notifications::insert(&mut connection, &waiting)
+        .await
+        .unwrap();
+    let delivery = published.deliveries[0].id;
+
+    let rows = herald_db::outbox::lock_unpublished(&mut connection, chrono::Utc::now(), 10)
+        .await
+        .unwrap();
+    let confirmed: Vec<_> = rows
+        .iter()
+        .filter(|row| row.delivery_id == delivery)
+        .collect();
+    assert_eq!(confirmed.len(), 1);
+    herald_db::outbox::mark_published(&mut connection, &confirmed)
+        .await
+        .unwrap();
+
+    let left: Vec<uuid::Uuid> = schema::outbox::table
+        .select(schema::outbox::delivery_id)
+        .load(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(left, [*waiting.deliveries[0].id.as_uuid()]);
+    assert_eq!(
+        deliveries::event_kinds(&mut connection, delivery)
+            .await
+            .unwrap(),
+        ["accepted", "queued"]
+    );
+    let state: String = schema::deliveries::table
+        .find(delivery.as_uuid())
+        .select(schema::deliveries::state)
+        .get_result(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(state, DeliveryState::Queued.as_str());
+    assert_eq!(
+        herald_db::outbox::backlog(&mut connection).await.unwrap().0,
+        1
+    );
+}

@@ -1,0 +1,2 @@
+-- Nothing to restore: the deleted rows had been published, and nothing reads them.
+SELECT 1;
