@@ -41,7 +41,7 @@ fn base_toml_is_valid_for_every_service() {
     assert_eq!(relay.relay.publishers, 2);
     assert_eq!(api.submit.writers, 3);
     assert_eq!(api.submit.quota_window, std::time::Duration::from_secs(60));
-    let worker: herald_email_worker::Settings = herald_config::load(&sources(&[])).unwrap();
+    let worker: herald_channel_worker::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(worker.smtp.port, 2525);
     let tracker: herald_tracker::Settings = herald_config::load(&sources(&[(
         "HERALD__TRACKING__SECRET",
@@ -94,7 +94,7 @@ fn a_channel_worker_needs_its_own_channel_configured_and_only_that() {
 
 #[test]
 fn environment_variables_override_the_file() {
-    let worker: herald_email_worker::Settings = herald_config::load(&sources(&[
+    let worker: herald_channel_worker::Settings = herald_config::load(&sources(&[
         ("HERALD__SMTP__PORT", "2600".into()),
         ("HERALD__DATABASE__URL", "postgres://elsewhere/db".into()),
         ("HERALD__WORKER__LEASE", "2m".into()),
@@ -110,7 +110,7 @@ fn environment_variables_override_the_file() {
 
 #[test]
 fn every_invalid_setting_is_reported_at_once() {
-    let error = herald_config::load::<herald_email_worker::Settings>(&sources(&[
+    let error = herald_config::load::<herald_channel_worker::Settings>(&sources(&[
         ("HERALD__DATABASE__URL", "mysql://nope".into()),
         ("HERALD__WORKER__PREFETCH", "0".into()),
         ("HERALD__SMTP__FROM", "not a mailbox".into()),
@@ -128,7 +128,7 @@ fn the_tracker_needs_a_secret_and_enabled_tracking_needs_one_everywhere() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("tracking.secret"), "{error}");
-    let error = herald_config::load::<herald_email_worker::Settings>(&sources(&[(
+    let error = herald_config::load::<herald_channel_worker::Settings>(&sources(&[(
         "HERALD__TRACKING__ENABLED",
         "true".to_owned(),
     )]))

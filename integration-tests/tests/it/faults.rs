@@ -272,9 +272,12 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     let mut settings = app.email_worker_settings(8);
     settings.worker.lease = Duration::from_secs(1);
     let doomed = tokio::spawn(
-        herald_email_worker::Application::build(settings.clone())
-            .unwrap()
-            .run_until_stopped(tokio_util::sync::CancellationToken::new()),
+        herald_channel_worker::Application::build(
+            settings.clone(),
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .unwrap()
+        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
     );
     let count = suite_size();
     let ids = submit_many(&app, count).await;
@@ -290,9 +293,12 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     let _ = doomed.await;
     let killed_at = Instant::now();
     tokio::spawn(
-        herald_email_worker::Application::build(settings)
-            .unwrap()
-            .run_until_stopped(tokio_util::sync::CancellationToken::new()),
+        herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .unwrap()
+        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
     );
 
     Ledger::settle(&app, "worker killed mid-stream", &ids, killed_at)
@@ -315,9 +321,12 @@ async fn a_worker_killed_between_claim_and_send_loses_nothing() {
     settings.smtp.port = smtp_proxy.address().port();
     settings.worker.lease = Duration::from_secs(1);
     let doomed = tokio::spawn(
-        herald_email_worker::Application::build(settings)
-            .unwrap()
-            .run_until_stopped(tokio_util::sync::CancellationToken::new()),
+        herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .unwrap()
+        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
     );
     let ids = submit_many(&app, 1).await;
     eventually("the doomed worker's claim", WAIT, || async {
@@ -333,9 +342,12 @@ async fn a_worker_killed_between_claim_and_send_loses_nothing() {
     let mut settings = app.email_worker_settings(1);
     settings.worker.lease = Duration::from_secs(1);
     tokio::spawn(
-        herald_email_worker::Application::build(settings)
-            .unwrap()
-            .run_until_stopped(tokio_util::sync::CancellationToken::new()),
+        herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .unwrap()
+        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
     );
 
     Ledger::settle(&app, "worker killed after its claim", &ids, Instant::now())
@@ -360,7 +372,7 @@ async fn a_worker_killed_between_sending_and_recording_causes_no_effective_dupli
     let mut settings = app.email_worker_settings(1);
     settings.worker.lease = Duration::from_secs(1);
     let provider = CrashAfterSend {
-        inner: herald_email_worker::SmtpProvider::new(&settings.smtp).unwrap(),
+        inner: herald_channel_worker::SmtpProvider::new(&settings.smtp).unwrap(),
         sent: std::sync::Arc::clone(&sent),
     };
     let pool = herald_db::build_pool(&settings.database).unwrap();
@@ -380,9 +392,12 @@ async fn a_worker_killed_between_sending_and_recording_causes_no_effective_dupli
     let _ = doomed.await;
 
     tokio::spawn(
-        herald_email_worker::Application::build(settings)
-            .unwrap()
-            .run_until_stopped(tokio_util::sync::CancellationToken::new()),
+        herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .unwrap()
+        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
     );
     app.wait_for_status(&ids[0], NotificationStatus::Delivered)
         .await;
@@ -401,7 +416,7 @@ async fn a_worker_killed_between_sending_and_recording_causes_no_effective_dupli
 /// Sends for real, then hangs forever before the outcome can be recorded, like a process
 /// killed right after the provider answered.
 struct CrashAfterSend {
-    inner: herald_email_worker::SmtpProvider,
+    inner: herald_channel_worker::SmtpProvider,
     sent: std::sync::Arc<tokio::sync::Notify>,
 }
 
@@ -475,9 +490,12 @@ async fn a_stopping_worker_finishes_its_in_flight_delivery_within_the_grace_peri
     settings.worker.shutdown_grace_period = Duration::from_secs(5);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(
-        herald_email_worker::Application::build(settings)
-            .unwrap()
-            .run_until_stopped(shutdown.clone()),
+        herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .unwrap()
+        .run_until_stopped(shutdown.clone()),
     );
     let ids = submit_many(&app, 1).await;
     eventually("the delivery to be in flight", WAIT, || async {

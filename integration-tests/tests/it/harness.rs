@@ -283,8 +283,8 @@ impl TestApp {
     }
 
     /// Settings for an email worker pointed at this app's infrastructure.
-    pub(crate) fn email_worker_settings(&self, prefetch: u16) -> herald_email_worker::Settings {
-        herald_email_worker::Settings {
+    pub(crate) fn email_worker_settings(&self, prefetch: u16) -> herald_channel_worker::Settings {
+        herald_channel_worker::Settings {
             database: DatabaseSettings {
                 url: SecretString::from(self.database_url.as_str()),
                 max_connections: 4,
@@ -319,15 +319,16 @@ impl TestApp {
                 },
                 ..herald_worker::RateLimitSettings::default()
             },
-            smtp: herald_email_worker::SmtpSettings {
+            smtp: herald_channel_worker::SmtpSettings {
                 host: "127.0.0.1".into(),
                 port: self.smtp.address().port(),
                 timeout: Duration::from_secs(5),
-                ..herald_email_worker::SmtpSettings::default()
+                ..herald_channel_worker::SmtpSettings::default()
             },
             telemetry: TelemetrySettings::default(),
             // Off: only the tracking tests (which use `tracking_settings`) rewrite HTML.
             tracking: herald_tracking::TrackingSettings::default(),
+            ..herald_channel_worker::Settings::default()
         }
     }
 
@@ -347,10 +348,13 @@ impl TestApp {
     }
 
     /// Starts an email worker with `settings` (from `email_worker_settings`, adjusted).
-    pub(crate) fn start_email_worker_with(&self, settings: herald_email_worker::Settings) {
-        let worker = herald_email_worker::Application::build(settings)
-            .expect("building the email worker")
-            .with_clock(self.clock.clone());
+    pub(crate) fn start_email_worker_with(&self, settings: herald_channel_worker::Settings) {
+        let worker = herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .expect("building the email worker")
+        .with_clock(self.clock.clone());
         tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
     }
 
@@ -361,26 +365,19 @@ impl TestApp {
         settings.worker.max_attempts = max_attempts;
         settings.smtp.port = herald_test_support::unused_port();
         let shutdown = CancellationToken::new();
-        let worker =
-            herald_email_worker::Application::build(settings).expect("building the email worker");
+        let worker = herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .expect("building the email worker");
         tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         shutdown
     }
 
-    /// Settings for an SMS, push, in-app or chat worker pointed at this app's infrastructure,
-    /// with the same worker, retry and rate-limit settings as `email_worker_settings`; the
-    /// test fills in its channel's section.
+    /// Settings for an SMS, push, in-app or chat worker pointed at this app's infrastructure:
+    /// those of `email_worker_settings`; the test fills in its channel's section.
     pub(crate) fn channel_worker_settings(&self) -> herald_channel_worker::Settings {
-        let email = self.email_worker_settings(8);
-        herald_channel_worker::Settings {
-            database: email.database,
-            amqp: email.amqp,
-            worker: email.worker,
-            redis: email.redis,
-            rate_limits: email.rate_limits,
-            policy: email.policy,
-            ..herald_channel_worker::Settings::default()
-        }
+        self.email_worker_settings(8)
     }
 
     /// Starts a channel worker; cancel the returned token to stop it before the app stops.

@@ -128,7 +128,7 @@ async fn critical_security_notifications_bypass_limits() {
     assert_eq!(count(&notifications, DeliveryState::Delivered), 5);
 }
 
-fn redis_down(app: &TestApp) -> herald_email_worker::Settings {
+fn redis_down(app: &TestApp) -> herald_channel_worker::Settings {
     let port = herald_test_support::unused_port();
     let mut settings = app.email_worker_settings(1);
     settings.rate_limits = herald_worker::RateLimitSettings::default();

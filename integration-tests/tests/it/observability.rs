@@ -388,7 +388,11 @@ async fn every_service_serves_prometheus_figures_of_the_traffic_it_handled() {
     .await;
     let mut settings = app.email_worker_settings(4);
     settings.telemetry = test_telemetry();
-    let worker = herald_email_worker::Application::build(settings).expect("building the worker");
+    let worker = herald_channel_worker::Application::build(
+        settings,
+        herald_channel_worker::WorkerChannel::Email,
+    )
+    .expect("building the worker");
     let worker_metrics = worker.metrics_addr().expect("the worker serves metrics");
     let stop_worker = tokio_util::sync::CancellationToken::new();
     tokio::spawn(worker.run_until_stopped(stop_worker.clone()));

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod email;
+
 use anyhow::Context;
 use herald_config::{
     AmqpSettings, DatabaseSettings, PolicySettings, RedisSettings, TelemetrySettings, Validate,
@@ -13,13 +15,18 @@ use herald_worker::{ChannelProvider, RateLimitSettings, RateLimiter, Worker, Wor
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-/// The binary, package and `service.name`; Deployments are named per channel
-/// (`herald-sms-worker`, …).
+pub use email::SmtpProvider;
+pub use herald_smtp::{SmtpSecurity, SmtpSettings};
+
+/// The binary and package; each channel runs as its own Deployment and `service.name`
+/// (`herald-email-worker`, `herald-sms-worker`, …).
 pub const SERVICE_NAME: &str = "herald-channel-worker";
 
-/// The channels this binary delivers (email has its own worker, `herald-email-worker`).
+/// The channels this binary delivers, one per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerChannel {
+    /// Email over SMTP (lettre), with open and click tracking.
+    Email,
     /// Text messages through Twilio-compatible and HTTP gateway providers, with failover.
     Sms,
     /// Mobile push through FCM HTTP v1 and APNs.
@@ -33,6 +40,7 @@ pub enum WorkerChannel {
 impl WorkerChannel {
     fn service_name(self) -> &'static str {
         match self {
+            Self::Email => "herald-email-worker",
             Self::Sms => "herald-sms-worker",
             Self::Push => "herald-push-worker",
             Self::InApp => "herald-in-app-worker",
@@ -58,6 +66,10 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     /// Mandatory categories and quiet-hours bypasses.
     pub policy: PolicySettings,
+    /// The SMTP relay.
+    pub smtp: SmtpSettings,
+    /// Open and click tracking in email (the pixel and rewritten links).
+    pub tracking: herald_tracking::TrackingSettings,
     /// SMS providers, in order of preference.
     pub sms: SmsSettings,
     /// Push providers.
@@ -75,6 +87,8 @@ impl Validate for Settings {
         self.worker.validate(problems);
         self.redis.validate(problems);
         self.rate_limits.validate(problems);
+        self.smtp.validate(problems);
+        self.tracking.validate(problems);
         self.telemetry.validate(problems);
     }
 }
@@ -84,6 +98,8 @@ impl Settings {
     pub fn channel_problems(&self, channel: WorkerChannel) -> Vec<String> {
         let mut problems = Vec::new();
         match channel {
+            // `[smtp]` and `[tracking]` have complete defaults and are checked with the rest.
+            WorkerChannel::Email => {}
             WorkerChannel::Sms => self.sms.validate(&mut problems),
             WorkerChannel::Push => self.push.validate(&mut problems),
             WorkerChannel::InApp => {}
@@ -94,6 +110,8 @@ impl Settings {
 }
 
 enum Running {
+    // Boxed: the SMTP provider's pool makes this variant the largest by far.
+    Email(Box<Worker<SmtpProvider>>),
     Sms(Worker<SmsChannel>),
     Push(Worker<PushChannel>),
     InApp(Worker<InboxChannel>),
@@ -116,6 +134,14 @@ impl Application {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
         let running = match channel {
+            WorkerChannel::Email => Running::Email(Box::new(worker(
+                SmtpProvider::with_concurrency(&settings.smtp, settings.worker.concurrency)
+                    .context("building the SMTP connection pool")?
+                    .with_tracking(&settings.tracking),
+                pool,
+                &settings,
+                channel,
+            )?)),
             WorkerChannel::Sms => Running::Sms(worker(
                 SmsChannel::new(&settings.sms).context("building the SMS providers")?,
                 pool,
@@ -153,6 +179,7 @@ impl Application {
     #[must_use]
     pub fn with_clock(self, clock: herald_domain::SharedClock) -> Self {
         let running = match self.running {
+            Running::Email(worker) => Running::Email(Box::new(worker.with_clock(clock))),
             Running::Sms(worker) => Running::Sms(worker.with_clock(clock)),
             Running::Push(worker) => Running::Push(worker.with_clock(clock)),
             Running::InApp(worker) => Running::InApp(worker.with_clock(clock)),
@@ -164,6 +191,7 @@ impl Application {
     /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         match &self.running {
+            Running::Email(worker) => worker.metrics_addr(),
             Running::Sms(worker) => worker.metrics_addr(),
             Running::Push(worker) => worker.metrics_addr(),
             Running::InApp(worker) => worker.metrics_addr(),
@@ -174,6 +202,7 @@ impl Application {
     /// Delivers until `shutdown` is cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         match self.running {
+            Running::Email(worker) => worker.run_until_stopped(shutdown).await,
             Running::Sms(worker) => worker.run_until_stopped(shutdown).await,
             Running::Push(worker) => worker.run_until_stopped(shutdown).await,
             Running::InApp(worker) => worker.run_until_stopped(shutdown).await,

@@ -1,10 +1,10 @@
-//! `herald-channel-worker`: delivers one channel (SMS, push, in-app or chat).
+//! `herald-channel-worker`: delivers one channel (email, SMS, push, in-app or chat).
 
 use clap::Parser;
 use herald_channel_worker::{Application, SERVICE_NAME, Settings, WorkerChannel};
 
 #[derive(Parser)]
-#[command(name = SERVICE_NAME, about = "Herald's SMS, push, in-app and chat channel worker")]
+#[command(name = SERVICE_NAME, about = "Herald's channel worker: email, SMS, push, in-app or chat")]
 struct Cli {
     /// The channel this process delivers; run one deployment per channel.
     #[arg(long, env = "HERALD_CHANNEL", value_enum)]
