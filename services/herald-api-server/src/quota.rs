@@ -7,6 +7,7 @@
 //! per replica), never more.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
 
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -17,13 +18,26 @@ use crate::auth::Caller;
 /// Most tokens one replica takes at once.
 const MAX_CHUNK: u64 = 200;
 
-/// Tokens this replica holds, per caller identity, for the current window.
+/// Tokens this replica holds, per caller identity, for the current window. Each identity has
+/// its own lock, held across a refill from Redis, so that concurrent submits of one caller
+/// take one chunk between them, while other callers' submits go on.
 #[derive(Debug, Default)]
 pub(crate) struct QuotaLeases {
-    leases: Mutex<HashMap<String, Lease>>,
+    leases: std::sync::Mutex<HashMap<String, Arc<Mutex<Lease>>>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+impl QuotaLeases {
+    /// The lease of `identity`, created empty on its first submit.
+    fn of(&self, identity: &str) -> Arc<Mutex<Lease>> {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lease) = leases.get(identity) {
+            return Arc::clone(lease);
+        }
+        Arc::clone(leases.entry(identity.to_owned()).or_default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
 struct Lease {
     window: u64,
     remaining: u64,
@@ -42,11 +56,8 @@ pub(crate) async fn check(state: &AppState, caller: &Caller, count: u64) -> Resu
     }
     let window_length = state.settings.submit.quota_window;
     let window = herald_redis::quota_window(window_length);
-    let mut leases = state.quota.leases.lock().await;
-    let lease = leases.entry(caller.identity.to_string()).or_insert(Lease {
-        window,
-        remaining: 0,
-    });
+    let lease = state.quota.of(caller.identity.as_ref());
+    let mut lease = lease.lock().await;
     if lease.window != window {
         *lease = Lease {
             window,
