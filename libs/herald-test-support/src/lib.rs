@@ -7,6 +7,7 @@ mod fcm;
 mod keyspace;
 mod otlp;
 mod proxy;
+pub mod seed;
 mod sms;
 mod smtp;
 mod vhost;

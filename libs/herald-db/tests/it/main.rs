@@ -5,11 +5,11 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_db::deliveries::{self, ClaimOutcome, Outcome};
-use herald_db::notifications::{self, Inserted, NewDelivery, NewNotification};
+use herald_db::notifications::{self, Inserted, NewNotification};
 use herald_db::schema;
-use herald_db::templates::{self, NewTemplate};
-use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
-use herald_test_support::TestDatabase;
+use herald_db::templates;
+use herald_domain::{DeliveryId, DeliveryState, Priority};
+use herald_test_support::{TestDatabase, seed};
 
 mod batch;
 mod events;
@@ -29,54 +29,22 @@ async fn seed(
     (inserted, delivery_id)
 }
 
-/// A one-delivery notification of the `welcome` template (stored first if missing).
+/// A one-delivery notification of the `welcome` template (stored first if missing), to a
+/// `ko-KR` recipient.
 async fn new_notification(
     connection: &mut AsyncPgConnection,
     idempotency_key: Option<&str>,
 ) -> NewNotification {
     let template = match templates::find(connection, "welcome", None).await.unwrap() {
         Some(template) => template,
-        None => templates::create(
-            connection,
-            NewTemplate {
-                id: TemplateId::generate(),
-                key: "welcome".into(),
-                category: "onboarding".into(),
-                description: String::new(),
-                content: serde_json::json!({"email": {"subject": "s", "html": "", "text": "t"}}),
-                parameters: vec![],
-                sample_parameters: None,
-                created_by: "test".into(),
-            },
-        )
-        .await
-        .unwrap(),
+        None => templates::create(connection, seed::welcome_template())
+            .await
+            .unwrap(),
     };
-    NewNotification {
-        id: NotificationId::generate(),
-        submitted_by: "test".into(),
-        idempotency_key: idempotency_key.map(str::to_owned),
-        idempotency_retention: Duration::from_secs(3600),
-        request_hash: vec![1],
-        template_id: template.id,
-        template_version: template.version,
-        category: "onboarding".into(),
-        priority: Priority::Normal,
-        parameters: serde_json::json!({}),
-        metadata: serde_json::json!({}),
-        trace_context: serde_json::json!({}),
-        accepted_at: chrono::Utc::now(),
-        deliveries: vec![NewDelivery {
-            id: DeliveryId::generate(),
-            channel: Channel::Email,
-            recipient_index: 0,
-            user_id: None,
-            address: Some("ada@example.com".into()),
-            locale: Some("ko-KR".into()),
-            variant: None,
-            disposition: herald_db::notifications::Disposition::Now,
-        }],
-    }
+    let mut new = seed::email_notification(template.id, template.version);
+    new.idempotency_key = idempotency_key.map(str::to_owned);
+    new.deliveries[0].locale = Some("ko-KR".into());
+    new
 }
 
 async fn count_rows(connection: &mut AsyncPgConnection) -> (i64, i64, i64) {

@@ -12,8 +12,8 @@ use herald_config::{DatabaseSettings, RedisSettings};
 use herald_db::deliveries::{self, ClaimOutcome, DeliveryContext};
 use herald_db::notifications::{self, Disposition, NewDelivery, NewNotification};
 use herald_db::templates::{self, NewTemplate};
-use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
-use herald_test_support::{TestDatabase, TestKeyspace};
+use herald_domain::{Channel, DeliveryId, TemplateId};
+use herald_test_support::{TestDatabase, TestKeyspace, seed};
 use secrecy::SecretString;
 
 /// A migrated schema and a pool on it.
@@ -72,19 +72,8 @@ impl Storage {
         notifications::insert(
             &mut connection,
             &NewNotification {
-                id: NotificationId::generate(),
-                submitted_by: "test".into(),
-                idempotency_key: None,
-                idempotency_retention: Duration::from_secs(3600),
-                request_hash: vec![1],
-                template_id: template.id,
-                template_version: template.version,
                 category: "orders".into(),
-                priority: Priority::Normal,
                 parameters: serde_json::json!({"item": "kettle", "name": "Ada", "order": "42"}),
-                metadata: serde_json::json!({}),
-                trace_context: serde_json::json!({}),
-                accepted_at: chrono::Utc::now(),
                 deliveries: ids
                     .iter()
                     .enumerate()
@@ -99,6 +88,7 @@ impl Storage {
                         disposition: Disposition::Now,
                     })
                     .collect(),
+                ..seed::email_notification(template.id, template.version)
             },
         )
         .await

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use herald_db::notifications::{Disposition, Inserted, NewDelivery, NewNotification};
-use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
-use herald_test_support::TestDatabase;
+use herald_db::notifications::{Inserted, NewNotification};
+use herald_domain::TemplateId;
+use herald_test_support::{TestDatabase, seed};
 
 use super::{SubmitWriter, WriterLimits};
 
@@ -15,49 +15,16 @@ async fn pool_with_template(database: &TestDatabase) -> (herald_db::Pool, Templa
     })
     .unwrap();
     let mut connection = herald_db::connection(&pool).await.unwrap();
-    let template = herald_db::templates::create(
-        &mut connection,
-        herald_db::templates::NewTemplate {
-            id: TemplateId::generate(),
-            key: "welcome".into(),
-            category: "onboarding".into(),
-            description: String::new(),
-            content: serde_json::json!({"email": {"subject": "s", "html": "", "text": "t"}}),
-            parameters: vec![],
-            sample_parameters: None,
-            created_by: "test".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let template = herald_db::templates::create(&mut connection, seed::welcome_template())
+        .await
+        .unwrap();
     (pool, template.id)
 }
 
 fn notification(template_id: TemplateId, category: &str) -> NewNotification {
     NewNotification {
-        id: NotificationId::generate(),
-        submitted_by: "test".into(),
-        idempotency_key: None,
-        idempotency_retention: Duration::from_secs(3600),
-        request_hash: vec![1],
-        template_id,
-        template_version: 1,
         category: category.into(),
-        priority: Priority::Normal,
-        parameters: serde_json::json!({}),
-        metadata: serde_json::json!({}),
-        trace_context: serde_json::json!({}),
-        accepted_at: chrono::Utc::now(),
-        deliveries: vec![NewDelivery {
-            id: DeliveryId::generate(),
-            channel: Channel::Email,
-            recipient_index: 0,
-            user_id: None,
-            address: Some("ada@example.com".into()),
-            locale: None,
-            variant: None,
-            disposition: Disposition::Now,
-        }],
+        ..seed::email_notification(template_id, 1)
     }
 }
 
