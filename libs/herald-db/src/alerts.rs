@@ -113,23 +113,25 @@ pub async fn overdue_deliveries(
     ];
     let mut overdue = Vec::new();
     for (priority, cutoff) in cutoffs {
-        let rows = deliveries::table
-            .inner_join(notifications::table)
-            .filter(deliveries::state.eq_any(unfinished))
-            .filter(deliveries::sla_alerted_at.is_null())
-            .filter(notifications::priority.eq(priority.as_i16()))
-            .filter(deliveries::created_at.lt(cutoff))
-            .order(deliveries::created_at.asc())
-            .limit(limit)
-            .select((
-                deliveries::id,
-                deliveries::notification_id,
-                deliveries::channel,
-                deliveries::state,
-                deliveries::created_at,
-            ))
-            .load::<(Uuid, Uuid, String, String, DateTime<Utc>)>(connection)
-            .await?;
+        let rows = crate::statement::planned_per_run(
+            deliveries::table
+                .inner_join(notifications::table)
+                .filter(deliveries::state.eq_any(unfinished))
+                .filter(deliveries::sla_alerted_at.is_null())
+                .filter(notifications::priority.eq(priority.as_i16()))
+                .filter(deliveries::created_at.lt(cutoff))
+                .order(deliveries::created_at.asc())
+                .limit(limit)
+                .select((
+                    deliveries::id,
+                    deliveries::notification_id,
+                    deliveries::channel,
+                    deliveries::state,
+                    deliveries::created_at,
+                )),
+        )
+        .load::<(Uuid, Uuid, String, String, DateTime<Utc>)>(connection)
+        .await?;
         for (id, notification_id, channel, state, created_at) in rows {
             overdue.push(OverdueDelivery {
                 id,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::schema::disabled_contacts;
+use crate::statement::planned_per_run;
 
 /// The stored form of `address` on `channel`: SHA-256 of `channel:address`, with email
 /// addresses lowercased so a differently cased copy is disabled too.
@@ -88,16 +89,18 @@ pub async fn disabled_among(
         .iter()
         .map(|(channel, _)| channel.as_str())
         .collect();
-    let rows: Vec<(Vec<u8>, String, chrono::DateTime<chrono::Utc>)> = disabled_contacts::table
-        .filter(disabled_contacts::channel.eq_any(channels))
-        .filter(disabled_contacts::address_hash.eq_any(&hashes))
-        .select((
-            disabled_contacts::address_hash,
-            disabled_contacts::reason,
-            disabled_contacts::disabled_at,
-        ))
-        .load(connection)
-        .await?;
+    let rows: Vec<(Vec<u8>, String, chrono::DateTime<chrono::Utc>)> = planned_per_run(
+        disabled_contacts::table
+            .filter(disabled_contacts::channel.eq_any(channels))
+            .filter(disabled_contacts::address_hash.eq_any(&hashes))
+            .select((
+                disabled_contacts::address_hash,
+                disabled_contacts::reason,
+                disabled_contacts::disabled_at,
+            )),
+    )
+    .load(connection)
+    .await?;
     let disabled: BTreeMap<Vec<u8>, Disabled> = rows
         .into_iter()
         .map(|(hash, reason, disabled_at)| {

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::schema::{deliveries, delivery_events};
+use crate::statement::planned_per_run;
 
 /// The tracing target every stored event is emitted under (defined by `herald-telemetry`,
 /// which bridges it to OpenTelemetry log records).
@@ -235,16 +236,18 @@ pub async fn record_once(
     kind: EngagementKind,
     delivery_ids: &[Uuid],
 ) -> Result<Vec<Uuid>> {
-    let targets = deliveries::table
-        .filter(deliveries::id.eq_any(delivery_ids))
-        .select((
-            deliveries::id,
-            deliveries::notification_id,
-            deliveries::channel,
-            deliveries::attempts,
-        ))
-        .load::<(Uuid, Uuid, String, i32)>(connection)
-        .await?;
+    let targets = planned_per_run(
+        deliveries::table
+            .filter(deliveries::id.eq_any(delivery_ids))
+            .select((
+                deliveries::id,
+                deliveries::notification_id,
+                deliveries::channel,
+                deliveries::attempts,
+            )),
+    )
+    .load::<(Uuid, Uuid, String, i32)>(connection)
+    .await?;
     if targets.is_empty() {
         return Ok(Vec::new());
     }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::schema::outbox;
+use crate::statement::planned_per_run;
 
 /// The prefix of the `NOTIFY` channel the `outbox_added` trigger signals on when a statement
 /// adds rows; the channel is this plus the rows' schema (`herald_outbox:public`).
@@ -48,34 +49,36 @@ pub async fn lock_unpublished(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<OutboxRow>> {
-    let rows = outbox::table
-        .filter(outbox::published_at.is_null())
-        .filter(outbox::available_at.le(now))
-        .order((outbox::priority.desc(), outbox::id.asc()))
-        .limit(limit)
-        .select((
-            outbox::id,
-            outbox::delivery_id,
-            outbox::notification_id,
-            outbox::channel,
-            outbox::priority,
-            outbox::trace_context,
-            outbox::created_at,
-            outbox::available_at,
-        ))
-        .for_no_key_update()
-        .skip_locked()
-        .load::<(
-            i64,
-            Uuid,
-            Uuid,
-            String,
-            i16,
-            serde_json::Value,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        )>(connection)
-        .await?;
+    let rows = planned_per_run(
+        outbox::table
+            .filter(outbox::published_at.is_null())
+            .filter(outbox::available_at.le(now))
+            .order((outbox::priority.desc(), outbox::id.asc()))
+            .limit(limit)
+            .select((
+                outbox::id,
+                outbox::delivery_id,
+                outbox::notification_id,
+                outbox::channel,
+                outbox::priority,
+                outbox::trace_context,
+                outbox::created_at,
+                outbox::available_at,
+            ))
+            .for_no_key_update()
+            .skip_locked(),
+    )
+    .load::<(
+        i64,
+        Uuid,
+        Uuid,
+        String,
+        i16,
+        serde_json::Value,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    )>(connection)
+    .await?;
     rows.into_iter()
         .map(
             |(
@@ -117,6 +120,7 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     let published =
         crate::statement::Statement::new("DELETE FROM outbox WHERE id = ANY(?::int8[])")
             .bind::<Array<BigInt>, _>(&ids)
+            .planned_per_run()
             .execute(&mut outbox_connection);
     // One update per delivery: every one gets its queued_at, and only those still pending or
     // scheduled become queued (a worker may have claimed one before this commit, having
@@ -138,6 +142,7 @@ pub async fn mark_published(connection: &mut AsyncPgConnection, rows: &[&OutboxR
     .bind::<Array<SqlUuid>, _>(&delivery_ids)
     .bind::<Timestamptz, _>(now)
     .bind::<Timestamptz, _>(now)
+    .planned_per_run()
     .load::<Stamped>(&mut deliveries_connection);
     let (published, stamped) = futures::join!(published, stamped);
     published?;
@@ -179,13 +184,14 @@ pub async fn record_publish_failure(
         return Ok(());
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-        .set((
+    planned_per_run(
+        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids))).set((
             outbox::publish_attempts.eq(outbox::publish_attempts + 1),
             outbox::last_error.eq(error),
-        ))
-        .execute(connection)
-        .await?;
+        )),
+    )
+    .execute(connection)
+    .await?;
     Ok(())
 }
 

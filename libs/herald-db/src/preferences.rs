@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::schema::{audit_log, user_preferences};
+use crate::statement::planned_per_run;
 use crate::{Error, Result};
 
 /// A user's stored preferences. Personal data: never log it.
@@ -234,12 +235,14 @@ pub async fn get_many(
     if user_ids.is_empty() {
         return Ok(std::collections::HashMap::new());
     }
-    Ok(user_preferences::table
-        .filter(user_preferences::user_id.eq_any(user_ids))
-        .select(PreferenceRecord::as_select())
-        .load(connection)
-        .await?
-        .into_iter()
-        .map(|record| (record.user_id.clone(), record))
-        .collect())
+    Ok(planned_per_run(
+        user_preferences::table
+            .filter(user_preferences::user_id.eq_any(user_ids))
+            .select(PreferenceRecord::as_select()),
+    )
+    .load(connection)
+    .await?
+    .into_iter()
+    .map(|record| (record.user_id.clone(), record))
+    .collect())
 }

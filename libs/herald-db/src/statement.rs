@@ -19,6 +19,7 @@ use diesel::sql_types::HasSqlType;
 pub(crate) struct Statement<'a> {
     sql: &'static str,
     binds: Vec<Box<dyn PushBind + Send + 'a>>,
+    per_run: bool,
 }
 
 impl<'a> Statement<'a> {
@@ -28,7 +29,15 @@ impl<'a> Statement<'a> {
         Self {
             sql,
             binds: Vec::new(),
+            per_run: false,
         }
+    }
+
+    /// Plans the statement for its own parameters on every run (see [`planned_per_run`])
+    /// instead of preparing it once per connection.
+    pub(crate) fn planned_per_run(mut self) -> Self {
+        self.per_run = true;
+        self
     }
 
     /// Adds the next bind, of SQL type `ST`.
@@ -48,6 +57,9 @@ impl<'a> Statement<'a> {
 
 impl QueryFragment<Pg> for Statement<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        if self.per_run {
+            out.unsafe_to_cache_prepared();
+        }
         let mut parts = self.sql.split('?');
         if let Some(first) = parts.next() {
             out.push_sql(first);
@@ -101,4 +113,39 @@ where
     fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_bind_param::<ST, T>(&self.value)
     }
+}
+
+/// `query`, planned for its own parameters on every run: diesel-async prepares it anew each
+/// time (one more round trip) instead of once per connection.
+///
+/// For statements that pick rows by `= ANY($1)` or join on them. PostgreSQL switches a
+/// statement prepared once to a generic plan after five runs and keeps it for the connection's
+/// life (until the table's statistics change, which never happens where autovacuum is off).
+/// One made while the tables were small (every fresh deployment, test and bench database)
+/// scans whole tables: measured in the bench, a worker's claim of 18 deliveries read 1,850
+/// pages and took 26 ms. Every other statement (inserts from `unnest`, lookups by key, and
+/// the foreign-key checks PostgreSQL runs itself) keeps its plan: re-planning those on every
+/// run cost more than a tenth of PostgreSQL's time.
+pub(crate) fn planned_per_run<Q>(query: Q) -> PlannedPerRun<Q> {
+    PlannedPerRun(query)
+}
+
+/// A query that [`planned_per_run`] marked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlannedPerRun<Q>(Q);
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for PlannedPerRun<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q> QueryId for PlannedPerRun<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for PlannedPerRun<Q> {
+    type SqlType = Q::SqlType;
 }

@@ -5,8 +5,9 @@
 //! the rows are first locked in id order (`SELECT … ORDER BY id FOR NO KEY UPDATE`), so
 //! concurrent batches (two workers, a claim and a finish, the relay) wait for each other
 //! instead of deadlocking, and then changed by one fixed-shape statement over arrays (`= ANY($1)`,
-//! `unnest(…)`), which diesel-async prepares once per connection (a static `QueryId`) rather
-//! than on every execution. The fencing is the single-delivery one, per row: a claim only from
+//! `unnest(…)`). Those that pick rows by their ids are planned for the ids at hand on every
+//! run (`statement::planned_per_run`); the event inserts are prepared once per connection. The
+//! fencing is the single-delivery one, per row: a claim only from
 //! a claimable state (attempt + 1, a lease), an outcome only while the delivery is still
 //! `sending` at the claimed attempt, and a lost claim writes nothing.
 //!
@@ -30,6 +31,7 @@ use uuid::Uuid;
 use super::{Claim, DeliveryContext, Outcome};
 use crate::events::{self, NewEvent};
 use crate::schema::deliveries;
+use crate::statement::planned_per_run;
 use crate::{Error, Result};
 
 /// How often a batch transaction is retried when PostgreSQL aborted it to break a deadlock or
@@ -145,18 +147,20 @@ async fn claim_locked(
 ) -> Result<HashMap<Uuid, BatchClaim>> {
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let locked: Vec<LockedRow> = deliveries::table
-        .filter(deliveries::id.eq_any(ids))
-        .order(deliveries::id.asc())
-        .select((
-            deliveries::id,
-            deliveries::state,
-            deliveries::lease_until,
-            deliveries::scheduled_for,
-        ))
-        .for_no_key_update()
-        .load(connection)
-        .await?;
+    let locked: Vec<LockedRow> = planned_per_run(
+        deliveries::table
+            .filter(deliveries::id.eq_any(ids))
+            .order(deliveries::id.asc())
+            .select((
+                deliveries::id,
+                deliveries::state,
+                deliveries::lease_until,
+                deliveries::scheduled_for,
+            ))
+            .for_no_key_update(),
+    )
+    .load(connection)
+    .await?;
     let mut answers: HashMap<Uuid, BatchClaim> =
         ids.iter().map(|id| (*id, BatchClaim::Done)).collect();
     let mut claimable = Vec::new();
@@ -344,6 +348,8 @@ impl QueryId for ClaimRows {
 
 impl QueryFragment<Pg> for ClaimRows {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Planned for its own ids on every run (see `statement::planned_per_run`).
+        out.unsafe_to_cache_prepared();
         out.push_sql(
             "UPDATE deliveries AS d SET state = 'sending', attempts = d.attempts + 1, \
              lease_until = ",
@@ -430,6 +436,8 @@ impl QueryId for ReleaseRows {
 
 impl QueryFragment<Pg> for ReleaseRows {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Planned for its own ids on every run (see `statement::planned_per_run`).
+        out.unsafe_to_cache_prepared();
         out.push_sql(
             "UPDATE deliveries AS d SET state = 'queued', attempts = d.attempts - 1, \
              lease_until = NULL, updated_at = ",
@@ -639,6 +647,8 @@ impl QueryId for OutcomeRows {
 
 impl QueryFragment<Pg> for OutcomeRows {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Planned for its own ids on every run (see `statement::planned_per_run`).
+        out.unsafe_to_cache_prepared();
         out.push_sql(
             "UPDATE deliveries AS d SET state = o.state, last_error = o.last_error, \
              lease_until = NULL, scheduled_for = COALESCE(o.scheduled_for, d.scheduled_for), \
@@ -672,13 +682,15 @@ impl Query for OutcomeRows {
 
 /// Locks the rows of `ids` (sorted) in id order, the order every batch statement takes them.
 async fn lock(connection: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<()> {
-    deliveries::table
-        .filter(deliveries::id.eq_any(ids))
-        .order(deliveries::id.asc())
-        .select(deliveries::id)
-        .for_no_key_update()
-        .load::<Uuid>(connection)
-        .await?;
+    planned_per_run(
+        deliveries::table
+            .filter(deliveries::id.eq_any(ids))
+            .order(deliveries::id.asc())
+            .select(deliveries::id)
+            .for_no_key_update(),
+    )
+    .load::<Uuid>(connection)
+    .await?;
     Ok(())
 }
 
