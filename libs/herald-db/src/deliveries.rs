@@ -11,7 +11,9 @@ use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority
 use uuid::Uuid;
 
 use crate::Result;
-use crate::schema::{deliveries, delivery_events, notifications, template_versions, templates};
+use crate::schema::{
+    deliveries, delivery_events, notifications, outbox, template_versions, templates,
+};
 
 mod batch;
 
@@ -329,24 +331,31 @@ pub async fn event_kinds(
 /// Critical deliveries on `channel` still `pending` (their outbox row not yet published)
 /// since before `older_than`, oldest first: the emergency path's work when RabbitMQ or the
 /// relay is away.
+///
+/// Read through the outbox, which holds only unpublished rows (the relay deletes what it
+/// published) and has an index by priority: every worker asks every
+/// `worker.emergency_poll_interval`, and a scan of all deliveries would grow with history.
 pub async fn stranded_critical(
     connection: &mut AsyncPgConnection,
     channel: Channel,
     older_than: chrono::DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<DeliveryId>> {
-    Ok(deliveries::table
-        .inner_join(notifications::table)
-        .filter(deliveries::channel.eq(channel.as_str()))
-        .filter(deliveries::state.eq(DeliveryState::Pending.as_str()))
-        .filter(notifications::priority.eq(Priority::Critical.as_i16()))
-        .filter(deliveries::created_at.lt(older_than))
-        .order(deliveries::created_at.asc())
-        .limit(limit)
-        .select(deliveries::id)
-        .load::<Uuid>(connection)
-        .await?
-        .into_iter()
-        .map(DeliveryId::from)
-        .collect())
+    Ok(crate::statement::planned_per_run(
+        outbox::table
+            .inner_join(deliveries::table)
+            .filter(outbox::published_at.is_null())
+            .filter(outbox::priority.eq(Priority::Critical.as_i16()))
+            .filter(outbox::channel.eq(channel.as_str()))
+            .filter(deliveries::state.eq(DeliveryState::Pending.as_str()))
+            .filter(deliveries::created_at.lt(older_than))
+            .order(deliveries::created_at.asc())
+            .limit(limit)
+            .select(deliveries::id),
+    )
+    .load::<Uuid>(connection)
+    .await?
+    .into_iter()
+    .map(DeliveryId::from)
+    .collect())
 }
