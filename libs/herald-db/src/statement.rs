@@ -6,6 +6,10 @@
 //! (`INSERT … SELECT * FROM unnest(?::uuid[], …)`), whose text is the same for any batch
 //! size; a `Statement` carries such a text and its binds, and walks them without marking
 //! itself uncacheable, so the connection's statement cache keys it by its text.
+//!
+//! The exception is a statement that picks rows by id (`= ANY($1)`, or a join on it): a plan
+//! made once can be wrong for good, so [`planned_per_run`] (and `Statement::planned_per_run`)
+//! has it prepared and planned anew on every run.
 
 use std::marker::PhantomData;
 
