@@ -11,9 +11,7 @@ use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority
 use uuid::Uuid;
 
 use crate::Result;
-use crate::schema::{
-    deliveries, delivery_events, notifications, outbox, template_versions, templates,
-};
+use crate::schema::{deliveries, delivery_events, outbox};
 
 mod batch;
 
@@ -119,80 +117,6 @@ pub struct DeliveryContext {
     /// The user opted out of tracking (email: no open pixel, no rewritten links); resolved
     /// from preferences before sending.
     pub tracking_opt_out: bool,
-}
-
-/// Loads the context of the claimed delivery.
-pub async fn load_context(
-    connection: &mut AsyncPgConnection,
-    claim: &Claim,
-) -> Result<DeliveryContext> {
-    let delivery_id = claim.delivery_id;
-    let (
-        notification_id,
-        channel,
-        address,
-        user_id,
-        priority,
-        category,
-        template_key,
-        content,
-        parameters,
-        locale,
-        variant,
-    ) = deliveries::table
-        .inner_join(notifications::table)
-        .inner_join(
-            template_versions::table.on(template_versions::template_id
-                .eq(notifications::template_id)
-                .and(template_versions::version.eq(notifications::template_version))),
-        )
-        .inner_join(templates::table.on(templates::id.eq(notifications::template_id)))
-        .filter(deliveries::id.eq(delivery_id.as_uuid()))
-        .select((
-            notifications::id,
-            deliveries::channel,
-            deliveries::address,
-            deliveries::user_id,
-            notifications::priority,
-            notifications::category,
-            templates::key,
-            template_versions::content,
-            notifications::parameters,
-            deliveries::locale,
-            deliveries::variant,
-        ))
-        .first::<(
-            Uuid,
-            String,
-            Option<String>,
-            Option<String>,
-            i16,
-            String,
-            String,
-            serde_json::Value,
-            serde_json::Value,
-            Option<String>,
-            Option<String>,
-        )>(connection)
-        .await?;
-    Ok(DeliveryContext {
-        delivery_id,
-        notification_id: notification_id.into(),
-        channel: channel.parse()?,
-        address,
-        user_id,
-        priority: Priority::from_i16(priority)?,
-        category,
-        template_key,
-        template_content: content,
-        locale,
-        variant,
-        parameters,
-        attempt: u32::try_from(claim.attempt).unwrap_or_default(),
-        cycle_attempt: u32::try_from(claim.cycle_attempt).unwrap_or_default(),
-        device_tokens: Vec::new(),
-        tracking_opt_out: false,
-    })
 }
 
 /// How an attempt ended.

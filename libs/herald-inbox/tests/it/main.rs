@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use herald_config::{DatabaseSettings, RedisSettings};
-use herald_db::deliveries::{self, ClaimOutcome, DeliveryContext};
+use herald_db::deliveries::{self, BatchClaim, DeliveryContext};
 use herald_db::notifications::{self, Disposition, NewDelivery, NewNotification};
 use herald_db::templates::{self, NewTemplate};
 use herald_domain::{Channel, DeliveryId, TemplateId};
@@ -99,19 +99,25 @@ impl Storage {
     /// Claims `delivery_id` like a worker and loads its context.
     async fn claim(&self, delivery_id: DeliveryId) -> DeliveryContext {
         let mut connection = self.connect().await;
-        let ClaimOutcome::Claimed(claim) = deliveries::claim(
+        let claims = deliveries::claim_many(
             &mut connection,
-            delivery_id,
+            &[delivery_id],
             Duration::from_secs(60),
             chrono::Utc::now(),
         )
         .await
-        .expect("claiming") else {
-            panic!("the delivery should be claimable");
+        .expect("claiming");
+        let [BatchClaim::Claimed(claimed)] = claims.as_slice() else {
+            panic!("the delivery should be claimable: {claims:?}");
         };
-        deliveries::load_context(&mut connection, &claim)
+        let mut contents = deliveries::template_contents(&mut connection, &[claimed.template])
             .await
-            .expect("loading the context")
+            .expect("loading the template version");
+        let mut context = claimed.context.clone();
+        context.template_content = contents
+            .remove(&claimed.template)
+            .expect("the claimed template version");
+        context
     }
 }
 
