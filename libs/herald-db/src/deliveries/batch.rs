@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryFragment};
 use diesel::sql_types::{Array, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{DeliveryId, DeliveryState, Priority, TemplateId};
@@ -181,11 +181,11 @@ async fn claim_locked(
     if claimable.is_empty() {
         return Ok(answers);
     }
-    let rows: Vec<ClaimedRow> = ClaimRows {
+    let rows: Vec<ClaimedRow> = planned_per_run(ClaimRows {
         ids: claimable,
         lease_until,
         now,
-    }
+    })
     .load(connection)
     .await?;
     let takeover_detail = "the previous attempt's lease expired; its outcome is unknown";
@@ -334,22 +334,16 @@ fn claimed(row: ClaimedRow) -> BatchClaim {
 }
 
 /// `UPDATE deliveries … RETURNING` the claimed rows' context: one statement text for any
-/// number of ids, so it is prepared once per connection. The rows are already locked.
+/// number of ids, planned for them on every run (`planned_per_run`). The rows are already
+/// locked.
 struct ClaimRows {
     ids: Vec<Uuid>,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
 }
 
-impl QueryId for ClaimRows {
-    type QueryId = Self;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
 impl QueryFragment<Pg> for ClaimRows {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Planned for its own ids on every run (see `statement::planned_per_run`).
-        out.unsafe_to_cache_prepared();
         out.push_sql(
             "UPDATE deliveries AS d SET state = 'sending', attempts = d.attempts + 1, \
              lease_until = ",
@@ -411,7 +405,9 @@ pub async fn release_many(connection: &mut AsyncPgConnection, claims: &[Claim]) 
         let result = connection
             .transaction::<_, Error, _>(async |connection| {
                 lock(connection, &statement.ids).await?;
-                Ok(statement.clone().execute(connection).await?)
+                Ok(planned_per_run(statement.clone())
+                    .execute(connection)
+                    .await?)
             })
             .await;
         match result {
@@ -429,15 +425,8 @@ struct ReleaseRows {
     now: DateTime<Utc>,
 }
 
-impl QueryId for ReleaseRows {
-    type QueryId = Self;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
 impl QueryFragment<Pg> for ReleaseRows {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Planned for its own ids on every run (see `statement::planned_per_run`).
-        out.unsafe_to_cache_prepared();
         out.push_sql(
             "UPDATE deliveries AS d SET state = 'queued', attempts = d.attempts - 1, \
              lease_until = NULL, updated_at = ",
@@ -513,7 +502,8 @@ async fn finish_locked(
     items: &[Finishing<'_>],
 ) -> Result<BTreeMap<Uuid, (Uuid, String)>> {
     lock(connection, &rows.ids).await?;
-    let returned: Vec<(Uuid, Uuid, String, Option<String>)> = rows.clone().load(connection).await?;
+    let returned: Vec<(Uuid, Uuid, String, Option<String>)> =
+        planned_per_run(rows.clone()).load(connection).await?;
     let user_ids: HashMap<Uuid, Option<String>> = returned
         .iter()
         .map(|(id, _, _, user_id)| (*id, user_id.clone()))
@@ -640,15 +630,8 @@ impl OutcomeRows {
     }
 }
 
-impl QueryId for OutcomeRows {
-    type QueryId = Self;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
 impl QueryFragment<Pg> for OutcomeRows {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Planned for its own ids on every run (see `statement::planned_per_run`).
-        out.unsafe_to_cache_prepared();
         out.push_sql(
             "UPDATE deliveries AS d SET state = o.state, last_error = o.last_error, \
              lease_until = NULL, scheduled_for = COALESCE(o.scheduled_for, d.scheduled_for), \
