@@ -102,8 +102,8 @@ async fn two_items_with_one_idempotency_key_in_a_batch_create_one_notification()
     .unwrap()
     .results;
 
-    let first = results[0].accepted.as_ref().unwrap();
-    let second = results[1].accepted.as_ref().unwrap();
+    let first = results[0].accepted.as_ref().expect(&results[0].message);
+    let second = results[1].accepted.as_ref().expect(&results[1].message);
     assert!(!first.duplicate);
     assert!(second.duplicate);
     assert_eq!(second.notification_id, first.notification_id);

@@ -542,18 +542,39 @@ impl SubmitApi {
 
     /// Every item of a `SubmitBatch`, concurrently: they meet in the writer's batches. Each
     /// gets its own result; a refused item's message starts with its path (`items[3].`).
+    ///
+    /// Items sharing an idempotency key run one after the other, in item order, so the first
+    /// of them decides what the key is bound to and the later ones are answered as replays or
+    /// conflicts of it, whatever order the concurrent items reach the writer in.
     async fn submit_batch(
         &self,
         caller: &Caller,
         request: SubmitBatchRequest,
         trace_context: &serde_json::Value,
     ) -> Vec<SubmitBatchResult> {
-        let items = request
-            .items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| async move {
-                match self.submit(caller, item, trace_context.clone()).await {
+        let mut chains: Vec<Vec<(usize, SubmitRequest)>> = Vec::new();
+        let mut chain_of_key: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
+        for (index, item) in request.items.into_iter().enumerate() {
+            let chain = if item.idempotency_key.is_empty() {
+                None
+            } else {
+                chain_of_key.get(&item.idempotency_key).copied()
+            };
+            match chain {
+                Some(chain) => chains[chain].push((index, item)),
+                None => {
+                    if !item.idempotency_key.is_empty() {
+                        chain_of_key.insert(item.idempotency_key.clone(), chains.len());
+                    }
+                    chains.push(vec![(index, item)]);
+                }
+            }
+        }
+        let chains = chains.into_iter().map(|chain| async move {
+            let mut results = Vec::with_capacity(chain.len());
+            for (index, item) in chain {
+                let result = match self.submit(caller, item, trace_context.clone()).await {
                     Ok(accepted) => SubmitBatchResult {
                         accepted: Some(accepted),
                         code: tonic::Code::Ok as i32,
@@ -567,9 +588,18 @@ impl SubmitApi {
                             message: format!("items[{index}].{}", status.message()),
                         }
                     }
-                }
-            });
-        futures::future::join_all(items).await
+                };
+                results.push((index, result));
+            }
+            results
+        });
+        let mut results: Vec<(usize, SubmitBatchResult)> = futures::future::join_all(chains)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        results.sort_unstable_by_key(|(index, _)| *index);
+        results.into_iter().map(|(_, result)| result).collect()
     }
 
     /// The original response when `key` is bound to an earlier submit of the same request,
