@@ -105,18 +105,13 @@ pub async fn overdue_deliveries(
     cutoffs: &[(Priority, DateTime<Utc>)],
     limit: i64,
 ) -> Result<Vec<OverdueDelivery>> {
-    let unfinished = [
-        DeliveryState::Pending.as_str(),
-        DeliveryState::Queued.as_str(),
-        DeliveryState::Sending.as_str(),
-        DeliveryState::RetryWait.as_str(),
-    ];
     let mut overdue = Vec::new();
     for (priority, cutoff) in cutoffs {
         let rows = crate::statement::planned_per_run(
             deliveries::table
                 .inner_join(notifications::table)
-                .filter(deliveries::state.eq_any(unfinished))
+                // `open`: pending, queued, sending or retrying (the partial index's test).
+                .filter(deliveries::open)
                 .filter(deliveries::sla_alerted_at.is_null())
                 .filter(notifications::priority.eq(priority.as_i16()))
                 .filter(deliveries::created_at.lt(cutoff))

@@ -99,7 +99,7 @@ pub async fn lanes(
                     min(d.queued_at) FILTER (WHERE d.state = 'queued') AS oldest_queued_at, \
                     count(*) FILTER (WHERE d.state = 'retry_wait') AS retrying \
              FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
-             WHERE d.state IN ('queued', 'retry_wait') \
+             WHERE d.open AND d.state IN ('queued', 'retry_wait') \
              GROUP BY d.channel, n.priority), \
          consumed AS ( \
              SELECT d.channel, n.priority, count(*) AS consumed_recently, \

@@ -31,7 +31,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    delivery_events (id) {
+    delivery_events (delivery_id, id) {
         id -> Int8,
         delivery_id -> Uuid,
         kind -> Text,
@@ -65,6 +65,7 @@ diesel::table! {
         locale -> Nullable<Text>,
         scheduled_for -> Nullable<Timestamptz>,
         variant -> Nullable<Text>,
+        open -> Bool,
     }
 }
 
