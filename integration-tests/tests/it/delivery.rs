@@ -134,6 +134,44 @@ async fn one_submit_to_three_recipients_sends_three_emails() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_relay_vacuums_the_outbox_behind_the_rows_it_published() {
+    let app = TestApp::spawn_with(Options {
+        relay_vacuum_after: 5,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let request = welcome_request(&format!("reader+{n}@example.com"));
+        ids.push(app.submit(request).await.unwrap().notification_id);
+    }
+    for id in &ids {
+        app.wait_for_status(id, NotificationStatus::Delivered).await;
+    }
+    assert_eq!(app.count_rows("outbox").await, 0);
+
+    // A manual vacuum, not autovacuum's (which is counted apart, and off on some servers).
+    herald_test_support::eventually("a vacuum of the outbox", WAIT, || async {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Vacuums {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            vacuum_count: i64,
+        }
+        let mut connection = app.pool.get().await.ok()?;
+        let vacuums = diesel::sql_query(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass",
+        )
+        .get_result::<Vacuums>(&mut connection)
+        .await
+        .ok()?;
+        (vacuums.vacuum_count > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_render_error_fails_the_delivery_permanently_and_dead_letters_it() {
     let app = TestApp::spawn().await;
     app.create_template(

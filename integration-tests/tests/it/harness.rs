@@ -102,6 +102,8 @@ pub(crate) struct Options {
     pub(crate) quota_per_minute: u64,
     /// The clock of the API, relay and workers (quiet hours, `send_at`).
     pub(crate) clock: Option<herald_domain::SharedClock>,
+    /// Rows the relay publishes between two vacuums of the outbox.
+    pub(crate) relay_vacuum_after: u64,
 }
 
 impl Default for Options {
@@ -112,6 +114,7 @@ impl Default for Options {
             redis: None,
             quota_per_minute: 0,
             clock: None,
+            relay_vacuum_after: herald_relay::RelaySettings::default().vacuum_after,
         }
     }
 }
@@ -235,6 +238,7 @@ impl TestApp {
                     Duration::from_secs(3600)
                 },
                 cleanup_interval: Duration::from_secs(60),
+                vacuum_after: options.relay_vacuum_after,
             },
             telemetry: test_telemetry(),
         })

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,6 +48,9 @@ pub struct RelaySettings {
     /// How often expired idempotency keys are deleted.
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// Rows published between two vacuums of the outbox (`herald_db::outbox::vacuum`); 0
+    /// leaves the outbox to autovacuum.
+    pub vacuum_after: u64,
 }
 
 impl Default for RelaySettings {
@@ -56,6 +60,7 @@ impl Default for RelaySettings {
             publishers: 2,
             poll_interval: Duration::from_millis(500),
             cleanup_interval: Duration::from_secs(60),
+            vacuum_after: 5_000,
         }
     }
 }
@@ -85,6 +90,54 @@ pub struct Application {
     metrics: herald_telemetry::Metrics,
     metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
     instruments: Instruments,
+    vacuum: OutboxVacuum,
+}
+
+/// Vacuums the outbox every `every` published rows, one vacuum at a time, off the publishing
+/// path: the rows the relay deletes would otherwise slow every batch's lookup until autovacuum
+/// comes by (see `herald_db::outbox::vacuum`).
+struct OutboxVacuum {
+    every: u64,
+    published: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+}
+
+impl OutboxVacuum {
+    fn new(every: u64) -> Self {
+        Self {
+            every,
+            published: Arc::new(AtomicU64::new(0)),
+            running: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Counts `rows` published, and starts a vacuum on a connection of `pool` once `every`
+    /// rows have been published since the last one started.
+    fn count(&self, rows: usize, pool: &herald_db::Pool) {
+        let rows = rows as u64;
+        if self.every == 0 || rows == 0 {
+            return;
+        }
+        let published = self.published.fetch_add(rows, Ordering::Relaxed) + rows;
+        if published < self.every || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.published.store(0, Ordering::Relaxed);
+        let running = self.running.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let vacuumed = async {
+                let mut connection = herald_db::connection(&pool).await?;
+                outbox::vacuum(&mut connection).await
+            }
+            .await;
+            match vacuumed {
+                Ok(()) => tracing::debug!(published, "Outbox vacuumed."),
+                Err(error) => tracing::warn!(error = %error, "Could not vacuum the outbox."),
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// What the relay measures.
@@ -157,6 +210,7 @@ impl Application {
             herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)
                 .context("binding the Prometheus endpoint")?;
         let instruments = Instruments::new(&metrics);
+        let vacuum = OutboxVacuum::new(settings.relay.vacuum_after);
         Ok(Self {
             settings,
             pool,
@@ -164,6 +218,7 @@ impl Application {
             metrics,
             metrics_endpoint,
             instruments,
+            vacuum,
         })
     }
 
@@ -270,6 +325,7 @@ impl Application {
             let pause = match self.publish_batch(publisher).await {
                 Ok(published) => {
                     database_delay = Duration::from_millis(100);
+                    self.vacuum.count(published, &self.pool);
                     if published as i64 >= self.settings.relay.batch_size {
                         continue;
                     }
