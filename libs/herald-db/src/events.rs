@@ -18,7 +18,7 @@ use crate::statement::planned_per_run;
 
 /// The tracing target every stored event is emitted under (defined by `herald-telemetry`,
 /// which bridges it to OpenTelemetry log records).
-pub use herald_telemetry::TRACKING_TARGET;
+pub use herald_domain::TRACKING_TARGET;
 
 /// One event to store. `notification_id` and `channel` are only emitted with the tracing
 /// event (the row joins them through the delivery); give them when at hand.

@@ -19,6 +19,10 @@ pub use values::{
     Priority, Role, TemplateKey, VariantName,
 };
 
+/// The tracing target of delivery events: every stored delivery event is logged under it
+/// (`herald_db::events`), and telemetry exports that stream as OpenTelemetry log records.
+pub const TRACKING_TARGET: &str = "herald::tracking";
+
 /// Why a value was rejected. The message names the rule that was broken, lowercase, without
 /// the field name: callers prefix it with the field they parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

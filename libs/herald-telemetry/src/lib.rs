@@ -27,7 +27,7 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 
 /// The tracing target of delivery tracking events; every stored delivery event is logged
 /// under it and, with OTLP on, exported as an OpenTelemetry log record.
-pub const TRACKING_TARGET: &str = "herald::tracking";
+pub use herald_domain::TRACKING_TARGET;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
