@@ -6,9 +6,8 @@ use herald_api_server::{Application, SERVICE_NAME, Settings};
 #[derive(Parser)]
 #[command(name = SERVICE_NAME, about = "Herald's gRPC API server")]
 struct Cli {
-    /// Directory holding base.toml and the {HERALD_ENV}.toml overlays.
-    #[arg(long, env = "HERALD_CONFIG_DIR", default_value = "config")]
-    config_dir: std::path::PathBuf,
+    #[command(flatten)]
+    config: herald_service::ConfigArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -25,17 +24,20 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
-    herald_telemetry::run_service(
+    herald_service::run(
         SERVICE_NAME,
-        &cli.config_dir,
+        &cli.config,
         |settings: &Settings| &settings.telemetry,
-        |settings| run(command, settings),
+        |settings, shutdown| run(command, settings, shutdown),
     )
     .await
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    herald_tls::install_crypto_provider();
+async fn run(
+    command: Command,
+    settings: Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             use secrecy::ExposeSecret;
@@ -44,7 +46,6 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let shutdown = herald_telemetry::shutdown_signal();
             let application = Application::build(settings).await?;
             application.run_until_stopped(shutdown).await
         }

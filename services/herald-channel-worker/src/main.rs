@@ -9,21 +9,18 @@ struct Cli {
     /// The channel this process delivers; run one deployment per channel.
     #[arg(long, env = "HERALD_CHANNEL", value_enum)]
     channel: WorkerChannel,
-    /// Directory holding base.toml and the {HERALD_ENV}.toml overlays.
-    #[arg(long, env = "HERALD_CONFIG_DIR", default_value = "config")]
-    config_dir: std::path::PathBuf,
+    #[command(flatten)]
+    config: herald_service::ConfigArgs,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    herald_telemetry::run_service(
+    herald_service::run(
         SERVICE_NAME,
-        &cli.config_dir,
+        &cli.config,
         |settings: &Settings| &settings.telemetry,
-        |settings| async move {
-            herald_tls::install_crypto_provider();
-            let shutdown = herald_telemetry::shutdown_signal();
+        |settings, shutdown| async move {
             Application::build(settings, cli.channel)?
                 .run_until_stopped(shutdown)
                 .await;

@@ -6,21 +6,18 @@ use herald_relay::{Application, SERVICE_NAME, Settings};
 #[derive(Parser)]
 #[command(name = SERVICE_NAME, about = "Herald's outbox relay")]
 struct Cli {
-    /// Directory holding base.toml and the {HERALD_ENV}.toml overlays.
-    #[arg(long, env = "HERALD_CONFIG_DIR", default_value = "config")]
-    config_dir: std::path::PathBuf,
+    #[command(flatten)]
+    config: herald_service::ConfigArgs,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    herald_telemetry::run_service(
+    herald_service::run(
         SERVICE_NAME,
-        &cli.config_dir,
+        &cli.config,
         |settings: &Settings| &settings.telemetry,
-        |settings| async move {
-            herald_tls::install_crypto_provider();
-            let shutdown = herald_telemetry::shutdown_signal();
+        |settings, shutdown| async move {
             Application::build(settings)?
                 .run_until_stopped(shutdown)
                 .await

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use herald_sink::{Application, BlastSettings, SERVICE_NAME, Settings};
-use tokio_util::sync::CancellationToken;
 
 /// A fast SMTP sink for benchmarks and development: counts messages and distinct Message-IDs
 /// and serves the counts as JSON on GET /stats (POST /reset starts them again), and when each
@@ -109,8 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         http = %application.http_local_addr(),
         "herald-sink is listening."
     );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let shutdown = herald_service::shutdown_signal();
     application.run_until_stopped(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -133,25 +131,4 @@ async fn blast(args: &BlastArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "Cannot listen for SIGTERM.");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("Stopping.");
-    shutdown.cancel();
 }

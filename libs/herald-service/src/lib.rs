@@ -1,0 +1,99 @@
+#![doc = include_str!("../README.md")]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use herald_config::TelemetrySettings;
+use tokio_util::sync::CancellationToken;
+
+/// The arguments every service takes, flattened into its clap `Cli`
+/// (`#[command(flatten)] config: ConfigArgs`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Directory holding base.toml and the {HERALD_ENV}.toml overlays.
+    #[arg(long, env = "HERALD_CONFIG_DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+}
+
+/// A service binary's `main` after argument parsing: installs the rustls crypto provider,
+/// loads `S` from `args.config_dir` (printing every problem and returning exit code 64 when
+/// the configuration is invalid), initialises telemetry from the section `telemetry` picks,
+/// runs `run` with the settings and the shutdown signal, and turns its error into exit code 1
+/// with the error chain logged once.
+pub async fn run<S, F, Fut, E>(
+    service_name: &'static str,
+    args: &ConfigArgs,
+    telemetry: fn(&S) -> &TelemetrySettings,
+    run: F,
+) -> ExitCode
+where
+    S: serde::de::DeserializeOwned + herald_config::Validate,
+    F: FnOnce(S, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    herald_tls::install_crypto_provider();
+    let settings: S = match herald_config::load_from_dir(&args.config_dir) {
+        Ok(settings) => settings,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{service_name}: {error}");
+            }
+            return ExitCode::from(64);
+        }
+    };
+    let _guard = match herald_telemetry::init(telemetry(&settings), service_name) {
+        Ok(guard) => guard,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{service_name}: cannot initialise telemetry: {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let error: Box<dyn std::error::Error + Send + Sync> = error.into();
+            let mut chain = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(error = %chain, "{service_name} failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT, which every service passes to
+/// `run_until_stopped` to start its graceful drain.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "Could not listen for SIGTERM.");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("Shutdown signal received; draining.");
+        cancel.cancel();
+    });
+    token
+}
