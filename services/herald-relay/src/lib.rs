@@ -98,7 +98,7 @@ pub struct Application {
 /// comes by (see `herald_db::outbox::vacuum`).
 struct OutboxVacuum {
     every: u64,
-    published: Arc<AtomicU64>,
+    published: AtomicU64,
     running: Arc<AtomicBool>,
 }
 
@@ -106,7 +106,7 @@ impl OutboxVacuum {
     fn new(every: u64) -> Self {
         Self {
             every,
-            published: Arc::new(AtomicU64::new(0)),
+            published: AtomicU64::new(0),
             running: Arc::new(AtomicBool::new(false)),
         }
     }
