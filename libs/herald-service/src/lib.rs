@@ -71,6 +71,46 @@ where
     }
 }
 
+/// A service's metrics: its meter provider and, when `telemetry.prometheus_listen` is set, its
+/// Prometheus endpoint, bound when the service is built (so a taken port fails the start) and
+/// served once it runs.
+pub struct ServiceMetrics {
+    metrics: herald_telemetry::Metrics,
+    endpoint: Option<herald_telemetry::MetricsEndpoint>,
+}
+
+impl ServiceMetrics {
+    /// The meter provider `telemetry` describes, and its endpoint bound.
+    pub fn new(
+        telemetry: &TelemetrySettings,
+        service_name: &'static str,
+    ) -> Result<Self, herald_telemetry::Error> {
+        Ok(Self {
+            metrics: herald_telemetry::Metrics::new(telemetry, service_name)?,
+            endpoint: herald_telemetry::MetricsEndpoint::bind_configured(telemetry)?,
+        })
+    }
+
+    /// The meter provider instruments are created from.
+    pub fn metrics(&self) -> &herald_telemetry::Metrics {
+        &self.metrics
+    }
+
+    /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint
+            .as_ref()
+            .map(herald_telemetry::MetricsEndpoint::local_addr)
+    }
+
+    /// Serves `GET /metrics` until `shutdown`; only the first call starts the server.
+    pub fn serve(&mut self, shutdown: &CancellationToken) {
+        if let Some(endpoint) = self.endpoint.take() {
+            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
+        }
+    }
+}
+
 /// A token cancelled on SIGTERM or SIGINT, which every service passes to
 /// `run_until_stopped` to start its graceful drain.
 pub fn shutdown_signal() -> CancellationToken {

@@ -189,8 +189,7 @@ pub struct Application {
     clock: herald_domain::SharedClock,
     inbox_hub: herald_inbox::InboxHub,
     inbox_publisher: herald_inbox::InboxPublisher,
-    metrics: herald_telemetry::Metrics,
-    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    metrics: herald_service::ServiceMetrics,
 }
 
 impl Application {
@@ -208,10 +207,8 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.grpc.listen))?;
         let local_addr = listener.local_addr()?;
-        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
-        let metrics_endpoint =
-            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)
-                .context("binding the Prometheus endpoint")?;
+        let metrics = herald_service::ServiceMetrics::new(&settings.telemetry, SERVICE_NAME)
+            .context("starting metrics")?;
         Ok(Self {
             listener,
             local_addr,
@@ -222,7 +219,6 @@ impl Application {
             inbox_hub,
             inbox_publisher,
             metrics,
-            metrics_endpoint,
         })
     }
 
@@ -240,14 +236,12 @@ impl Application {
 
     /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_endpoint
-            .as_ref()
-            .map(herald_telemetry::MetricsEndpoint::local_addr)
+        self.metrics.local_addr()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, reports NOT_SERVING and
     /// lets in-flight calls finish within the grace period.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tls = herald_tls::server_config(&self.settings.tls).context("loading TLS material")?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -274,9 +268,7 @@ impl Application {
             .build_v1()
             .context("building the reflection service")?;
 
-        if let Some(endpoint) = self.metrics_endpoint {
-            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
-        }
+        self.metrics.serve(&shutdown);
         let grace_period = self.settings.server.shutdown_grace_period;
         let templates = templates_cache::TemplateCache::default();
         tokio::spawn(templates.clone().listen(
@@ -347,7 +339,7 @@ impl Application {
         let server = tonic::transport::Server::builder()
             .tls_config(tls)
             .context("configuring TLS")?
-            .layer(observe::RpcLayer::new(&self.metrics))
+            .layer(observe::RpcLayer::new(self.metrics.metrics()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(submit)

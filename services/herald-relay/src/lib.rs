@@ -87,8 +87,7 @@ pub struct Application {
     settings: Settings,
     pool: herald_db::Pool,
     clock: herald_domain::SharedClock,
-    metrics: herald_telemetry::Metrics,
-    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    metrics: herald_service::ServiceMetrics,
     instruments: Instruments,
     vacuum: OutboxVacuum,
 }
@@ -205,18 +204,15 @@ impl Application {
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool =
             herald_db::build_pool(&settings.database).context("building the database pool")?;
-        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
-        let metrics_endpoint =
-            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)
-                .context("binding the Prometheus endpoint")?;
-        let instruments = Instruments::new(&metrics);
+        let metrics = herald_service::ServiceMetrics::new(&settings.telemetry, SERVICE_NAME)
+            .context("starting metrics")?;
+        let instruments = Instruments::new(metrics.metrics());
         let vacuum = OutboxVacuum::new(settings.relay.vacuum_after);
         Ok(Self {
             settings,
             pool,
             clock: std::sync::Arc::new(herald_domain::SystemClock),
             metrics,
-            metrics_endpoint,
             instruments,
             vacuum,
         })
@@ -224,9 +220,7 @@ impl Application {
 
     /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_endpoint
-            .as_ref()
-            .map(herald_telemetry::MetricsEndpoint::local_addr)
+        self.metrics.local_addr()
     }
 
     /// Decides which scheduled rows are due with `clock` (tests inject a manual one).
@@ -239,9 +233,7 @@ impl Application {
     /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
     /// (published and committed) before returning.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        if let Some(endpoint) = self.metrics_endpoint.take() {
-            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
-        }
+        self.metrics.serve(&shutdown);
         let cleanup = tokio::spawn(clean_up_expired_keys(
             self.pool.clone(),
             self.settings.relay.cleanup_interval,

@@ -135,8 +135,7 @@ pub struct Application {
     scanner: scan::Scanner,
     interval: Duration,
     pool: herald_db::Pool,
-    metrics: herald_telemetry::Metrics,
-    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    metrics: herald_service::ServiceMetrics,
     gauges: monitor::QueueGauges,
 }
 
@@ -152,14 +151,11 @@ impl Application {
                 "No alert destination configured (alerts.webhook_url, alerts.email_to); alerts are only logged."
             );
         }
-        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
-        let metrics_endpoint =
-            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)?;
+        let metrics = herald_service::ServiceMetrics::new(&settings.telemetry, SERVICE_NAME)?;
         Ok(Self {
             interval: settings.alerts.scan_interval,
-            gauges: monitor::QueueGauges::new(&metrics),
+            gauges: monitor::QueueGauges::new(metrics.metrics()),
             metrics,
-            metrics_endpoint,
             scanner: scan::Scanner::new(pool.clone(), sinks, settings.alerts),
             pool,
         })
@@ -167,17 +163,13 @@ impl Application {
 
     /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_endpoint
-            .as_ref()
-            .map(herald_telemetry::MetricsEndpoint::local_addr)
+        self.metrics.local_addr()
     }
 
     /// Scans every `alerts.scan_interval` until `shutdown` is cancelled, reading the queue
     /// figures for the gauges at each scan.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
-        if let Some(endpoint) = self.metrics_endpoint.take() {
-            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
-        }
+        self.metrics.serve(&shutdown);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,

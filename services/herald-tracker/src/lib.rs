@@ -70,8 +70,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     router: Router,
-    metrics: herald_telemetry::Metrics,
-    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    metrics: herald_service::ServiceMetrics,
 }
 
 impl Application {
@@ -84,13 +83,12 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.tracking.listen))?;
         let local_addr = listener.local_addr()?;
-        let metrics = herald_telemetry::Metrics::new(&settings.telemetry, SERVICE_NAME)?;
-        let metrics_endpoint =
-            herald_telemetry::MetricsEndpoint::bind_configured(&settings.telemetry)?;
+        let metrics = herald_service::ServiceMetrics::new(&settings.telemetry, SERVICE_NAME)?;
         let tracker = Arc::new(Tracker {
             pool,
             signer: Signer::new(&settings.tracking),
             requests: metrics
+                .metrics()
                 .meter()
                 .u64_counter("herald.tracking.requests")
                 .with_description("Open-pixel and click requests, by kind and result")
@@ -106,7 +104,6 @@ impl Application {
             local_addr,
             router,
             metrics,
-            metrics_endpoint,
         })
     }
 
@@ -117,16 +114,12 @@ impl Application {
 
     /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_endpoint
-            .as_ref()
-            .map(herald_telemetry::MetricsEndpoint::local_addr)
+        self.metrics.local_addr()
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        if let Some(endpoint) = self.metrics_endpoint {
-            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
-        }
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.metrics.serve(&shutdown);
         tracing::info!(address = %self.local_addr, "Tracker listening.");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
