@@ -556,20 +556,18 @@ impl SubmitApi {
         let mut chain_of_key: std::collections::HashMap<String, usize> =
             std::collections::HashMap::new();
         for (index, item) in request.items.into_iter().enumerate() {
+            // An item without a key starts a chain of its own; one with a key joins its key's.
             let chain = if item.idempotency_key.is_empty() {
-                None
+                chains.len()
             } else {
-                chain_of_key.get(&item.idempotency_key).copied()
+                *chain_of_key
+                    .entry(item.idempotency_key.clone())
+                    .or_insert(chains.len())
             };
-            match chain {
-                Some(chain) => chains[chain].push((index, item)),
-                None => {
-                    if !item.idempotency_key.is_empty() {
-                        chain_of_key.insert(item.idempotency_key.clone(), chains.len());
-                    }
-                    chains.push(vec![(index, item)]);
-                }
+            if chain == chains.len() {
+                chains.push(Vec::new());
             }
+            chains[chain].push((index, item));
         }
         let chains = chains.into_iter().map(|chain| async move {
             let mut results = Vec::with_capacity(chain.len());
