@@ -28,7 +28,8 @@ use crate::{ChannelProvider, WorkerSettings};
 /// A channel worker: consumes its channel's queue and delivers through `P`.
 pub struct Worker<P> {
     core: Core<P>,
-    metrics_endpoint: Option<herald_telemetry::MetricsEndpoint>,
+    /// Set by `with_telemetry`: the meter provider `core` records into, and its endpoint.
+    service_metrics: Option<herald_service::ServiceMetrics>,
 }
 
 impl<P: ChannelProvider> Worker<P> {
@@ -42,7 +43,7 @@ impl<P: ChannelProvider> Worker<P> {
     ) -> Self {
         let metrics = herald_telemetry::Metrics::local(service_name);
         Self {
-            metrics_endpoint: None,
+            service_metrics: None,
             core: Core {
                 instruments: Instruments::new(&metrics),
                 metrics,
@@ -80,18 +81,19 @@ impl<P: ChannelProvider> Worker<P> {
         mut self,
         telemetry: &herald_config::TelemetrySettings,
     ) -> Result<Self, herald_telemetry::Error> {
-        let metrics = herald_telemetry::Metrics::new(telemetry, self.core.service_name)?;
-        self.metrics_endpoint = herald_telemetry::MetricsEndpoint::bind_configured(telemetry)?;
-        self.core.instruments = Instruments::new(&metrics);
-        self.core.metrics = metrics;
+        let service_metrics =
+            herald_service::ServiceMetrics::new(telemetry, self.core.service_name)?;
+        self.core.instruments = Instruments::new(service_metrics.metrics());
+        self.core.metrics = service_metrics.metrics().clone();
+        self.service_metrics = Some(service_metrics);
         Ok(self)
     }
 
     /// Where Prometheus metrics are served, when `telemetry.prometheus_listen` is set.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_endpoint
+        self.service_metrics
             .as_ref()
-            .map(herald_telemetry::MetricsEndpoint::local_addr)
+            .and_then(herald_service::ServiceMetrics::local_addr)
     }
 
     /// Reads quiet hours against `clock` (tests inject a manual one).
@@ -104,9 +106,9 @@ impl<P: ChannelProvider> Worker<P> {
     /// Consumes until `shutdown` is cancelled, reconnecting to RabbitMQ with backoff whenever
     /// the connection fails. In-flight deliveries finish (within the grace period) before it
     /// returns.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        if let Some(endpoint) = self.metrics_endpoint {
-            tokio::spawn(endpoint.serve(self.core.metrics.clone(), shutdown.clone()));
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
+        if let Some(service_metrics) = &mut self.service_metrics {
+            service_metrics.serve(&shutdown);
         }
         let core = Arc::new(self.core);
         let _circuits = observe_circuits(&core);
