@@ -237,6 +237,7 @@ impl TestApp {
                 } else {
                     Duration::from_secs(3600)
                 },
+                linger: herald_relay::RelaySettings::default().linger,
                 cleanup_interval: Duration::from_secs(60),
                 vacuum_after: options.relay_vacuum_after,
             },

@@ -193,7 +193,7 @@ impl Default for WorkerSettings {
             prefetch: 256,
             concurrency: 64,
             batch_max: 64,
-            batch_linger: Duration::from_millis(1),
+            batch_linger: Duration::from_millis(20),
             lease: Duration::from_secs(60),
             max_attempts: 5,
             retry_delays: [1, 5, 30, 120].map(Duration::from_secs).to_vec(),

@@ -45,6 +45,12 @@ pub struct RelaySettings {
     /// (`NOTIFY`); this catches scheduled rows coming due and missed notifications.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Under load, how long a woken relay waits before reading the outbox, so that the
+    /// submits committed meanwhile go out in one batch (one transaction, one round of
+    /// confirms) rather than in one batch each. It applies only when the previous batch
+    /// published something: a submit after a quiet moment is published at once.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
     /// How often expired idempotency keys are deleted.
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
@@ -59,6 +65,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             publishers: 2,
             poll_interval: Duration::from_millis(500),
+            linger: Duration::from_millis(20),
             cleanup_interval: Duration::from_secs(60),
             vacuum_after: 5_000,
         }
@@ -314,27 +321,33 @@ impl Application {
             if shutdown.is_cancelled() {
                 return None;
             }
-            let pause = match self.publish_batch(publisher).await {
+            let (pause, busy) = match self.publish_batch(publisher).await {
                 Ok(published) => {
                     database_delay = Duration::from_millis(100);
                     self.vacuum.count(published, &self.pool);
                     if published as i64 >= self.settings.relay.batch_size {
                         continue;
                     }
-                    self.settings.relay.poll_interval
+                    (self.settings.relay.poll_interval, published > 0)
                 }
                 Err(BatchError::Broker(error)) => return Some(error),
                 Err(BatchError::Database(error)) => {
                     tracing::warn!(error = %error, retry_in_ms = database_delay.as_millis() as u64, "Relay cannot read the outbox.");
                     let delay = database_delay;
                     database_delay = (database_delay * 2).min(Duration::from_secs(5));
-                    delay
+                    (delay, false)
                 }
             };
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 () = wake.notified() => {}
                 () = tokio::time::sleep(pause) => {}
+            }
+            if busy && !self.settings.relay.linger.is_zero() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(self.settings.relay.linger) => {}
+                }
             }
         }
     }
