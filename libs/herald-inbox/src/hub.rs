@@ -208,7 +208,8 @@ impl InboxHub {
     /// `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let settings = &self.shared.settings;
-        let mut delay = settings.reconnect_min;
+        let mut reconnect =
+            herald_service::Backoff::new(settings.reconnect_min, settings.reconnect_max);
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -219,7 +220,7 @@ impl InboxHub {
             };
             match connected {
                 Ok(Ok(pubsub)) => {
-                    delay = settings.reconnect_min;
+                    reconnect.reset();
                     tracing::info!("Inbox fan-out connected to Redis.");
                     let (sink, stream) = pubsub.split();
                     let left = self.serve(sink, stream, &shutdown).await;
@@ -234,19 +235,18 @@ impl InboxHub {
                 }
                 Ok(Err(error)) => tracing::warn!(
                     error = %error,
-                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "Inbox fan-out cannot connect to Redis; retrying."
                 ),
-                Err(_) => tracing::warn!(
-                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    "Inbox fan-out timed out connecting to Redis; retrying."
-                ),
+                Err(_) => tracing::warn!("Inbox fan-out timed out connecting to Redis; retrying."),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            let pause = reconnect.next_delay();
+            tracing::info!(
+                retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                "Inbox fan-out reconnecting to Redis."
+            );
+            if !herald_service::sleep_unless_shutdown(pause, &shutdown).await {
+                return;
             }
-            delay = delay.saturating_mul(2).min(settings.reconnect_max);
         }
     }
 

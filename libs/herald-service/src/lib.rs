@@ -3,6 +3,9 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
 
 use herald_config::TelemetrySettings;
 use tokio_util::sync::CancellationToken;
@@ -136,4 +139,57 @@ pub fn shutdown_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// The pauses of a reconnect or retry loop: `min` first, doubling up to `max`, and `min` again
+/// once `reset` says a try succeeded.
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut backoff = herald_service::Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
+/// let millis: Vec<_> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
+/// assert_eq!(millis, [100, 200, 300, 300]);
+/// backoff.reset();
+/// assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+/// ```
+#[derive(Debug)]
+pub struct Backoff {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Doubling pauses from `min` to `max`, for as many tries as it takes.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let max = max.max(min);
+        let builder = backon::ExponentialBuilder::new()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .without_max_times();
+        Self {
+            delays: builder.build(),
+            builder,
+            max,
+        }
+    }
+
+    /// The pause before the next try.
+    pub fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max)
+    }
+
+    /// Starts over from `min`: the last try succeeded.
+    pub fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
+/// Sleeps `pause`; `false` when `shutdown` came first (the loop that waited should end).
+pub async fn sleep_unless_shutdown(pause: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(pause) => true,
+    }
 }

@@ -607,18 +607,18 @@ impl<P: ChannelProvider> Pipeline<P> {
                 invalid_addresses: &finished.invalid_addresses,
             })
             .collect();
-        let mut pause = Duration::from_millis(100);
+        let mut retry = herald_service::Backoff::new(Duration::from_millis(100), RECORD_RETRY_MAX);
         loop {
             let result = async {
                 let mut connection = herald_db::connection(&self.core.pool).await?;
                 deliveries::finish_many(&mut connection, &items).await
             }
             .await;
+            let pause = retry.next_delay();
             match result {
                 Err(error) if error.is_unavailable() && Instant::now() + pause < give_up_at => {
                     tracing::warn!(error = %error, outcomes = batch.len(), "Cannot record outcomes yet; retrying while the leases hold.");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RECORD_RETRY_MAX);
                 }
                 other => return other,
             }

@@ -4,6 +4,7 @@
 //! delivery itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use herald_config::AmqpSettings;
@@ -127,24 +128,28 @@ impl<P: ChannelProvider> Worker<P> {
             }
         });
         let amqp = &core.amqp;
-        let mut reconnect_delay = amqp.reconnect_min;
+        let mut reconnect = herald_service::Backoff::new(amqp.reconnect_min, amqp.reconnect_max);
         while !shutdown.is_cancelled() {
-            match session(&core, &pipeline, &shutdown).await {
+            let consuming = AtomicBool::new(false);
+            match session(&core, &pipeline, &shutdown, &consuming).await {
                 Ok(()) => break,
                 Err(error) => {
+                    if consuming.load(Ordering::Relaxed) {
+                        // It was a working connection: start the pauses over.
+                        reconnect.reset();
+                    }
+                    let pause = reconnect.next_delay();
                     tracing::warn!(
                         error = %error,
                         channel = %core.provider.channel(),
-                        retry_in_ms = reconnect_delay.as_millis() as u64,
+                        retry_in_ms = pause.as_millis() as u64,
                         "Worker lost RabbitMQ; reconnecting."
                     );
+                    if !herald_service::sleep_unless_shutdown(pause, &shutdown).await {
+                        break;
+                    }
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(reconnect_delay) => {}
-            }
-            reconnect_delay = (reconnect_delay * 2).min(amqp.reconnect_max);
         }
         if !pipeline.drain().await {
             tracing::warn!(
@@ -186,10 +191,12 @@ fn observe_circuits<P: ChannelProvider>(
 
 /// One connection's life: consumes into the pipeline until the broker fails (`Err`) or the
 /// worker stops (`Ok`, after the deliveries in flight were settled on this connection).
+/// Sets `consuming` once it consumes: a failure after that was a working connection's.
 async fn session<P: ChannelProvider>(
     core: &Arc<Core<P>>,
     pipeline: &Arc<Pipeline<P>>,
     shutdown: &CancellationToken,
+    consuming: &AtomicBool,
 ) -> Result<(), herald_queue::Error> {
     let channel_kind = core.provider.channel();
     let connection =
@@ -223,6 +230,7 @@ async fn session<P: ChannelProvider>(
         concurrency = core.settings.concurrency,
         "Worker consuming."
     );
+    consuming.store(true, Ordering::Relaxed);
     let result = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),

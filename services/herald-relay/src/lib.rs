@@ -254,11 +254,14 @@ impl Application {
             wakers.clone(),
             shutdown.clone(),
         ));
-        let mut reconnect_delay = self.settings.amqp.reconnect_min;
+        let mut reconnect = herald_service::Backoff::new(
+            self.settings.amqp.reconnect_min,
+            self.settings.amqp.reconnect_max,
+        );
         while !shutdown.is_cancelled() {
             match self.connect().await {
                 Ok((connection, publisher)) => {
-                    reconnect_delay = self.settings.amqp.reconnect_min;
+                    reconnect.reset();
                     tracing::info!("Relay connected to RabbitMQ.");
                     // Every publisher stops at the first broker error (or shutdown); the
                     // first error decides the reconnect.
@@ -284,14 +287,17 @@ impl Application {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in_ms = reconnect_delay.as_millis() as u64, "Relay cannot reach RabbitMQ.");
+                    tracing::warn!(error = %error, "Relay cannot reach RabbitMQ.");
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(reconnect_delay) => {}
+            let pause = reconnect.next_delay();
+            tracing::info!(
+                retry_in_ms = pause.as_millis() as u64,
+                "Relay reconnecting to RabbitMQ."
+            );
+            if !herald_service::sleep_unless_shutdown(pause, &shutdown).await {
+                break;
             }
-            reconnect_delay = (reconnect_delay * 2).min(self.settings.amqp.reconnect_max);
         }
         let _stopped = cleanup.await;
         tracing::info!("Relay stopped.");
@@ -316,14 +322,15 @@ impl Application {
         wake: &Notify,
         shutdown: &CancellationToken,
     ) -> Option<herald_queue::Error> {
-        let mut database_delay = Duration::from_millis(100);
+        let mut database_retry =
+            herald_service::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             if shutdown.is_cancelled() {
                 return None;
             }
             let (pause, busy) = match self.publish_batch(publisher).await {
                 Ok(published) => {
-                    database_delay = Duration::from_millis(100);
+                    database_retry.reset();
                     self.vacuum.count(published, &self.pool);
                     if published as i64 >= self.settings.relay.batch_size {
                         continue;
@@ -332,9 +339,8 @@ impl Application {
                 }
                 Err(BatchError::Broker(error)) => return Some(error),
                 Err(BatchError::Database(error)) => {
-                    tracing::warn!(error = %error, retry_in_ms = database_delay.as_millis() as u64, "Relay cannot read the outbox.");
-                    let delay = database_delay;
-                    database_delay = (database_delay * 2).min(Duration::from_secs(5));
+                    let delay = database_retry.next_delay();
+                    tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "Relay cannot read the outbox.");
                     (delay, false)
                 }
             };
