@@ -120,6 +120,11 @@ impl Default for Options {
 }
 
 impl TestApp {
+    /// Starts the graceful shutdown of every service, as SIGTERM would.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// API server, relay and email worker.
     pub(crate) async fn spawn() -> Self {
         Self::spawn_with(Options::default()).await

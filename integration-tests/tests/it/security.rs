@@ -120,6 +120,45 @@ async fn health_reports_serving_over_mutual_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_service_reports_not_serving_to_its_watchers_once_the_drain_begins() {
+    let app = TestApp::spawn().await;
+    let mut health = HealthClient::new(app.channel(As::Orders).await);
+    let services = [
+        "",
+        "herald.submit.v1.SubmitService",
+        "herald.template.v1.TemplateService",
+        "herald.admin.v1.AdminService",
+        "herald.preference.v1.PreferenceService",
+        "herald.inbox.v1.InboxService",
+        "herald.tracking.v1.TrackingService",
+    ];
+    let mut watches = Vec::new();
+    for service in services {
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        watches.push((service, watch));
+    }
+
+    app.begin_shutdown();
+
+    for (service, mut watch) in watches {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("{service:?} sent nothing after the drain began"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status(), ServingStatus::NotServing, "{service:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reflection_lists_the_herald_services() {
     let app = TestApp::spawn().await;
     let mut reflection = ServerReflectionClient::new(app.channel(As::Orders).await);

@@ -244,24 +244,7 @@ impl Application {
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tls = herald_tls::server_config(&self.settings.tls).context("loading TLS material")?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<SubmitServiceServer<submit::SubmitApi>>()
-            .await;
-        health_reporter
-            .set_serving::<TemplateServiceServer<template::TemplateApi>>()
-            .await;
-        health_reporter
-            .set_serving::<AdminServiceServer<admin::AdminApi>>()
-            .await;
-        health_reporter
-            .set_serving::<PreferenceServiceServer<preference::PreferenceApi>>()
-            .await;
-        health_reporter
-            .set_serving::<InboxServiceServer<inbox::InboxApi>>()
-            .await;
-        health_reporter
-            .set_serving::<TrackingServiceServer<tracking::TrackingApi>>()
-            .await;
+        report_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -350,21 +333,7 @@ impl Application {
             .add_service(tracking)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;
-                health_reporter
-                    .set_not_serving::<SubmitServiceServer<submit::SubmitApi>>()
-                    .await;
-                health_reporter
-                    .set_not_serving::<TemplateServiceServer<template::TemplateApi>>()
-                    .await;
-                health_reporter
-                    .set_not_serving::<AdminServiceServer<admin::AdminApi>>()
-                    .await;
-                health_reporter
-                    .set_not_serving::<InboxServiceServer<inbox::InboxApi>>()
-                    .await;
-                health_reporter
-                    .set_not_serving::<TrackingServiceServer<tracking::TrackingApi>>()
-                    .await;
+                report_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
                 drain_signal.cancel();
             });
         tokio::pin!(server);
@@ -379,5 +348,27 @@ impl Application {
         }
         tracing::info!("API server stopped.");
         Ok(())
+    }
+}
+
+/// Every service the API serves, by the name the gRPC health service knows it by, and `""`
+/// (the server as a whole): SERVING once it serves, NOT_SERVING as soon as the drain begins,
+/// so that load balancers watching health stop sending calls before connections close.
+const HEALTH_CHECKED: [&str; 7] = [
+    "",
+    <SubmitServiceServer<submit::SubmitApi> as tonic::server::NamedService>::NAME,
+    <TemplateServiceServer<template::TemplateApi> as tonic::server::NamedService>::NAME,
+    <AdminServiceServer<admin::AdminApi> as tonic::server::NamedService>::NAME,
+    <PreferenceServiceServer<preference::PreferenceApi> as tonic::server::NamedService>::NAME,
+    <InboxServiceServer<inbox::InboxApi> as tonic::server::NamedService>::NAME,
+    <TrackingServiceServer<tracking::TrackingApi> as tonic::server::NamedService>::NAME,
+];
+
+async fn report_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for service in HEALTH_CHECKED {
+        reporter.set_service_status(service, status).await;
     }
 }
