@@ -321,55 +321,14 @@ async fn resolve(
                 .execute(connection)
                 .await?;
             if let Action::Replay = action {
-                let final_states = [
-                    DeliveryState::Failed.as_str(),
-                    DeliveryState::Unknown.as_str(),
-                ];
-                let attempts = diesel::update(
-                    deliveries::table
-                        .filter(deliveries::id.eq(delivery_id))
-                        .filter(deliveries::state.eq_any(final_states)),
-                )
-                .set((
-                    deliveries::state.eq(DeliveryState::Pending.as_str()),
-                    deliveries::attempts_base.eq(deliveries::attempts),
-                    deliveries::lease_until.eq(None::<DateTime<Utc>>),
-                    deliveries::updated_at.eq(now),
-                ))
-                .returning(deliveries::attempts)
-                .get_result::<i32>(connection)
-                .await
-                .optional()?;
-                if let Some(attempts) = attempts {
-                    let priority = notifications::table
-                        .find(notification_id)
-                        .select(notifications::priority)
-                        .first::<i16>(connection)
-                        .await?;
-                    let detail = format!("by {actor}: {reason}");
-                    crate::events::insert(
-                        connection,
-                        &[crate::events::NewEvent {
-                            delivery_id,
-                            kind: "replayed",
-                            attempt: attempts,
-                            detail: &detail,
-                            notification_id: Some(notification_id),
-                            channel: Some(&channel),
-                            ..crate::events::NewEvent::default()
-                        }],
-                    )
-                    .await?;
-                    diesel::insert_into(outbox::table)
-                        .values((
-                            outbox::delivery_id.eq(delivery_id),
-                            outbox::notification_id.eq(notification_id),
-                            outbox::channel.eq(&channel),
-                            outbox::priority.eq(priority),
-                        ))
-                        .execute(connection)
-                        .await?;
-                }
+                let replay = Replay {
+                    delivery_id,
+                    notification_id,
+                    channel: &channel,
+                    actor,
+                    reason,
+                };
+                replay.requeue(connection, now).await?;
             }
             diesel::insert_into(audit_log::table)
                 .values((
@@ -387,4 +346,70 @@ async fn resolve(
             Ok(Resolution::Done)
         })
         .await
+}
+
+/// The delivery of a failure an operator replays.
+struct Replay<'a> {
+    delivery_id: Uuid,
+    notification_id: Uuid,
+    channel: &'a str,
+    actor: &'a str,
+    reason: &'a str,
+}
+
+impl Replay<'_> {
+    /// Puts the delivery back to `pending` with a fresh attempt budget, a `replayed` event and
+    /// an outbox row, if it is still failed or unknown (else nothing: it was replayed already).
+    async fn requeue(&self, connection: &mut AsyncPgConnection, now: DateTime<Utc>) -> Result<()> {
+        let final_states = [
+            DeliveryState::Failed.as_str(),
+            DeliveryState::Unknown.as_str(),
+        ];
+        let attempts = diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq(self.delivery_id))
+                .filter(deliveries::state.eq_any(final_states)),
+        )
+        .set((
+            deliveries::state.eq(DeliveryState::Pending.as_str()),
+            deliveries::attempts_base.eq(deliveries::attempts),
+            deliveries::lease_until.eq(None::<DateTime<Utc>>),
+            deliveries::updated_at.eq(now),
+        ))
+        .returning(deliveries::attempts)
+        .get_result::<i32>(connection)
+        .await
+        .optional()?;
+        if let Some(attempts) = attempts {
+            let priority = notifications::table
+                .find(self.notification_id)
+                .select(notifications::priority)
+                .first::<i16>(connection)
+                .await?;
+            let detail = format!("by {}: {}", self.actor, self.reason);
+            crate::events::insert(
+                connection,
+                &[crate::events::NewEvent {
+                    delivery_id: self.delivery_id,
+                    kind: "replayed",
+                    attempt: attempts,
+                    detail: &detail,
+                    notification_id: Some(self.notification_id),
+                    channel: Some(self.channel),
+                    ..crate::events::NewEvent::default()
+                }],
+            )
+            .await?;
+            diesel::insert_into(outbox::table)
+                .values((
+                    outbox::delivery_id.eq(self.delivery_id),
+                    outbox::notification_id.eq(self.notification_id),
+                    outbox::channel.eq(self.channel),
+                    outbox::priority.eq(priority),
+                ))
+                .execute(connection)
+                .await?;
+        }
+        Ok(())
+    }
 }

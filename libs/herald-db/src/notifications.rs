@@ -1,5 +1,7 @@
 //! Notifications, their deliveries and outbox rows, written in one transaction.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -7,6 +9,7 @@ use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority
 use uuid::Uuid;
 
 use crate::schema::{deliveries, idempotency_keys, notifications, templates};
+use crate::statement::column;
 use crate::{Error, Result};
 
 /// A validated notification ready to store.
@@ -145,8 +148,7 @@ async fn claim_idempotency_keys(
 ) -> Result<Vec<Inserted>> {
     use diesel::sql_types::{Array, Bytea, Text, Timestamptz, Uuid as SqlUuid};
     // The first use of each (caller, key) in the batch claims it; later ones follow it.
-    let mut first_use: std::collections::BTreeMap<(&str, &str), usize> =
-        std::collections::BTreeMap::new();
+    let mut first_use: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for (index, new) in batch.iter().enumerate() {
         if let Some(key) = &new.idempotency_key {
             first_use
@@ -201,10 +203,25 @@ async fn claim_idempotency_keys(
     .bind::<Array<SqlUuid>, _>(&ids)
     .load(connection)
     .await?;
-    let won: std::collections::HashSet<Uuid> = claimed
+    let won: HashSet<Uuid> = claimed
         .into_iter()
         .map(|claim| claim.notification_id)
         .collect();
+    answers_after_claim(connection, batch, &first_use, &won).await
+}
+
+/// One answer per item once `won` holds the notifications whose keys the claim bound: `Created`
+/// for those and for items without a key, `KeyExists` with the standing binding (read under
+/// the claim's locks) for the others.
+async fn answers_after_claim(
+    connection: &mut AsyncPgConnection,
+    batch: &[NewNotification],
+    first_use: &BTreeMap<(&str, &str), usize>,
+    won: &HashSet<Uuid>,
+) -> Result<Vec<Inserted>> {
+    use diesel::sql_types::{Array, Text};
+    let callers: Vec<&str> = first_use.keys().map(|(caller, _)| *caller).collect();
+    let keys: Vec<&str> = first_use.keys().map(|(_, key)| *key).collect();
     // Every keyed item claimed its key: nothing to look up.
     let keyed = batch
         .iter()
@@ -223,7 +240,7 @@ async fn claim_idempotency_keys(
     .bind::<Array<Text>, _>(&keys)
     .load(connection)
     .await?;
-    let bindings: std::collections::HashMap<(&str, &str), &Binding> = bindings
+    let bindings: HashMap<(&str, &str), &Binding> = bindings
         .iter()
         .map(|binding| {
             (
@@ -276,132 +293,83 @@ struct Binding {
 /// rows, one statement per table, all four pipelined on the connection (sent together, then
 /// their answers read): inside the transaction, a failure of any one fails the commit.
 async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification]) -> Result<()> {
-    use diesel::sql_types::{
-        Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-    };
-    let mut notifications_connection = connection;
-    let notifications = crate::statement::Statement::new(
+    let deliveries: Vec<(&NewNotification, &NewDelivery)> = created
+        .iter()
+        .flat_map(|new| new.deliveries.iter().map(move |delivery| (*new, delivery)))
+        .collect();
+    let details = event_details(&deliveries);
+    let event_rows = accepted_events(&deliveries, &details);
+    // Each future sends its statement when first polled: in this order, on one connection.
+    let (notifications, deliveries_written, events, outbox) = futures::join!(
+        insert_notifications(connection, created),
+        insert_deliveries(connection, &deliveries),
+        crate::events::insert_pipelined(connection, &event_rows),
+        insert_outbox(connection, &deliveries),
+    );
+    notifications?;
+    deliveries_written?;
+    events?;
+    outbox?;
+    Ok(())
+}
+
+/// One `notifications` row per notification.
+async fn insert_notifications(
+    mut notifications_connection: &AsyncPgConnection,
+    created: &[&NewNotification],
+) -> Result<()> {
+    use diesel::sql_types::{Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Uuid as SqlUuid};
+    crate::statement::Statement::new(
         "INSERT INTO notifications (id, submitted_by, idempotency_key, request_hash, \
              template_id, template_version, category, priority, parameters, metadata) \
          SELECT * FROM unnest(?::uuid[], ?::text[], ?::text[], ?::bytea[], ?::uuid[], \
              ?::int4[], ?::text[], ?::int2[], ?::jsonb[], ?::jsonb[])",
     )
-    .bind::<Array<SqlUuid>, _>(
-        created
-            .iter()
-            .map(|new| *new.id.as_uuid())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Text>, _>(
-        created
-            .iter()
-            .map(|new| new.submitted_by.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        created
-            .iter()
-            .map(|new| new.idempotency_key.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Bytea>, _>(
-        created
-            .iter()
-            .map(|new| new.request_hash.as_slice())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<SqlUuid>, _>(
-        created
-            .iter()
-            .map(|new| *new.template_id.as_uuid())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Int4>, _>(
-        created
-            .iter()
-            .map(|new| new.template_version)
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Text>, _>(
-        created
-            .iter()
-            .map(|new| new.category.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Int2>, _>(
-        created
-            .iter()
-            .map(|new| new.priority.as_i16())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Jsonb>, _>(
-        created
-            .iter()
-            .map(|new| &new.parameters)
-            .collect::<Vec<_>>(),
-    )
+    .bind::<Array<SqlUuid>, _>(column(created, |new| *new.id.as_uuid()))
+    .bind::<Array<Text>, _>(column(created, |new| new.submitted_by.as_str()))
+    .bind::<Array<Nullable<Text>>, _>(column(created, |new| new.idempotency_key.as_deref()))
+    .bind::<Array<Bytea>, _>(column(created, |new| new.request_hash.as_slice()))
+    .bind::<Array<SqlUuid>, _>(column(created, |new| *new.template_id.as_uuid()))
+    .bind::<Array<Int4>, _>(column(created, |new| new.template_version))
+    .bind::<Array<Text>, _>(column(created, |new| new.category.as_str()))
+    .bind::<Array<Int2>, _>(column(created, |new| new.priority.as_i16()))
+    .bind::<Array<Jsonb>, _>(column(created, |new| &new.parameters))
     .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.metadata).collect::<Vec<_>>())
-    .execute(&mut notifications_connection);
+    .execute(&mut notifications_connection)
+    .await?;
+    Ok(())
+}
 
-    let deliveries: Vec<(&NewNotification, &NewDelivery)> = created
-        .iter()
-        .flat_map(|new| new.deliveries.iter().map(move |delivery| (*new, delivery)))
-        .collect();
-    let mut deliveries_connection = connection;
-    let deliveries_written = crate::statement::Statement::new(
+/// One `deliveries` row per delivery: `pending`, `scheduled` or `suppressed`.
+async fn insert_deliveries(
+    mut deliveries_connection: &AsyncPgConnection,
+    deliveries: &[(&NewNotification, &NewDelivery)],
+) -> Result<()> {
+    use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    crate::statement::Statement::new(
         "INSERT INTO deliveries (id, notification_id, channel, recipient_index, user_id, \
              address, locale, variant, state, scheduled_for, last_error) \
          SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[], ?::int4[], ?::text[], \
              ?::text[], ?::text[], ?::text[], ?::text[], ?::timestamptz[], ?::text[])",
     )
-    .bind::<Array<SqlUuid>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| *delivery.id.as_uuid())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<SqlUuid>, _>(
-        deliveries
-            .iter()
-            .map(|(new, _)| *new.id.as_uuid())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Text>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| delivery.channel.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Int4>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| delivery.recipient_index)
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| delivery.user_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| delivery.address.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| delivery.locale.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Nullable<Text>>, _>(
-        deliveries
-            .iter()
-            .map(|(_, delivery)| delivery.variant.as_deref())
-            .collect::<Vec<_>>(),
-    )
+    .bind::<Array<SqlUuid>, _>(column(deliveries, |(_, delivery)| *delivery.id.as_uuid()))
+    .bind::<Array<SqlUuid>, _>(column(deliveries, |(new, _)| *new.id.as_uuid()))
+    .bind::<Array<Text>, _>(column(deliveries, |(_, delivery)| {
+        delivery.channel.as_str()
+    }))
+    .bind::<Array<Int4>, _>(column(deliveries, |(_, delivery)| delivery.recipient_index))
+    .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
+        delivery.user_id.as_deref()
+    }))
+    .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
+        delivery.address.as_deref()
+    }))
+    .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
+        delivery.locale.as_deref()
+    }))
+    .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
+        delivery.variant.as_deref()
+    }))
     .bind::<Array<Text>, _>(
         deliveries
             .iter()
@@ -430,9 +398,57 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
             })
             .collect::<Vec<_>>(),
     )
-    .execute(&mut deliveries_connection);
+    .execute(&mut deliveries_connection)
+    .await?;
+    Ok(())
+}
 
-    let details: Vec<Option<(&str, String)>> = deliveries
+/// One `outbox` row per delivery to send (none for a suppressed one), due when accepted or
+/// when scheduled; its insert wakes the relays at commit (the `outbox_added` trigger).
+async fn insert_outbox(
+    mut outbox_connection: &AsyncPgConnection,
+    deliveries: &[(&NewNotification, &NewDelivery)],
+) -> Result<usize> {
+    use diesel::sql_types::{Array, Int2, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+    let outbox_rows: Vec<(&NewNotification, &NewDelivery, DateTime<Utc>)> = deliveries
+        .iter()
+        .filter_map(|(new, delivery)| {
+            let available_at = match &delivery.disposition {
+                Disposition::Now => new.accepted_at,
+                Disposition::ScheduledFor(at) => *at,
+                Disposition::Suppressed(_) => return None,
+            };
+            Some((*new, *delivery, available_at))
+        })
+        .collect();
+    if outbox_rows.is_empty() {
+        return Ok(0);
+    }
+    Ok(crate::statement::Statement::new(
+        "INSERT INTO outbox (delivery_id, notification_id, channel, priority, \
+             trace_context, available_at) \
+         SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[], ?::int2[], \
+             ?::jsonb[], ?::timestamptz[])",
+    )
+    .bind::<Array<SqlUuid>, _>(column(&outbox_rows, |(_, delivery, _)| {
+        *delivery.id.as_uuid()
+    }))
+    .bind::<Array<SqlUuid>, _>(column(&outbox_rows, |(new, _, _)| *new.id.as_uuid()))
+    .bind::<Array<Text>, _>(column(&outbox_rows, |(_, delivery, _)| {
+        delivery.channel.as_str()
+    }))
+    .bind::<Array<Int2>, _>(column(&outbox_rows, |(new, _, _)| new.priority.as_i16()))
+    .bind::<Array<Jsonb>, _>(column(&outbox_rows, |(new, _, _)| &new.trace_context))
+    .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
+    .execute(&mut outbox_connection)
+    .await?)
+}
+
+/// The detail of each delivery's second event (`scheduled` or `suppressed`), if it has one.
+fn event_details(
+    deliveries: &[(&NewNotification, &NewDelivery)],
+) -> Vec<Option<(&'static str, String)>> {
+    deliveries
         .iter()
         .map(|(_, delivery)| match &delivery.disposition {
             Disposition::Now => None,
@@ -441,10 +457,17 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
             }
             Disposition::Suppressed(reason) => Some(("suppressed", reason.clone())),
         })
-        .collect();
-    let event_rows: Vec<_> = deliveries
+        .collect()
+}
+
+/// The first events of new deliveries: `accepted`, then `scheduled` or `suppressed`.
+fn accepted_events<'a>(
+    deliveries: &[(&'a NewNotification, &'a NewDelivery)],
+    details: &'a [Option<(&'static str, String)>],
+) -> Vec<crate::events::NewEvent<'a>> {
+    deliveries
         .iter()
-        .zip(&details)
+        .zip(details)
         .flat_map(|((new, delivery), then)| {
             let accepted = crate::events::NewEvent {
                 delivery_id: *delivery.id.as_uuid(),
@@ -460,72 +483,7 @@ async fn insert_rows(connection: &AsyncPgConnection, created: &[&NewNotification
             });
             std::iter::once(accepted).chain(then)
         })
-        .collect();
-    let events = crate::events::insert_pipelined(connection, &event_rows);
-
-    let outbox_rows: Vec<(&NewNotification, &NewDelivery, DateTime<Utc>)> = deliveries
-        .iter()
-        .filter_map(|(new, delivery)| {
-            let available_at = match &delivery.disposition {
-                Disposition::Now => new.accepted_at,
-                Disposition::ScheduledFor(at) => *at,
-                Disposition::Suppressed(_) => return None,
-            };
-            Some((*new, *delivery, available_at))
-        })
-        .collect();
-    let outbox = async {
-        if outbox_rows.is_empty() {
-            return Ok(0);
-        }
-        let mut outbox_connection = connection;
-        crate::statement::Statement::new(
-            "INSERT INTO outbox (delivery_id, notification_id, channel, priority, \
-                 trace_context, available_at) \
-             SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[], ?::int2[], \
-                 ?::jsonb[], ?::timestamptz[])",
-        )
-        .bind::<Array<SqlUuid>, _>(
-            outbox_rows
-                .iter()
-                .map(|(_, delivery, _)| *delivery.id.as_uuid())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<SqlUuid>, _>(
-            outbox_rows
-                .iter()
-                .map(|(new, _, _)| *new.id.as_uuid())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(
-            outbox_rows
-                .iter()
-                .map(|(_, delivery, _)| delivery.channel.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Int2>, _>(
-            outbox_rows
-                .iter()
-                .map(|(new, _, _)| new.priority.as_i16())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Jsonb>, _>(
-            outbox_rows
-                .iter()
-                .map(|(new, _, _)| &new.trace_context)
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
-        .execute(&mut outbox_connection)
-        .await
-    };
-    let (notifications, deliveries_written, events, outbox) =
-        futures::join!(notifications, deliveries_written, events, outbox);
-    notifications?;
-    deliveries_written?;
-    events?;
-    outbox?;
-    Ok(())
+        .collect()
 }
 
 /// The live binding of `key` for `submitted_by`: the notification and its request hash.

@@ -153,3 +153,8 @@ impl<Q> QueryId for PlannedPerRun<Q> {
 impl<Q: Query> Query for PlannedPerRun<Q> {
     type SqlType = Q::SqlType;
 }
+
+/// One array bind of a statement over arrays: `value` of every row, in order.
+pub(crate) fn column<T, U>(rows: &[T], value: impl FnMut(&T) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
+}
