@@ -238,6 +238,27 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
                 .into(),
         });
     }
+    let sources = checked_sources(content)?;
+    for (part, source) in sources {
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(invalid(
+                part,
+                &format!("must be at most {MAX_SOURCE_BYTES} bytes"),
+            ));
+        }
+        let template = handlebars::Template::compile(source).map_err(|error| Error::Syntax {
+            part,
+            message: error.to_string(),
+        })?;
+        parameters::collect(&template, &mut parameters);
+    }
+    variant::validate_variants(content, &mut parameters)?;
+    Ok(parameters.into_iter().collect())
+}
+
+/// Checks what each channel part needs besides valid syntax (a subject, a body, bounded push
+/// data) and returns every source to compile, named by its part.
+fn checked_sources(content: &TemplateContent) -> Result<Vec<(&'static str, &str)>> {
     let mut sources: Vec<(&'static str, &str)> = Vec::new();
     if let Some(email) = &content.email {
         if email.subject.trim().is_empty() {
@@ -297,21 +318,7 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
         }
         sources.push(("chat.text", chat.text.as_str()));
     }
-    for (part, source) in sources {
-        if source.len() > MAX_SOURCE_BYTES {
-            return Err(invalid(
-                part,
-                &format!("must be at most {MAX_SOURCE_BYTES} bytes"),
-            ));
-        }
-        let template = handlebars::Template::compile(source).map_err(|error| Error::Syntax {
-            part,
-            message: error.to_string(),
-        })?;
-        parameters::collect(&template, &mut parameters);
-    }
-    variant::validate_variants(content, &mut parameters)?;
-    Ok(parameters.into_iter().collect())
+    Ok(sources)
 }
 
 fn invalid(part: &'static str, message: &str) -> Error {

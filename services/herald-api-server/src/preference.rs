@@ -92,38 +92,7 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                 };
             }
             "contacts.device_tokens" => {
-                if contacts.device_tokens.len() > MAX_DEVICE_TOKENS {
-                    return Err(ServiceError::invalid(
-                        "preferences.contacts.device_tokens",
-                        format!("must have at most {MAX_DEVICE_TOKENS} tokens"),
-                    ));
-                }
-                let mut tokens = Vec::new();
-                for (index, device) in contacts.device_tokens.iter().enumerate() {
-                    let field = format!("preferences.contacts.device_tokens[{index}]");
-                    if device.token.is_empty()
-                        || device.token.len() > MAX_TOKEN
-                        || !device
-                            .token
-                            .chars()
-                            .all(|character| character.is_ascii_graphic())
-                    {
-                        return Err(ServiceError::invalid(
-                            &format!("{field}.token"),
-                            format!("must be 1 to {MAX_TOKEN} printable ASCII characters"),
-                        ));
-                    }
-                    let platform = pb::Platform::try_from(device.platform)
-                        .map_err(|_| ValueError("must name a platform".into()))
-                        .and_then(Platform::try_from)
-                        .map_err(|error| {
-                            ServiceError::invalid(&format!("{field}.platform"), error)
-                        })?;
-                    tokens.push(
-                        serde_json::json!({"token": device.token, "platform": platform.as_str()}),
-                    );
-                }
-                record.device_tokens = serde_json::Value::Array(tokens);
+                record.device_tokens = device_tokens_json(&contacts.device_tokens)?;
             }
             "locale" => {
                 record.locale = if update.locale.is_empty() {
@@ -150,26 +119,7 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                 };
             }
             "channels" => record.channels = channel_map("preferences.channels", &update.channels)?,
-            "categories" => {
-                if update.categories.len() > MAX_CATEGORIES {
-                    return Err(ServiceError::invalid(
-                        "preferences.categories",
-                        format!("must have at most {MAX_CATEGORIES} entries"),
-                    ));
-                }
-                let mut categories = serde_json::Map::new();
-                for (index, entry) in update.categories.iter().enumerate() {
-                    let field = format!("preferences.categories[{index}]");
-                    let category = Category::parse(&entry.category).map_err(|error| {
-                        ServiceError::invalid(&format!("{field}.category"), error)
-                    })?;
-                    categories.insert(
-                        category.to_string(),
-                        channel_map(&format!("{field}.channels"), &entry.channels)?,
-                    );
-                }
-                record.categories = serde_json::Value::Object(categories);
-            }
+            "categories" => record.categories = categories_json(&update.categories)?,
             "quiet_hours" => {
                 record.quiet_hours = match &update.quiet_hours {
                     None => None,
@@ -195,6 +145,59 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
         }
     }
     Ok(())
+}
+
+/// The device tokens of an update, validated, as stored (`[{"token", "platform"}, …]`).
+fn device_tokens_json(devices: &[pb::DeviceToken]) -> Result<serde_json::Value> {
+    if devices.len() > MAX_DEVICE_TOKENS {
+        return Err(ServiceError::invalid(
+            "preferences.contacts.device_tokens",
+            format!("must have at most {MAX_DEVICE_TOKENS} tokens"),
+        ));
+    }
+    let mut tokens = Vec::new();
+    for (index, device) in devices.iter().enumerate() {
+        let field = format!("preferences.contacts.device_tokens[{index}]");
+        if device.token.is_empty()
+            || device.token.len() > MAX_TOKEN
+            || !device
+                .token
+                .chars()
+                .all(|character| character.is_ascii_graphic())
+        {
+            return Err(ServiceError::invalid(
+                &format!("{field}.token"),
+                format!("must be 1 to {MAX_TOKEN} printable ASCII characters"),
+            ));
+        }
+        let platform = pb::Platform::try_from(device.platform)
+            .map_err(|_| ValueError("must name a platform".into()))
+            .and_then(Platform::try_from)
+            .map_err(|error| ServiceError::invalid(&format!("{field}.platform"), error))?;
+        tokens.push(serde_json::json!({"token": device.token, "platform": platform.as_str()}));
+    }
+    Ok(serde_json::Value::Array(tokens))
+}
+
+/// The per-category channel maps of an update, validated, as stored (`{"category": {…}}`).
+fn categories_json(entries: &[pb::CategoryPreference]) -> Result<serde_json::Value> {
+    if entries.len() > MAX_CATEGORIES {
+        return Err(ServiceError::invalid(
+            "preferences.categories",
+            format!("must have at most {MAX_CATEGORIES} entries"),
+        ));
+    }
+    let mut categories = serde_json::Map::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let field = format!("preferences.categories[{index}]");
+        let category = Category::parse(&entry.category)
+            .map_err(|error| ServiceError::invalid(&format!("{field}.category"), error))?;
+        categories.insert(
+            category.to_string(),
+            channel_map(&format!("{field}.channels"), &entry.channels)?,
+        );
+    }
+    Ok(serde_json::Value::Object(categories))
 }
 
 fn validate_quiet_hours(quiet: &pb::QuietHours) -> Result<()> {
@@ -256,49 +259,18 @@ async fn message_with_status(
 }
 
 fn message(record: &PreferenceRecord) -> pb::Preferences {
-    let channels = |value: &serde_json::Value| -> std::collections::HashMap<String, bool> {
-        value
-            .as_object()
-            .map(|object| {
-                object
-                    .iter()
-                    .filter_map(|(name, enabled)| Some((name.clone(), enabled.as_bool()?)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     pb::Preferences {
         user_id: record.user_id.clone(),
         contacts: Some(pb::ContactPoints {
             email: record.email.clone().unwrap_or_default(),
             phone: record.phone.clone().unwrap_or_default(),
-            device_tokens: record
-                .device_tokens
-                .as_array()
-                .map(|tokens| {
-                    tokens
-                        .iter()
-                        .filter_map(|device| {
-                            Some(pb::DeviceToken {
-                                token: device.get("token")?.as_str()?.to_owned(),
-                                platform: device
-                                    .get("platform")?
-                                    .as_str()?
-                                    .parse::<Platform>()
-                                    .map_or(pb::Platform::Unspecified, pb::Platform::from)
-                                    .into(),
-                                disabled_reason: String::new(),
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            device_tokens: device_tokens_message(&record.device_tokens),
             email_disabled_reason: String::new(),
             phone_disabled_reason: String::new(),
         }),
         locale: record.locale.clone().unwrap_or_default(),
         time_zone: record.time_zone.clone().unwrap_or_default(),
-        channels: channels(&record.channels),
+        channels: channels_message(&record.channels),
         categories: record
             .categories
             .as_object()
@@ -307,35 +279,76 @@ fn message(record: &PreferenceRecord) -> pb::Preferences {
                     .iter()
                     .map(|(category, value)| pb::CategoryPreference {
                         category: category.clone(),
-                        channels: channels(value),
+                        channels: channels_message(value),
                     })
                     .collect()
             })
             .unwrap_or_default(),
-        quiet_hours: record.quiet_hours.as_ref().map(|quiet| pb::QuietHours {
-            start: quiet
-                .get("start")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            end: quiet
-                .get("end")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            days: quiet
-                .get("days")
-                .and_then(|v| v.as_array())
-                .map(|days| {
-                    days.iter()
-                        .filter_map(|day| Some(day.as_str()?.to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }),
+        quiet_hours: record.quiet_hours.as_ref().map(quiet_hours_message),
         global_opt_out: record.global_opt_out,
         tracking_opt_out: record.tracking_opt_out,
         updated_at: Some(herald_proto::conversions::timestamp(record.updated_at)),
+    }
+}
+
+/// A stored channel map (`{"email": true, …}`) as the message's map.
+fn channels_message(value: &serde_json::Value) -> std::collections::HashMap<String, bool> {
+    value
+        .as_object()
+        .map(|object| {
+            object
+                .iter()
+                .filter_map(|(name, enabled)| Some((name.clone(), enabled.as_bool()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The stored device tokens (`[{"token", "platform"}, …]`) as messages.
+fn device_tokens_message(value: &serde_json::Value) -> Vec<pb::DeviceToken> {
+    value
+        .as_array()
+        .map(|tokens| {
+            tokens
+                .iter()
+                .filter_map(|device| {
+                    Some(pb::DeviceToken {
+                        token: device.get("token")?.as_str()?.to_owned(),
+                        platform: device
+                            .get("platform")?
+                            .as_str()?
+                            .parse::<Platform>()
+                            .map_or(pb::Platform::Unspecified, pb::Platform::from)
+                            .into(),
+                        disabled_reason: String::new(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stored quiet hours (`{"start", "end", "days"}`) as the message.
+fn quiet_hours_message(quiet: &serde_json::Value) -> pb::QuietHours {
+    let text = |key: &str| {
+        quiet
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    pb::QuietHours {
+        start: text("start"),
+        end: text("end"),
+        days: quiet
+            .get("days")
+            .and_then(|v| v.as_array())
+            .map(|days| {
+                days.iter()
+                    .filter_map(|day| Some(day.as_str()?.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
