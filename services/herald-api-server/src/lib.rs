@@ -277,39 +277,15 @@ impl Application {
             writer,
             quota: std::sync::Arc::default(),
         };
-        let authenticator = auth::Authenticator::new(&state.settings.auth)?;
-        let submit = tonic::service::interceptor::InterceptedService::new(
-            SubmitServiceServer::new(submit::SubmitApi::new(state.clone()))
-                .max_decoding_message_size(state.settings.submit.max_request_bytes),
-            authenticator.clone(),
-        );
-        let templates = TemplateServiceServer::with_interceptor(
-            template::TemplateApi::new(state.clone()),
-            authenticator.clone(),
-        );
-        let preferences = PreferenceServiceServer::with_interceptor(
-            preference::PreferenceApi::new(state.clone()),
-            authenticator.clone(),
-        );
         // The fan-out task: one Redis pub/sub connection feeding every Subscribe stream.
         tokio::spawn(self.inbox_hub.clone().run(shutdown.clone()));
-        let inbox = InboxServiceServer::with_interceptor(
-            inbox::InboxApi::new(
-                state.clone(),
-                self.inbox_hub,
-                self.inbox_publisher,
-                shutdown.clone(),
-            ),
-            authenticator.clone(),
+        let inbox = inbox::InboxApi::new(
+            state.clone(),
+            self.inbox_hub,
+            self.inbox_publisher,
+            shutdown.clone(),
         );
-        let tracking = TrackingServiceServer::with_interceptor(
-            tracking::TrackingApi::new(state.clone()),
-            authenticator.clone(),
-        );
-        let admin = AdminServiceServer::with_interceptor(
-            admin::AdminApi::new(state.clone()),
-            authenticator,
-        );
+        let routes = herald_routes(state, inbox)?;
 
         // tonic sets TCP_NODELAY only on sockets it accepts through its own `TcpIncoming`; a
         // small unary response would otherwise wait for Nagle's delayed ACK.
@@ -323,14 +299,7 @@ impl Application {
             .tls_config(tls)
             .context("configuring TLS")?
             .layer(observe::RpcLayer::new(self.metrics.metrics()))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(submit)
-            .add_service(templates)
-            .add_service(preferences)
-            .add_service(admin)
-            .add_service(inbox)
-            .add_service(tracking)
+            .add_routes(routes.add_service(health_service).add_service(reflection))
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;
                 report_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
@@ -349,6 +318,39 @@ impl Application {
         tracing::info!("API server stopped.");
         Ok(())
     }
+}
+
+/// Herald's own services, each behind the authenticator.
+fn herald_routes(
+    state: AppState,
+    inbox: inbox::InboxApi,
+) -> anyhow::Result<tonic::service::Routes> {
+    let authenticator = auth::Authenticator::new(&state.settings.auth)?;
+    let submit = tonic::service::interceptor::InterceptedService::new(
+        SubmitServiceServer::new(submit::SubmitApi::new(state.clone()))
+            .max_decoding_message_size(state.settings.submit.max_request_bytes),
+        authenticator.clone(),
+    );
+    let templates = TemplateServiceServer::with_interceptor(
+        template::TemplateApi::new(state.clone()),
+        authenticator.clone(),
+    );
+    let preferences = PreferenceServiceServer::with_interceptor(
+        preference::PreferenceApi::new(state.clone()),
+        authenticator.clone(),
+    );
+    let inbox = InboxServiceServer::with_interceptor(inbox, authenticator.clone());
+    let tracking = TrackingServiceServer::with_interceptor(
+        tracking::TrackingApi::new(state.clone()),
+        authenticator.clone(),
+    );
+    let admin = AdminServiceServer::with_interceptor(admin::AdminApi::new(state), authenticator);
+    Ok(tonic::service::Routes::new(submit)
+        .add_service(templates)
+        .add_service(preferences)
+        .add_service(admin)
+        .add_service(inbox)
+        .add_service(tracking))
 }
 
 /// Every service the API serves, by the name the gRPC health service knows it by, and `""`

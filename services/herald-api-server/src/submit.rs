@@ -6,16 +6,15 @@ use herald_db::notifications::{
     self, Disposition, Inserted, NewDelivery, NewNotification, NotificationRecord,
 };
 use herald_domain::{
-    Category, Channel, DeliveryId, DeliveryState, EmailAddress, IdempotencyKey, NotificationId,
-    PhoneNumber, Priority, Role, Subject, TemplateKey,
+    Channel, DeliveryId, DeliveryState, IdempotencyKey, NotificationId, Role, Subject, TemplateKey,
 };
-use herald_proto::conversions::{self, channel_from_i32, priority_from_i32};
+use herald_proto::conversions;
 use herald_proto::submit::{
     self as pb, GetNotificationRequest, GetNotificationResponse, SubmitBatchRequest,
     SubmitBatchResponse, SubmitBatchResult, SubmitRequest, SubmitResponse,
     submit_service_server::SubmitService,
 };
-use herald_templates::{Locale, VersionContent};
+use herald_templates::VersionContent;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -23,11 +22,10 @@ use tracing::Instrument as _;
 use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
+use validate::{ValidRecipient, ValidSubmit, validate};
 
-const MAX_METADATA_ENTRIES: usize = 32;
-const MAX_METADATA_KEY: usize = 64;
-const MAX_METADATA_VALUE: usize = 1024;
-const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
+mod validate;
+
 /// Most items in one `SubmitBatch`.
 const MAX_BATCH_ITEMS: usize = 1000;
 
@@ -41,243 +39,70 @@ impl SubmitApi {
     }
 }
 
-/// A submit request that passed every field check.
-struct ValidSubmit {
-    template_key: TemplateKey,
-    template_version: Option<i32>,
-    parameters: serde_json::Map<String, serde_json::Value>,
-    recipients: Vec<ValidRecipient>,
-    channels: Vec<Channel>,
-    priority: Priority,
-    category: Option<Category>,
-    idempotency_key: Option<IdempotencyKey>,
-    metadata: serde_json::Map<String, serde_json::Value>,
-    send_at: Option<chrono::DateTime<chrono::Utc>>,
+/// `NOT_FOUND` for a template key or version that does not exist.
+fn template_not_found(key: &TemplateKey, version: Option<i32>) -> ServiceError {
+    match version {
+        Some(version) => ServiceError::NotFound(format!(
+            "template.version: template `{key}` has no version {version}"
+        )),
+        None => ServiceError::NotFound(format!("template.key: no template named `{key}`")),
+    }
 }
 
-struct ValidRecipient {
-    user_id: Option<String>,
-    email: Option<EmailAddress>,
-    phone: Option<PhoneNumber>,
-    /// A configured chat destination's name.
-    chat_destination: Option<String>,
-    /// Chooses the template's content (`ko-KR` → `ko` → default). The user's profile locale
-    /// (PreferenceService) is the fallback to add here when the submit gives none.
-    locale: Option<Locale>,
-}
-
-fn validate(
-    request: SubmitRequest,
-    max_recipients: usize,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<ValidSubmit> {
-    let send_at = request
-        .send_at
-        .as_ref()
-        .map(|send_at| {
-            let instant = conversions::instant(send_at)
-                .ok_or_else(|| ServiceError::invalid("send_at", "is out of range"))?;
-            if instant > now + chrono::Duration::days(366) {
-                return Err(ServiceError::invalid(
-                    "send_at",
-                    "must be at most a year ahead",
-                ));
-            }
-            Ok(instant)
-        })
-        .transpose()?;
-    let template = request
-        .template
-        .ok_or_else(|| ServiceError::invalid("template", "is required"))?;
-    let template_key = TemplateKey::parse(&template.key)
-        .map_err(|error| ServiceError::invalid("template.key", error))?;
-    let template_version = template
-        .version
-        .map(|version| {
-            i32::try_from(version)
-                .ok()
-                .filter(|version| *version >= 1)
-                .ok_or_else(|| ServiceError::invalid("template.version", "must be at least 1"))
-        })
-        .transpose()?;
-
-    let parameters = conversions::struct_to_json(request.parameters.unwrap_or_default());
-    let parameters_size = serde_json::to_vec(&parameters).map_or(usize::MAX, |bytes| bytes.len());
-    if parameters_size > MAX_PARAMETERS_BYTES {
-        return Err(ServiceError::invalid(
-            "parameters",
-            format!("must encode to at most {MAX_PARAMETERS_BYTES} bytes of JSON"),
-        ));
-    }
-    crate::fields::object_no_nul("parameters", &parameters)?;
-
-    if request.channels.is_empty() {
-        return Err(ServiceError::invalid(
-            "channels",
-            "must name at least one channel",
-        ));
-    }
-    let mut channels = Vec::new();
-    for (index, number) in request.channels.iter().enumerate() {
-        let channel = channel_from_i32(*number)
-            .map_err(|error| ServiceError::invalid(&format!("channels[{index}]"), error))?;
-        if channels.contains(&channel) {
+/// Checks what depends on the template: it has a part for every channel asked for, and the
+/// submit gives every parameter it uses.
+fn check_fits_template(
+    submit: &ValidSubmit,
+    content: &VersionContent,
+    template: &herald_db::templates::TemplateRecord,
+) -> Result<()> {
+    // Every locale of a version has the same channel parts, so the default locale decides.
+    let template_channels = content.channels();
+    for (index, channel) in submit.channels.iter().enumerate() {
+        if !template_channels.contains(channel) {
             return Err(ServiceError::invalid(
                 &format!("channels[{index}]"),
-                format!("{channel} is listed twice"),
+                format!("template `{}` has no {channel} part", submit.template_key),
             ));
         }
-        channels.push(channel);
     }
-
-    if request.recipients.is_empty() {
+    let missing: BTreeSet<&str> = template
+        .parameters
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !submit.parameters.contains_key(*name))
+        .collect();
+    if !missing.is_empty() {
         return Err(ServiceError::invalid(
-            "recipients",
-            "must contain at least one recipient",
+            "parameters",
+            format!(
+                "template `{}` needs {}",
+                submit.template_key,
+                missing
+                    .into_iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
-    if request.recipients.len() > max_recipients {
-        return Err(ServiceError::invalid(
-            "recipients",
-            format!("must contain at most {max_recipients} recipients"),
-        ));
-    }
-    let mut recipients = Vec::with_capacity(request.recipients.len());
-    for (index, recipient) in request.recipients.into_iter().enumerate() {
-        let user_id = (!recipient.user_id.is_empty())
-            .then(|| {
-                crate::fields::user_id(&format!("recipients[{index}].user_id"), &recipient.user_id)
-            })
-            .transpose()?;
-        let email = if recipient.email.is_empty() {
-            None
-        } else {
-            Some(EmailAddress::parse(&recipient.email).map_err(|error| {
-                ServiceError::invalid(&format!("recipients[{index}].email"), error)
-            })?)
-        };
-        let phone = (!recipient.phone.is_empty())
-            .then(|| PhoneNumber::parse(&recipient.phone))
-            .transpose()
-            .map_err(|error| ServiceError::invalid(&format!("recipients[{index}].phone"), error))?;
-        let chat_destination = (!recipient.chat_destination.is_empty())
-            .then(|| {
-                is_destination_name(&recipient.chat_destination)
-                    .then_some(recipient.chat_destination)
-                    .ok_or_else(|| {
-                        ServiceError::invalid(
-                            &format!("recipients[{index}].chat_destination"),
-                            "must be 1 to 64 of a-z, 0-9, `-` and `_` (a destination configured in the chat worker)",
-                        )
-                    })
-            })
-            .transpose()?;
-        for channel in &channels {
-            let (field, given, requirement) = match channel {
-                Channel::Email => (
-                    "email",
-                    email.is_some() || user_id.is_some(),
-                    "is required for the email channel when the recipient has no user_id",
-                ),
-                Channel::Sms => (
-                    "phone",
-                    phone.is_some() || user_id.is_some(),
-                    "is required for the sms channel when the recipient has no user_id",
-                ),
-                Channel::Push => (
-                    "user_id",
-                    user_id.is_some(),
-                    "is required for the push channel (device tokens come from the user's preferences)",
-                ),
-                Channel::InApp => (
-                    "user_id",
-                    user_id.is_some(),
-                    "is required for the in_app channel (the inbox is the user's)",
-                ),
-                Channel::Chat => (
-                    "chat_destination",
-                    chat_destination.is_some(),
-                    "is required for the chat channel",
-                ),
-            };
-            if !given {
-                return Err(ServiceError::invalid(
-                    &format!("recipients[{index}].{field}"),
-                    requirement,
-                ));
-            }
-        }
-        let locale = (!recipient.locale.is_empty())
-            .then(|| Locale::parse(&recipient.locale))
-            .transpose()
-            .map_err(|error| {
-                ServiceError::invalid(&format!("recipients[{index}].locale"), error)
-            })?;
-        recipients.push(ValidRecipient {
-            user_id,
-            email,
-            phone,
-            chat_destination,
-            locale,
-        });
-    }
-
-    let priority = priority_from_i32(request.priority)
-        .map_err(|error| ServiceError::invalid("priority", error))?;
-    let category = (!request.category.is_empty())
-        .then(|| Category::parse(&request.category))
-        .transpose()
-        .map_err(|error| ServiceError::invalid("category", error))?;
-    let idempotency_key = (!request.idempotency_key.is_empty())
-        .then(|| IdempotencyKey::parse(&request.idempotency_key))
-        .transpose()
-        .map_err(|error| ServiceError::invalid("idempotency_key", error))?;
-
-    if request.metadata.len() > MAX_METADATA_ENTRIES {
-        return Err(ServiceError::invalid(
-            "metadata",
-            format!("must have at most {MAX_METADATA_ENTRIES} entries"),
-        ));
-    }
-    let mut metadata = serde_json::Map::new();
-    for (key, value) in request.metadata {
-        if key.is_empty() || key.len() > MAX_METADATA_KEY {
-            return Err(ServiceError::invalid(
-                "metadata",
-                format!("keys must be 1 to {MAX_METADATA_KEY} bytes"),
-            ));
-        }
-        if value.len() > MAX_METADATA_VALUE {
-            return Err(ServiceError::invalid(
-                &format!("metadata[{key}]"),
-                format!("must be at most {MAX_METADATA_VALUE} bytes"),
-            ));
-        }
-        crate::fields::no_nul("metadata", &key)?;
-        crate::fields::no_nul(&format!("metadata[{key}]"), &value)?;
-        metadata.insert(key, serde_json::Value::String(value));
-    }
-
-    Ok(ValidSubmit {
-        template_key,
-        template_version,
-        parameters,
-        recipients,
-        channels,
-        priority,
-        category,
-        idempotency_key,
-        metadata,
-        send_at,
-    })
+    Ok(())
 }
 
-/// A chat destination name: 1 to 64 of `a-z`, `0-9`, `-`, `_`.
-fn is_destination_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-_".contains(&byte))
+/// The recipient's address on `channel`: none for push and in-app (they go to the user).
+fn address(recipient: &ValidRecipient, channel: Channel) -> Option<String> {
+    match channel {
+        Channel::Email => recipient
+            .email
+            .as_ref()
+            .map(|email| email.as_ref().to_owned()),
+        Channel::Sms => recipient
+            .phone
+            .as_ref()
+            .map(|phone| phone.as_ref().to_owned()),
+        Channel::Chat => recipient.chat_destination.clone(),
+        Channel::Push | Channel::InApp => None,
+    }
 }
 
 /// SHA-256 of the request's canonical JSON form (object keys sorted), so that a retried
@@ -418,48 +243,10 @@ impl SubmitApi {
                 submit.template_version,
             )
             .await?
-            .ok_or_else(|| match submit.template_version {
-                Some(version) => ServiceError::NotFound(format!(
-                    "template.version: template `{}` has no version {version}",
-                    submit.template_key
-                )),
-                None => ServiceError::NotFound(format!(
-                    "template.key: no template named `{}`",
-                    submit.template_key
-                )),
-            })?;
+            .ok_or_else(|| template_not_found(&submit.template_key, submit.template_version))?;
         let content = &template.content;
         let template = &template.record;
-        // Every locale of a version has the same channel parts, so the default locale decides.
-        let template_channels = content.channels();
-        for (index, channel) in submit.channels.iter().enumerate() {
-            if !template_channels.contains(channel) {
-                return Err(ServiceError::invalid(
-                    &format!("channels[{index}]"),
-                    format!("template `{}` has no {channel} part", submit.template_key),
-                ));
-            }
-        }
-        let missing: BTreeSet<&str> = template
-            .parameters
-            .iter()
-            .map(String::as_str)
-            .filter(|name| !submit.parameters.contains_key(*name))
-            .collect();
-        if !missing.is_empty() {
-            return Err(ServiceError::invalid(
-                "parameters",
-                format!(
-                    "template `{}` needs {}",
-                    submit.template_key,
-                    missing
-                        .into_iter()
-                        .map(|name| format!("`{name}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+        check_fits_template(&submit, content, template)?;
 
         let category = submit
             .category
@@ -491,18 +278,7 @@ impl SubmitApi {
                     channel: *channel,
                     recipient_index: i32::try_from(index).unwrap_or(i32::MAX),
                     user_id: recipient.user_id.clone(),
-                    address: match channel {
-                        Channel::Email => recipient
-                            .email
-                            .as_ref()
-                            .map(|email| email.as_ref().to_owned()),
-                        Channel::Sms => recipient
-                            .phone
-                            .as_ref()
-                            .map(|phone| phone.as_ref().to_owned()),
-                        Channel::Chat => recipient.chat_destination.clone(),
-                        Channel::Push | Channel::InApp => None,
-                    },
+                    address: address(recipient, *channel),
                     locale: recipient.locale.as_ref().map(ToString::to_string),
                     variant: variant.clone(),
                     disposition: disposition(
