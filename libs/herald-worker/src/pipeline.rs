@@ -104,6 +104,18 @@ impl Job {
     }
 }
 
+/// A delivery this worker claimed, with its attempt permit, to prepare.
+type Attempt = (Job, OwnedSemaphorePermit, Claimed);
+
+/// A prepared delivery to hand to the provider: its claim, context and template version.
+type ReadyToSend = (
+    Job,
+    OwnedSemaphorePermit,
+    Claim,
+    Box<DeliveryContext>,
+    TemplateVersionRef,
+);
+
 /// An attempt's outcome, waiting to be recorded and settled.
 struct Finished {
     job: Job,
@@ -274,6 +286,58 @@ impl<P: ChannelProvider> Pipeline<P> {
             took_us = claimed_at.elapsed().as_micros() as u64,
             "Claimed a batch."
         );
+        let (mut attempts, settle_now) = self.triage_claims(jobs, answers, claimed_at);
+        self.settle(settle_now).await;
+        if attempts.is_empty() {
+            return;
+        }
+        let prepared = match self.prepare(&mut connection, &mut attempts).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // Nothing was sent: give the claims back so the requeued messages are not
+                // held up by our own leases. If that fails too, the leases expire.
+                let claims: Vec<Claim> = attempts
+                    .iter()
+                    .map(|(_, _, claimed)| claimed.claim.clone())
+                    .collect();
+                release(&mut connection, &claims).await;
+                let jobs = attempts.into_iter().map(|(job, permit, _)| (job, permit));
+                return self.requeue_unclaimed(jobs.collect(), &error).await;
+            }
+        };
+        let (sends, released) = self.triage_prepared(attempts, prepared, claimed_at);
+        if !released.is_empty() {
+            let claims: Vec<Claim> = released.iter().map(|(_, claim)| claim.clone()).collect();
+            release(&mut connection, &claims).await;
+            let settles = released
+                .into_iter()
+                .map(|(job, _)| (job, Settlement::RequeueAfter(DATABASE_RETRY_DELAY)))
+                .collect();
+            self.settle(settles).await;
+        }
+        // Do not hold a pooled connection across the provider calls.
+        drop(connection);
+        tracing::debug!(
+            sends = sends.len(),
+            took_us = claimed_at.elapsed().as_micros() as u64,
+            "Prepared a batch."
+        );
+        for (job, permit, claim, context, template) in sends {
+            let version = core.templates.get(&template);
+            self.tasks
+                .spawn(Arc::clone(&self).call(job, permit, claim, claimed_at, context, version));
+        }
+    }
+
+    /// Sorts a claim batch's answers: attempts to prepare, and jobs settled without one
+    /// (their outcomes recorded through `finish` when the claim found one to record).
+    fn triage_claims(
+        self: &Arc<Self>,
+        jobs: Vec<(Job, OwnedSemaphorePermit)>,
+        answers: Vec<deliveries::BatchClaim>,
+        claimed_at: Instant,
+    ) -> (Vec<Attempt>, Vec<(Job, Settlement)>) {
+        let core = &self.core;
         let mut attempts = Vec::new();
         let mut settle_now = Vec::new();
         for ((job, permit), answer) in jobs.into_iter().zip(answers) {
@@ -312,24 +376,17 @@ impl<P: ChannelProvider> Pipeline<P> {
                 }
             }
         }
-        self.settle(settle_now).await;
-        if attempts.is_empty() {
-            return;
-        }
-        let prepared = match self.prepare(&mut connection, &mut attempts).await {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                // Nothing was sent: give the claims back so the requeued messages are not
-                // held up by our own leases. If that fails too, the leases expire.
-                let claims: Vec<Claim> = attempts
-                    .iter()
-                    .map(|(_, _, claimed)| claimed.claim.clone())
-                    .collect();
-                release(&mut connection, &claims).await;
-                let jobs = attempts.into_iter().map(|(job, permit, _)| (job, permit));
-                return self.requeue_unclaimed(jobs.collect(), &error).await;
-            }
-        };
+        (attempts, settle_now)
+    }
+
+    /// Sorts prepared attempts: sends to start, and claims to release (their outcomes recorded
+    /// through `finish` when the preparation decided to hold them).
+    fn triage_prepared(
+        self: &Arc<Self>,
+        attempts: Vec<Attempt>,
+        prepared: Vec<Prepared>,
+        claimed_at: Instant,
+    ) -> (Vec<ReadyToSend>, Vec<(Job, Claim)>) {
         let mut released = Vec::new();
         let mut sends = Vec::new();
         for ((job, permit, claimed), prepared) in attempts.into_iter().zip(prepared) {
@@ -355,27 +412,7 @@ impl<P: ChannelProvider> Pipeline<P> {
                 }
             }
         }
-        if !released.is_empty() {
-            let claims: Vec<Claim> = released.iter().map(|(_, claim)| claim.clone()).collect();
-            release(&mut connection, &claims).await;
-            let settles = released
-                .into_iter()
-                .map(|(job, _)| (job, Settlement::RequeueAfter(DATABASE_RETRY_DELAY)))
-                .collect();
-            self.settle(settles).await;
-        }
-        // Do not hold a pooled connection across the provider calls.
-        drop(connection);
-        tracing::debug!(
-            sends = sends.len(),
-            took_us = claimed_at.elapsed().as_micros() as u64,
-            "Prepared a batch."
-        );
-        for (job, permit, claim, context, template) in sends {
-            let version = core.templates.get(&template);
-            self.tasks
-                .spawn(Arc::clone(&self).call(job, permit, claim, claimed_at, context, version));
-        }
+        (sends, released)
     }
 
     /// Loads the batch's template versions that are not cached yet (one query), fills each
