@@ -1,4 +1,8 @@
 //! Herald's cross-service integration tests: one binary, one module per capability.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom, set-up included"
+)]
 
 mod admin;
 mod alerts;

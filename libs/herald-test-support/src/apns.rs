@@ -270,6 +270,45 @@ fn reason(status: StatusCode, reason: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Checks the request headers APNs validates besides authorization and the message id;
+/// returns APNs' reason for the first one at fault.
+fn check_headers(headers: &HeaderMap) -> Result<(), &'static str> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    match header("apns-topic") {
+        None => return Err("MissingTopic"),
+        Some(topic) if topic != TOPIC => {
+            return Err("TopicDisallowed");
+        }
+        Some(_) => {}
+    }
+    if !matches!(
+        header("apns-push-type"),
+        Some(
+            "alert"
+                | "background"
+                | "location"
+                | "voip"
+                | "complication"
+                | "fileprovider"
+                | "mdm"
+                | "liveactivity"
+                | "pushtotalk"
+        )
+    ) {
+        return Err("InvalidPushType");
+    }
+    if !matches!(header("apns-priority"), None | Some("1" | "5" | "10")) {
+        return Err("BadPriority");
+    }
+    if header("apns-expiration").is_some_and(|value| value.parse::<u64>().is_err()) {
+        return Err("BadExpirationDate");
+    }
+    if header("apns-collapse-id").is_some_and(|value| value.len() > MAX_COLLAPSE_ID_BYTES) {
+        return Err("BadCollapseId");
+    }
+    Ok(())
+}
+
 async fn push(
     State(shared): State<Arc<Shared>>,
     UrlPath(device_token): UrlPath<String>,
@@ -298,37 +337,8 @@ async fn push(
             tokens.push(provider_token);
         }
     }
-    match header("apns-topic") {
-        None => return reason(StatusCode::BAD_REQUEST, "MissingTopic"),
-        Some(topic) if topic != TOPIC => {
-            return reason(StatusCode::BAD_REQUEST, "TopicDisallowed");
-        }
-        Some(_) => {}
-    }
-    if !matches!(
-        header("apns-push-type"),
-        Some(
-            "alert"
-                | "background"
-                | "location"
-                | "voip"
-                | "complication"
-                | "fileprovider"
-                | "mdm"
-                | "liveactivity"
-                | "pushtotalk"
-        )
-    ) {
-        return reason(StatusCode::BAD_REQUEST, "InvalidPushType");
-    }
-    if !matches!(header("apns-priority"), None | Some("1" | "5" | "10")) {
-        return reason(StatusCode::BAD_REQUEST, "BadPriority");
-    }
-    if header("apns-expiration").is_some_and(|value| value.parse::<u64>().is_err()) {
-        return reason(StatusCode::BAD_REQUEST, "BadExpirationDate");
-    }
-    if header("apns-collapse-id").is_some_and(|value| value.len() > MAX_COLLAPSE_ID_BYTES) {
-        return reason(StatusCode::BAD_REQUEST, "BadCollapseId");
+    if let Err(refusal) = check_headers(&headers) {
+        return reason(StatusCode::BAD_REQUEST, refusal);
     }
     let apns_id = match header("apns-id") {
         Some(value) => match uuid::Uuid::try_parse(value) {

@@ -438,37 +438,7 @@ fn check_message(message: &Value) -> Result<(), (String, String)> {
         }
     }
     if let Some(android) = message.get("android") {
-        if let Some(priority) = android.get("priority")
-            && !matches!(priority.as_str(), Some("HIGH" | "NORMAL"))
-        {
-            return Err((
-                "message.android.priority".into(),
-                "must be HIGH or NORMAL".into(),
-            ));
-        }
-        if let Some(ttl) = android.get("ttl") {
-            let valid = ttl
-                .as_str()
-                .and_then(|text| text.strip_suffix('s'))
-                .is_some_and(|seconds| {
-                    !seconds.is_empty() && seconds.parse::<f64>().is_ok_and(|value| value >= 0.0)
-                });
-            if !valid {
-                return Err((
-                    "message.android.ttl".into(),
-                    "must be a duration such as \"3.5s\"".into(),
-                ));
-            }
-        }
-        if android
-            .get("collapse_key")
-            .is_some_and(|value| !value.is_string())
-        {
-            return Err((
-                "message.android.collapse_key".into(),
-                "must be a string".into(),
-            ));
-        }
+        check_android(android)?;
     }
     if let Some(webpush) = message.get("webpush")
         && let Some(headers) = webpush.get("headers")
@@ -490,6 +460,42 @@ fn check_message(message: &Value) -> Result<(), (String, String)> {
         return Err((
             "message.apns.headers".into(),
             "must be a map of strings".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a message's `android` block: priority, time to live, collapse key.
+fn check_android(android: &Value) -> Result<(), (String, String)> {
+    if let Some(priority) = android.get("priority")
+        && !matches!(priority.as_str(), Some("HIGH" | "NORMAL"))
+    {
+        return Err((
+            "message.android.priority".into(),
+            "must be HIGH or NORMAL".into(),
+        ));
+    }
+    if let Some(ttl) = android.get("ttl") {
+        let valid = ttl
+            .as_str()
+            .and_then(|text| text.strip_suffix('s'))
+            .is_some_and(|seconds| {
+                !seconds.is_empty() && seconds.parse::<f64>().is_ok_and(|value| value >= 0.0)
+            });
+        if !valid {
+            return Err((
+                "message.android.ttl".into(),
+                "must be a duration such as \"3.5s\"".into(),
+            ));
+        }
+    }
+    if android
+        .get("collapse_key")
+        .is_some_and(|value| !value.is_string())
+    {
+        return Err((
+            "message.android.collapse_key".into(),
+            "must be a string".into(),
         ));
     }
     Ok(())

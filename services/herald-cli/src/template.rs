@@ -5,8 +5,8 @@ use herald_proto::common::Channel as WireChannel;
 use herald_proto::template::template_service_client::TemplateServiceClient;
 use herald_proto::template::{
     ActivateVersionRequest, CreateTemplateRequest, EmailPart, GetTemplateRequest,
-    ListTemplatesRequest, ListVersionsRequest, RenderPreviewRequest, Template, TemplateContent,
-    UpdateTemplateRequest,
+    ListTemplatesRequest, ListVersionsRequest, RenderPreviewRequest, RenderPreviewResponse,
+    Template, TemplateContent, UpdateTemplateRequest,
 };
 
 use crate::Outcome;
@@ -22,30 +22,7 @@ pub(crate) async fn run(
     let mut client =
         TemplateServiceClient::new(connect(connection, &connection.certificates()).await?);
     match command {
-        TemplateCommand::Create(args) => {
-            let request = CreateTemplateRequest {
-                key: args.key.clone(),
-                category: args.category.clone(),
-                description: args.description.clone(),
-                content: Some(TemplateContent {
-                    email: Some(EmailPart {
-                        subject: args.subject.clone(),
-                        html: args.html.clone(),
-                        text: args.text.clone(),
-                    }),
-                    ..TemplateContent::default()
-                }),
-                sample_parameters: samples(&args.samples),
-                ..CreateTemplateRequest::default()
-            };
-            let template = client
-                .create_template(request)
-                .await
-                .map_err(|status| rpc_error(&status))
-                .with_context(|| format!("creating template `{}`", args.key))?
-                .into_inner();
-            print_one(&template, args.json)?;
-        }
+        TemplateCommand::Create(args) => create(&mut client, args).await?,
         TemplateCommand::Get(args) => {
             let template = client
                 .get_template(GetTemplateRequest {
@@ -58,39 +35,12 @@ pub(crate) async fn run(
                 .into_inner();
             print_one(&template, args.json)?;
         }
-        TemplateCommand::List(args) => {
-            let mut templates = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_templates(ListTemplatesRequest {
-                        page_size: 100,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|status| rpc_error(&status))
-                    .context("listing templates")?
-                    .into_inner();
-                templates.extend(page.templates);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            print_list(&templates, args.json)?;
-        }
+        TemplateCommand::List(args) => print_list(&list_all(&mut client).await?, args.json)?,
         TemplateCommand::Update(args) => {
             let template = client
                 .update_template(UpdateTemplateRequest {
                     key: args.key.clone(),
-                    content: Some(TemplateContent {
-                        email: Some(EmailPart {
-                            subject: args.subject.clone(),
-                            html: args.html.clone(),
-                            text: args.text.clone(),
-                        }),
-                        ..TemplateContent::default()
-                    }),
+                    content: Some(email_content(&args.subject, &args.html, &args.text)),
                     sample_parameters: Some(samples(&args.samples).unwrap_or_default()),
                     activate: args.activate,
                     ..UpdateTemplateRequest::default()
@@ -139,32 +89,97 @@ pub(crate) async fn run(
                 .map_err(|status| rpc_error(&status))
                 .with_context(|| format!("previewing template `{}`", args.key))?
                 .into_inner();
-            let email = preview
-                .rendered
-                .and_then(|rendered| rendered.email)
-                .unwrap_or_default();
-            if args.json {
-                let value = serde_json::json!({
-                    "version": preview.version,
-                    "locale": preview.locale,
-                    "email": { "subject": email.subject, "html": email.html, "text": email.text },
-                });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).context("encoding JSON")?
-                );
-            } else {
-                println!("Version {} in locale {}", preview.version, preview.locale);
-                println!("Subject: {}", email.subject);
-                for (name, body) in [("html", &email.html), ("text", &email.text)] {
-                    if !body.is_empty() {
-                        println!("--- {name}\n{body}");
-                    }
-                }
-            }
+            print_preview(preview, args.json)?;
         }
     }
     Ok(Outcome::Success)
+}
+
+/// `template create`: an email-only template, active at version 1.
+async fn create(
+    client: &mut TemplateServiceClient<tonic::transport::Channel>,
+    args: &crate::cli::TemplateCreateArgs,
+) -> anyhow::Result<()> {
+    let request = CreateTemplateRequest {
+        key: args.key.clone(),
+        category: args.category.clone(),
+        description: args.description.clone(),
+        content: Some(email_content(&args.subject, &args.html, &args.text)),
+        sample_parameters: samples(&args.samples),
+        ..CreateTemplateRequest::default()
+    };
+    let template = client
+        .create_template(request)
+        .await
+        .map_err(|status| rpc_error(&status))
+        .with_context(|| format!("creating template `{}`", args.key))?
+        .into_inner();
+    print_one(&template, args.json)?;
+    Ok(())
+}
+
+/// An email-only template content.
+fn email_content(subject: &str, html: &str, text: &str) -> TemplateContent {
+    TemplateContent {
+        email: Some(EmailPart {
+            subject: subject.to_owned(),
+            html: html.to_owned(),
+            text: text.to_owned(),
+        }),
+        ..TemplateContent::default()
+    }
+}
+
+/// Every template, page after page.
+async fn list_all(
+    client: &mut TemplateServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<Vec<Template>> {
+    let mut templates = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_templates(ListTemplatesRequest {
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .map_err(|status| rpc_error(&status))
+            .context("listing templates")?
+            .into_inner();
+        templates.extend(page.templates);
+        if page.next_page_token.is_empty() {
+            return Ok(templates);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Prints a rendered email preview: as JSON, or its subject and bodies.
+fn print_preview(preview: RenderPreviewResponse, json: bool) -> anyhow::Result<()> {
+    let email = preview
+        .rendered
+        .and_then(|rendered| rendered.email)
+        .unwrap_or_default();
+    if json {
+        let value = serde_json::json!({
+            "version": preview.version,
+            "locale": preview.locale,
+            "email": { "subject": email.subject, "html": email.html, "text": email.text },
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).context("encoding JSON")?
+        );
+    } else {
+        println!("Version {} in locale {}", preview.version, preview.locale);
+        println!("Subject: {}", email.subject);
+        for (name, body) in [("html", &email.html), ("text", &email.text)] {
+            if !body.is_empty() {
+                println!("--- {name}\n{body}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_one(template: &Template, json: bool) -> anyhow::Result<()> {

@@ -112,20 +112,7 @@ pub async fn run(settings: &Settings) -> Result<Report> {
         .query_one("SHOW synchronous_commit", &[])
         .await?
         .try_get::<_, String>(0)?;
-    admin
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-             DROP TABLE IF EXISTS {table};
-             CREATE TABLE {table} (
-                 id bigint PRIMARY KEY,
-                 payload text NOT NULL,
-                 created_at timestamptz NOT NULL DEFAULT now(),
-                 updates integer NOT NULL DEFAULT 0,
-                 updated_at timestamptz
-             );",
-            schema = settings.schema
-        ))
-        .await?;
+    create_table(&admin, &settings.schema, &table).await?;
 
     let amqp = lapin::Connection::connect(
         &settings.amqp_url,
@@ -133,22 +120,7 @@ pub async fn run(settings: &Settings) -> Result<Report> {
     )
     .await?;
     let setup = amqp.create_channel().await?;
-    setup
-        .queue_delete(
-            settings.queue.as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await?;
-    setup
-        .queue_declare(
-            settings.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    redeclare_queue(&setup, &settings.queue).await?;
 
     // Every connection, statement and channel is ready before the clock starts.
     let insert = format!("INSERT INTO {table} (id, payload) VALUES ($1, $2)");
@@ -157,39 +129,9 @@ pub async fn run(settings: &Settings) -> Result<Report> {
     let producers = prepared_sessions(&settings.database_url, &insert, CONCURRENCY).await?;
     let consumers =
         prepared_sessions(&settings.database_url, &update, usize::from(PREFETCH)).await?;
-    let mut publish_channels = Vec::with_capacity(CONCURRENCY);
-    for _ in 0..CONCURRENCY {
-        let channel = amqp.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        publish_channels.push(channel);
-    }
-    let consume_channel = amqp.create_channel().await?;
-    consume_channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
-    let consumer = consume_channel
-        .basic_consume(
-            settings.queue.as_str().into(),
-            "herald-naive".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (publish_channels, consumer) = amqp_channels(&amqp, &settings.queue).await?;
 
-    let shared = Arc::new(Shared {
-        count: settings.count,
-        queue: settings.queue.clone(),
-        next: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        started: Instant::now(),
-        finished: OnceLock::new(),
-        all_acked: CancellationToken::new(),
-        latencies_us: std::sync::Mutex::new(Vec::with_capacity(
-            usize::try_from(settings.count).unwrap_or(0),
-        )),
-    });
+    let shared = Arc::new(Shared::new(settings));
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let (deliveries_tx, deliveries_rx) = mpsc::channel(usize::from(PREFETCH));
     let deliveries_rx = Arc::new(Mutex::new(deliveries_rx));
@@ -205,23 +147,7 @@ pub async fn run(settings: &Settings) -> Result<Report> {
     for ((client, statement), channel) in producers.into_iter().zip(publish_channels) {
         tasks.spawn(produce(client, statement, channel, Arc::clone(&shared)));
     }
-    let finished = tokio::time::timeout(settings.timeout, async {
-        while let Some(result) = tasks.join_next().await {
-            result??;
-        }
-        Ok::<_, Error>(())
-    })
-    .await;
-    match finished {
-        Ok(result) => result?,
-        Err(_elapsed) => {
-            return Err(Error::Timeout {
-                acked: shared.acked.load(Ordering::Acquire),
-                count: settings.count,
-                timeout: settings.timeout,
-            });
-        }
-    }
+    join_within(&mut tasks, settings, &shared).await?;
     let elapsed = shared
         .finished
         .get()
@@ -255,6 +181,97 @@ pub async fn run(settings: &Settings) -> Result<Report> {
     })
 }
 
+/// Creates the items table afresh in `schema`.
+async fn create_table(admin: &tokio_postgres::Client, schema: &str, table: &str) -> Result<()> {
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             DROP TABLE IF EXISTS {table};
+             CREATE TABLE {table} (
+                 id bigint PRIMARY KEY,
+                 payload text NOT NULL,
+                 created_at timestamptz NOT NULL DEFAULT now(),
+                 updates integer NOT NULL DEFAULT 0,
+                 updated_at timestamptz
+             );"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Declares `queue` afresh: durable, and empty.
+async fn redeclare_queue(setup: &lapin::Channel, queue: &str) -> Result<()> {
+    setup
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    setup
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits for every task, or fails with how far the items got when `settings.timeout` passes.
+async fn join_within(
+    tasks: &mut JoinSet<Result<()>>,
+    settings: &Settings,
+    shared: &Shared,
+) -> Result<()> {
+    let finished = tokio::time::timeout(settings.timeout, async {
+        while let Some(result) = tasks.join_next().await {
+            result??;
+        }
+        Ok::<_, Error>(())
+    })
+    .await;
+    match finished {
+        Ok(result) => result?,
+        Err(_elapsed) => {
+            return Err(Error::Timeout {
+                acked: shared.acked.load(Ordering::Acquire),
+                count: settings.count,
+                timeout: settings.timeout,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A confirm-mode publish channel per producer, and the consumer of `queue` (prefetch
+/// `PREFETCH`).
+async fn amqp_channels(
+    amqp: &lapin::Connection,
+    queue: &str,
+) -> Result<(Vec<lapin::Channel>, lapin::Consumer)> {
+    let mut publish_channels = Vec::with_capacity(CONCURRENCY);
+    for _ in 0..CONCURRENCY {
+        let channel = amqp.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        publish_channels.push(channel);
+    }
+    let consume_channel = amqp.create_channel().await?;
+    consume_channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let consumer = consume_channel
+        .basic_consume(
+            queue.into(),
+            "herald-naive".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((publish_channels, consumer))
+}
+
 /// What the tasks share.
 #[derive(Debug)]
 struct Shared {
@@ -271,6 +288,23 @@ struct Shared {
     all_acked: CancellationToken,
     /// Per item, from the start of its INSERT to its ack.
     latencies_us: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Shared {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            count: settings.count,
+            queue: settings.queue.clone(),
+            next: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            started: Instant::now(),
+            finished: OnceLock::new(),
+            all_acked: CancellationToken::new(),
+            latencies_us: std::sync::Mutex::new(Vec::with_capacity(
+                usize::try_from(settings.count).unwrap_or(0),
+            )),
+        }
+    }
 }
 
 async fn connect_postgres(url: &str) -> Result<Client> {

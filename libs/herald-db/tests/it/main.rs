@@ -1,4 +1,8 @@
 //! herald-db against a real PostgreSQL schema.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads top to bottom, set-up included"
+)]
 
 use std::time::Duration;
 

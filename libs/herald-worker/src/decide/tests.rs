@@ -1,4 +1,8 @@
 //! Table tests of the outcome decision.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a table of cases reads top to bottom"
+)]
 
 use std::time::Duration;
 
