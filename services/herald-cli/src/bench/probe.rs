@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::report::{reasons_json, reasons_text, rounded};
-use super::{Reasons, SinkArrival, SinkClient, SinkStats, SubmitPlan};
+use super::sink::{SinkArrival, SinkClient, SinkStats};
+use super::{Reasons, SubmitPlan};
 use crate::Outcome;
 use crate::cli::{ConnectionArgs, ProbeArgs};
 use crate::client::{connect, rpc_error};

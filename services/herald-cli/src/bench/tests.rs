@@ -2,14 +2,21 @@
 //! loopback: closed and open loop, delivery by polling and by the sink's counters.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
+use chrono::Utc;
 use clap::Parser as _;
 use herald_proto::submit::submit_service_server::{SubmitService, SubmitServiceServer};
-use herald_proto::submit::{Delivery, GetNotificationResponse, SubmitResponse};
+use herald_proto::submit::{
+    Delivery, DeliveryState, GetNotificationRequest, GetNotificationResponse, Notification,
+    NotificationStatus, SubmitResponse,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Request, Response, Status};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
+use super::poll::DeliveryTally;
+use super::report::SinkSummary;
+use super::sink::SinkStats;
 use super::*;
 use crate::cli::{Cli, Command};
 
