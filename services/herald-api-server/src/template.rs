@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use herald_db::templates::{self, NewTemplate, NewVersion, TemplateRecord};
 use herald_db::variants::VariantCounts;
-use herald_domain::{Category, Role, TemplateId, TemplateKey, two_proportion_z_test};
+use herald_domain::{Category, Role, TemplateId, TemplateKey};
 use herald_proto::conversions::{self, channel_from_i32};
 use herald_proto::template::{
     self as pb, ActivateVersionRequest, CreateTemplateRequest, GetTemplateRequest,
@@ -14,15 +14,15 @@ use herald_proto::template::{
     ListVersionsRequest, ListVersionsResponse, RenderPreviewRequest, RenderPreviewResponse,
     UpdateTemplateRequest, template_service_server::TemplateService,
 };
-use herald_templates::{
-    ChatPart, EmailPart, InAppPart, Locale, PushPart, Rendered, SmsPart, TemplateContent, Variant,
-    VersionContent, VersionError,
-};
+use herald_templates::{Locale, VersionContent, VersionError};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
+use convert::{content_from_proto, content_message, rendered_message, variant_stats_message};
+
+mod convert;
 
 const MAX_DESCRIPTION: usize = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -458,170 +458,6 @@ fn valid_version(
         parameters,
         sample_parameters,
     })
-}
-
-fn content_from_proto(content: pb::TemplateContent) -> TemplateContent {
-    TemplateContent {
-        email: content.email.map(email_part),
-        sms: content.sms.map(|sms| SmsPart { text: sms.text }),
-        push: content.push.map(push_part),
-        in_app: content.in_app.map(in_app_part),
-        chat: content.chat.map(|chat| ChatPart { text: chat.text }),
-        variants: content
-            .variants
-            .into_iter()
-            .map(|variant| Variant {
-                name: variant.name,
-                weight: variant.weight,
-                email: variant.email.map(email_part),
-                sms: variant.sms.map(|sms| SmsPart { text: sms.text }),
-                push: variant.push.map(push_part),
-                in_app: variant.in_app.map(in_app_part),
-                chat: variant.chat.map(|chat| ChatPart { text: chat.text }),
-            })
-            .collect(),
-    }
-}
-
-fn email_part(email: pb::EmailPart) -> EmailPart {
-    EmailPart {
-        subject: email.subject,
-        html: email.html,
-        text: email.text,
-    }
-}
-
-fn push_part(push: pb::PushPart) -> PushPart {
-    PushPart {
-        title: push.title,
-        body: push.body,
-        data: push.data.into_iter().collect(),
-    }
-}
-
-fn in_app_part(in_app: pb::InAppPart) -> InAppPart {
-    InAppPart {
-        title: in_app.title,
-        body: in_app.body,
-        action_url: in_app.action_url,
-    }
-}
-
-fn content_message(content: TemplateContent) -> pb::TemplateContent {
-    pb::TemplateContent {
-        email: content.email.map(email_message),
-        sms: content.sms.map(|sms| pb::SmsPart { text: sms.text }),
-        push: content.push.map(push_message),
-        in_app: content.in_app.map(in_app_message),
-        chat: content.chat.map(|chat| pb::ChatPart { text: chat.text }),
-        variants: content
-            .variants
-            .into_iter()
-            .map(|variant| pb::Variant {
-                name: variant.name,
-                weight: variant.weight,
-                email: variant.email.map(email_message),
-                sms: variant.sms.map(|sms| pb::SmsPart { text: sms.text }),
-                push: variant.push.map(push_message),
-                in_app: variant.in_app.map(in_app_message),
-                chat: variant.chat.map(|chat| pb::ChatPart { text: chat.text }),
-            })
-            .collect(),
-    }
-}
-
-fn email_message(email: EmailPart) -> pb::EmailPart {
-    pb::EmailPart {
-        subject: email.subject,
-        html: email.html,
-        text: email.text,
-    }
-}
-
-fn push_message(push: PushPart) -> pb::PushPart {
-    pb::PushPart {
-        title: push.title,
-        body: push.body,
-        data: push.data.into_iter().collect(),
-    }
-}
-
-fn in_app_message(in_app: InAppPart) -> pb::InAppPart {
-    pb::InAppPart {
-        title: in_app.title,
-        body: in_app.body,
-        action_url: in_app.action_url,
-    }
-}
-
-fn rendered_message(rendered: Rendered) -> pb::TemplateContent {
-    let mut content = pb::TemplateContent::default();
-    match rendered {
-        Rendered::Email(email) => {
-            content.email = Some(pb::EmailPart {
-                subject: email.subject,
-                html: email.html,
-                text: email.text,
-            });
-        }
-        Rendered::Sms(sms) => content.sms = Some(pb::SmsPart { text: sms.text }),
-        Rendered::Push(push) => {
-            content.push = Some(pb::PushPart {
-                title: push.title,
-                body: push.body,
-                data: push.data.into_iter().collect(),
-            });
-        }
-        Rendered::InApp(in_app) => {
-            content.in_app = Some(pb::InAppPart {
-                title: in_app.title,
-                body: in_app.body,
-                action_url: in_app.action_url,
-            });
-        }
-        Rendered::Chat(chat) => content.chat = Some(pb::ChatPart { text: chat.text }),
-    }
-    content
-}
-
-fn variant_stats_message(row: VariantCounts, control: Option<&VariantCounts>) -> pb::VariantStats {
-    let count = |value: i64| u64::try_from(value).unwrap_or_default();
-    let rate = |part: i64, whole: i64| {
-        if whole > 0 {
-            // Counts are far below 2^52, where f64 stops being exact.
-            #[allow(clippy::cast_precision_loss)]
-            let rate = part as f64 / whole as f64;
-            rate
-        } else {
-            0.0
-        }
-    };
-    let versus = |successes: fn(&VariantCounts) -> i64| {
-        let control = control?;
-        let test = two_proportion_z_test(
-            count(successes(control)),
-            count(control.delivered),
-            count(successes(&row)),
-            count(row.delivered),
-        )?;
-        Some(pb::Significance {
-            z: test.z,
-            p_value: test.p_value,
-        })
-    };
-    pb::VariantStats {
-        version: u32::try_from(row.version).unwrap_or_default(),
-        variant: row.variant.clone(),
-        sent: count(row.sent),
-        delivered: count(row.delivered),
-        opened: count(row.opened),
-        clicked: count(row.clicked),
-        delivery_rate: rate(row.delivered, row.sent),
-        open_rate: rate(row.opened, row.delivered),
-        click_rate: rate(row.clicked, row.delivered),
-        open_rate_vs_control: versus(|counts| counts.opened),
-        click_rate_vs_control: versus(|counts| counts.clicked),
-    }
 }
 
 fn template_message(record: TemplateRecord) -> Result<pb::Template> {
