@@ -22,13 +22,11 @@
 //! delivery's outcome is committed, a claim that fails before its provider call is released,
 //! and an outcome that cannot be recorded is retried while the lease holds.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use herald_db::deliveries::{
-    self, Claim, Claimed, DeliveryContext, Finishing, Outcome, TemplateVersionRef,
-};
+use herald_db::deliveries::{self, Claim, Claimed, DeliveryContext, Outcome, TemplateVersionRef};
 use herald_domain::{DeliveryId, Priority};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -43,6 +41,8 @@ use crate::prepare::{self, Prepared};
 use crate::settle::{self, QueueMessage, ToSettle};
 use crate::templates::{self, CachedVersion};
 use crate::{Attempted, ChannelProvider};
+
+mod finish;
 
 /// The most claim batches, and finish batches, in flight at once (each holds a pooled
 /// connection); one of each when the pool has fewer than four connections, so that the
@@ -511,157 +511,6 @@ impl<P: ChannelProvider> Pipeline<P> {
         });
     }
 
-    /// Queues `finished` for recording, starting a finish batch unless enough run already.
-    fn finish(self: &Arc<Self>, finished: Finished) {
-        self.lock_finishing().push(finished);
-        self.start_finisher();
-    }
-
-    fn start_finisher(self: &Arc<Self>) {
-        let started = self
-            .finishers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
-                (running < self.batches_in_flight).then_some(running + 1)
-            })
-            .is_ok();
-        if started {
-            self.tasks.spawn(Arc::clone(self).finisher());
-        }
-    }
-
-    fn lock_finishing(&self) -> std::sync::MutexGuard<'_, Vec<Finished>> {
-        self.finishing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records and settles what waits, batch after batch, until nothing does.
-    async fn finisher(self: Arc<Self>) {
-        let settings = &self.core.settings;
-        loop {
-            let waiting = self.lock_finishing().len();
-            if waiting > 0
-                && waiting < settings.batch_max
-                && self.finishers.load(Ordering::SeqCst) > 1
-            {
-                // Another batch is committing: let this one gather.
-                tokio::time::sleep(settings.batch_linger).await;
-            }
-            let batch: Vec<Finished> = {
-                let mut finishing = self.lock_finishing();
-                let take = finishing.len().min(settings.batch_max);
-                finishing.drain(..take).collect()
-            };
-            if batch.is_empty() {
-                self.finishers.fetch_sub(1, Ordering::SeqCst);
-                // An outcome queued after the check above but before the count went down
-                // found no free finisher: take it on.
-                if self.lock_finishing().is_empty()
-                    || self
-                        .finishers
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |running| {
-                            (running < self.batches_in_flight).then_some(running + 1)
-                        })
-                        .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-            self.finish_batch(batch).await;
-        }
-    }
-
-    /// Records `batch` in one transaction, then logs, disables invalid addresses and settles.
-    async fn finish_batch(&self, batch: Vec<Finished>) {
-        let started = Instant::now();
-        let recorded = self.record(&batch).await;
-        tracing::debug!(
-            outcomes = batch.len(),
-            took_us = started.elapsed().as_micros() as u64,
-            "Recorded a batch."
-        );
-        let mut to_settle = Vec::new();
-        for (finished, recorded) in batch.into_iter().zip(recorded) {
-            let settlement = decide::after_record(recorded, finished.settlement);
-            {
-                let _entered = finished.job.span.enter();
-                log_recorded(&finished, recorded);
-            }
-            if recorded == Some(true)
-                && !finished.invalid_addresses.is_empty()
-                && let Some(context) = &finished.context
-            {
-                tracing::info!(
-                    delivery.id = %context.delivery_id,
-                    channel = %context.channel,
-                    provider = finished.provider.as_deref().unwrap_or_default(),
-                    addresses = finished.invalid_addresses.len(),
-                    "Disabled addresses the provider called invalid."
-                );
-            }
-            to_settle.push((finished.job, settlement));
-        }
-        self.settle(to_settle).await;
-    }
-
-    /// Records the outcomes of `batch`: `Some(recorded)` per item, `None` when PostgreSQL
-    /// could not take it. The provider has already been called, so while PostgreSQL is away
-    /// the write is retried as long as the leases protect the claims, rather than requeueing
-    /// the messages and, after the leases, sending again. A batch PostgreSQL refuses for
-    /// another reason is recorded item by item, so only a bad item fails.
-    async fn record(&self, batch: &[Finished]) -> Vec<Option<bool>> {
-        match self.record_batch(batch).await {
-            Ok(recorded) => recorded.into_iter().map(Some).collect(),
-            Err(error) if batch.len() > 1 && !error.is_unavailable() => {
-                tracing::warn!(error = %error, outcomes = batch.len(), "Could not record a batch of outcomes; recording them one by one.");
-                let mut recorded = Vec::with_capacity(batch.len());
-                for item in batch {
-                    recorded.push(match self.record_batch(std::slice::from_ref(item)).await {
-                        Ok(answer) => answer.first().copied(),
-                        Err(_) => None,
-                    });
-                }
-                recorded
-            }
-            Err(_) => vec![None; batch.len()],
-        }
-    }
-
-    async fn record_batch(&self, batch: &[Finished]) -> Result<Vec<bool>, herald_db::Error> {
-        let lease = self.core.settings.lease.mul_f64(0.8);
-        let give_up_at = batch
-            .iter()
-            .map(|finished| finished.claimed_at)
-            .min()
-            .map_or_else(Instant::now, |claimed_at| claimed_at + lease);
-        let items: Vec<Finishing<'_>> = batch
-            .iter()
-            .map(|finished| Finishing {
-                claim: &finished.claim,
-                outcome: &finished.outcome,
-                provider: finished.provider.as_deref(),
-                invalid_addresses: &finished.invalid_addresses,
-            })
-            .collect();
-        let mut retry = herald_service::Backoff::new(Duration::from_millis(100), RECORD_RETRY_MAX);
-        loop {
-            let result = async {
-                let mut connection = herald_db::connection(&self.core.pool).await?;
-                deliveries::finish_many(&mut connection, &items).await
-            }
-            .await;
-            let pause = retry.next_delay();
-            match result {
-                Err(error) if error.is_unavailable() && Instant::now() + pause < give_up_at => {
-                    tracing::warn!(error = %error, outcomes = batch.len(), "Cannot record outcomes yet; retrying while the leases hold.");
-                    tokio::time::sleep(pause).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Requeues the messages of jobs whose deliveries could not be claimed or prepared
     /// because PostgreSQL was unavailable (after a pause).
     async fn requeue_unclaimed(
@@ -701,67 +550,5 @@ impl<P: ChannelProvider> Pipeline<P> {
 async fn release(connection: &mut herald_db::Connection, claims: &[Claim]) {
     if let Err(error) = deliveries::release_many(connection, claims).await {
         tracing::warn!(error = %error, claims = claims.len(), "Could not release claims; their leases will expire.");
-    }
-}
-
-/// The log line of one recorded attempt (held-back deliveries were logged when prepared).
-fn log_recorded(finished: &Finished, recorded: Option<bool>) {
-    let delivery_id = finished.claim.delivery_id;
-    let attempt = finished.claim.attempt;
-    match recorded {
-        None => {
-            tracing::warn!(delivery.id = %delivery_id, attempt, "Database unavailable; requeueing the message.");
-            return;
-        }
-        Some(false) => {
-            tracing::warn!(delivery.id = %delivery_id, attempt, "Claim was lost before the outcome was recorded.");
-            return;
-        }
-        Some(true) => {}
-    }
-    let provider = finished.provider.as_deref().unwrap_or_default();
-    let Some(context) = &finished.context else {
-        if let Outcome::Failed { error, class } = &finished.outcome {
-            tracing::warn!(delivery.id = %delivery_id, attempt, error.class = class.as_str(), error = %error, "Delivery failed for good.");
-        }
-        return;
-    };
-    if finished.provider.is_none() {
-        return;
-    }
-    match &finished.outcome {
-        Outcome::Delivered { detail } => tracing::info!(
-            notification.id = %context.notification_id,
-            delivery.id = %delivery_id,
-            channel = %context.channel,
-            provider = %provider,
-            attempt,
-            provider.response = %detail,
-            "Delivered."
-        ),
-        Outcome::Failed { error, class } => tracing::warn!(
-            notification.id = %context.notification_id,
-            delivery.id = %delivery_id,
-            channel = %context.channel,
-            provider = %provider,
-            attempt,
-            error.class = class.as_str(),
-            error = %error,
-            "Delivery failed for good."
-        ),
-        Outcome::RetryWait { error } => tracing::warn!(
-            notification.id = %context.notification_id,
-            delivery.id = %delivery_id,
-            channel = %context.channel,
-            provider = %provider,
-            attempt,
-            error = %error,
-            "Delivery failed; will retry."
-        ),
-        Outcome::Suppressed { reason } | Outcome::Deferred { reason, .. } => tracing::info!(
-            delivery.id = %delivery_id,
-            reason = %reason,
-            "Delivery held back."
-        ),
     }
 }
