@@ -8,6 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use herald_proto::{admin, common};
 use uuid::Uuid;
 
+mod bench;
+
+pub(crate) use bench::{BenchArgs, BenchTemplateArgs, ProbeArgs};
+
 /// Talks to Herald's API server over mutual TLS: manages templates, submits notifications,
 /// follows their delivery, generates load and handles failed deliveries.
 ///
@@ -467,117 +471,6 @@ pub(crate) struct FailuresDiscardArgs {
     pub(crate) json: bool,
 }
 
-/// Arguments of `bench`.
-#[derive(Debug, Args)]
-pub(crate) struct BenchArgs {
-    /// The template to send with.
-    #[command(flatten)]
-    pub(crate) template: BenchTemplateArgs,
-    /// Notifications to submit.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) count: u64,
-    /// Concurrent submit (and later poll) tasks: the closed-loop load. Ignored for submits with
-    /// `--rate`, but still the number of poll tasks without `--sink`.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub(crate) concurrency: u32,
-    /// Open loop: send R submits per second, request i at i/R seconds after the start whatever
-    /// the answers, and count each latency from that intended send time (no coordinated
-    /// omission). Without it the load is closed-loop: `--concurrency` tasks, each sending its
-    /// next submit when the last one is answered.
-    #[arg(long, value_name = "R", value_parser = crate::bench::parse_rate)]
-    pub(crate) rate: Option<f64>,
-    /// With `--rate`: most submits in flight at once. When reached, sends wait (and the wait
-    /// counts in their latency, since it is measured from the intended send time).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub(crate) max_in_flight: u32,
-    /// Closed loop only: each task sends N notifications per `SubmitBatch` call instead of one
-    /// `Submit` each; every item's latency is its call's.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub(crate) batch: u32,
-    /// mTLS connections (HTTP/2) the tasks share.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub(crate) connections: u32,
-    /// Recipient of every notification; `{n}` becomes the notification's index, so the
-    /// default gives each its own recipient (one recipient would hit the per-user rate limit).
-    #[arg(long, value_name = "EMAIL", default_value = "bench+{n}@example.com")]
-    pub(crate) to: String,
-    /// Priority of every notification.
-    #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
-    pub(crate) priority: PriorityArg,
-    /// Measure delivery from a herald-sink's counters at this HTTP address (e.g.
-    /// `http://127.0.0.1:8025`) instead of polling GetNotification for every notification:
-    /// its distinct Message-ID count is read before the first submit and watched (every 50 ms)
-    /// until it has grown by the number accepted; duplicates it saw are reported too.
-    #[arg(long, value_name = "URL")]
-    pub(crate) sink: Option<String>,
-    /// Only submit; do not wait for deliveries.
-    #[arg(long)]
-    pub(crate) no_wait: bool,
-    /// Stop waiting for deliveries after this long; the rest are reported as unfinished.
-    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
-    pub(crate) wait_timeout: Duration,
-    /// Pause between two polls of the same notification (without `--sink`).
-    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
-    pub(crate) poll_interval: Duration,
-    /// Print the report as one JSON object instead of text.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
-
-/// Arguments of `probe`.
-#[derive(Debug, Args)]
-pub(crate) struct ProbeArgs {
-    /// The template to send with.
-    #[command(flatten)]
-    pub(crate) template: BenchTemplateArgs,
-    /// The herald-sink's HTTP address (e.g. `http://127.0.0.1:8025`) that the email worker
-    /// delivers into; it answers `GET /messages/<id>` and `GET /stats`.
-    #[arg(long, value_name = "URL")]
-    pub(crate) sink: String,
-    /// Priority of the probe notification.
-    #[arg(long, value_enum, default_value_t = PriorityArg::Critical)]
-    pub(crate) priority: PriorityArg,
-    /// Recipient; `{run}` becomes the probe's run id, so that each probe has its own
-    /// recipient (and no per-recipient rate limit from earlier probes).
-    #[arg(long, value_name = "EMAIL", default_value = "probe+{run}@example.com")]
-    pub(crate) to: String,
-    /// Give up when the message has not reached the sink this long after Submit returned.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub(crate) timeout: Duration,
-    /// Pause between two questions to the sink; the arrival time is the sink's own, so this
-    /// only bounds how soon the probe notices.
-    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
-    pub(crate) poll_interval: Duration,
-    /// Print the report as one JSON object instead of text.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
-
-/// The template `bench` and `probe` send with, created (email part) when missing.
-#[derive(Debug, Args)]
-pub(crate) struct BenchTemplateArgs {
-    /// Template key; created with an email part when missing.
-    #[arg(long = "template", default_value = "bench")]
-    pub(crate) key: String,
-    /// Category given to the template if it is created.
-    #[arg(long, default_value = "bench")]
-    pub(crate) category: String,
-    /// Admin certificate used only to create the template when it is missing.
-    #[arg(
-        long,
-        env = "HERALD_ADMIN_CERT",
-        default_value = "certs-dev/generated/admin.pem"
-    )]
-    pub(crate) admin_cert: PathBuf,
-    /// Private key of `--admin-cert`.
-    #[arg(
-        long,
-        env = "HERALD_ADMIN_KEY",
-        default_value = "certs-dev/generated/admin.key"
-    )]
-    pub(crate) admin_key: PathBuf,
-}
-
 /// A delivery channel as typed on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ChannelArg {
@@ -696,89 +589,4 @@ fn parse_reason(argument: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::*;
-
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn the_tls_key_and_the_template_key_are_told_apart_by_position() {
-        let cli = Cli::try_parse_from([
-            "herald-cli",
-            "--cert",
-            "admin.pem",
-            "--key",
-            "admin.key",
-            "template",
-            "create",
-            "--key",
-            "welcome",
-            "--category",
-            "onboarding",
-            "--subject",
-            "Welcome {{username}}",
-        ]);
-        let Ok(Cli {
-            connection,
-            command: Command::Template(TemplateCommand::Create(create)),
-        }) = cli
-        else {
-            panic!("expected a template create command, got {cli:?}");
-        };
-        assert_eq!(connection.key, PathBuf::from("admin.key"));
-        assert_eq!(connection.cert, PathBuf::from("admin.pem"));
-        assert_eq!(create.key, "welcome");
-    }
-
-    #[test]
-    fn key_value_splits_on_the_first_equals_sign() {
-        assert_eq!(
-            parse_key_value("a=b=c"),
-            Ok(("a".to_owned(), "b=c".to_owned()))
-        );
-        assert_eq!(parse_key_value("a="), Ok(("a".to_owned(), String::new())));
-        assert!(parse_key_value("=b").is_err());
-        assert!(parse_key_value("ab").is_err());
-    }
-
-    #[test]
-    fn params_json_must_be_an_object() {
-        assert!(parse_json_object(r#"{"n": 1}"#).is_ok());
-        assert!(parse_json_object("[1]").is_err());
-        assert!(parse_json_object("{").is_err());
-    }
-
-    #[test]
-    fn submit_parses_repeated_recipients_and_parameters() {
-        let cli = Cli::try_parse_from([
-            "herald-cli",
-            "submit",
-            "--template",
-            "welcome",
-            "--to",
-            "ada@example.com",
-            "--to",
-            "bob@example.com",
-            "--param",
-            "username=Ada",
-            "--priority",
-            "high",
-        ]);
-        let Ok(Cli {
-            command: Command::Submit(submit),
-            ..
-        }) = cli
-        else {
-            panic!("expected a submit command, got {cli:?}");
-        };
-        assert_eq!(submit.to, ["ada@example.com", "bob@example.com"]);
-        assert_eq!(submit.params, [("username".to_owned(), "Ada".to_owned())]);
-        assert_eq!(submit.priority, PriorityArg::High);
-        assert_eq!(submit.channels, [ChannelArg::Email]);
-    }
-}
+mod tests;
