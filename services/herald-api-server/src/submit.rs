@@ -2,17 +2,13 @@
 
 use std::collections::BTreeSet;
 
-use herald_db::notifications::{
-    self, Disposition, Inserted, NewDelivery, NewNotification, NotificationRecord,
-};
+use herald_db::notifications::{self, Disposition, Inserted, NewDelivery, NewNotification};
 use herald_domain::{
-    Channel, DeliveryId, DeliveryState, IdempotencyKey, NotificationId, Role, Subject, TemplateKey,
+    Channel, DeliveryId, IdempotencyKey, NotificationId, Role, Subject, TemplateKey,
 };
-use herald_proto::conversions;
 use herald_proto::submit::{
-    self as pb, GetNotificationRequest, GetNotificationResponse, SubmitBatchRequest,
-    SubmitBatchResponse, SubmitBatchResult, SubmitRequest, SubmitResponse,
-    submit_service_server::SubmitService,
+    GetNotificationRequest, GetNotificationResponse, SubmitBatchRequest, SubmitBatchResponse,
+    SubmitBatchResult, SubmitRequest, SubmitResponse, submit_service_server::SubmitService,
 };
 use herald_templates::VersionContent;
 use sha2::{Digest, Sha256};
@@ -22,12 +18,11 @@ use tracing::Instrument as _;
 use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
-use validate::{ValidRecipient, ValidSubmit, validate};
+use notification::notification_message;
+use validate::{ValidRecipient, ValidSubmit, check_batch_limits, validate};
 
+mod notification;
 mod validate;
-
-/// Most items in one `SubmitBatch`.
-const MAX_BATCH_ITEMS: usize = 1000;
 
 pub(crate) struct SubmitApi {
     state: AppState,
@@ -526,107 +521,6 @@ fn key_conflict(key: &IdempotencyKey, notification_id: NotificationId) -> Servic
         "idempotency_key: `{}` was already used for a different request (notification {notification_id}); use a new key for a new notification",
         key.as_ref()
     ))
-}
-
-fn notification_status(record: &NotificationRecord) -> pb::NotificationStatus {
-    let states: Vec<DeliveryState> = record
-        .deliveries
-        .iter()
-        .map(|delivery| delivery.state)
-        .collect();
-    if states.iter().all(|state| *state == DeliveryState::Pending) {
-        return pb::NotificationStatus::Accepted;
-    }
-    if !states.iter().all(|state| state.is_final()) {
-        return pb::NotificationStatus::InProgress;
-    }
-    let delivered = states
-        .iter()
-        .filter(|state| **state == DeliveryState::Delivered)
-        .count();
-    if states
-        .iter()
-        .all(|state| *state == DeliveryState::Suppressed)
-    {
-        return pb::NotificationStatus::Suppressed;
-    }
-    if delivered == states.len() {
-        pb::NotificationStatus::Delivered
-    } else if delivered == 0 {
-        pb::NotificationStatus::Failed
-    } else {
-        pb::NotificationStatus::PartiallyDelivered
-    }
-}
-
-fn notification_message(record: NotificationRecord) -> pb::Notification {
-    let status = notification_status(&record);
-    pb::Notification {
-        id: record.id.to_string(),
-        status: status.into(),
-        template_key: record.template_key,
-        template_version: u32::try_from(record.template_version).unwrap_or_default(),
-        category: record.category,
-        priority: herald_proto::common::Priority::from(record.priority).into(),
-        submitted_by: record.submitted_by,
-        created_at: Some(conversions::timestamp(record.created_at)),
-        metadata: record
-            .metadata
-            .as_object()
-            .map(|object| {
-                object
-                    .iter()
-                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        deliveries: record
-            .deliveries
-            .into_iter()
-            .map(|delivery| pb::Delivery {
-                id: delivery.id.to_string(),
-                channel: herald_proto::common::Channel::from(delivery.channel).into(),
-                state: pb::DeliveryState::from(delivery.state).into(),
-                recipient_index: u32::try_from(delivery.recipient_index).unwrap_or_default(),
-                user_id: delivery.user_id.unwrap_or_default(),
-                attempts: u32::try_from(delivery.attempts).unwrap_or_default(),
-                last_error: delivery.last_error.unwrap_or_default(),
-                created_at: Some(conversions::timestamp(delivery.created_at)),
-                updated_at: Some(conversions::timestamp(delivery.updated_at)),
-                queued_at: delivery.queued_at.map(conversions::timestamp),
-                delivered_at: delivery.delivered_at.map(conversions::timestamp),
-                scheduled_for: delivery.scheduled_for.map(conversions::timestamp),
-                variant: delivery.variant.unwrap_or_default(),
-            })
-            .collect(),
-    }
-}
-
-/// Refuses a `SubmitBatch` over the per-call limits, naming the limit.
-fn check_batch_limits(request: &SubmitBatchRequest, max_deliveries: usize) -> Result<()> {
-    if request.items.is_empty() || request.items.len() > MAX_BATCH_ITEMS {
-        return Err(ServiceError::invalid(
-            "items",
-            format!(
-                "must contain 1 to {MAX_BATCH_ITEMS} notifications (got {})",
-                request.items.len()
-            ),
-        ));
-    }
-    let deliveries: usize = request
-        .items
-        .iter()
-        .map(|item| item.recipients.len().saturating_mul(item.channels.len()))
-        .fold(0, usize::saturating_add);
-    if deliveries > max_deliveries {
-        return Err(ServiceError::invalid(
-            "items",
-            format!(
-                "would create {deliveries} deliveries (recipients times channels, summed over the items); one call may create at most {max_deliveries} (submit.batch_call_max_deliveries): split it"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@ use herald_domain::{
     Category, Channel, EmailAddress, IdempotencyKey, PhoneNumber, Priority, TemplateKey,
 };
 use herald_proto::conversions::{self, channel_from_i32, priority_from_i32};
-use herald_proto::submit::{self as pb, SubmitRequest};
+use herald_proto::submit::{self as pb, SubmitBatchRequest, SubmitRequest};
 use herald_templates::Locale;
 
 use crate::error::{Result, ServiceError};
@@ -14,6 +14,8 @@ const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY: usize = 64;
 const MAX_METADATA_VALUE: usize = 1024;
 const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
+/// Most items in one `SubmitBatch`.
+const MAX_BATCH_ITEMS: usize = 1000;
 
 /// A submit request that passed every field check.
 pub(super) struct ValidSubmit {
@@ -293,4 +295,34 @@ fn is_destination_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-_".contains(&byte))
+}
+
+/// Refuses a `SubmitBatch` over the per-call limits, naming the limit.
+pub(super) fn check_batch_limits(
+    request: &SubmitBatchRequest,
+    max_deliveries: usize,
+) -> Result<()> {
+    if request.items.is_empty() || request.items.len() > MAX_BATCH_ITEMS {
+        return Err(ServiceError::invalid(
+            "items",
+            format!(
+                "must contain 1 to {MAX_BATCH_ITEMS} notifications (got {})",
+                request.items.len()
+            ),
+        ));
+    }
+    let deliveries: usize = request
+        .items
+        .iter()
+        .map(|item| item.recipients.len().saturating_mul(item.channels.len()))
+        .fold(0, usize::saturating_add);
+    if deliveries > max_deliveries {
+        return Err(ServiceError::invalid(
+            "items",
+            format!(
+                "would create {deliveries} deliveries (recipients times channels, summed over the items); one call may create at most {max_deliveries} (submit.batch_call_max_deliveries): split it"
+            ),
+        ));
+    }
+    Ok(())
 }
