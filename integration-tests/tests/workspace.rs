@@ -220,3 +220,61 @@ fn each_rule_reports_the_edge_that_breaks_it() {
         ]
     );
 }
+
+/// The most lines a source file under `services/*/src` or `libs/*/src` may have, unless its
+/// first lines say why it needs more (a comment containing "over 600 lines").
+const MAX_FILE_LINES: usize = 600;
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, files);
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_source_file_is_over_600_lines_without_saying_why() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf();
+    let mut files = Vec::new();
+    for group in ["services", "libs"] {
+        for crate_dir in std::fs::read_dir(root.join(group))
+            .expect("the crate folders")
+            .flatten()
+        {
+            rust_files(&crate_dir.path().join("src"), &mut files);
+        }
+    }
+    assert!(files.len() > 100, "read only {} source files", files.len());
+    let too_long: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(path).expect("a source file");
+            let lines = text.lines().count();
+            let explained = text
+                .lines()
+                .take(10)
+                .any(|line| line.contains("over 600 lines"));
+            (lines > MAX_FILE_LINES && !explained).then(|| {
+                format!(
+                    "{} ({lines} lines)",
+                    path.strip_prefix(&root).unwrap_or(path).display()
+                )
+            })
+        })
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "split these files, or say at their top why they are over 600 lines: {too_long:?}"
+    );
+}
