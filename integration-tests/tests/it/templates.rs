@@ -134,6 +134,10 @@ async fn a_taken_key_is_already_exists() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(
+        status.message(),
+        "key: a template named `welcome` already exists"
+    );
     assert_eq!(app.count_rows("templates").await, 1);
 }
 

@@ -8,7 +8,14 @@ pub enum Error {
     /// PostgreSQL cannot be reached or the pool timed out: callers answer `UNAVAILABLE`.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// A unique constraint rejected the write; the constraint's name says which.
+    /// A template with this key already exists (`templates::create`).
+    #[error("a template named `{key}` already exists")]
+    TemplateKeyTaken {
+        /// The key asked for.
+        key: String,
+    },
+    /// A unique constraint without a variant of its own rejected the write; the constraint's
+    /// name says which.
     #[error("unique constraint {constraint} violated")]
     Conflict {
         /// The violated constraint, e.g. `templates_key_unique`.

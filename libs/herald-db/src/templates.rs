@@ -147,7 +147,7 @@ fn record(
 }
 
 /// Creates a template and its version 1 (active) in one transaction. A taken key is
-/// `Error::Conflict { constraint: "templates_key_unique" }`.
+/// `Error::TemplateKeyTaken`.
 pub async fn create(
     connection: &mut AsyncPgConnection,
     new: NewTemplate,
@@ -179,7 +179,13 @@ pub async fn create(
                 .await?;
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|error| match error {
+            crate::Error::Conflict { constraint } if constraint == "templates_key_unique" => {
+                crate::Error::TemplateKeyTaken { key: key.clone() }
+            }
+            other => other,
+        })?;
     find(connection, &key, None)
         .await?
         .ok_or_else(|| crate::Error::Corrupt(format!("template {key} vanished after insert")))

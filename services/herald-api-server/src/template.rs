@@ -82,7 +82,7 @@ impl TemplateApi {
         )
         .await
         .map_err(|error| match error {
-            herald_db::Error::Conflict { constraint } if constraint == "templates_key_unique" => {
+            herald_db::Error::TemplateKeyTaken { key } => {
                 ServiceError::AlreadyExists(format!("key: a template named `{key}` already exists"))
             }
             other => other.into(),

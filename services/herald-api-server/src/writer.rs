@@ -196,6 +196,9 @@ fn answer_all(jobs: impl IntoIterator<Item = Job>, error: &herald_db::Error) {
             herald_db::Error::Conflict { constraint } => herald_db::Error::Conflict {
                 constraint: constraint.clone(),
             },
+            herald_db::Error::TemplateKeyTaken { key } => {
+                herald_db::Error::TemplateKeyTaken { key: key.clone() }
+            }
             herald_db::Error::Invalid(message) => herald_db::Error::Invalid(message.clone()),
             herald_db::Error::Corrupt(message) => herald_db::Error::Corrupt(message.clone()),
             herald_db::Error::Query(_) => herald_db::Error::Corrupt(error.to_string()),

@@ -280,6 +280,20 @@ async fn schema_rs_and_the_migrated_database_have_the_same_columns_types_and_key
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_taken_template_key_is_its_own_error() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    templates::create(&mut connection, seed::welcome_template())
+        .await
+        .unwrap();
+    let again = templates::create(&mut connection, seed::welcome_template()).await;
+    assert!(
+        matches!(&again, Err(herald_db::Error::TemplateKeyTaken { key }) if key == "welcome"),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_reused_idempotency_key_writes_nothing() {
     let database = TestDatabase::new().await;
     let mut connection = connect(&database).await;
