@@ -324,11 +324,9 @@ async fn emergency_path<P: ChannelProvider>(
     shutdown: CancellationToken,
 ) {
     let channel = core.provider.channel();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(core.settings.emergency_poll_interval) => {}
-        }
+    while herald_service::sleep_unless_shutdown(core.settings.emergency_poll_interval, &shutdown)
+        .await
+    {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(core.settings.emergency_after)
                 .unwrap_or(chrono::Duration::MAX);

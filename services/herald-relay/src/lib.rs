@@ -349,11 +349,12 @@ impl Application {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(pause) => {}
             }
-            if busy && !self.settings.relay.linger.is_zero() {
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(self.settings.relay.linger) => {}
-                }
+            if busy
+                && !self.settings.relay.linger.is_zero()
+                && !herald_service::sleep_unless_shutdown(self.settings.relay.linger, shutdown)
+                    .await
+            {
+                return None;
             }
         }
     }
@@ -432,11 +433,7 @@ async fn clean_up_expired_keys(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
+    while herald_service::sleep_unless_shutdown(interval, &shutdown).await {
         let deleted = async {
             let mut connection = herald_db::connection(&pool).await?;
             herald_db::notifications::delete_expired_idempotency_keys(

@@ -170,11 +170,7 @@ impl Application {
     /// figures for the gauges at each scan.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
         self.metrics.serve(&shutdown);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.interval) => {}
-            }
+        while herald_service::sleep_unless_shutdown(self.interval, &shutdown).await {
             if let Err(error) = self.gauges.refresh(&self.pool).await {
                 tracing::warn!(error = %error, "Could not read the queue figures; retrying at the next interval.");
             }
