@@ -19,6 +19,10 @@ const TONIC_USERS: [&str; 6] = [
     "herald-test-support",
 ];
 
+/// Channel providers that only talk to a provider's network API: they get everything from
+/// `herald_worker::DeliveryContext` and never reach the database (their tests may).
+const WITHOUT_DATABASE: [&str; 4] = ["herald-sms", "herald-push", "herald-webhook", "herald-smtp"];
+
 /// Crates that must never be compiled: one rustls crypto provider (aws-lc-rs), no OpenSSL.
 const FORBIDDEN: [&str; 4] = ["ring", "openssl", "openssl-sys", "native-tls"];
 
@@ -74,6 +78,12 @@ fn violations(workspace: &Workspace) -> Vec<String> {
             broken.push(format!(
                 "herald-domain depends on the workspace crate {}",
                 edge.to
+            ));
+        }
+        if built && edge.to == "herald-db" && WITHOUT_DATABASE.contains(&edge.from.as_str()) {
+            broken.push(format!(
+                "the channel provider {} depends on herald-db",
+                edge.from
             ));
         }
         if built && edge.to == "herald-test-support" {
@@ -200,9 +210,12 @@ fn each_rule_reports_the_edge_that_breaks_it() {
         edge("herald-db", "herald-relay", None),
         edge("herald-relay", "herald-api-server", Some("build")),
         edge("herald-domain", "herald-config", None),
+        edge("herald-sms", "herald-db", None),
         edge("herald-worker", "herald-test-support", None),
-        // A dev-dependency on a service or on the test support is allowed.
+        // A dev-dependency on a service, on the test support or (a provider's) on the
+        // database is allowed.
         edge("herald-db", "herald-api-server", Some("dev")),
+        edge("herald-push", "herald-db", Some("dev")),
     ]);
     workspace.tonic.push(("herald-worker".into(), None));
     workspace.compiled.insert("ring".into());
@@ -213,6 +226,7 @@ fn each_rule_reports_the_edge_that_breaks_it() {
             "the library herald-db depends on the service herald-relay",
             "the service herald-relay depends on the service herald-api-server",
             "herald-domain depends on the workspace crate herald-config",
+            "the channel provider herald-sms depends on herald-db",
             "herald-worker depends on herald-test-support outside its dev-dependencies",
             "herald-worker depends on tonic directly (allowed: herald-proto, herald-tls, \
              herald-api-server, herald-cli, herald-integration-tests, herald-test-support)",

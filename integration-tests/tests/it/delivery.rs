@@ -213,6 +213,50 @@ async fn a_render_error_fails_the_delivery_permanently_and_dead_letters_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_whose_stored_template_version_no_longer_parses_fails_for_good_unsent() {
+    use diesel_async::RunQueryDsl;
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let response = app
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap();
+    // A bad manual edit: versions are immutable, and nothing Herald writes looks like this.
+    let mut connection = app.pool.get().await.unwrap();
+    diesel::sql_query("UPDATE template_versions SET content = '[\"not a version\"]'::jsonb")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    drop(connection);
+
+    app.start_email_worker(8);
+
+    let notification = app
+        .wait_for_status(&response.notification_id, NotificationStatus::Failed)
+        .await;
+    let delivery = &notification.deliveries[0];
+    assert_eq!(delivery.state(), DeliveryState::Failed);
+    assert_eq!(delivery.attempts, 1, "a permanent error is not retried");
+    assert!(
+        delivery
+            .last_error
+            .starts_with("stored template is unreadable:"),
+        "{}",
+        delivery.last_error
+    );
+    herald_test_support::eventually("the message in the dead-letter queue", WAIT, || async {
+        (app.vhost.ready_messages("herald.email.deliver.dlq").await == 1).then_some(())
+    })
+    .await;
+    assert!(app.smtp.messages().is_empty());
+    assert_eq!(app.failure_classes().await, ["permanent"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_smtp_server_is_retried_and_then_dead_lettered() {
     let app = TestApp::spawn_with(Options {
         email_worker: false,

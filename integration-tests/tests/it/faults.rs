@@ -425,10 +425,7 @@ impl herald_worker::ChannelProvider for CrashAfterSend {
         herald_domain::Channel::Email
     }
 
-    async fn deliver(
-        &self,
-        context: &herald_db::deliveries::DeliveryContext,
-    ) -> herald_worker::Attempted {
+    async fn deliver(&self, context: &herald_worker::DeliveryContext) -> herald_worker::Attempted {
         let attempted = self.inner.deliver(context).await;
         if attempted.result.is_err() {
             return attempted;

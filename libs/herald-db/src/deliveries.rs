@@ -1,5 +1,5 @@
-//! What channel workers read and write: an atomic, fenced claim, the context to render, and
-//! the outcome. Workers claim and finish deliveries in batches (`claim_many`, `finish_many`,
+//! What channel workers read and write: an atomic, fenced claim, the stored delivery to
+//! render, and the outcome. Workers claim and finish deliveries in batches (`claim_many`, `finish_many`,
 //! in `batch`); the single-delivery functions here are the same statements with one item.
 
 use std::time::Duration;
@@ -79,44 +79,37 @@ pub async fn release(connection: &mut AsyncPgConnection, claim: &Claim) -> Resul
     Ok(release_many(connection, std::slice::from_ref(claim)).await? == 1)
 }
 
-/// Everything a worker needs to render and send one delivery.
+/// A claimed delivery as its rows store it: what a worker turns into the typed context it
+/// renders and sends with (`herald_worker::DeliveryContext`).
 #[derive(Debug, Clone)]
-pub struct DeliveryContext {
-    /// The delivery.
+pub struct ClaimedDelivery {
+    /// `deliveries.id`.
     pub delivery_id: DeliveryId,
-    /// Its notification.
+    /// `deliveries.notification_id`.
     pub notification_id: NotificationId,
-    /// Channel.
+    /// `deliveries.channel`, parsed.
     pub channel: Channel,
-    /// The address on this channel (personal data: never log it).
+    /// `deliveries.address`: given at submit, or `None` for a user-id recipient (personal
+    /// data: never log it).
     pub address: Option<String>,
-    /// The product's user id, if given.
+    /// `deliveries.user_id`.
     pub user_id: Option<String>,
-    /// Priority.
+    /// `notifications.priority`, parsed.
     pub priority: Priority,
-    /// Category.
+    /// `notifications.category`.
     pub category: String,
-    /// The template's key (the notification type, e.g. `order-shipped`).
+    /// `templates.key`: the notification type.
     pub template_key: String,
-    /// The template version's parts per locale (either stored shape; read them with
-    /// `herald_templates::VersionContent::from_stored`).
-    pub template_content: serde_json::Value,
-    /// The recipient's locale tag given at submit, if any.
+    /// `deliveries.locale`: the tag given at submit, unparsed.
     pub locale: Option<String>,
-    /// The A/B test variant assigned at submit, whose parts are rendered (`None`: the base
-    /// content).
+    /// `deliveries.variant`: the A/B test variant assigned at submit.
     pub variant: Option<String>,
-    /// Template parameters (personal data: never log them).
+    /// `notifications.parameters` (personal data: never log them).
     pub parameters: serde_json::Value,
-    /// The claimed attempt's number (1 for the first).
+    /// `deliveries.attempts` after the claim: this attempt's number.
     pub attempt: u32,
-    /// The attempt's number within the current cycle; failover picks the provider by it.
+    /// The attempt's number within the current cycle (`attempts - attempts_base`).
     pub cycle_attempt: u32,
-    /// Push: the user's enabled device tokens, resolved from preferences before sending.
-    pub device_tokens: Vec<herald_domain::DeviceToken>,
-    /// The user opted out of tracking (email: no open pixel, no rewritten links); resolved
-    /// from preferences before sending.
-    pub tracking_opt_out: bool,
 }
 
 /// How an attempt ended.

@@ -1,11 +1,10 @@
 //! The in-app channel's provider: stores the rendered message as an inbox item, then signals
 //! the user's open streams.
 
-use herald_db::deliveries::DeliveryContext;
 use herald_db::inbox::{self, NewInboxItem};
 use herald_domain::Channel;
 use herald_templates::RenderedInApp;
-use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
+use herald_worker::{Attempted, ChannelProvider, DeliveryContext, DeliveryError, Receipt};
 
 use crate::publisher::InboxPublisher;
 use crate::signal::Signal;

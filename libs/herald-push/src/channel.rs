@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::{Channel, DeviceToken, Platform};
 use herald_templates::RenderedPush;
-use herald_worker::{Attempted, ChannelProvider, DeliveryError, Failover, Receipt};
+use herald_worker::{
+    Attempted, ChannelProvider, DeliveryContext, DeliveryError, Failover, Receipt,
+};
 
 use crate::apns::ApnsClient;
 use crate::fcm::FcmClient;

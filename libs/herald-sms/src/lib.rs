@@ -8,10 +8,9 @@ mod twilio;
 
 use std::sync::Arc;
 
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_templates::RenderedSms;
-use herald_worker::{Attempted, ChannelProvider, DeliveryError, Failover};
+use herald_worker::{Attempted, ChannelProvider, DeliveryContext, DeliveryError, Failover};
 
 pub use gateway::HttpGatewayProvider;
 pub use provider::{OutgoingSms, SmsProvider};

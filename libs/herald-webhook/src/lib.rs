@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_config::Validate;
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_templates::RenderedChat;
-use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
+use herald_worker::{Attempted, ChannelProvider, DeliveryContext, DeliveryError, Receipt};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 

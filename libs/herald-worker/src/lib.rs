@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod context;
 mod core;
 mod decide;
 mod failover;
@@ -16,11 +17,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use herald_config::Validate;
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
-use herald_templates::{Locale, RenderedPart, VersionContent};
+use herald_templates::RenderedPart;
 use serde::Deserialize;
 
+pub use context::DeliveryContext;
 pub use failover::{BreakerSettings, CircuitState, Failover, Selected};
 pub use limits::{Admission, FailMode, LimitRule, RateLimitSettings, RateLimiter};
 pub use supervise::Worker;
@@ -103,11 +104,8 @@ pub trait ChannelProvider: Send + Sync + 'static {
 /// Renders the part `P` (`RenderedSms`, …) of the delivery's template version, in the
 /// recipient's locale through the fallback chain, for the A/B test variant assigned at submit
 /// (its part when it has one for the channel, else the base part), with the same code as
-/// `RenderPreview` (`VersionContent::render_variant`). A stored locale tag that no longer parses falls back to the
-/// default rather than failing the send. Every error is permanent.
-///
-/// Called from a provider inside the worker, it renders with the version the worker compiled
-/// once and cached (see `templates`); elsewhere it compiles from `context.template_content`.
+/// `RenderPreview` (`VersionContent::render_variant`), from the version the worker compiled
+/// once and cached. Every error is permanent.
 pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryError> {
     let _span = tracing::info_span!(
         "render",
@@ -115,32 +113,17 @@ pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryE
         herald.channel = %P::CHANNEL,
         herald.template.key = %context.template_key,
         herald.variant = context.variant.as_deref().unwrap_or(""),
-        herald.locale = context.locale.as_deref().unwrap_or(""),
+        herald.locale = context.locale.as_ref().map_or("", |locale| locale.as_str()),
     )
     .entered();
-    let locale = context
-        .locale
-        .as_deref()
-        .and_then(|tag| Locale::parse(tag).ok());
-    let rendered = match templates::version_of(context.delivery_id) {
-        Some(version) => version.compiled.render_variant(
-            locale.as_ref(),
+    let (_, rendered) = context
+        .template
+        .render_variant(
+            context.locale.as_ref(),
             P::CHANNEL,
             context.variant.as_deref(),
             &context.parameters,
-        ),
-        None => VersionContent::from_stored(context.template_content.clone())
-            .map_err(|error| {
-                DeliveryError::Permanent(format!("stored template is unreadable: {error}"))
-            })?
-            .render_variant(
-                locale.as_ref(),
-                P::CHANNEL,
-                context.variant.as_deref(),
-                &context.parameters,
-            ),
-    };
-    let (_, rendered) = rendered
+        )
         .map_err(|error| DeliveryError::Permanent(format!("template render failed: {error}")))?;
     P::from_rendered(rendered).ok_or_else(|| {
         DeliveryError::Permanent(format!("the template rendered no {} part", P::CHANNEL))

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::Priority;
 use herald_redis::RedisCache;
 use serde::Deserialize;
+
+use crate::DeliveryContext;
 
 /// What happens to a delivery when Redis cannot answer.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

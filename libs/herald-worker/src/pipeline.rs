@@ -22,11 +22,12 @@
 //! delivery's outcome is committed, a claim that fails before its provider call is released,
 //! and an outcome that cannot be recorded is retried while the lease holds.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use herald_db::deliveries::{self, Claim, Claimed, DeliveryContext, Outcome, TemplateVersionRef};
+use herald_db::deliveries::{self, Claim, Claimed, FailureClass, Outcome, TemplateVersionRef};
 use herald_domain::{DeliveryId, Priority};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -39,8 +40,7 @@ use crate::decide::{self, AfterClaim, DATABASE_RETRY_DELAY, Settlement};
 use crate::intake::Intake;
 use crate::prepare::{self, Prepared};
 use crate::settle::{self, QueueMessage, ToSettle};
-use crate::templates::{self, CachedVersion};
-use crate::{Attempted, ChannelProvider};
+use crate::{Attempted, ChannelProvider, DeliveryContext};
 
 mod finish;
 
@@ -107,14 +107,8 @@ impl Job {
 /// A delivery this worker claimed, with its attempt permit, to prepare.
 type Attempt = (Job, OwnedSemaphorePermit, Claimed);
 
-/// A prepared delivery to hand to the provider: its claim, context and template version.
-type ReadyToSend = (
-    Job,
-    OwnedSemaphorePermit,
-    Claim,
-    Box<DeliveryContext>,
-    TemplateVersionRef,
-);
+/// A prepared delivery to hand to the provider: its claim and context.
+type ReadyToSend = (Job, OwnedSemaphorePermit, Claim, Box<DeliveryContext>);
 
 /// An attempt's outcome, waiting to be recorded and settled.
 struct Finished {
@@ -286,12 +280,12 @@ impl<P: ChannelProvider> Pipeline<P> {
             took_us = claimed_at.elapsed().as_micros() as u64,
             "Claimed a batch."
         );
-        let (mut attempts, settle_now) = self.triage_claims(jobs, answers, claimed_at);
+        let (attempts, settle_now) = self.triage_claims(jobs, answers, claimed_at);
         self.settle(settle_now).await;
         if attempts.is_empty() {
             return;
         }
-        let prepared = match self.prepare(&mut connection, &mut attempts).await {
+        let prepared = match self.prepare(&mut connection, &attempts).await {
             Ok(prepared) => prepared,
             Err(error) => {
                 // Nothing was sent: give the claims back so the requeued messages are not
@@ -322,10 +316,9 @@ impl<P: ChannelProvider> Pipeline<P> {
             took_us = claimed_at.elapsed().as_micros() as u64,
             "Prepared a batch."
         );
-        for (job, permit, claim, context, template) in sends {
-            let version = core.templates.get(&template);
+        for (job, permit, claim, context) in sends {
             self.tasks
-                .spawn(Arc::clone(&self).call(job, permit, claim, claimed_at, context, version));
+                .spawn(Arc::clone(&self).call(job, permit, claim, claimed_at, context));
         }
     }
 
@@ -391,9 +384,7 @@ impl<P: ChannelProvider> Pipeline<P> {
         let mut sends = Vec::new();
         for ((job, permit, claimed), prepared) in attempts.into_iter().zip(prepared) {
             match prepared {
-                Prepared::Send(context) => {
-                    sends.push((job, permit, claimed.claim, context, claimed.template))
-                }
+                Prepared::Send(context) => sends.push((job, permit, claimed.claim, context)),
                 Prepared::Hold(outcome) => self.finish(Finished {
                     settlement: decide::settlement_of_held(&outcome),
                     job,
@@ -401,7 +392,7 @@ impl<P: ChannelProvider> Pipeline<P> {
                     claimed_at,
                     outcome,
                     provider: None,
-                    context: Some(Box::new(claimed.context)),
+                    context: None,
                     invalid_addresses: Vec::new(),
                 }),
                 Prepared::Release(error) => {
@@ -415,13 +406,14 @@ impl<P: ChannelProvider> Pipeline<P> {
         (sends, released)
     }
 
-    /// Loads the batch's template versions that are not cached yet (one query), fills each
-    /// context's template, and prepares the attempts (preferences, disabled contacts, rate
-    /// limits).
+    /// Loads the batch's template versions that are not cached yet (one query), builds each
+    /// attempt's context with its compiled version, and prepares the attempts (preferences,
+    /// disabled contacts, rate limits). A delivery whose version is missing or no longer
+    /// parses fails for good, unsent.
     async fn prepare(
         &self,
         connection: &mut herald_db::Connection,
-        attempts: &mut [(Job, OwnedSemaphorePermit, Claimed)],
+        attempts: &[Attempt],
     ) -> Result<Vec<Prepared>, herald_db::Error> {
         let core = &self.core;
         let mut missing: Vec<TemplateVersionRef> = attempts
@@ -431,30 +423,37 @@ impl<P: ChannelProvider> Pipeline<P> {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        let mut unparsed = deliveries::template_contents(connection, &missing).await?;
-        for (template, stored) in &unparsed {
-            core.templates.insert(*template, stored.clone());
+        let mut unreadable = HashMap::new();
+        for (template, stored) in deliveries::template_contents(connection, &missing).await? {
+            if let Err(problem) = core.templates.insert(template, stored) {
+                unreadable.insert(template, problem);
+            }
         }
         let contexts = attempts
-            .iter_mut()
-            .map(|(_, _, claimed)| {
-                let mut context = claimed.context.clone();
-                context.template_content = match core.templates.get(&claimed.template) {
-                    Some(version) => version.stored.clone(),
-                    // Unreadable content is not cached: `render` reports it when the
-                    // provider renders.
-                    None => unparsed
-                        .remove(&claimed.template)
-                        .unwrap_or(serde_json::Value::Null),
-                };
-                context
-            })
+            .iter()
+            .map(
+                |(_, _, claimed)| match core.templates.get(&claimed.template) {
+                    Some(template) => {
+                        Ok(DeliveryContext::claimed(claimed.delivery.clone(), template))
+                    }
+                    None => Err(Outcome::Failed {
+                        error: unreadable
+                            .get(&claimed.template)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                "the template version it was accepted with no longer exists"
+                                    .to_owned()
+                            }),
+                        class: FailureClass::Permanent,
+                    }),
+                },
+            )
             .collect();
         prepare::prepare(core, connection, contexts).await
     }
 
-    /// One provider call, inside the attempt's span and its compiled template version; its
-    /// permit is returned as soon as the provider answers.
+    /// One provider call, inside the attempt's span; its permit is returned as soon as the
+    /// provider answers.
     async fn call(
         self: Arc<Self>,
         job: Job,
@@ -462,7 +461,6 @@ impl<P: ChannelProvider> Pipeline<P> {
         claim: Claim,
         claimed_at: Instant,
         context: Box<DeliveryContext>,
-        version: Option<Arc<CachedVersion>>,
     ) {
         let core = &self.core;
         let span = tracing::info_span!(
@@ -477,11 +475,11 @@ impl<P: ChannelProvider> Pipeline<P> {
             error.type = tracing::field::Empty,
         );
         let called_at = Instant::now();
-        let delivery = core.provider.deliver(&context).instrument(span.clone());
-        let Attempted { provider, result } = match version {
-            Some(version) => templates::with_version(context.delivery_id, version, delivery).await,
-            None => delivery.await,
-        };
+        let Attempted { provider, result } = core
+            .provider
+            .deliver(&context)
+            .instrument(span.clone())
+            .await;
         drop(permit);
         let outcome_name = decide::outcome_name(&result);
         span.record("herald.provider", provider.as_str());

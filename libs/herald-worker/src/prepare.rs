@@ -6,12 +6,13 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use herald_db::deliveries::{DeliveryContext, Outcome};
+use herald_db::deliveries::Outcome;
 use herald_db::preferences::PreferenceRecord;
 use herald_domain::Channel;
+use herald_templates::Locale;
 
 use crate::core::Core;
-use crate::{Admission, ChannelProvider};
+use crate::{Admission, ChannelProvider, DeliveryContext};
 
 /// What preparing found for one claimed delivery.
 #[derive(Debug)]
@@ -24,25 +25,30 @@ pub(crate) enum Prepared {
     Release(herald_db::Error),
 }
 
-/// Prepares `contexts` (claimed, in batch order), re-reading the recipients' preferences just
-/// before sending (an opt-out or new quiet hours while queued wins), resolving user-id
-/// recipients' addresses, device tokens and locales, leaving out disabled addresses and
-/// applying rate limits. Fails as a whole only when PostgreSQL does.
+/// Prepares `contexts` (claimed, in batch order; an outcome where the context could not be
+/// built), re-reading the recipients' preferences just before sending (an opt-out or new quiet
+/// hours while queued wins), resolving user-id recipients' addresses, device tokens and
+/// locales, leaving out disabled addresses and applying rate limits. Fails as a whole only
+/// when PostgreSQL does.
 pub(crate) async fn prepare<P: ChannelProvider>(
     core: &Core<P>,
     connection: &mut herald_db::Connection,
-    contexts: Vec<DeliveryContext>,
+    contexts: Vec<Result<DeliveryContext, Outcome>>,
 ) -> Result<Vec<Prepared>, herald_db::Error> {
     let user_ids: Vec<String> = contexts
         .iter()
-        .filter_map(|context| context.user_id.clone())
+        .filter_map(|context| context.as_ref().ok()?.user_id.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     let preferences = herald_db::preferences::get_many(connection, &user_ids).await?;
     let mut prepared: Vec<Prepared> = contexts
         .into_iter()
-        .map(|mut context| {
+        .map(|context| {
+            let mut context = match context {
+                Ok(context) => context,
+                Err(outcome) => return Prepared::Hold(outcome),
+            };
             let record = context
                 .user_id
                 .as_deref()
@@ -108,7 +114,10 @@ fn apply_preferences<P>(
             context.device_tokens = record.device_tokens()?;
         }
         if context.locale.is_none() {
-            context.locale = record.locale.clone();
+            context.locale = record
+                .locale
+                .as_deref()
+                .and_then(|tag| Locale::parse(tag).ok());
         }
         context.tracking_opt_out = record.tracking_opt_out;
     }

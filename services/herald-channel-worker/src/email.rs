@@ -2,12 +2,11 @@
 //! per concurrent delivery, no `NOOP` before each message).
 
 use chrono::Utc;
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::Channel;
 use herald_smtp::{PoolError, SmtpPool, SmtpSettings};
 use herald_templates::RenderedEmail;
 use herald_tracking::{Signer, TrackingSettings};
-use herald_worker::{Attempted, ChannelProvider, DeliveryError, Receipt};
+use herald_worker::{Attempted, ChannelProvider, DeliveryContext, DeliveryError, Receipt};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 

@@ -28,7 +28,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{DeliveryId, DeliveryState, Priority, TemplateId};
 use uuid::Uuid;
 
-use super::{Claim, DeliveryContext};
+use super::{Claim, ClaimedDelivery};
 use crate::events::{self, NewEvent};
 use crate::schema::deliveries;
 use crate::statement::planned_per_run;
@@ -59,9 +59,9 @@ pub struct Claimed {
     pub claim: Claim,
     /// The template version to render.
     pub template: TemplateVersionRef,
-    /// The context to render and send with. `template_content` is `Null`: the caller fills it
-    /// from its cache of versions (or `template_contents`).
-    pub context: DeliveryContext,
+    /// The delivery as stored; the caller renders it with `template`, from its cache of
+    /// versions (or `template_contents`).
+    pub delivery: ClaimedDelivery,
 }
 
 /// What `claim_many` found for one requested delivery.
@@ -315,7 +315,7 @@ fn claimed(row: ClaimedRow) -> BatchClaim {
             template_id: TemplateId::from(template_id),
             version: template_version,
         },
-        context: DeliveryContext {
+        delivery: ClaimedDelivery {
             delivery_id,
             notification_id: notification_id.into(),
             channel,
@@ -324,14 +324,11 @@ fn claimed(row: ClaimedRow) -> BatchClaim {
             priority,
             category,
             template_key,
-            template_content: serde_json::Value::Null,
             locale,
             variant,
             parameters,
             attempt: u32::try_from(claim.attempt).unwrap_or_default(),
             cycle_attempt: u32::try_from(claim.cycle_attempt).unwrap_or_default(),
-            device_tokens: Vec::new(),
-            tracking_opt_out: false,
         },
         claim,
     }))

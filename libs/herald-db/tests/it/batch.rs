@@ -78,11 +78,11 @@ async fn a_batch_claim_answers_each_delivery_in_order() {
     let first = claimed(&answers[0]);
     assert_eq!(first.claim.delivery_id, pending);
     assert_eq!((first.claim.attempt, first.claim.cycle_attempt), (1, 1));
-    assert_eq!(first.context.channel, Channel::Email);
-    assert_eq!(first.context.address.as_deref(), Some("ada@example.com"));
-    assert_eq!(first.context.locale.as_deref(), Some("ko-KR"));
-    assert_eq!(first.context.priority, Priority::Normal);
-    assert_eq!(first.context.template_key, "welcome");
+    assert_eq!(first.delivery.channel, Channel::Email);
+    assert_eq!(first.delivery.address.as_deref(), Some("ada@example.com"));
+    assert_eq!(first.delivery.locale.as_deref(), Some("ko-KR"));
+    assert_eq!(first.delivery.priority, Priority::Normal);
+    assert_eq!(first.delivery.template_key, "welcome");
     assert!(matches!(answers[1], BatchClaim::Done), "final");
     assert!(
         matches!(answers[2], BatchClaim::Busy { retry_after } if retry_after > Duration::from_secs(20)),

@@ -5,15 +5,18 @@ mod channel;
 mod hub;
 mod storage;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use herald_config::{DatabaseSettings, RedisSettings};
-use herald_db::deliveries::{self, BatchClaim, DeliveryContext};
+use herald_db::deliveries::{self, BatchClaim};
 use herald_db::notifications::{self, Disposition, NewDelivery, NewNotification};
 use herald_db::templates::{self, NewTemplate};
 use herald_domain::{Channel, DeliveryId, TemplateId};
+use herald_templates::{CompiledVersion, VersionContent};
 use herald_test_support::{TestDatabase, TestKeyspace, seed};
+use herald_worker::DeliveryContext;
 use secrecy::SecretString;
 
 /// A migrated schema and a pool on it.
@@ -113,11 +116,14 @@ impl Storage {
         let mut contents = deliveries::template_contents(&mut connection, &[claimed.template])
             .await
             .expect("loading the template version");
-        let mut context = claimed.context.clone();
-        context.template_content = contents
+        let stored = contents
             .remove(&claimed.template)
             .expect("the claimed template version");
-        context
+        let version = VersionContent::from_stored(stored).expect("a readable template version");
+        DeliveryContext::claimed(
+            claimed.delivery.clone(),
+            Arc::new(CompiledVersion::new(version)),
+        )
     }
 }
 

@@ -5,11 +5,13 @@ mod apns;
 mod channel;
 mod fcm;
 
-use herald_db::deliveries::DeliveryContext;
+use std::sync::Arc;
+
 use herald_domain::{Channel, DeliveryId, DeviceToken, NotificationId, Platform, Priority};
 use herald_push::{ApnsSettings, FcmSettings, PushChannel, PushSettings};
+use herald_templates::{CompiledVersion, VersionContent};
 use herald_test_support::{ApnsServer, FcmServer};
-use herald_worker::{Attempted, ChannelProvider};
+use herald_worker::{Attempted, ChannelProvider, DeliveryContext};
 use serde_json::{Value, json};
 
 /// A push delivery to `devices` with the single-locale stored template shape; the push part's
@@ -24,11 +26,14 @@ fn context(devices: Vec<DeviceToken>, data: Value, priority: Priority) -> Delive
         priority,
         category: "orders".into(),
         template_key: "order-shipped".into(),
-        template_content: json!({"push": {
-            "title": "Order {{order}} shipped",
-            "body": "It arrives on Tuesday",
-            "data": data,
-        }}),
+        template: Arc::new(CompiledVersion::new(
+            VersionContent::from_stored(json!({"push": {
+                "title": "Order {{order}} shipped",
+                "body": "It arrives on Tuesday",
+                "data": data,
+            }}))
+            .expect("a valid template version"),
+        )),
         locale: None,
         variant: None,
         parameters: json!({"order": "A-1"}),

@@ -22,7 +22,7 @@ async fn a_retryable_failure_on_the_primary_moves_the_next_attempt_to_the_second
     let first = context(Some(RECIPIENT), "Hello", 1);
 
     expect_retryable(deliver(&channel, &first, "twilio").await);
-    let second = herald_db::deliveries::DeliveryContext {
+    let second = herald_worker::DeliveryContext {
         attempt: 2,
         cycle_attempt: 2,
         ..first.clone()

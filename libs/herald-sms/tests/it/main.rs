@@ -5,15 +5,18 @@ mod failover;
 mod gateway;
 mod twilio;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use herald_db::deliveries::DeliveryContext;
 use herald_domain::{Channel, DeliveryId, NotificationId, Priority};
 use herald_sms::{
     HttpGatewaySettings, SmsChannel, SmsProviderSettings, SmsSettings, TwilioSettings,
 };
+use herald_templates::{CompiledVersion, VersionContent};
 use herald_test_support::{SmsGatewayServer, TwilioServer};
-use herald_worker::{Attempted, BreakerSettings, ChannelProvider, DeliveryError, Receipt};
+use herald_worker::{
+    Attempted, BreakerSettings, ChannelProvider, DeliveryContext, DeliveryError, Receipt,
+};
 use serde_json::json;
 
 const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -47,7 +50,9 @@ fn context_with(
         priority: Priority::Normal,
         category: "transactional".into(),
         template_key: "order-shipped".into(),
-        template_content,
+        template: Arc::new(CompiledVersion::new(
+            VersionContent::from_stored(template_content).expect("a valid template version"),
+        )),
         locale: None,
         variant: None,
         parameters,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use herald_db::deliveries::{
-    BatchClaim, Claim, Claimed, DeliveryContext, FailureClass, Outcome, TemplateVersionRef,
+    BatchClaim, Claim, Claimed, ClaimedDelivery, FailureClass, Outcome, TemplateVersionRef,
 };
 use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
 
@@ -176,7 +176,7 @@ fn a_claim_decides_whether_to_attempt() {
                 template_id: TemplateId::generate(),
                 version: 1,
             },
-            context: DeliveryContext {
+            delivery: ClaimedDelivery {
                 delivery_id: claim.delivery_id,
                 notification_id: NotificationId::generate(),
                 channel: Channel::Email,
@@ -185,14 +185,11 @@ fn a_claim_decides_whether_to_attempt() {
                 priority: Priority::Normal,
                 category: "orders".into(),
                 template_key: "welcome".into(),
-                template_content: serde_json::Value::Null,
                 locale: None,
                 variant: None,
                 parameters: serde_json::json!({}),
                 attempt: 1,
                 cycle_attempt: 1,
-                device_tokens: Vec::new(),
-                tracking_opt_out: false,
             },
             claim,
         }))
