@@ -169,13 +169,10 @@ pub(crate) enum TemplateCommand {
     Preview(TemplatePreviewArgs),
 }
 
-/// Arguments of `template update`.
+/// The email part of a new template version (`template create` and `template update`).
 #[derive(Debug, Args)]
-pub(crate) struct TemplateUpdateArgs {
-    /// The template's key.
-    #[arg(long)]
-    pub(crate) key: String,
-    /// Email subject (handlebars, not escaped).
+pub(crate) struct EmailPartArgs {
+    /// Email subject (handlebars, not escaped), e.g. `Welcome {{username}}`.
     #[arg(long)]
     pub(crate) subject: String,
     /// Email HTML body (handlebars, HTML-escaped).
@@ -184,9 +181,21 @@ pub(crate) struct TemplateUpdateArgs {
     /// Email plain-text body (handlebars, not escaped).
     #[arg(long, default_value = "")]
     pub(crate) text: String,
-    /// A sample parameter as NAME=VALUE; repeat. Every part must render with them.
+    /// A sample parameter as NAME=VALUE; repeat. Every part must render with them (strict)
+    /// before the version is saved; `template create` checks only when any is given.
     #[arg(long = "sample", value_name = "NAME=VALUE", value_parser = parse_key_value)]
     pub(crate) samples: Vec<(String, String)>,
+}
+
+/// Arguments of `template update`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplateUpdateArgs {
+    /// The template's key.
+    #[arg(long)]
+    pub(crate) key: String,
+    /// The new version's email part.
+    #[command(flatten)]
+    pub(crate) email: EmailPartArgs,
     /// Make the new version the active one.
     #[arg(long)]
     pub(crate) activate: bool,
@@ -252,19 +261,9 @@ pub(crate) struct TemplateCreateArgs {
     /// Free text for people reading the template list.
     #[arg(long, default_value = "")]
     pub(crate) description: String,
-    /// Email subject (handlebars, not escaped), e.g. `Welcome {{username}}`.
-    #[arg(long)]
-    pub(crate) subject: String,
-    /// Email HTML body (handlebars, HTML-escaped).
-    #[arg(long, default_value = "")]
-    pub(crate) html: String,
-    /// Email plain-text body (handlebars, not escaped).
-    #[arg(long, default_value = "")]
-    pub(crate) text: String,
-    /// A sample parameter as NAME=VALUE; repeat. When any is given, every part must render
-    /// with them (strict) before the template is saved.
-    #[arg(long = "sample", value_name = "NAME=VALUE", value_parser = parse_key_value)]
-    pub(crate) samples: Vec<(String, String)>,
+    /// The first version's email part.
+    #[command(flatten)]
+    pub(crate) email: EmailPartArgs,
     /// Print the created template as JSON.
     #[arg(long)]
     pub(crate) json: bool,

@@ -40,8 +40,8 @@ pub(crate) async fn run(
             let template = client
                 .update_template(UpdateTemplateRequest {
                     key: args.key.clone(),
-                    content: Some(email_content(&args.subject, &args.html, &args.text)),
-                    sample_parameters: Some(samples(&args.samples).unwrap_or_default()),
+                    content: Some(email_content(&args.email)),
+                    sample_parameters: Some(samples(&args.email.samples).unwrap_or_default()),
                     activate: args.activate,
                     ..UpdateTemplateRequest::default()
                 })
@@ -104,8 +104,8 @@ async fn create(
         key: args.key.clone(),
         category: args.category.clone(),
         description: args.description.clone(),
-        content: Some(email_content(&args.subject, &args.html, &args.text)),
-        sample_parameters: samples(&args.samples),
+        content: Some(email_content(&args.email)),
+        sample_parameters: samples(&args.email.samples),
         ..CreateTemplateRequest::default()
     };
     let template = client
@@ -119,12 +119,12 @@ async fn create(
 }
 
 /// An email-only template content.
-fn email_content(subject: &str, html: &str, text: &str) -> TemplateContent {
+fn email_content(email: &crate::cli::EmailPartArgs) -> TemplateContent {
     TemplateContent {
         email: Some(EmailPart {
-            subject: subject.to_owned(),
-            html: html.to_owned(),
-            text: text.to_owned(),
+            subject: email.subject.clone(),
+            html: email.html.clone(),
+            text: email.text.clone(),
         }),
         ..TemplateContent::default()
     }
