@@ -1,5 +1,5 @@
 //! Conversions between wire types and domain types. Fallible conversions return the domain
-//! `ValueError`; callers prefix the field name.
+//! `ValueError`; callers prefix the field name. Template contents are in `template`.
 
 use chrono::{DateTime, Utc};
 use herald_domain::{Channel, DeliveryState, Platform, Priority, ValueError};
@@ -8,6 +8,8 @@ use prost_types::value::Kind;
 use crate::common;
 use crate::preference;
 use crate::submit;
+
+mod template;
 
 impl TryFrom<common::Channel> for Channel {
     type Error = ValueError;

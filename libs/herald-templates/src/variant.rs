@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use herald_domain::VariantName;
 use serde::{Deserialize, Serialize};
 
-use crate::{ChatPart, EmailPart, Error, InAppPart, PushPart, SmsPart, TemplateContent};
+use crate::{Error, TemplateContent};
 
 /// The most variants one template content may define.
 pub const MAX_VARIANTS: usize = 20;
@@ -23,35 +23,10 @@ pub struct Variant {
     pub name: String,
     /// Relative share of recipients (1 to `MAX_WEIGHT`): a variant gets weight / total.
     pub weight: u32,
-    /// Replaces the base email part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<EmailPart>,
-    /// Replaces the base SMS part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sms: Option<SmsPart>,
-    /// Replaces the base push part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<PushPart>,
-    /// Replaces the base in-app part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub in_app: Option<InAppPart>,
-    /// Replaces the base chat part.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chat: Option<ChatPart>,
-}
-
-impl Variant {
-    /// The variant's overriding parts as content of their own (without variants).
-    pub fn overrides(&self) -> TemplateContent {
-        TemplateContent {
-            email: self.email.clone(),
-            sms: self.sms.clone(),
-            push: self.push.clone(),
-            in_app: self.in_app.clone(),
-            chat: self.chat.clone(),
-            variants: Vec::new(),
-        }
-    }
+    /// The parts it replaces, as content of their own (stored beside `name` and `weight`);
+    /// a variant has no variants.
+    #[serde(flatten)]
+    pub parts: TemplateContent,
 }
 
 impl TemplateContent {
@@ -64,11 +39,11 @@ impl TemplateContent {
     /// applied, without variants.
     pub fn with_variant(&self, variant: &Variant) -> TemplateContent {
         TemplateContent {
-            email: variant.email.clone().or_else(|| self.email.clone()),
-            sms: variant.sms.clone().or_else(|| self.sms.clone()),
-            push: variant.push.clone().or_else(|| self.push.clone()),
-            in_app: variant.in_app.clone().or_else(|| self.in_app.clone()),
-            chat: variant.chat.clone().or_else(|| self.chat.clone()),
+            email: variant.parts.email.clone().or_else(|| self.email.clone()),
+            sms: variant.parts.sms.clone().or_else(|| self.sms.clone()),
+            push: variant.parts.push.clone().or_else(|| self.push.clone()),
+            in_app: variant.parts.in_app.clone().or_else(|| self.in_app.clone()),
+            chat: variant.parts.chat.clone().or_else(|| self.chat.clone()),
             variants: Vec::new(),
         }
     }
@@ -121,7 +96,13 @@ pub(crate) fn validate_variants(
                 format!("must be 1 to {MAX_WEIGHT}"),
             ));
         }
-        let overrides = variant.overrides();
+        let overrides = &variant.parts;
+        if !overrides.variants.is_empty() {
+            return Err(field(
+                format!("variants[{}].variants", variant.name),
+                "a variant cannot have variants of its own".into(),
+            ));
+        }
         if let Some(extra) = overrides
             .channels()
             .difference(&base_channels)
@@ -137,7 +118,7 @@ pub(crate) fn validate_variants(
         }
         if !overrides.channels().is_empty() {
             parameters
-                .extend(crate::validate(&overrides).map_err(|error| in_variant(variant, error))?);
+                .extend(crate::validate(overrides).map_err(|error| in_variant(variant, error))?);
         }
     }
     Ok(())
@@ -149,7 +130,7 @@ pub(crate) fn render_variants(
     parameters: &serde_json::Value,
 ) -> Result<(), Error> {
     for variant in &content.variants {
-        crate::render_all(&variant.overrides(), parameters)
+        crate::render_all(&variant.parts, parameters)
             .map_err(|error| in_variant(variant, error))?;
     }
     Ok(())
@@ -188,8 +169,10 @@ mod tests {
         Variant {
             name: name.into(),
             weight,
-            email: subject.map(email),
-            ..Variant::default()
+            parts: TemplateContent {
+                email: subject.map(email),
+                ..TemplateContent::default()
+            },
         }
     }
 
@@ -288,7 +271,7 @@ mod tests {
             "{syntax}"
         );
         let mut in_app = variant("b", 1, None);
-        in_app.in_app = Some(crate::InAppPart {
+        in_app.parts.in_app = Some(crate::InAppPart {
             title: "t".into(),
             body: String::new(),
             action_url: String::new(),
@@ -335,6 +318,28 @@ mod tests {
         let with = version(vec![variant("a", 1, None), variant("b", 2, Some("x"))]);
         let stored = serde_json::to_value(&with).unwrap();
         assert_eq!(VersionContent::from_stored(stored).unwrap(), with);
+    }
+
+    #[test]
+    fn a_variant_stores_its_parts_beside_its_name_and_weight() {
+        let stored = serde_json::to_value(variant("short", 2, Some("Short"))).unwrap();
+        assert_eq!(
+            stored,
+            json!({"name": "short", "weight": 2, "email": {
+                "subject": "Short", "html": "", "text": "Hi {{name}}"
+            }})
+        );
+        let nested = serde_json::from_value::<Variant>(json!({
+            "name": "b", "weight": 1,
+            "variants": [{"name": "c", "weight": 1}, {"name": "d", "weight": 1}],
+        }))
+        .unwrap();
+        let mut control = variant("a", 1, None);
+        control.parts.email = None;
+        assert_eq!(
+            error(vec![control, nested]),
+            "locales[en].variants[b].variants: a variant cannot have variants of its own"
+        );
     }
 
     #[test]

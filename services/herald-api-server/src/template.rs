@@ -20,9 +20,9 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
-use convert::{content_from_proto, content_message, rendered_message, variant_stats_message};
+use stats::variant_stats_message;
 
-mod convert;
+mod stats;
 
 const MAX_DESCRIPTION: usize = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -223,7 +223,7 @@ impl TemplateApi {
         Ok(RenderPreviewResponse {
             version: u32::try_from(record.version).unwrap_or_default(),
             locale: used.to_string(),
-            rendered: Some(rendered_message(rendered)),
+            rendered: Some(rendered.into()),
             variant: request.variant,
         })
     }
@@ -423,7 +423,7 @@ fn valid_version(
                 format!("is the same locale as another entry (`{locale}`)"),
             ));
         }
-        version.locales.insert(locale, content_from_proto(content));
+        version.locales.insert(locale, content.into());
     }
     let legacy = content.is_some() || version.locales.is_empty();
     if legacy {
@@ -435,10 +435,9 @@ fn valid_version(
                 ),
             ));
         }
-        version.locales.insert(
-            default_locale.clone(),
-            content_from_proto(content.unwrap_or_default()),
-        );
+        version
+            .locales
+            .insert(default_locale.clone(), content.unwrap_or_default().into());
     }
     let sample_parameters = sample_parameters
         .map(|samples| parameters_json("sample_parameters", samples))
@@ -462,7 +461,7 @@ fn valid_version(
 
 fn template_message(record: TemplateRecord) -> Result<pb::Template> {
     let version = stored_content(record.content)?;
-    let default_content = version.default_content().cloned().map(content_message);
+    let default_content = version.default_content().cloned().map(Into::into);
     Ok(pb::Template {
         key: record.key,
         category: record.category,
@@ -476,7 +475,7 @@ fn template_message(record: TemplateRecord) -> Result<pb::Template> {
         locales: version
             .locales
             .into_iter()
-            .map(|(locale, content)| (locale.to_string(), content_message(content)))
+            .map(|(locale, content)| (locale.to_string(), content.into()))
             .collect(),
         sample_parameters: record
             .sample_parameters
