@@ -108,6 +108,66 @@ async fn preferences_update_partially_and_deleting_a_user_removes_their_contact_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_preference_reads_back_as_it_was_set_in_canonical_form() {
+    use herald_proto::preference::{DeviceToken, Platform};
+    let app = TestApp::spawn().await;
+    let mut set = user("u2");
+    set.contacts.as_mut().unwrap().device_tokens = vec![DeviceToken {
+        token: "apns-token-1".into(),
+        platform: Platform::Ios.into(),
+        disabled_reason: String::new(),
+    }];
+    set.locale = "ko-kr".into();
+    set.time_zone = "Asia/Seoul".into();
+    set.channels = [("sms".to_owned(), false)].into();
+    set.categories = vec![CategoryPreference {
+        category: "marketing".into(),
+        channels: [("email".to_owned(), false), ("push".to_owned(), true)].into(),
+    }];
+    set.quiet_hours = Some(QuietHours {
+        start: "22:00".into(),
+        end: "07:30".into(),
+        days: vec!["Friday".into(), "MON".into()],
+    });
+    set.tracking_opt_out = true;
+    update(&app, set, &[]).await.unwrap();
+
+    let read = client(&app)
+        .await
+        .get_preferences(GetPreferencesRequest {
+            user_id: "u2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let contacts = read.contacts.unwrap();
+    assert_eq!(contacts.email, "u2@example.com");
+    assert_eq!(contacts.device_tokens.len(), 1);
+    assert_eq!(contacts.device_tokens[0].token, "apns-token-1");
+    assert_eq!(contacts.device_tokens[0].platform(), Platform::Ios);
+    assert_eq!(read.locale, "ko-KR");
+    assert_eq!(read.time_zone, "Asia/Seoul");
+    assert_eq!(read.channels, [("sms".to_owned(), false)].into());
+    assert_eq!(read.categories.len(), 1);
+    assert_eq!(read.categories[0].category, "marketing");
+    assert_eq!(
+        read.categories[0].channels,
+        [("email".to_owned(), false), ("push".to_owned(), true)].into()
+    );
+    assert_eq!(
+        read.quiet_hours,
+        Some(QuietHours {
+            start: "22:00".into(),
+            end: "07:30".into(),
+            days: vec!["mon".into(), "fri".into()],
+        }),
+        "weekdays come back as three-letter names, Monday first"
+    );
+    assert!(read.tracking_opt_out && !read.global_opt_out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn invalid_preferences_name_the_field_and_write_nothing() {
     let app = TestApp::spawn().await;
     let cases = [

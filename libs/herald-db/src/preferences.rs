@@ -1,17 +1,23 @@
 //! User preferences: contact points and what reaches the user when. Changes are audited.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use herald_domain::{DeviceToken, UserPreferences, ValueError};
 
 use crate::schema::{audit_log, user_preferences};
 use crate::statement::planned_per_run;
 use crate::{Error, Result};
 
-/// A user's stored preferences. Personal data: never log it.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = user_preferences)]
-#[diesel(treat_none_as_null = true)]
+mod stored;
+
+use stored::Row;
+
+/// A user's stored preferences, typed (the JSONB columns are shaped in `stored`, and only
+/// there). Personal data: never log it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PreferenceRecord {
     /// The product's user id.
     pub user_id: String,
@@ -19,26 +25,19 @@ pub struct PreferenceRecord {
     pub email: Option<String>,
     /// E.164 phone number.
     pub phone: Option<String>,
-    /// `[{"token": …, "platform": …}]`.
-    pub device_tokens: serde_json::Value,
+    /// The user's devices, for push.
+    pub device_tokens: Vec<DeviceToken>,
     /// BCP 47 locale.
     pub locale: Option<String>,
-    /// IANA time zone.
-    pub time_zone: Option<String>,
-    /// Channel name → enabled.
-    pub channels: serde_json::Value,
-    /// Category → {channel name → enabled}.
-    pub categories: serde_json::Value,
-    /// `{"start", "end", "days"}` or none.
-    pub quiet_hours: Option<serde_json::Value>,
-    /// Only mandatory categories reach the user.
-    pub global_opt_out: bool,
+    /// What reaches the user when: channel and category switches, the global opt-out, quiet
+    /// hours and the time zone they are read in.
+    pub preferences: UserPreferences,
+    /// No open pixel and no click-tracking links in this user's email.
+    pub tracking_opt_out: bool,
     /// Last change.
     pub updated_at: DateTime<Utc>,
     /// Who made the last change.
     pub updated_by: String,
-    /// No open pixel and no click-tracking links in this user's email.
-    pub tracking_opt_out: bool,
 }
 
 impl PreferenceRecord {
@@ -48,16 +47,12 @@ impl PreferenceRecord {
             user_id: user_id.to_owned(),
             email: None,
             phone: None,
-            device_tokens: serde_json::json!([]),
+            device_tokens: Vec::new(),
             locale: None,
-            time_zone: None,
-            channels: serde_json::json!({}),
-            categories: serde_json::json!({}),
-            quiet_hours: None,
-            global_opt_out: false,
+            preferences: UserPreferences::default(),
+            tracking_opt_out: false,
             updated_at: Utc::now(),
             updated_by: String::new(),
-            tracking_opt_out: false,
         }
     }
 }
@@ -67,12 +62,15 @@ pub async fn get(
     connection: &mut AsyncPgConnection,
     user_id: &str,
 ) -> Result<Option<PreferenceRecord>> {
-    Ok(user_preferences::table
+    user_preferences::table
         .find(user_id)
-        .select(PreferenceRecord::as_select())
+        .select(Row::as_select())
         .first(connection)
         .await
-        .optional()?)
+        .optional()?
+        .map(PreferenceRecord::try_from)
+        .transpose()
+        .map_err(Error::from)
 }
 
 /// Applies `change` to `user_id`'s preferences (the defaults if none are stored) under a row
@@ -91,21 +89,25 @@ where
         .transaction::<_, Error, _>(async |connection| {
             let current = user_preferences::table
                 .find(user_id)
-                .select(PreferenceRecord::as_select())
+                .select(Row::as_select())
                 .for_update()
                 .first(connection)
                 .await
                 .optional()?;
-            let mut record = current.unwrap_or_else(|| PreferenceRecord::defaults(user_id));
+            let mut record = match current {
+                Some(row) => PreferenceRecord::try_from(row)?,
+                None => PreferenceRecord::defaults(user_id),
+            };
             change(&mut record).map_err(Error::Invalid)?;
             record.user_id = user_id.to_owned();
             record.updated_at = Utc::now();
             record.updated_by = actor.to_owned();
+            let row = Row::from(&record);
             diesel::insert_into(user_preferences::table)
-                .values(&record)
+                .values(&row)
                 .on_conflict(user_preferences::user_id)
                 .do_update()
-                .set(&record)
+                .set(&row)
                 .execute(connection)
                 .await?;
             audit(connection, actor, "preferences.update", user_id).await?;
@@ -151,98 +153,24 @@ async fn audit(
     Ok(())
 }
 
-impl PreferenceRecord {
-    /// The stored device tokens. Stored values were validated on the way in, so an
-    /// unparseable one is `Error::Corrupt`.
-    pub fn device_tokens(&self) -> Result<Vec<herald_domain::DeviceToken>> {
-        let corrupt = || Error::Corrupt("user_preferences.device_tokens".into());
-        self.device_tokens
-            .as_array()
-            .ok_or_else(corrupt)?
-            .iter()
-            .map(|device| {
-                Ok(herald_domain::DeviceToken {
-                    token: device["token"].as_str().ok_or_else(corrupt)?.to_owned(),
-                    platform: device["platform"]
-                        .as_str()
-                        .and_then(|platform| platform.parse().ok())
-                        .ok_or_else(corrupt)?,
-                })
-            })
-            .collect()
-    }
-
-    /// The domain view of the stored JSON. Stored values were validated on the way in, so an
-    /// unparseable one is `Error::Corrupt`.
-    pub fn to_domain(&self) -> Result<herald_domain::UserPreferences> {
-        use herald_domain::{Channel, QuietHours, TimeZone, UserPreferences};
-        let corrupt = |what: &str| Error::Corrupt(format!("user_preferences.{what}"));
-        let channel_map =
-            |value: &serde_json::Value| -> Option<std::collections::BTreeMap<Channel, bool>> {
-                value
-                    .as_object()?
-                    .iter()
-                    .map(|(name, enabled)| {
-                        Some((name.parse::<Channel>().ok()?, enabled.as_bool()?))
-                    })
-                    .collect()
-            };
-        let channels = channel_map(&self.channels).ok_or_else(|| corrupt("channels"))?;
-        let categories = self
-            .categories
-            .as_object()
-            .ok_or_else(|| corrupt("categories"))?
-            .iter()
-            .map(|(category, channels)| Some((category.clone(), channel_map(channels)?)))
-            .collect::<Option<_>>()
-            .ok_or_else(|| corrupt("categories"))?;
-        let quiet_hours = self
-            .quiet_hours
-            .as_ref()
-            .map(|value| quiet_hours_from_json(value).ok_or_else(|| corrupt("quiet_hours")))
-            .transpose()?;
-        let time_zone = self
-            .time_zone
-            .as_deref()
-            .map(|zone| TimeZone::parse(zone).map_err(|_| corrupt("time_zone")))
-            .transpose()?;
-        Ok(UserPreferences {
-            channels,
-            categories,
-            global_opt_out: self.global_opt_out,
-            quiet_hours: quiet_hours.map(|quiet: QuietHours| quiet),
-            time_zone,
-        })
-    }
-}
-
-/// `{"start": "HH:MM", "end": "HH:MM", "days": ["mon", …]}` → `QuietHours`.
-pub fn quiet_hours_from_json(value: &serde_json::Value) -> Option<herald_domain::QuietHours> {
-    let start = herald_domain::parse_time_of_day(value.get("start")?.as_str()?).ok()?;
-    let end = herald_domain::parse_time_of_day(value.get("end")?.as_str()?).ok()?;
-    let mut days = chrono::WeekdaySet::EMPTY;
-    for day in value.get("days")?.as_array()? {
-        days.insert(herald_domain::parse_weekday(day.as_str()?).ok()?);
-    }
-    herald_domain::QuietHours::new(start, end, days).ok()
-}
-
-/// The stored preferences of each of `user_ids` that has any.
+/// The stored preferences of each of `user_ids` that has any. A user whose stored values no
+/// longer parse gets their own error (`Error::Corrupt` through `?`), so the others are not
+/// held up by it.
 pub async fn get_many(
     connection: &mut AsyncPgConnection,
     user_ids: &[String],
-) -> Result<std::collections::HashMap<String, PreferenceRecord>> {
+) -> Result<HashMap<String, std::result::Result<PreferenceRecord, ValueError>>> {
     if user_ids.is_empty() {
-        return Ok(std::collections::HashMap::new());
+        return Ok(HashMap::new());
     }
     Ok(planned_per_run(
         user_preferences::table
             .filter(user_preferences::user_id.eq_any(user_ids))
-            .select(PreferenceRecord::as_select()),
+            .select(Row::as_select()),
     )
-    .load(connection)
+    .load::<Row>(connection)
     .await?
     .into_iter()
-    .map(|record| (record.user_id.clone(), record))
+    .map(|row| (row.user_id.clone(), PreferenceRecord::try_from(row)))
     .collect())
 }

@@ -121,6 +121,24 @@ impl QuietHours {
         self.days
     }
 
+    /// `start` as `HH:MM`, the form `parse_time_of_day` reads.
+    pub fn start_text(&self) -> String {
+        self.start.format("%H:%M").to_string()
+    }
+
+    /// `end` as `HH:MM`, the form `parse_time_of_day` reads.
+    pub fn end_text(&self) -> String {
+        self.end.format("%H:%M").to_string()
+    }
+
+    /// The days as `mon` to `sun`, Monday first: the names `parse_weekday` reads.
+    pub fn day_names(&self) -> Vec<String> {
+        self.days
+            .iter(Weekday::Mon)
+            .map(|day| day.to_string().to_ascii_lowercase())
+            .collect()
+    }
+
     /// Whether a window starts on the local weekday `weekday`.
     pub fn starts_on(&self, weekday: Weekday) -> bool {
         self.days.is_empty() || self.days.contains(weekday)

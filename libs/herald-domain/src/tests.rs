@@ -394,6 +394,20 @@ fn quiet_until_holds_its_invariants_every_fifteen_minutes_for_a_year() {
 }
 
 #[test]
+fn quiet_hours_print_in_the_form_they_parse_from() {
+    let quiet = quiet_hours("22:05", "07:00", "SUNDAY,fri,Mon");
+    assert_eq!(quiet.start_text(), "22:05");
+    assert_eq!(quiet.end_text(), "07:00");
+    assert_eq!(quiet.day_names(), ["mon", "fri", "sun"]);
+    let again = quiet_hours(
+        &quiet.start_text(),
+        &quiet.end_text(),
+        &quiet.day_names().join(","),
+    );
+    assert_eq!(again, quiet);
+}
+
+#[test]
 fn quiet_hours_reject_an_empty_window() {
     let time = parse_time_of_day("22:00").unwrap();
     assert_eq!(

@@ -49,13 +49,18 @@ pub(crate) async fn prepare<P: ChannelProvider>(
                 Ok(context) => context,
                 Err(outcome) => return Prepared::Hold(outcome),
             };
-            let record = context
+            let record = match context
                 .user_id
                 .as_deref()
-                .and_then(|user_id| preferences.get(user_id));
+                .and_then(|user_id| preferences.get(user_id))
+            {
+                None => None,
+                Some(Ok(record)) => Some(record),
+                Some(Err(error)) => return Prepared::Release(error.clone().into()),
+            };
             match apply_preferences(core, &mut context, record) {
-                Ok(None) => Prepared::Send(Box::new(context)),
-                Ok(Some(outcome)) => {
+                None => Prepared::Send(Box::new(context)),
+                Some(outcome) => {
                     tracing::info!(
                         notification.id = %context.notification_id,
                         delivery.id = %context.delivery_id,
@@ -65,7 +70,6 @@ pub(crate) async fn prepare<P: ChannelProvider>(
                     );
                     Prepared::Hold(outcome)
                 }
-                Err(error) => Prepared::Release(error),
             }
         })
         .collect();
@@ -80,13 +84,11 @@ fn apply_preferences<P>(
     core: &Core<P>,
     context: &mut DeliveryContext,
     record: Option<&PreferenceRecord>,
-) -> Result<Option<Outcome>, herald_db::Error> {
-    let Some(user_id) = context.user_id.clone() else {
-        return Ok(None);
-    };
+) -> Option<Outcome> {
+    let user_id = context.user_id.clone()?;
     if let Some(record) = record {
         let overrides = core.policy.overrides(&context.category, context.priority);
-        match record.to_domain()?.decide(
+        match record.preferences.decide(
             context.channel,
             &context.category,
             overrides,
@@ -94,13 +96,13 @@ fn apply_preferences<P>(
         ) {
             herald_domain::Verdict::Send => {}
             herald_domain::Verdict::Suppress(reason) => {
-                return Ok(Some(Outcome::Suppressed { reason }));
+                return Some(Outcome::Suppressed { reason });
             }
             herald_domain::Verdict::DeferUntil(until) => {
-                return Ok(Some(Outcome::Deferred {
+                return Some(Outcome::Deferred {
                     until,
                     reason: format!("quiet_hours: held until {}", until.to_rfc3339()),
-                }));
+                });
             }
         }
         if context.address.is_none() {
@@ -111,7 +113,7 @@ fn apply_preferences<P>(
             };
         }
         if context.channel == Channel::Push {
-            context.device_tokens = record.device_tokens()?;
+            context.device_tokens.clone_from(&record.device_tokens);
         }
         if context.locale.is_none() {
             context.locale = record
@@ -127,9 +129,9 @@ fn apply_preferences<P>(
         Channel::Push => context.device_tokens.is_empty().then_some("device tokens"),
         Channel::InApp | Channel::Chat => None,
     };
-    Ok(missing.map(|missing| Outcome::Suppressed {
+    missing.map(|missing| Outcome::Suppressed {
         reason: format!("no_address: user {user_id} has no {missing}"),
-    }))
+    })
 }
 
 /// Drops addresses a provider called invalid before, for the whole batch in one query: a

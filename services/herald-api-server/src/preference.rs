@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use herald_db::contacts;
 use herald_db::preferences::{self, PreferenceRecord};
-use herald_domain::{Category, Channel, EmailAddress, Platform, Role, TimeZone, ValueError};
+use herald_domain::{
+    Category, Channel, DeviceToken, EmailAddress, Platform, QuietHours, Role, TimeZone, ValueError,
+};
 use herald_proto::preference::{
     self as pb, DeletePreferencesRequest, DeletePreferencesResponse, GetPreferencesRequest,
     UpdatePreferencesRequest, preference_service_server::PreferenceService,
@@ -39,21 +41,20 @@ pub(crate) struct PreferenceApi {
     state: AppState,
 }
 
+/// A channel map of an update (`{"email": true, …}`), validated.
 fn channel_map(
     field: &str,
     channels: &std::collections::HashMap<String, bool>,
-) -> Result<serde_json::Value> {
-    let mut map = BTreeMap::new();
-    for (name, enabled) in channels {
-        let channel: Channel = name
-            .parse()
-            .map_err(|error| ServiceError::invalid(&format!("{field}[{name}]"), error))?;
-        map.insert(
-            channel.as_str().to_owned(),
-            serde_json::Value::Bool(*enabled),
-        );
-    }
-    Ok(serde_json::to_value(map).unwrap_or_default())
+) -> Result<BTreeMap<Channel, bool>> {
+    channels
+        .iter()
+        .map(|(name, enabled)| {
+            let channel: Channel = name
+                .parse()
+                .map_err(|error| ServiceError::invalid(&format!("{field}[{name}]"), error))?;
+            Ok((channel, *enabled))
+        })
+        .collect()
 }
 
 fn is_e164(phone: &str) -> bool {
@@ -92,7 +93,7 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                 };
             }
             "contacts.device_tokens" => {
-                record.device_tokens = device_tokens_json(&contacts.device_tokens)?;
+                record.device_tokens = device_tokens(&contacts.device_tokens)?;
             }
             "locale" => {
                 record.locale = if update.locale.is_empty() {
@@ -107,34 +108,25 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                 };
             }
             "time_zone" => {
-                record.time_zone = if update.time_zone.is_empty() {
-                    None
-                } else {
-                    Some(
-                        TimeZone::parse(&update.time_zone)
-                            .map_err(|error| ServiceError::invalid("preferences.time_zone", error))?
-                            .name()
-                            .to_owned(),
-                    )
-                };
+                record.preferences.time_zone =
+                    if update.time_zone.is_empty() {
+                        None
+                    } else {
+                        Some(TimeZone::parse(&update.time_zone).map_err(|error| {
+                            ServiceError::invalid("preferences.time_zone", error)
+                        })?)
+                    };
             }
-            "channels" => record.channels = channel_map("preferences.channels", &update.channels)?,
-            "categories" => record.categories = categories_json(&update.categories)?,
+            "channels" => {
+                record.preferences.channels =
+                    channel_map("preferences.channels", &update.channels)?;
+            }
+            "categories" => record.preferences.categories = categories(&update.categories)?,
             "quiet_hours" => {
-                record.quiet_hours = match &update.quiet_hours {
-                    None => None,
-                    Some(quiet) => {
-                        let json = serde_json::json!({
-                            "start": quiet.start,
-                            "end": quiet.end,
-                            "days": quiet.days.iter().map(|day| day.to_ascii_lowercase()).collect::<Vec<_>>(),
-                        });
-                        validate_quiet_hours(quiet)?;
-                        Some(json)
-                    }
-                };
+                record.preferences.quiet_hours =
+                    update.quiet_hours.as_ref().map(quiet_hours).transpose()?;
             }
-            "global_opt_out" => record.global_opt_out = update.global_opt_out,
+            "global_opt_out" => record.preferences.global_opt_out = update.global_opt_out,
             "tracking_opt_out" => record.tracking_opt_out = update.tracking_opt_out,
             other => {
                 return Err(ServiceError::invalid(
@@ -147,8 +139,8 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
     Ok(())
 }
 
-/// The device tokens of an update, validated, as stored (`[{"token", "platform"}, …]`).
-fn device_tokens_json(devices: &[pb::DeviceToken]) -> Result<serde_json::Value> {
+/// The device tokens of an update, validated.
+fn device_tokens(devices: &[pb::DeviceToken]) -> Result<Vec<DeviceToken>> {
     if devices.len() > MAX_DEVICE_TOKENS {
         return Err(ServiceError::invalid(
             "preferences.contacts.device_tokens",
@@ -174,20 +166,25 @@ fn device_tokens_json(devices: &[pb::DeviceToken]) -> Result<serde_json::Value> 
             .map_err(|_| ValueError("must name a platform".into()))
             .and_then(Platform::try_from)
             .map_err(|error| ServiceError::invalid(&format!("{field}.platform"), error))?;
-        tokens.push(serde_json::json!({"token": device.token, "platform": platform.as_str()}));
+        tokens.push(DeviceToken {
+            token: device.token.clone(),
+            platform,
+        });
     }
-    Ok(serde_json::Value::Array(tokens))
+    Ok(tokens)
 }
 
-/// The per-category channel maps of an update, validated, as stored (`{"category": {…}}`).
-fn categories_json(entries: &[pb::CategoryPreference]) -> Result<serde_json::Value> {
+/// The per-category channel maps of an update, validated.
+fn categories(
+    entries: &[pb::CategoryPreference],
+) -> Result<BTreeMap<String, BTreeMap<Channel, bool>>> {
     if entries.len() > MAX_CATEGORIES {
         return Err(ServiceError::invalid(
             "preferences.categories",
             format!("must have at most {MAX_CATEGORIES} entries"),
         ));
     }
-    let mut categories = serde_json::Map::new();
+    let mut categories = BTreeMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let field = format!("preferences.categories[{index}]");
         let category = Category::parse(&entry.category)
@@ -197,10 +194,11 @@ fn categories_json(entries: &[pb::CategoryPreference]) -> Result<serde_json::Val
             channel_map(&format!("{field}.channels"), &entry.channels)?,
         );
     }
-    Ok(serde_json::Value::Object(categories))
+    Ok(categories)
 }
 
-fn validate_quiet_hours(quiet: &pb::QuietHours) -> Result<()> {
+/// The quiet hours of an update, validated.
+fn quiet_hours(quiet: &pb::QuietHours) -> Result<QuietHours> {
     let start = herald_domain::parse_time_of_day(&quiet.start)
         .map_err(|error| ServiceError::invalid("preferences.quiet_hours.start", error))?;
     let end = herald_domain::parse_time_of_day(&quiet.end)
@@ -211,9 +209,8 @@ fn validate_quiet_hours(quiet: &pb::QuietHours) -> Result<()> {
             ServiceError::invalid(&format!("preferences.quiet_hours.days[{index}]"), error)
         })?);
     }
-    herald_domain::QuietHours::new(start, end, days)
-        .map_err(|error| ServiceError::invalid("preferences.quiet_hours", error))?;
-    Ok(())
+    QuietHours::new(start, end, days)
+        .map_err(|error| ServiceError::invalid("preferences.quiet_hours", error))
 }
 
 /// The user's stored preferences as a message, with each contact point's disabled reason.
@@ -259,97 +256,55 @@ async fn message_with_status(
 }
 
 fn message(record: &PreferenceRecord) -> pb::Preferences {
+    let preferences = &record.preferences;
     pb::Preferences {
         user_id: record.user_id.clone(),
         contacts: Some(pb::ContactPoints {
             email: record.email.clone().unwrap_or_default(),
             phone: record.phone.clone().unwrap_or_default(),
-            device_tokens: device_tokens_message(&record.device_tokens),
+            device_tokens: record
+                .device_tokens
+                .iter()
+                .map(|device| pb::DeviceToken {
+                    token: device.token.clone(),
+                    platform: pb::Platform::from(device.platform).into(),
+                    disabled_reason: String::new(),
+                })
+                .collect(),
             email_disabled_reason: String::new(),
             phone_disabled_reason: String::new(),
         }),
         locale: record.locale.clone().unwrap_or_default(),
-        time_zone: record.time_zone.clone().unwrap_or_default(),
-        channels: channels_message(&record.channels),
-        categories: record
-            .categories
-            .as_object()
-            .map(|object| {
-                object
-                    .iter()
-                    .map(|(category, value)| pb::CategoryPreference {
-                        category: category.clone(),
-                        channels: channels_message(value),
-                    })
-                    .collect()
-            })
+        time_zone: preferences
+            .time_zone
+            .map(|zone| zone.name().to_owned())
             .unwrap_or_default(),
-        quiet_hours: record.quiet_hours.as_ref().map(quiet_hours_message),
-        global_opt_out: record.global_opt_out,
+        channels: channels_message(&preferences.channels),
+        categories: preferences
+            .categories
+            .iter()
+            .map(|(category, channels)| pb::CategoryPreference {
+                category: category.clone(),
+                channels: channels_message(channels),
+            })
+            .collect(),
+        quiet_hours: preferences.quiet_hours.map(|quiet| pb::QuietHours {
+            start: quiet.start_text(),
+            end: quiet.end_text(),
+            days: quiet.day_names(),
+        }),
+        global_opt_out: preferences.global_opt_out,
         tracking_opt_out: record.tracking_opt_out,
         updated_at: Some(herald_proto::conversions::timestamp(record.updated_at)),
     }
 }
 
-/// A stored channel map (`{"email": true, …}`) as the message's map.
-fn channels_message(value: &serde_json::Value) -> std::collections::HashMap<String, bool> {
-    value
-        .as_object()
-        .map(|object| {
-            object
-                .iter()
-                .filter_map(|(name, enabled)| Some((name.clone(), enabled.as_bool()?)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The stored device tokens (`[{"token", "platform"}, …]`) as messages.
-fn device_tokens_message(value: &serde_json::Value) -> Vec<pb::DeviceToken> {
-    value
-        .as_array()
-        .map(|tokens| {
-            tokens
-                .iter()
-                .filter_map(|device| {
-                    Some(pb::DeviceToken {
-                        token: device.get("token")?.as_str()?.to_owned(),
-                        platform: device
-                            .get("platform")?
-                            .as_str()?
-                            .parse::<Platform>()
-                            .map_or(pb::Platform::Unspecified, pb::Platform::from)
-                            .into(),
-                        disabled_reason: String::new(),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Stored quiet hours (`{"start", "end", "days"}`) as the message.
-fn quiet_hours_message(quiet: &serde_json::Value) -> pb::QuietHours {
-    let text = |key: &str| {
-        quiet
-            .get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    pb::QuietHours {
-        start: text("start"),
-        end: text("end"),
-        days: quiet
-            .get("days")
-            .and_then(|v| v.as_array())
-            .map(|days| {
-                days.iter()
-                    .filter_map(|day| Some(day.as_str()?.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
+/// A channel map as the message's map.
+fn channels_message(channels: &BTreeMap<Channel, bool>) -> std::collections::HashMap<String, bool> {
+    channels
+        .iter()
+        .map(|(channel, enabled)| (channel.as_str().to_owned(), *enabled))
+        .collect()
 }
 
 impl PreferenceApi {

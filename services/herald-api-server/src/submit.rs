@@ -494,7 +494,7 @@ fn answer(
 /// What a new delivery starts as: suppressed by the user's preferences, held until `send_at`
 /// or the end of their quiet hours (whichever is later), or sent now.
 fn disposition(
-    stored: Option<&herald_db::preferences::PreferenceRecord>,
+    stored: Option<&Result<herald_db::preferences::PreferenceRecord, herald_domain::ValueError>>,
     channel: Channel,
     category: &str,
     overrides: herald_domain::Overrides,
@@ -503,9 +503,8 @@ fn disposition(
 ) -> Result<Disposition> {
     let due = send_at.filter(|send_at| *send_at > now).unwrap_or(now);
     let verdict = match stored {
-        Some(record) => record
-            .to_domain()?
-            .decide(channel, category, overrides, due),
+        Some(Ok(record)) => record.preferences.decide(channel, category, overrides, due),
+        Some(Err(error)) => return Err(herald_db::Error::from(error.clone()).into()),
         None => herald_domain::Verdict::Send,
     };
     Ok(match verdict {

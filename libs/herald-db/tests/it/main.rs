@@ -17,6 +17,7 @@ use herald_test_support::{TestDatabase, seed};
 
 mod batch;
 mod events;
+mod preferences;
 
 async fn connect(database: &TestDatabase) -> AsyncPgConnection {
     AsyncPgConnection::establish(database.url()).await.unwrap()
