@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
 use notification::notification_message;
-use validate::{ValidRecipient, ValidSubmit, check_batch_limits, validate};
+use validate::{ValidRecipient, ValidSubmit, check_batch_limits};
 
 mod notification;
 mod validate;
@@ -170,7 +170,7 @@ impl SubmitApi {
         trace_context: serde_json::Value,
     ) -> Result<SubmitResponse> {
         let now = self.state.clock.now();
-        let submit = validate(request, self.state.settings.submit.max_recipients, now)?;
+        let submit = ValidSubmit::parse(request, self.state.settings.submit.max_recipients, now)?;
         let hash = request_hash(&submit);
         let key = submit.idempotency_key.clone();
         let template_key = submit.template_key.clone();
