@@ -441,8 +441,11 @@ async fn a_version_whose_samples_miss_a_parameter_is_neither_saved_nor_activated
     herald_db::templates::add_version(
         &mut connection,
         herald_db::templates::NewVersion {
-            key: "welcome".into(),
-            content: serde_json::json!({"email": {"subject": "{{username}} {{coupon}}", "html": "", "text": "x"}}),
+            key: herald_domain::TemplateKey::parse("welcome").unwrap(),
+            content: herald_templates::VersionContent::from_stored(serde_json::json!({
+                "email": {"subject": "{{username}} {{coupon}}", "html": "", "text": "x"}
+            }))
+            .unwrap(),
             parameters: vec!["coupon".into(), "username".into()],
             sample_parameters: Some(serde_json::json!({"username": "Ada"})),
             created_by: "test".into(),

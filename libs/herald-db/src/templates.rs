@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use herald_domain::TemplateId;
+use herald_domain::{Category, TemplateId, TemplateKey, ValueError};
+use herald_templates::VersionContent;
 use uuid::Uuid;
 
 use crate::Result;
@@ -15,13 +16,13 @@ pub struct NewTemplate {
     /// The new template's id.
     pub id: TemplateId,
     /// Unique key.
-    pub key: String,
+    pub key: TemplateKey,
     /// Category.
-    pub category: String,
+    pub category: Category,
     /// Free text.
     pub description: String,
-    /// Parts per locale and channel as JSON (`herald_templates::VersionContent`).
-    pub content: serde_json::Value,
+    /// Parts per locale and channel, validated.
+    pub content: VersionContent,
     /// Parameters the parts use.
     pub parameters: Vec<String>,
     /// The parameters the version was validated with, if any.
@@ -34,9 +35,9 @@ pub struct NewTemplate {
 #[derive(Debug, Clone)]
 pub struct NewVersion {
     /// The template's key.
-    pub key: String,
-    /// Parts per locale and channel as JSON.
-    pub content: serde_json::Value,
+    pub key: TemplateKey,
+    /// Parts per locale and channel, validated.
+    pub content: VersionContent,
     /// Parameters the parts use.
     pub parameters: Vec<String>,
     /// The parameters the version was validated with.
@@ -53,17 +54,17 @@ pub struct TemplateRecord {
     /// The template's id.
     pub id: TemplateId,
     /// Unique key.
-    pub key: String,
+    pub key: TemplateKey,
     /// Category.
-    pub category: String,
+    pub category: Category,
     /// Free text.
     pub description: String,
     /// This version's number.
     pub version: i32,
     /// The version submits use by default.
     pub active_version: i32,
-    /// Parts per locale and channel (either stored shape; see `VersionContent::from_stored`).
-    pub content: serde_json::Value,
+    /// Parts per locale and channel (read from either stored shape).
+    pub content: VersionContent,
     /// Parameters the parts use.
     pub parameters: Vec<String>,
     /// The parameters this version was validated with, if any.
@@ -74,76 +75,64 @@ pub struct TemplateRecord {
     pub created_at: DateTime<Utc>,
 }
 
-type RecordColumns = (
-    templates::id,
-    templates::key,
-    templates::category,
-    templates::description,
-    template_versions::version,
-    templates::active_version,
-    template_versions::content,
-    template_versions::parameters,
-    template_versions::sample_parameters,
-    template_versions::created_by,
-    template_versions::created_at,
-);
+/// A template joined with one of its versions, as stored.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = template_versions)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+struct Row {
+    #[diesel(select_expression = templates::id)]
+    id: Uuid,
+    #[diesel(select_expression = templates::key)]
+    key: String,
+    #[diesel(select_expression = templates::category)]
+    category: String,
+    #[diesel(select_expression = templates::description)]
+    description: String,
+    version: i32,
+    #[diesel(select_expression = templates::active_version)]
+    active_version: i32,
+    content: serde_json::Value,
+    parameters: Vec<String>,
+    sample_parameters: Option<serde_json::Value>,
+    created_by: String,
+    created_at: DateTime<Utc>,
+}
 
-const RECORD_COLUMNS: RecordColumns = (
-    templates::id,
-    templates::key,
-    templates::category,
-    templates::description,
-    template_versions::version,
-    templates::active_version,
-    template_versions::content,
-    template_versions::parameters,
-    template_versions::sample_parameters,
-    template_versions::created_by,
-    template_versions::created_at,
-);
+/// Stored values were validated on the way in, so one that no longer parses names its
+/// template (`Error::Corrupt` through `?`).
+impl TryFrom<Row> for TemplateRecord {
+    type Error = ValueError;
 
-type RecordRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    i32,
-    i32,
-    serde_json::Value,
-    Vec<String>,
-    Option<serde_json::Value>,
-    String,
-    DateTime<Utc>,
-);
-
-fn record(
-    (
-        id,
-        key,
-        category,
-        description,
-        version,
-        active_version,
-        content,
-        parameters,
-        sample_parameters,
-        created_by,
-        created_at,
-    ): RecordRow,
-) -> TemplateRecord {
-    TemplateRecord {
-        id: id.into(),
-        key,
-        category,
-        description,
-        version,
-        active_version,
-        content,
-        parameters,
-        sample_parameters,
-        created_by,
-        created_at,
+    fn try_from(row: Row) -> std::result::Result<Self, ValueError> {
+        let corrupt = |what: &str| ValueError(format!("template `{}`: {what}", row.key));
+        Ok(Self {
+            id: row.id.into(),
+            key: TemplateKey::parse(&row.key).map_err(|error| corrupt(&error.0))?,
+            category: Category::parse(&row.category).map_err(|error| corrupt(&error.0))?,
+            content: VersionContent::from_stored(row.content)
+                .map_err(|error| corrupt(&format!("version {}: {error}", row.version)))?,
+            description: row.description,
+            version: row.version,
+            active_version: row.active_version,
+            parameters: row.parameters,
+            sample_parameters: row.sample_parameters,
+            created_by: row.created_by,
+            created_at: row.created_at,
+        })
     }
+}
+
+/// The stored form of a version's content.
+fn stored(content: &VersionContent) -> Result<serde_json::Value> {
+    serde_json::to_value(content)
+        .map_err(|error| crate::Error::Corrupt(format!("template content: {error}")))
+}
+
+/// Rows into records; the first that no longer parses is `Error::Corrupt`.
+fn records(rows: Vec<Row>) -> Result<Vec<TemplateRecord>> {
+    rows.into_iter()
+        .map(|row| TemplateRecord::try_from(row).map_err(crate::Error::from))
+        .collect()
 }
 
 /// Creates a template and its version 1 (active) in one transaction. A taken key is
@@ -152,14 +141,15 @@ pub async fn create(
     connection: &mut AsyncPgConnection,
     new: NewTemplate,
 ) -> Result<TemplateRecord> {
-    let key = new.key.clone();
+    let key = new.key.to_string();
+    let content = stored(&new.content)?;
     connection
         .transaction::<_, crate::Error, _>(async |connection| {
             diesel::insert_into(templates::table)
                 .values((
                     templates::id.eq(new.id.as_uuid()),
-                    templates::key.eq(&new.key),
-                    templates::category.eq(&new.category),
+                    templates::key.eq(new.key.as_ref()),
+                    templates::category.eq(new.category.as_ref()),
                     templates::description.eq(&new.description),
                     templates::active_version.eq(1),
                     templates::created_by.eq(&new.created_by),
@@ -170,7 +160,7 @@ pub async fn create(
                 .values((
                     template_versions::template_id.eq(new.id.as_uuid()),
                     template_versions::version.eq(1),
-                    template_versions::content.eq(&new.content),
+                    template_versions::content.eq(&content),
                     template_versions::parameters.eq(&new.parameters),
                     template_versions::sample_parameters.eq(&new.sample_parameters),
                     template_versions::created_by.eq(&new.created_by),
@@ -200,17 +190,16 @@ pub async fn find(
     let query = templates::table
         .inner_join(template_versions::table)
         .filter(templates::key.eq(key))
-        .select(RECORD_COLUMNS)
+        .select(Row::as_select())
         .into_boxed();
     let query = match version {
         Some(version) => query.filter(template_versions::version.eq(version)),
         None => query.filter(template_versions::version.eq(templates::active_version)),
     };
-    Ok(query
-        .first::<RecordRow>(connection)
-        .await
-        .optional()?
-        .map(record))
+    let row = query.first::<Row>(connection).await.optional()?;
+    row.map(TemplateRecord::try_from)
+        .transpose()
+        .map_err(crate::Error::from)
 }
 
 /// Up to `limit` templates at their active versions, ordered by key, after `after_key`.
@@ -222,19 +211,14 @@ pub async fn list(
     let mut query = templates::table
         .inner_join(template_versions::table)
         .filter(template_versions::version.eq(templates::active_version))
-        .select(RECORD_COLUMNS)
+        .select(Row::as_select())
         .order(templates::key.asc())
         .limit(limit)
         .into_boxed();
     if let Some(after_key) = after_key {
         query = query.filter(templates::key.gt(after_key.to_owned()));
     }
-    Ok(query
-        .load::<RecordRow>(connection)
-        .await?
-        .into_iter()
-        .map(record)
-        .collect())
+    records(query.load::<Row>(connection).await?)
 }
 
 /// Adds the next version of the template `new.key` (activating it when asked) in one
@@ -244,10 +228,11 @@ pub async fn add_version(
     connection: &mut AsyncPgConnection,
     new: NewVersion,
 ) -> Result<Option<TemplateRecord>> {
+    let content = stored(&new.content)?;
     let version = connection
         .transaction::<_, crate::Error, _>(async |connection| {
             let Some(id) = templates::table
-                .filter(templates::key.eq(&new.key))
+                .filter(templates::key.eq(new.key.as_ref()))
                 .select(templates::id)
                 .for_update()
                 .first::<Uuid>(connection)
@@ -266,7 +251,7 @@ pub async fn add_version(
                 .values((
                     template_versions::template_id.eq(id),
                     template_versions::version.eq(version),
-                    template_versions::content.eq(&new.content),
+                    template_versions::content.eq(&content),
                     template_versions::parameters.eq(&new.parameters),
                     template_versions::sample_parameters.eq(&new.sample_parameters),
                     template_versions::created_by.eq(&new.created_by),
@@ -280,7 +265,7 @@ pub async fn add_version(
         })
         .await?;
     match version {
-        Some(version) => find(connection, &new.key, Some(version)).await,
+        Some(version) => find(connection, new.key.as_ref(), Some(version)).await,
         None => Ok(None),
     }
 }
@@ -315,15 +300,14 @@ pub async fn list_versions(
     connection: &mut AsyncPgConnection,
     key: &str,
 ) -> Result<Option<Vec<TemplateRecord>>> {
-    let records: Vec<TemplateRecord> = templates::table
-        .inner_join(template_versions::table)
-        .filter(templates::key.eq(key))
-        .select(RECORD_COLUMNS)
-        .order(template_versions::version.desc())
-        .load::<RecordRow>(connection)
-        .await?
-        .into_iter()
-        .map(record)
-        .collect();
+    let records = records(
+        templates::table
+            .inner_join(template_versions::table)
+            .filter(templates::key.eq(key))
+            .select(Row::as_select())
+            .order(template_versions::version.desc())
+            .load::<Row>(connection)
+            .await?,
+    )?;
     Ok((!records.is_empty()).then_some(records))
 }

@@ -5,17 +5,23 @@ use std::time::Duration;
 
 use herald_db::notifications::{Disposition, NewDelivery, NewNotification};
 use herald_db::templates::NewTemplate;
-use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
+use herald_domain::{
+    Category, Channel, DeliveryId, NotificationId, Priority, TemplateId, TemplateKey,
+};
+use herald_templates::VersionContent;
 
 /// The `welcome` template (category `onboarding`) with a plain email part and no parameters.
 #[must_use]
 pub fn welcome_template() -> NewTemplate {
     NewTemplate {
         id: TemplateId::generate(),
-        key: "welcome".into(),
-        category: "onboarding".into(),
+        key: TemplateKey::parse("welcome").expect("a template key"),
+        category: Category::parse("onboarding").expect("a category"),
         description: String::new(),
-        content: serde_json::json!({"email": {"subject": "s", "html": "", "text": "t"}}),
+        content: VersionContent::from_stored(
+            serde_json::json!({"email": {"subject": "s", "html": "", "text": "t"}}),
+        )
+        .expect("a template version"),
         parameters: vec![],
         sample_parameters: None,
         created_by: "test".into(),

@@ -424,9 +424,12 @@ impl<P: ChannelProvider> Pipeline<P> {
         missing.sort_unstable();
         missing.dedup();
         let mut unreadable = HashMap::new();
-        for (template, stored) in deliveries::template_contents(connection, &missing).await? {
-            if let Err(problem) = core.templates.insert(template, stored) {
-                unreadable.insert(template, problem);
+        for (template, content) in deliveries::template_contents(connection, &missing).await? {
+            match content {
+                Ok(content) => core.templates.insert(template, content),
+                Err(problem) => {
+                    unreadable.insert(template, problem.0);
+                }
             }
         }
         let contexts = attempts

@@ -29,21 +29,13 @@ impl TemplateCache {
             .cloned()
     }
 
-    /// Parses `stored` (the version's content as the database holds it) and caches it. Content
-    /// that does not parse is not cached: the error says why, and the delivery fails for good.
-    pub(crate) fn insert(
-        &self,
-        version: TemplateVersionRef,
-        stored: serde_json::Value,
-    ) -> Result<Arc<CompiledVersion>, String> {
-        let content = VersionContent::from_stored(stored)
-            .map_err(|error| format!("stored template is unreadable: {error}"))?;
+    /// Compiles `content` (its parts on first use) and caches it.
+    pub(crate) fn insert(&self, version: TemplateVersionRef, content: VersionContent) {
         let compiled = Arc::new(CompiledVersion::new(content));
         let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
         if versions.len() >= CAPACITY {
             versions.clear();
         }
-        versions.insert(version, Arc::clone(&compiled));
-        Ok(compiled)
+        versions.insert(version, compiled);
     }
 }

@@ -240,18 +240,17 @@ impl SubmitApi {
             .await?
             .ok_or_else(|| template_not_found(&submit.template_key, submit.template_version))?;
         let content = &template.content;
-        let template = &template.record;
-        check_fits_template(&submit, content, template)?;
+        check_fits_template(&submit, content, &template)?;
 
         let category = submit
             .category
-            .as_ref()
-            .map_or(template.category.clone(), ToString::to_string);
+            .clone()
+            .unwrap_or_else(|| template.category.clone());
         let overrides = self
             .state
             .settings
             .policy
-            .overrides(&category, submit.priority);
+            .overrides(category.as_ref(), submit.priority);
         let user_ids: Vec<String> = submit
             .recipients
             .iter()
@@ -282,7 +281,7 @@ impl SubmitApi {
                             .as_ref()
                             .and_then(|user_id| stored_preferences.get(user_id)),
                         *channel,
-                        &category,
+                        category.as_ref(),
                         overrides,
                         submit.send_at,
                         now,
@@ -301,7 +300,7 @@ impl SubmitApi {
             request_hash: hash,
             template_id: template.id,
             template_version: template.version,
-            category,
+            category: category.to_string(),
             priority: submit.priority,
             parameters: serde_json::Value::Object(submit.parameters),
             metadata: serde_json::Value::Object(submit.metadata),

@@ -35,7 +35,7 @@ pub(crate) struct TemplateApi {
 
 /// A version's content from a request, checked and with its parameters inferred.
 struct ValidVersion {
-    content: serde_json::Value,
+    content: VersionContent,
     parameters: Vec<String>,
     sample_parameters: Option<serde_json::Value>,
 }
@@ -71,8 +71,8 @@ impl TemplateApi {
             &mut connection,
             NewTemplate {
                 id: TemplateId::generate(),
-                key: key.to_string(),
-                category: category.to_string(),
+                key: key.clone(),
+                category,
                 description: request.description,
                 content: version.content,
                 parameters: version.parameters,
@@ -114,7 +114,7 @@ impl TemplateApi {
         let record = templates::add_version(
             &mut connection,
             NewVersion {
-                key: key.to_string(),
+                key: key.clone(),
                 content: version.content,
                 parameters: version.parameters,
                 sample_parameters: version.sample_parameters,
@@ -153,8 +153,8 @@ impl TemplateApi {
         // Versions are validated before they are saved; this re-check covers versions stored
         // before sample parameters existed (they are compiled only) and guards the rule that
         // a version with a missing parameter is never made active.
-        let content = stored_content(record.content)?;
-        content
+        record
+            .content
             .validate(record.sample_parameters.as_ref())
             .map_err(|error| {
                 ServiceError::FailedPrecondition(format!(
@@ -205,9 +205,9 @@ impl TemplateApi {
                 Some(version) => not_found_version(&key, version),
                 None => not_found(&key),
             })?;
-        let content = stored_content(record.content)?;
         let variant = (!request.variant.is_empty()).then_some(request.variant.as_str());
-        let (used, rendered) = content
+        let (used, rendered) = record
+            .content
             .render_variant(locale.as_ref(), channel, variant, &parameters)
             .map_err(|error| match error {
                 VersionError::NoPart { channel } => ServiceError::FailedPrecondition(format!(
@@ -257,8 +257,8 @@ impl TemplateApi {
                 .collect();
         let mut variants = Vec::new();
         for record in records {
-            let content = stored_content(record.content)?;
-            let rows: Vec<VariantCounts> = content
+            let rows: Vec<VariantCounts> = record
+                .content
                 .variant_names()
                 .into_iter()
                 .map(|name| {
@@ -337,7 +337,7 @@ impl TemplateApi {
             records.truncate(page_size as usize);
             records
                 .last()
-                .map(|record| hex::encode(&record.key))
+                .map(|record| hex::encode(record.key.as_ref()))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -387,11 +387,6 @@ fn parameters_json(field: &str, parameters: prost_types::Struct) -> Result<serde
         ));
     }
     Ok(serde_json::Value::Object(object))
-}
-
-fn stored_content(content: serde_json::Value) -> Result<VersionContent> {
-    VersionContent::from_stored(content)
-        .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")).into())
 }
 
 /// Builds a version from a create or update request and validates all of it before anything
@@ -450,21 +445,19 @@ fn valid_version(
             }
             other => ServiceError::InvalidArgument(other.to_string()),
         })?;
-    let content = serde_json::to_value(&version)
-        .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
     Ok(ValidVersion {
-        content,
+        content: version,
         parameters,
         sample_parameters,
     })
 }
 
 fn template_message(record: TemplateRecord) -> Result<pb::Template> {
-    let version = stored_content(record.content)?;
+    let version = record.content;
     let default_content = version.default_content().cloned().map(Into::into);
     Ok(pb::Template {
-        key: record.key,
-        category: record.category,
+        key: record.key.to_string(),
+        category: record.category.to_string(),
         description: record.description,
         version: u32::try_from(record.version).unwrap_or_default(),
         content: default_content,

@@ -14,20 +14,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use herald_db::templates::TemplateRecord;
-use herald_templates::VersionContent;
 use tokio_util::sync::CancellationToken;
 
 /// The `NOTIFY` channel prefix of the `templates_changed` trigger.
 const CHANNEL_PREFIX: &str = "herald_templates:";
 /// Most entries kept; beyond it the cache starts over (templates are few, versions many).
 const MAX_ENTRIES: usize = 10_000;
-
-/// A template version ready for submits: its record and parsed content.
-#[derive(Debug)]
-pub(crate) struct CachedTemplate {
-    pub(crate) record: TemplateRecord,
-    pub(crate) content: VersionContent,
-}
 
 /// The cache shared by the handlers of one API server.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +32,7 @@ type Entry = (String, Option<i32>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: RwLock<HashMap<Entry, Arc<CachedTemplate>>>,
+    entries: RwLock<HashMap<Entry, Arc<TemplateRecord>>>,
     /// Bumped by every invalidation.
     generation: AtomicU64,
     /// True while the listener is connected: only then may entries be used and stored.
@@ -57,7 +49,7 @@ impl TemplateCache {
         pool: &herald_db::Pool,
         key: &str,
         version: Option<i32>,
-    ) -> crate::error::Result<Option<Arc<CachedTemplate>>> {
+    ) -> crate::error::Result<Option<Arc<TemplateRecord>>> {
         let entry = (key.to_owned(), version);
         let synchronised = self.inner.synchronised.load(Ordering::Acquire);
         if synchronised
@@ -75,9 +67,7 @@ impl TemplateCache {
         let Some(record) = herald_db::templates::find(&mut connection, key, version).await? else {
             return Ok(None);
         };
-        let content = VersionContent::from_stored(record.content.clone())
-            .map_err(|error| herald_db::Error::Corrupt(format!("template content: {error}")))?;
-        let cached = Arc::new(CachedTemplate { record, content });
+        let cached = Arc::new(record);
         if synchronised {
             let mut entries = self
                 .inner

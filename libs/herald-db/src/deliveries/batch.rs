@@ -25,7 +25,8 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment};
 use diesel::sql_types::{Array, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use herald_domain::{DeliveryId, DeliveryState, Priority, TemplateId};
+use herald_domain::{DeliveryId, DeliveryState, Priority, TemplateId, ValueError};
+use herald_templates::VersionContent;
 use uuid::Uuid;
 
 use super::{Claim, ClaimedDelivery};
@@ -459,11 +460,12 @@ pub(super) async fn lock(connection: &mut AsyncPgConnection, ids: &[Uuid]) -> Re
     Ok(())
 }
 
-/// The stored content of each of `versions` (missing ones are left out), in one query.
+/// The content of each of `versions` (missing ones are left out), parsed, in one query. A
+/// stored content that no longer parses is that version's error alone.
 pub async fn template_contents(
     connection: &mut AsyncPgConnection,
     versions: &[TemplateVersionRef],
-) -> Result<HashMap<TemplateVersionRef, serde_json::Value>> {
+) -> Result<HashMap<TemplateVersionRef, std::result::Result<VersionContent, ValueError>>> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = SqlUuid)]
@@ -503,7 +505,8 @@ pub async fn template_contents(
                     template_id: TemplateId::from(row.template_id),
                     version: row.version,
                 },
-                row.content,
+                VersionContent::from_stored(row.content)
+                    .map_err(|error| ValueError(format!("stored template is unreadable: {error}"))),
             )
         })
         .collect())

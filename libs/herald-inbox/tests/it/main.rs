@@ -13,7 +13,7 @@ use herald_config::{DatabaseSettings, RedisSettings};
 use herald_db::deliveries::{self, BatchClaim};
 use herald_db::notifications::{self, Disposition, NewDelivery, NewNotification};
 use herald_db::templates::{self, NewTemplate};
-use herald_domain::{Channel, DeliveryId, TemplateId};
+use herald_domain::{Category, Channel, DeliveryId, TemplateId, TemplateKey};
 use herald_templates::{CompiledVersion, VersionContent};
 use herald_test_support::{TestDatabase, TestKeyspace, seed};
 use herald_worker::DeliveryContext;
@@ -55,14 +55,15 @@ impl Storage {
                 &mut connection,
                 NewTemplate {
                     id: TemplateId::generate(),
-                    key: "order-shipped".into(),
-                    category: "orders".into(),
+                    key: TemplateKey::parse("order-shipped").expect("a template key"),
+                    category: Category::parse("orders").expect("a category"),
                     description: String::new(),
-                    content: serde_json::json!({"in_app": {
+                    content: VersionContent::from_stored(serde_json::json!({"in_app": {
                         "title": "Shipped: {{item}}",
                         "body": "Hi {{name}}, your {{item}} is on its way.",
                         "action_url": "https://shop.example/orders/{{order}}",
-                    }}),
+                    }}))
+                    .expect("a template version"),
                     parameters: vec!["item".into(), "name".into(), "order".into()],
                     sample_parameters: None,
                     created_by: "test".into(),
@@ -116,10 +117,10 @@ impl Storage {
         let mut contents = deliveries::template_contents(&mut connection, &[claimed.template])
             .await
             .expect("loading the template version");
-        let stored = contents
+        let version = contents
             .remove(&claimed.template)
-            .expect("the claimed template version");
-        let version = VersionContent::from_stored(stored).expect("a readable template version");
+            .expect("the claimed template version")
+            .expect("a readable template version");
         DeliveryContext::claimed(
             claimed.delivery.clone(),
             Arc::new(CompiledVersion::new(version)),
