@@ -285,9 +285,10 @@ pub async fn record_once(
 }
 
 /// One stored event of a notification's delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct StoredEvent {
     /// The delivery.
+    #[diesel(deserialize_as = Uuid)]
     pub delivery_id: DeliveryId,
     /// The delivery's channel.
     pub channel: String,
@@ -319,7 +320,7 @@ pub async fn for_notification(
     if !exists {
         return Ok(None);
     }
-    let rows = delivery_events::table
+    let events = delivery_events::table
         .inner_join(deliveries::table)
         .filter(deliveries::notification_id.eq(notification_id.as_uuid()))
         .order((
@@ -337,42 +338,7 @@ pub async fn for_notification(
             delivery_events::error_class,
             delivery_events::detail,
         ))
-        .load::<(
-            Uuid,
-            String,
-            String,
-            DateTime<Utc>,
-            i32,
-            Option<String>,
-            Option<String>,
-            String,
-        )>(connection)
+        .load::<StoredEvent>(connection)
         .await?;
-    Ok(Some(
-        rows.into_iter()
-            .map(
-                |(
-                    delivery_id,
-                    channel,
-                    kind,
-                    occurred_at,
-                    attempt,
-                    provider,
-                    error_class,
-                    detail,
-                )| {
-                    StoredEvent {
-                        delivery_id: delivery_id.into(),
-                        channel,
-                        kind,
-                        occurred_at,
-                        attempt,
-                        provider,
-                        error_class,
-                        detail,
-                    }
-                },
-            )
-            .collect(),
-    ))
+    Ok(Some(events))
 }

@@ -18,5 +18,20 @@ mod statement;
 pub mod templates;
 pub mod variants;
 
+/// A JSONB object of strings (caller metadata, a stored trace context) as a map; values that
+/// are not strings are left out (Herald writes none).
+fn string_map<M: FromIterator<(String, String)>>(value: serde_json::Value) -> M {
+    match value {
+        serde_json::Value::Object(object) => object
+            .into_iter()
+            .filter_map(|(key, value)| match value {
+                serde_json::Value::String(text) => Some((key, text)),
+                _ => None,
+            })
+            .collect(),
+        _ => std::iter::empty().collect(),
+    }
+}
+
 pub use error::{Error, Result};
 pub use pool::{Connection, Pool, build_pool, connection, run_migrations};

@@ -342,7 +342,7 @@ pub struct NotificationRecord {
     /// Priority.
     pub priority: Priority,
     /// Caller metadata.
-    pub metadata: serde_json::Value,
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// Its deliveries, by recipient then channel.
@@ -495,7 +495,7 @@ pub async fn load(
         template_version,
         category,
         priority: Priority::from_i16(priority)?,
-        metadata,
+        metadata: crate::string_map(metadata),
         created_at,
         deliveries: delivery_rows
             .into_iter()

@@ -33,8 +33,8 @@ pub struct OutboxRow {
     pub channel: Channel,
     /// Its priority.
     pub priority: Priority,
-    /// W3C trace context captured at submit.
-    pub trace_context: serde_json::Value,
+    /// W3C trace context captured at submit (`traceparent`, `tracestate`).
+    pub trace_context: std::collections::HashMap<String, String>,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
     /// When it became due (its `send_at`, else `created_at`): relay lag counts from here.
@@ -97,7 +97,7 @@ pub async fn lock_unpublished(
                     notification_id: notification_id.into(),
                     channel: channel.parse()?,
                     priority: Priority::from_i16(priority)?,
-                    trace_context,
+                    trace_context: crate::string_map(trace_context),
                     created_at,
                     available_at,
                 })

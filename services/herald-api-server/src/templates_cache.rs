@@ -87,13 +87,19 @@ impl TemplateCache {
 
     /// Drops every entry of the template `key`.
     pub(crate) fn invalidate(&self, key: &str) {
-        let mut entries = self
+        self.change().retain(|(cached_key, _), _| cached_key != key);
+    }
+
+    /// The entries, locked for a change that reads already in flight must not undo: their
+    /// generation moves on, so they do not store what they read.
+    fn change(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Entry, Arc<TemplateRecord>>> {
+        let entries = self
             .inner
             .entries
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        entries.retain(|(cached_key, _), _| cached_key != key);
+        entries
     }
 
     /// Waits up to `timeout` for the listener to connect, so that a server starting while
@@ -106,12 +112,7 @@ impl TemplateCache {
 
     /// Drops everything and says whether entries may be used from now on.
     fn reset(&self, synchronised: bool) {
-        let mut entries = self
-            .inner
-            .entries
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        let mut entries = self.change();
         entries.clear();
         self.inner
             .synchronised

@@ -526,21 +526,8 @@ fn publish_span(row: &OutboxRow) -> tracing::Span {
         herald.delivery.id = %row.delivery_id,
         herald.priority = %row.priority,
     );
-    herald_telemetry::set_parent_from_map(&span, &submit_context(row));
+    herald_telemetry::set_parent_from_map(&span, &row.trace_context);
     span
-}
-
-/// The trace context stored with `row` at submit.
-fn submit_context(row: &OutboxRow) -> std::collections::HashMap<String, String> {
-    row.trace_context
-        .as_object()
-        .map(|object| {
-            object
-                .iter()
-                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The message for `row`, carrying the current (publish) span's trace context, or the
@@ -554,7 +541,7 @@ fn message(row: &OutboxRow) -> DeliveryMessage {
         priority: herald_proto::common::Priority::from(row.priority).into(),
         enqueued_at: Some(herald_proto::conversions::timestamp(chrono::Utc::now())),
         trace_context: if current.is_empty() {
-            submit_context(row)
+            row.trace_context.clone()
         } else {
             current
         },

@@ -48,16 +48,7 @@ pub(super) fn notification_message(record: NotificationRecord) -> pb::Notificati
         priority: herald_proto::common::Priority::from(record.priority).into(),
         submitted_by: record.submitted_by,
         created_at: Some(conversions::timestamp(record.created_at)),
-        metadata: record
-            .metadata
-            .as_object()
-            .map(|object| {
-                object
-                    .iter()
-                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        metadata: record.metadata.into_iter().collect(),
         deliveries: record
             .deliveries
             .into_iter()
