@@ -11,6 +11,7 @@ use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority
 use uuid::Uuid;
 
 use crate::Result;
+use crate::personal::{PersonalJson, PersonalText};
 use crate::schema::{deliveries, delivery_events, outbox};
 
 mod batch;
@@ -89,9 +90,8 @@ pub struct ClaimedDelivery {
     pub notification_id: NotificationId,
     /// `deliveries.channel`, parsed.
     pub channel: Channel,
-    /// `deliveries.address`: given at submit, or `None` for a user-id recipient (personal
-    /// data: never log it).
-    pub address: Option<String>,
+    /// `deliveries.address`: given at submit, or `None` for a user-id recipient.
+    pub address: Option<PersonalText>,
     /// `deliveries.user_id`.
     pub user_id: Option<String>,
     /// `notifications.priority`, parsed.
@@ -104,8 +104,8 @@ pub struct ClaimedDelivery {
     pub locale: Option<String>,
     /// `deliveries.variant`: the A/B test variant assigned at submit.
     pub variant: Option<String>,
-    /// `notifications.parameters` (personal data: never log them).
-    pub parameters: serde_json::Value,
+    /// `notifications.parameters`.
+    pub parameters: PersonalJson,
     /// `deliveries.attempts` after the claim: this attempt's number.
     pub attempt: u32,
     /// The attempt's number within the current cycle (`attempts - attempts_base`).

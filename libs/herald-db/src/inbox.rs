@@ -10,12 +10,13 @@ use herald_domain::{DeliveryId, NotificationId};
 use uuid::Uuid;
 
 use crate::events::EngagementKind;
+use crate::personal::PersonalText;
 use crate::schema::inbox_items;
 use crate::{Error, Result};
 
-/// One item in a user's inbox. Title, body and action URL are personal data: `Debug` leaves
-/// them out, and they are never logged.
-#[derive(Clone, PartialEq, Eq)]
+/// One item in a user's inbox. Title, body and action URL are personal data (`expose` them
+/// to show them to the user; `Debug` does not).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxItem {
     /// The item (UUID v7).
     pub id: Uuid,
@@ -28,32 +29,17 @@ pub struct InboxItem {
     /// The notification's category.
     pub category: String,
     /// Rendered title.
-    pub title: String,
+    pub title: PersonalText,
     /// Rendered body.
-    pub body: String,
+    pub body: PersonalText,
     /// Rendered action URL (may be empty).
-    pub action_url: String,
+    pub action_url: PersonalText,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
     /// When the user read it.
     pub read_at: Option<DateTime<Utc>>,
     /// When the user archived it.
     pub archived_at: Option<DateTime<Utc>>,
-}
-
-impl std::fmt::Debug for InboxItem {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("InboxItem")
-            .field("id", &self.id)
-            .field("delivery_id", &self.delivery_id)
-            .field("notification_id", &self.notification_id)
-            .field("category", &self.category)
-            .field("created_at", &self.created_at)
-            .field("read_at", &self.read_at)
-            .field("archived_at", &self.archived_at)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Queryable, Selectable)]
@@ -64,9 +50,9 @@ struct Row {
     delivery_id: Uuid,
     notification_id: Uuid,
     category: String,
-    title: String,
-    body: String,
-    action_url: String,
+    title: PersonalText,
+    body: PersonalText,
+    action_url: PersonalText,
     created_at: DateTime<Utc>,
     read_at: Option<DateTime<Utc>>,
     archived_at: Option<DateTime<Utc>>,
@@ -122,9 +108,9 @@ pub async fn insert(
             inbox_items::delivery_id.eq(item.delivery_id.as_uuid()),
             inbox_items::notification_id.eq(item.notification_id.as_uuid()),
             inbox_items::category.eq(item.category),
-            inbox_items::title.eq(item.title),
-            inbox_items::body.eq(item.body),
-            inbox_items::action_url.eq(item.action_url),
+            inbox_items::title.eq(PersonalText::from(item.title)),
+            inbox_items::body.eq(PersonalText::from(item.body)),
+            inbox_items::action_url.eq(PersonalText::from(item.action_url)),
         ))
         .on_conflict(inbox_items::delivery_id)
         .do_nothing()

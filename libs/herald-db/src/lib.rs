@@ -11,6 +11,7 @@ pub mod listen;
 pub mod monitor;
 pub mod notifications;
 pub mod outbox;
+pub mod personal;
 mod pool;
 pub mod preferences;
 pub mod schema;

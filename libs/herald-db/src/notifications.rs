@@ -8,6 +8,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority, TemplateId};
 use uuid::Uuid;
 
+use crate::personal::{PersonalJson, PersonalText};
 use crate::schema::{deliveries, idempotency_keys, notifications, templates};
 use crate::{Error, Result};
 
@@ -35,9 +36,9 @@ pub struct NewNotification {
     /// Priority.
     pub priority: Priority,
     /// Template parameters.
-    pub parameters: serde_json::Value,
+    pub parameters: PersonalJson,
     /// Caller metadata.
-    pub metadata: serde_json::Value,
+    pub metadata: PersonalJson,
     /// W3C trace context to carry to the workers.
     pub trace_context: serde_json::Value,
     /// When it was accepted, by the service's clock: deliveries sent now become due for the
@@ -59,7 +60,7 @@ pub struct NewDelivery {
     /// The product's user id, if given.
     pub user_id: Option<String>,
     /// The address on this channel.
-    pub address: Option<String>,
+    pub address: Option<PersonalText>,
     /// The recipient's locale tag from the submit, if given.
     pub locale: Option<String>,
     /// The A/B test variant assigned at submit, when the template version has variants.
@@ -460,7 +461,7 @@ pub async fn load(
             i32,
             String,
             i16,
-            serde_json::Value,
+            PersonalJson,
             DateTime<Utc>,
         )>(connection)
         .await
@@ -495,7 +496,7 @@ pub async fn load(
         template_version,
         category,
         priority: Priority::from_i16(priority)?,
-        metadata: crate::string_map(metadata),
+        metadata: crate::string_map(metadata.into_inner()),
         created_at,
         deliveries: delivery_rows
             .into_iter()

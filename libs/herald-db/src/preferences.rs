@@ -7,6 +7,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{DeviceToken, UserPreferences, ValueError};
 
+use crate::personal::PersonalText;
+
 use crate::schema::{audit_log, user_preferences};
 use crate::statement::planned_per_run;
 use crate::{Error, Result};
@@ -22,9 +24,9 @@ pub struct PreferenceRecord {
     /// The product's user id.
     pub user_id: String,
     /// Email address.
-    pub email: Option<String>,
+    pub email: Option<PersonalText>,
     /// E.164 phone number.
-    pub phone: Option<String>,
+    pub phone: Option<PersonalText>,
     /// The user's devices, for push.
     pub device_tokens: Vec<DeviceToken>,
     /// BCP 47 locale.

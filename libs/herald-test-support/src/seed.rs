@@ -42,8 +42,8 @@ pub fn email_notification(template_id: TemplateId, version: i32) -> NewNotificat
         template_version: version,
         category: "onboarding".into(),
         priority: Priority::Normal,
-        parameters: serde_json::json!({}),
-        metadata: serde_json::json!({}),
+        parameters: serde_json::json!({}).into(),
+        metadata: serde_json::json!({}).into(),
         trace_context: serde_json::json!({}),
         accepted_at: chrono::Utc::now(),
         deliveries: vec![NewDelivery {

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 
 use herald_db::deliveries::ClaimedDelivery;
+use herald_db::personal::PersonalText;
 use herald_domain::{Channel, DeliveryId, DeviceToken, NotificationId, Priority};
 use herald_templates::{CompiledVersion, Locale};
 
-/// Everything a channel needs to render and send one delivery.
-#[derive(Debug, Clone)]
+/// Everything a channel needs to render and send one delivery. `Debug` leaves out the address,
+/// the parameters and the device tokens (personal data).
+#[derive(Clone)]
 pub struct DeliveryContext {
     /// The delivery.
     pub delivery_id: DeliveryId,
@@ -62,7 +64,7 @@ impl DeliveryContext {
             delivery_id: delivery.delivery_id,
             notification_id: delivery.notification_id,
             channel: delivery.channel,
-            address: delivery.address,
+            address: delivery.address.map(PersonalText::into_inner),
             user_id: delivery.user_id,
             priority: delivery.priority,
             category: delivery.category,
@@ -70,11 +72,30 @@ impl DeliveryContext {
             template,
             locale,
             variant: delivery.variant,
-            parameters: delivery.parameters,
+            parameters: delivery.parameters.into_inner(),
             attempt: delivery.attempt,
             cycle_attempt: delivery.cycle_attempt,
             device_tokens: Vec::new(),
             tracking_opt_out: false,
         }
+    }
+}
+
+impl std::fmt::Debug for DeliveryContext {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DeliveryContext")
+            .field("delivery_id", &self.delivery_id)
+            .field("notification_id", &self.notification_id)
+            .field("channel", &self.channel)
+            .field("priority", &self.priority)
+            .field("category", &self.category)
+            .field("template_key", &self.template_key)
+            .field("locale", &self.locale)
+            .field("variant", &self.variant)
+            .field("attempt", &self.attempt)
+            .field("cycle_attempt", &self.cycle_attempt)
+            .field("tracking_opt_out", &self.tracking_opt_out)
+            .finish_non_exhaustive()
     }
 }

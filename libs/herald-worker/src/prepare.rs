@@ -107,10 +107,11 @@ fn apply_preferences<P>(
         }
         if context.address.is_none() {
             context.address = match context.channel {
-                Channel::Email => record.email.clone(),
-                Channel::Sms => record.phone.clone(),
+                Channel::Email => record.email.as_ref(),
+                Channel::Sms => record.phone.as_ref(),
                 Channel::Push | Channel::InApp | Channel::Chat => None,
-            };
+            }
+            .map(|address| address.expose().to_owned());
         }
         if context.channel == Channel::Push {
             context.device_tokens.clone_from(&record.device_tokens);

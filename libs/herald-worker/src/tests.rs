@@ -46,3 +46,44 @@ fn debug_output_of_an_invalid_address_leaves_the_address_out() {
     assert!(!printed.contains("+8210"), "{printed}");
     assert!(printed.contains("twilio 21614"), "{printed}");
 }
+
+#[test]
+fn debug_output_of_a_delivery_context_leaves_out_personal_data() {
+    use std::sync::Arc;
+
+    use herald_db::deliveries::ClaimedDelivery;
+    use herald_domain::{Channel, DeliveryId, DeviceToken, NotificationId, Platform, Priority};
+    use herald_templates::{CompiledVersion, VersionContent};
+
+    let content = VersionContent::from_stored(serde_json::json!({
+        "email": {"subject": "Hi {{name}}", "html": "", "text": "Hi"}
+    }))
+    .unwrap();
+    let mut context = crate::DeliveryContext::claimed(
+        ClaimedDelivery {
+            delivery_id: DeliveryId::generate(),
+            notification_id: NotificationId::generate(),
+            channel: Channel::Email,
+            address: Some("ada@example.com".into()),
+            user_id: Some("user-7".into()),
+            priority: Priority::Normal,
+            category: "orders".into(),
+            template_key: "welcome".into(),
+            locale: Some("ko-KR".into()),
+            variant: None,
+            parameters: serde_json::json!({"name": "Ada Lovelace"}).into(),
+            attempt: 1,
+            cycle_attempt: 1,
+        },
+        Arc::new(CompiledVersion::new(content)),
+    );
+    context.device_tokens.push(DeviceToken {
+        token: "device-token-secret".into(),
+        platform: Platform::Ios,
+    });
+    let shown = format!("{context:?}");
+    assert!(shown.contains("welcome") && shown.contains("ko-KR"), "{shown}");
+    for personal in ["ada@example.com", "Ada Lovelace", "device-token-secret"] {
+        assert!(!shown.contains(personal), "{personal} in {shown}");
+    }
+}

@@ -77,14 +77,14 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
                     EmailAddress::parse(&contacts.email).map_err(|error| {
                         ServiceError::invalid("preferences.contacts.email", error)
                     })?;
-                    Some(contacts.email.clone())
+                    Some(contacts.email.as_str().into())
                 };
             }
             "contacts.phone" => {
                 record.phone = if contacts.phone.is_empty() {
                     None
                 } else if is_e164(&contacts.phone) {
-                    Some(contacts.phone.clone())
+                    Some(contacts.phone.as_str().into())
                 } else {
                     return Err(ServiceError::invalid(
                         "preferences.contacts.phone",
@@ -260,8 +260,8 @@ fn message(record: &PreferenceRecord) -> pb::Preferences {
     pb::Preferences {
         user_id: record.user_id.clone(),
         contacts: Some(pb::ContactPoints {
-            email: record.email.clone().unwrap_or_default(),
-            phone: record.phone.clone().unwrap_or_default(),
+            email: exposed(record.email.as_ref()),
+            phone: exposed(record.phone.as_ref()),
             device_tokens: record
                 .device_tokens
                 .iter()
@@ -297,6 +297,13 @@ fn message(record: &PreferenceRecord) -> pb::Preferences {
         tracking_opt_out: record.tracking_opt_out,
         updated_at: Some(herald_proto::conversions::timestamp(record.updated_at)),
     }
+}
+
+/// A contact point as the message shows it (empty when there is none).
+fn exposed(contact: Option<&herald_db::personal::PersonalText>) -> String {
+    contact
+        .map(|contact| contact.expose().to_owned())
+        .unwrap_or_default()
 }
 
 /// A channel map as the message's map.

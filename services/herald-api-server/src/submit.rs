@@ -1,5 +1,6 @@
 //! `herald.submit.v1.SubmitService`.
 
+use herald_db::personal::PersonalText;
 use std::collections::BTreeSet;
 
 use herald_db::notifications::{self, Disposition, Inserted, NewDelivery, NewNotification};
@@ -272,7 +273,7 @@ impl SubmitApi {
                     channel: *channel,
                     recipient_index: i32::try_from(index).unwrap_or(i32::MAX),
                     user_id: recipient.user_id.clone(),
-                    address: address(recipient, *channel),
+                    address: address(recipient, *channel).map(PersonalText::from),
                     locale: recipient.locale.as_ref().map(ToString::to_string),
                     variant: variant.clone(),
                     disposition: disposition(
@@ -302,8 +303,8 @@ impl SubmitApi {
             template_version: template.version,
             category: category.to_string(),
             priority: submit.priority,
-            parameters: serde_json::Value::Object(submit.parameters),
-            metadata: serde_json::Value::Object(submit.metadata),
+            parameters: serde_json::Value::Object(submit.parameters).into(),
+            metadata: serde_json::Value::Object(submit.metadata).into(),
             trace_context,
             accepted_at: now,
             deliveries,

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use super::{Claim, ClaimedDelivery};
 use crate::events::{self, NewEvent};
+use crate::personal::{PersonalJson, PersonalText};
 use crate::schema::deliveries;
 use crate::statement::planned_per_run;
 use crate::{Error, Result};
@@ -266,7 +267,7 @@ type ClaimedRow = (
     i32,
     Uuid,
     String,
-    Option<String>,
+    Option<PersonalText>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -274,7 +275,7 @@ type ClaimedRow = (
     String,
     Uuid,
     i32,
-    serde_json::Value,
+    PersonalJson,
     String,
 );
 

@@ -57,7 +57,7 @@ async fn insert_notifications(
     .bind::<Array<Text>, _>(column(created, |new| new.category.as_str()))
     .bind::<Array<Int2>, _>(column(created, |new| new.priority.as_i16()))
     .bind::<Array<Jsonb>, _>(column(created, |new| &new.parameters))
-    .bind::<Array<Jsonb>, _>(created.iter().map(|new| &new.metadata).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(column(created, |new| &new.metadata))
     .execute(&mut notifications_connection)
     .await?;
     Ok(())
@@ -85,7 +85,7 @@ async fn insert_deliveries(
         delivery.user_id.as_deref()
     }))
     .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
-        delivery.address.as_deref()
+        delivery.address.as_ref()
     }))
     .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
         delivery.locale.as_deref()

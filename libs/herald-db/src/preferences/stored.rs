@@ -11,6 +11,7 @@ use herald_domain::{Channel, DeviceToken, QuietHours, TimeZone, UserPreferences,
 use serde::{Deserialize, Serialize};
 
 use super::PreferenceRecord;
+use crate::personal::{PersonalJson, PersonalText};
 use crate::schema::user_preferences;
 
 /// A `user_preferences` row as stored.
@@ -19,10 +20,10 @@ use crate::schema::user_preferences;
 #[diesel(treat_none_as_null = true)]
 pub(super) struct Row {
     pub(super) user_id: String,
-    email: Option<String>,
-    phone: Option<String>,
+    email: Option<PersonalText>,
+    phone: Option<PersonalText>,
     /// `[{"token": …, "platform": "android" | "ios" | "web"}, …]`.
-    device_tokens: serde_json::Value,
+    device_tokens: PersonalJson,
     locale: Option<String>,
     time_zone: Option<String>,
     /// `{"email": true, …}`: channel name → enabled.
@@ -79,18 +80,19 @@ impl TryFrom<Row> for PreferenceRecord {
                 .map(|zone| TimeZone::parse(zone).map_err(|_| corrupt("time_zone")))
                 .transpose()?,
         };
-        let device_tokens = parse::<Vec<StoredDevice>>(row.device_tokens, "device_tokens")?
-            .into_iter()
-            .map(|device| {
-                Ok(DeviceToken {
-                    platform: device
-                        .platform
-                        .parse()
-                        .map_err(|_| corrupt("device_tokens"))?,
-                    token: device.token,
+        let device_tokens =
+            parse::<Vec<StoredDevice>>(row.device_tokens.into_inner(), "device_tokens")?
+                .into_iter()
+                .map(|device| {
+                    Ok(DeviceToken {
+                        platform: device
+                            .platform
+                            .parse()
+                            .map_err(|_| corrupt("device_tokens"))?,
+                        token: device.token,
+                    })
                 })
-            })
-            .collect::<Result<_>>()?;
+                .collect::<Result<_>>()?;
         Ok(Self {
             user_id: row.user_id,
             email: row.email,
@@ -125,7 +127,7 @@ impl From<&PreferenceRecord> for Row {
             user_id: record.user_id.clone(),
             email: record.email.clone(),
             phone: record.phone.clone(),
-            device_tokens: json(&devices),
+            device_tokens: PersonalJson::new(json(&devices)),
             locale: record.locale.clone(),
             time_zone: preferences.time_zone.map(|zone| zone.name().to_owned()),
             channels: json(&stored_channels(&preferences.channels)),

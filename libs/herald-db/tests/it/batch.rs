@@ -79,7 +79,14 @@ async fn a_batch_claim_answers_each_delivery_in_order() {
     assert_eq!(first.claim.delivery_id, pending);
     assert_eq!((first.claim.attempt, first.claim.cycle_attempt), (1, 1));
     assert_eq!(first.delivery.channel, Channel::Email);
-    assert_eq!(first.delivery.address.as_deref(), Some("ada@example.com"));
+    assert_eq!(
+        first
+            .delivery
+            .address
+            .as_ref()
+            .map(|address| address.expose()),
+        Some("ada@example.com")
+    );
     assert_eq!(first.delivery.locale.as_deref(), Some("ko-KR"));
     assert_eq!(first.delivery.priority, Priority::Normal);
     assert_eq!(first.delivery.template_key, "welcome");

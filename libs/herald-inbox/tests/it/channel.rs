@@ -47,9 +47,9 @@ async fn an_in_app_delivery_is_rendered_stored_and_signalled_once() {
     let stored = items(&storage, "user-1").await;
     assert_eq!(stored.len(), 1);
     let item = &stored[0];
-    assert_eq!(item.title, "Shipped: kettle");
-    assert_eq!(item.body, "Hi Ada, your kettle is on its way.");
-    assert_eq!(item.action_url, "https://shop.example/orders/42");
+    assert_eq!(item.title.expose(), "Shipped: kettle");
+    assert_eq!(item.body.expose(), "Hi Ada, your kettle is on its way.");
+    assert_eq!(item.action_url.expose(), "https://shop.example/orders/42");
     assert_eq!(item.category, "orders");
     assert_eq!(item.delivery_id, delivery_id);
     assert_eq!(item.notification_id, context.notification_id);

@@ -77,7 +77,8 @@ impl Storage {
             &mut connection,
             &NewNotification {
                 category: "orders".into(),
-                parameters: serde_json::json!({"item": "kettle", "name": "Ada", "order": "42"}),
+                parameters: serde_json::json!({"item": "kettle", "name": "Ada", "order": "42"})
+                    .into(),
                 deliveries: ids
                     .iter()
                     .enumerate()

@@ -97,7 +97,7 @@ async fn a_delivery_stores_at_most_one_item() {
     .await
     .unwrap();
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0].title, "first");
+    assert_eq!(items[0].title.expose(), "first");
     assert_eq!(
         inbox::unread_count(&mut connection, "user-1")
             .await

@@ -187,7 +187,7 @@ fn a_claim_decides_whether_to_attempt() {
                 template_key: "welcome".into(),
                 locale: None,
                 variant: None,
-                parameters: serde_json::json!({}),
+                parameters: serde_json::json!({}).into(),
                 attempt: 1,
                 cycle_attempt: 1,
             },
