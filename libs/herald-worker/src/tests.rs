@@ -82,7 +82,10 @@ fn debug_output_of_a_delivery_context_leaves_out_personal_data() {
         platform: Platform::Ios,
     });
     let shown = format!("{context:?}");
-    assert!(shown.contains("welcome") && shown.contains("ko-KR"), "{shown}");
+    assert!(
+        shown.contains("welcome") && shown.contains("ko-KR"),
+        "{shown}"
+    );
     for personal in ["ada@example.com", "Ada Lovelace", "device-token-secret"] {
         assert!(!shown.contains(personal), "{personal} in {shown}");
     }

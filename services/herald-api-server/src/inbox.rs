@@ -7,7 +7,6 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use herald_db::inbox::{self, Changed, InboxItem, InboxQuery};
-use herald_domain::Role;
 use herald_inbox::{InboxHub, InboxPublisher, Signal, Subscription, Update};
 use herald_proto::conversions::timestamp;
 use herald_proto::inbox::{
@@ -278,7 +277,6 @@ impl InboxService for InboxApi {
         &self,
         request: Request<ListInboxRequest>,
     ) -> Result<Response<ListInboxResponse>, Status> {
-        caller(&request)?.require(Role::Inbox, "ListInbox")?;
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
@@ -286,7 +284,6 @@ impl InboxService for InboxApi {
         &self,
         request: Request<GetUnreadCountRequest>,
     ) -> Result<Response<GetUnreadCountResponse>, Status> {
-        caller(&request)?.require(Role::Inbox, "GetUnreadCount")?;
         let user_id = user_id("user_id", &request.get_ref().user_id)?;
         Ok(Response::new(GetUnreadCountResponse {
             unread_count: self.unread_count(&user_id).await?,
@@ -298,7 +295,6 @@ impl InboxService for InboxApi {
         request: Request<MarkReadRequest>,
     ) -> Result<Response<MarkReadResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Inbox, "MarkRead")?;
         let request = request.into_inner();
         let user_id = user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, false).await?;
@@ -314,7 +310,6 @@ impl InboxService for InboxApi {
         request: Request<MarkAllReadRequest>,
     ) -> Result<Response<MarkAllReadResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Inbox, "MarkAllRead")?;
         let user_id = user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
@@ -340,7 +335,6 @@ impl InboxService for InboxApi {
         request: Request<ArchiveRequest>,
     ) -> Result<Response<ArchiveResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Inbox, "Archive")?;
         let request = request.into_inner();
         let user_id = user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, true).await?;
@@ -357,7 +351,6 @@ impl InboxService for InboxApi {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        caller(&request)?.require(Role::Inbox, "Subscribe")?;
         let user_id = user_id("user_id", &request.get_ref().user_id)?;
         // Subscribed first, then the snapshot: every change committed after the snapshot was
         // read reaches this stream (a change just before may arrive too; counts are re-read).

@@ -326,25 +326,21 @@ fn herald_routes(
     inbox: inbox::InboxApi,
 ) -> anyhow::Result<tonic::service::Routes> {
     let authenticator = auth::Authenticator::new(&state.settings.auth)?;
-    let submit = tonic::service::interceptor::InterceptedService::new(
+    let submit = authenticator.guard(
         SubmitServiceServer::new(submit::SubmitApi::new(state.clone()))
             .max_decoding_message_size(state.settings.submit.max_request_bytes),
-        authenticator.clone(),
     );
-    let templates = TemplateServiceServer::with_interceptor(
-        template::TemplateApi::new(state.clone()),
-        authenticator.clone(),
-    );
-    let preferences = PreferenceServiceServer::with_interceptor(
+    let templates = authenticator.guard(TemplateServiceServer::new(template::TemplateApi::new(
+        state.clone(),
+    )));
+    let preferences = authenticator.guard(PreferenceServiceServer::new(
         preference::PreferenceApi::new(state.clone()),
-        authenticator.clone(),
-    );
-    let inbox = InboxServiceServer::with_interceptor(inbox, authenticator.clone());
-    let tracking = TrackingServiceServer::with_interceptor(
-        tracking::TrackingApi::new(state.clone()),
-        authenticator.clone(),
-    );
-    let admin = AdminServiceServer::with_interceptor(admin::AdminApi::new(state), authenticator);
+    ));
+    let inbox = authenticator.guard(InboxServiceServer::new(inbox));
+    let tracking = authenticator.guard(TrackingServiceServer::new(tracking::TrackingApi::new(
+        state.clone(),
+    )));
+    let admin = authenticator.guard(AdminServiceServer::new(admin::AdminApi::new(state)));
     Ok(tonic::service::Routes::new(submit)
         .add_service(templates)
         .add_service(preferences)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use herald_db::contacts;
 use herald_db::preferences::{self, PreferenceRecord};
 use herald_domain::{
-    Category, Channel, DeviceToken, EmailAddress, Platform, QuietHours, Role, TimeZone, ValueError,
+    Category, Channel, DeviceToken, EmailAddress, Platform, QuietHours, TimeZone, ValueError,
 };
 use herald_proto::preference::{
     self as pb, DeletePreferencesRequest, DeletePreferencesResponse, GetPreferencesRequest,
@@ -326,7 +326,6 @@ impl PreferenceService for PreferenceApi {
         &self,
         request: Request<GetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
-        caller(&request)?.require(Role::Submit, "GetPreferences")?;
         let user_id = user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
@@ -345,7 +344,6 @@ impl PreferenceService for PreferenceApi {
         request: Request<UpdatePreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Submit, "UpdatePreferences")?;
         let request = request.into_inner();
         let update = request
             .preferences
@@ -379,7 +377,6 @@ impl PreferenceService for PreferenceApi {
         request: Request<DeletePreferencesRequest>,
     ) -> Result<Response<DeletePreferencesResponse>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Submit, "DeletePreferences")?;
         let user_id = user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await

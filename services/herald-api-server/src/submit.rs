@@ -530,7 +530,6 @@ impl SubmitService for SubmitApi {
     ) -> Result<Response<SubmitResponse>, Status> {
         let caller = caller(&request)?;
         tracing::Span::current().record("caller", caller.identity.as_ref());
-        caller.require(Role::Submit, "Submit")?;
         crate::quota::check(&self.state, &caller, 1).await?;
         let trace_context = trace_context(&request);
         Ok(Response::new(
@@ -544,7 +543,6 @@ impl SubmitService for SubmitApi {
     ) -> Result<Response<SubmitBatchResponse>, Status> {
         let caller = caller(&request)?;
         tracing::Span::current().record("caller", caller.identity.as_ref());
-        caller.require(Role::Submit, "SubmitBatch")?;
         check_batch_limits(
             request.get_ref(),
             self.state.settings.submit.batch_call_max_deliveries,
@@ -563,7 +561,6 @@ impl SubmitService for SubmitApi {
     ) -> Result<Response<GetNotificationResponse>, Status> {
         let caller = caller(&request)?;
         tracing::Span::current().record("caller", caller.identity.as_ref());
-        caller.require(Role::Submit, "GetNotification")?;
         Ok(Response::new(
             SubmitApi::get_notification(self, &caller, request.into_inner()).await?,
         ))

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use herald_db::templates::{self, NewTemplate, NewVersion, TemplateRecord};
 use herald_db::variants::VariantCounts;
-use herald_domain::{Category, Role, TemplateId, TemplateKey};
+use herald_domain::{Category, TemplateId, TemplateKey};
 use herald_proto::conversions::{self, channel_from_i32};
 use herald_proto::template::{
     self as pb, ActivateVersionRequest, CreateTemplateRequest, GetTemplateRequest,
@@ -486,7 +486,6 @@ impl TemplateService for TemplateApi {
         request: Request<CreateTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Admin, "CreateTemplate")?;
         Ok(Response::new(
             self.create(&caller, request.into_inner()).await?,
         ))
@@ -496,7 +495,6 @@ impl TemplateService for TemplateApi {
         &self,
         request: Request<GetTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        caller(&request)?.require(Role::Submit, "GetTemplate")?;
         Ok(Response::new(self.get(request.into_inner()).await?))
     }
 
@@ -504,7 +502,6 @@ impl TemplateService for TemplateApi {
         &self,
         request: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
-        caller(&request)?.require(Role::Submit, "ListTemplates")?;
         Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
@@ -513,7 +510,6 @@ impl TemplateService for TemplateApi {
         request: Request<UpdateTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Admin, "UpdateTemplate")?;
         Ok(Response::new(
             self.update(&caller, request.into_inner()).await?,
         ))
@@ -524,7 +520,6 @@ impl TemplateService for TemplateApi {
         request: Request<ActivateVersionRequest>,
     ) -> Result<Response<pb::Template>, Status> {
         let caller = caller(&request)?;
-        caller.require(Role::Admin, "ActivateVersion")?;
         Ok(Response::new(
             self.activate(&caller, request.into_inner()).await?,
         ))
@@ -534,7 +529,6 @@ impl TemplateService for TemplateApi {
         &self,
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
-        caller(&request)?.require(Role::Submit, "ListVersions")?;
         Ok(Response::new(self.versions(request.into_inner()).await?))
     }
 
@@ -542,7 +536,6 @@ impl TemplateService for TemplateApi {
         &self,
         request: Request<GetVariantStatsRequest>,
     ) -> Result<Response<GetVariantStatsResponse>, Status> {
-        caller(&request)?.require(Role::Submit, "GetVariantStats")?;
         Ok(Response::new(
             self.variant_stats(request.into_inner()).await?,
         ))
@@ -552,7 +545,6 @@ impl TemplateService for TemplateApi {
         &self,
         request: Request<RenderPreviewRequest>,
     ) -> Result<Response<RenderPreviewResponse>, Status> {
-        caller(&request)?.require(Role::Submit, "RenderPreview")?;
         Ok(Response::new(self.preview(request.into_inner()).await?))
     }
 }
