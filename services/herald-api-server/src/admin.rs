@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Caller, caller};
-use crate::error::{Result, ServiceError};
+use crate::auth::{Caller, parts};
+use crate::error::{Result, ServiceError, respond};
 use crate::paging::{decode_token, encode_token};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -294,44 +294,42 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::GetQueueStatsResponse>, Status> {
-        Ok(Response::new(self.queue_stats().await?))
+        respond(self.queue_stats().await)
     }
 
     async fn list_failures(
         &self,
         request: Request<ListFailuresRequest>,
     ) -> Result<Response<ListFailuresResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        respond(self.list(request.into_inner()).await)
     }
 
     async fn get_failure(
         &self,
         request: Request<GetFailureRequest>,
     ) -> Result<Response<GetFailureResponse>, Status> {
-        Ok(Response::new(self.get(request.into_inner()).await?))
+        respond(self.get(request.into_inner()).await)
     }
 
     async fn replay_failures(
         &self,
         request: Request<ReplayFailuresRequest>,
     ) -> Result<Response<ResolveFailuresResponse>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        Ok(Response::new(
+        let (caller, request) = parts(request)?;
+        respond(
             self.resolve(&caller, request.ids, request.reason, true)
-                .await?,
-        ))
+                .await,
+        )
     }
 
     async fn discard_failures(
         &self,
         request: Request<DiscardFailuresRequest>,
     ) -> Result<Response<ResolveFailuresResponse>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        Ok(Response::new(
+        let (caller, request) = parts(request)?;
+        respond(
             self.resolve(&caller, request.ids, request.reason, false)
-                .await?,
-        ))
+                .await,
+        )
     }
 }

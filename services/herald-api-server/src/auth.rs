@@ -78,13 +78,18 @@ impl Caller {
     }
 }
 
-/// The caller the interceptor attached to `request`.
+/// The caller `Authenticator` attached to `request`.
 pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// The caller and the message of `request`.
+pub(crate) fn parts<T>(request: Request<T>) -> Result<(Caller, T), Status> {
+    Ok((caller(&request)?, request.into_inner()))
 }
 
 /// What configuration grants one identity.

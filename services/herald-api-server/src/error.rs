@@ -60,3 +60,8 @@ impl From<ServiceError> for Status {
 
 /// `Result` for handlers.
 pub(crate) type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// A handler's result as the RPC's answer.
+pub(crate) fn respond<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, Status> {
+    Ok(tonic::Response::new(result?))
+}

@@ -19,8 +19,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::caller;
-use crate::error::{Result, ServiceError};
+use crate::auth::{caller, parts};
+use crate::error::{Result, ServiceError, respond};
 use crate::fields::user_id;
 use crate::paging::{decode_token, encode_token};
 
@@ -277,7 +277,7 @@ impl InboxService for InboxApi {
         &self,
         request: Request<ListInboxRequest>,
     ) -> Result<Response<ListInboxResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        respond(self.list(request.into_inner()).await)
     }
 
     async fn get_unread_count(
@@ -294,8 +294,7 @@ impl InboxService for InboxApi {
         &self,
         request: Request<MarkReadRequest>,
     ) -> Result<Response<MarkReadResponse>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
+        let (caller, request) = parts(request)?;
         let user_id = user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, false).await?;
         tracing::info!(caller = %caller.identity, changed = changed.len(), "Inbox items marked read.");
@@ -334,8 +333,7 @@ impl InboxService for InboxApi {
         &self,
         request: Request<ArchiveRequest>,
     ) -> Result<Response<ArchiveResponse>, Status> {
-        let caller = caller(&request)?;
-        let request = request.into_inner();
+        let (caller, request) = parts(request)?;
         let user_id = user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, true).await?;
         tracing::info!(caller = %caller.identity, changed = changed.len(), "Inbox items archived.");

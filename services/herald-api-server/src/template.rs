@@ -18,8 +18,8 @@ use herald_templates::{Locale, VersionContent, VersionError};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::{Caller, caller};
-use crate::error::{Result, ServiceError};
+use crate::auth::{Caller, parts};
+use crate::error::{Result, ServiceError, respond};
 use stats::variant_stats_message;
 
 mod stats;
@@ -485,66 +485,58 @@ impl TemplateService for TemplateApi {
         &self,
         request: Request<CreateTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        let caller = caller(&request)?;
-        Ok(Response::new(
-            self.create(&caller, request.into_inner()).await?,
-        ))
+        let (caller, request) = parts(request)?;
+        respond(self.create(&caller, request).await)
     }
 
     async fn get_template(
         &self,
         request: Request<GetTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        Ok(Response::new(self.get(request.into_inner()).await?))
+        respond(self.get(request.into_inner()).await)
     }
 
     async fn list_templates(
         &self,
         request: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        respond(self.list(request.into_inner()).await)
     }
 
     async fn update_template(
         &self,
         request: Request<UpdateTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        let caller = caller(&request)?;
-        Ok(Response::new(
-            self.update(&caller, request.into_inner()).await?,
-        ))
+        let (caller, request) = parts(request)?;
+        respond(self.update(&caller, request).await)
     }
 
     async fn activate_version(
         &self,
         request: Request<ActivateVersionRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        let caller = caller(&request)?;
-        Ok(Response::new(
-            self.activate(&caller, request.into_inner()).await?,
-        ))
+        let (caller, request) = parts(request)?;
+        respond(self.activate(&caller, request).await)
     }
 
     async fn list_versions(
         &self,
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
-        Ok(Response::new(self.versions(request.into_inner()).await?))
+        respond(self.versions(request.into_inner()).await)
     }
 
     async fn get_variant_stats(
         &self,
         request: Request<GetVariantStatsRequest>,
     ) -> Result<Response<GetVariantStatsResponse>, Status> {
-        Ok(Response::new(
-            self.variant_stats(request.into_inner()).await?,
-        ))
+        respond(self.variant_stats(request.into_inner()).await)
     }
 
     async fn render_preview(
         &self,
         request: Request<RenderPreviewRequest>,
     ) -> Result<Response<RenderPreviewResponse>, Status> {
-        Ok(Response::new(self.preview(request.into_inner()).await?))
+        respond(self.preview(request.into_inner()).await)
     }
 }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::error::{Result, ServiceError};
+use crate::error::{Result, ServiceError, respond};
 
 /// Longest link a client may report with a click.
 const MAX_LINK: usize = 2048;
@@ -155,14 +155,14 @@ impl TrackingService for TrackingApi {
         &self,
         request: Request<RecordEventRequest>,
     ) -> Result<Response<RecordEventResponse>, Status> {
-        Ok(Response::new(self.record(request.into_inner()).await?))
+        respond(self.record(request.into_inner()).await)
     }
 
     async fn list_events(
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        respond(self.list(request.into_inner()).await)
     }
 }
 
