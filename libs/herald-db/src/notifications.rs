@@ -40,7 +40,7 @@ pub struct NewNotification {
     /// Caller metadata.
     pub metadata: PersonalJson,
     /// W3C trace context to carry to the workers.
-    pub trace_context: serde_json::Value,
+    pub trace_context: HashMap<String, String>,
     /// When it was accepted, by the service's clock: deliveries sent now become due for the
     /// relay at this instant, on the same clock the relay and quiet hours use.
     pub accepted_at: DateTime<Utc>,

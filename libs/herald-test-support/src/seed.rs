@@ -44,7 +44,7 @@ pub fn email_notification(template_id: TemplateId, version: i32) -> NewNotificat
         priority: Priority::Normal,
         parameters: serde_json::json!({}).into(),
         metadata: serde_json::json!({}).into(),
-        trace_context: serde_json::json!({}),
+        trace_context: std::collections::HashMap::new(),
         accepted_at: chrono::Utc::now(),
         deliveries: vec![NewDelivery {
             id: DeliveryId::generate(),

@@ -1,5 +1,7 @@
 //! `herald.submit.v1.SubmitService`.
 
+use std::collections::HashMap;
+
 use herald_db::personal::PersonalText;
 use std::collections::BTreeSet;
 
@@ -139,28 +141,18 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
 
 /// The W3C trace context carried to the relay and the workers: the current span's (the
 /// Submit server span) when traces are exported, else the caller's own headers.
-fn trace_context<T>(request: &Request<T>) -> serde_json::Value {
+fn trace_context<T>(request: &Request<T>) -> HashMap<String, String> {
     let current = herald_telemetry::current_context_map();
     if !current.is_empty() {
-        return serde_json::Value::Object(
-            current
-                .into_iter()
-                .map(|(key, value)| (key, serde_json::Value::String(value)))
-                .collect(),
-        );
+        return current;
     }
-    let mut context = serde_json::Map::new();
-    for header in ["traceparent", "tracestate"] {
-        if let Some(value) = request
-            .metadata()
-            .get(header)
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| value.len() <= 512)
-        {
-            context.insert(header.into(), value.into());
-        }
-    }
-    serde_json::Value::Object(context)
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|header| {
+            let value = request.metadata().get(header)?.to_str().ok()?;
+            (value.len() <= 512).then(|| (header.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 impl SubmitApi {
@@ -168,7 +160,7 @@ impl SubmitApi {
         &self,
         caller: &Caller,
         request: SubmitRequest,
-        trace_context: serde_json::Value,
+        trace_context: HashMap<String, String>,
     ) -> Result<SubmitResponse> {
         let now = self.state.clock.now();
         let submit = ValidSubmit::parse(request, self.state.settings.submit.max_recipients, now)?;
@@ -227,7 +219,7 @@ impl SubmitApi {
         caller: &Caller,
         submit: ValidSubmit,
         hash: Vec<u8>,
-        trace_context: serde_json::Value,
+        trace_context: HashMap<String, String>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<NewNotification> {
         let template = self
@@ -321,7 +313,7 @@ impl SubmitApi {
         &self,
         caller: &Caller,
         request: SubmitBatchRequest,
-        trace_context: &serde_json::Value,
+        trace_context: &HashMap<String, String>,
     ) -> Vec<SubmitBatchResult> {
         let mut chains: Vec<Vec<(usize, SubmitRequest)>> = Vec::new();
         let mut chain_of_key: std::collections::HashMap<String, usize> =

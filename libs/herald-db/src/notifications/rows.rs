@@ -161,7 +161,9 @@ async fn insert_outbox(
         delivery.channel.as_str()
     }))
     .bind::<Array<Int2>, _>(column(&outbox_rows, |(new, _, _)| new.priority.as_i16()))
-    .bind::<Array<Jsonb>, _>(column(&outbox_rows, |(new, _, _)| &new.trace_context))
+    .bind::<Array<Jsonb>, _>(column(&outbox_rows, |(new, _, _)| {
+        serde_json::to_value(&new.trace_context).unwrap_or_default()
+    }))
     .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
     .execute(&mut outbox_connection)
     .await?)
