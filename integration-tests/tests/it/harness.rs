@@ -104,6 +104,8 @@ pub(crate) struct Options {
     pub(crate) clock: Option<herald_domain::SharedClock>,
     /// Rows the relay publishes between two vacuums of the outbox.
     pub(crate) relay_vacuum_after: u64,
+    /// Principals besides orders and ops (the stranger's certificate, say).
+    pub(crate) principals: Vec<herald_api_server::PrincipalSettings>,
 }
 
 impl Default for Options {
@@ -115,6 +117,7 @@ impl Default for Options {
             quota_per_minute: 0,
             clock: None,
             relay_vacuum_after: herald_relay::RelaySettings::default().vacuum_after,
+            principals: Vec::new(),
         }
     }
 }
@@ -131,11 +134,13 @@ impl TestApp {
     }
 
     /// The API server's settings: port 0, the dev certificates, `database` and `redis`; the
-    /// orders identity has the submit, inbox and track roles, ops is admin.
+    /// orders identity has the submit, inbox and track roles and manages contact points, ops
+    /// is admin, and `principals` come on top.
     fn api_settings(
         database: &DatabaseSettings,
         redis: RedisSettings,
         quota_per_minute: u64,
+        principals: Vec<herald_api_server::PrincipalSettings>,
     ) -> herald_api_server::Settings {
         let certs = TestCerts::get();
         herald_api_server::Settings {
@@ -154,14 +159,19 @@ impl TestApp {
                     herald_api_server::PrincipalSettings {
                         identity: ORDERS_IDENTITY.into(),
                         roles: vec!["submit".into(), "inbox".into(), "track".into()],
+                        permissions: vec!["contacts.read".into(), "contacts.write".into()],
                         quota_per_minute: None,
                     },
                     herald_api_server::PrincipalSettings {
                         identity: "spiffe://herald.local/admin/ops".into(),
                         roles: vec!["admin".into()],
+                        permissions: Vec::new(),
                         quota_per_minute: None,
                     },
-                ],
+                ]
+                .into_iter()
+                .chain(principals)
+                .collect(),
             },
             submit: herald_api_server::SubmitSettings {
                 quota_per_minute,
@@ -211,6 +221,7 @@ impl TestApp {
                 ..RedisSettings::default()
             }),
             options.quota_per_minute,
+            options.principals.clone(),
         );
         let api = herald_api_server::Application::build(herald_api_server::Settings {
             amqp: amqp_settings.clone(),
@@ -657,6 +668,7 @@ impl TestApp {
                 ..RedisSettings::default()
             },
             0,
+            Vec::new(),
         )
     }
 

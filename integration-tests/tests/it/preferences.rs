@@ -167,6 +167,134 @@ async fn every_preference_reads_back_as_it_was_set_in_canonical_form() {
     assert!(read.tracking_opt_out && !read.global_opt_out);
 }
 
+const STRANGER: &str = "spiffe://herald.local/service/stranger";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_contact_permissions_contact_points_are_masked_and_cannot_be_changed() {
+    use herald_proto::preference::{DeviceToken, Platform};
+    // The stranger's certificate as a product backend that may manage preferences but was
+    // not granted contacts.read or contacts.write.
+    let app = TestApp::spawn_with(Options {
+        principals: vec![herald_api_server::PrincipalSettings {
+            identity: STRANGER.into(),
+            roles: vec!["submit".into()],
+            permissions: Vec::new(),
+            quota_per_minute: None,
+        }],
+        ..Options::default()
+    })
+    .await;
+    let mut owner = user("u3");
+    let contacts = owner.contacts.as_mut().unwrap();
+    contacts.phone = "+821012345678".into();
+    contacts.device_tokens = vec![DeviceToken {
+        token: "apns-token-1".into(),
+        platform: Platform::Ios.into(),
+        disabled_reason: String::new(),
+    }];
+    update(&app, owner, &[]).await.unwrap();
+    let mut stranger = PreferenceServiceClient::new(app.channel(As::Stranger).await);
+
+    let seen = stranger
+        .get_preferences(GetPreferencesRequest {
+            user_id: "u3".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .contacts
+        .unwrap();
+    assert_eq!(seen.email, "u***@example.com");
+    assert_eq!(seen.phone, "+82***78");
+    assert_eq!(seen.device_tokens[0].token, "apns***");
+
+    let redirect = Preferences {
+        user_id: "u3".into(),
+        contacts: Some(ContactPoints {
+            email: "attacker@example.com".into(),
+            ..ContactPoints::default()
+        }),
+        ..Preferences::default()
+    };
+    let status = stranger
+        .update_preferences(UpdatePreferencesRequest {
+            preferences: Some(redirect),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["contacts.email".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        format!(
+            "UpdatePreferences of contacts.email needs the contacts.write permission, which {STRANGER} does not have"
+        )
+    );
+    let status = stranger
+        .delete_preferences(DeletePreferencesRequest {
+            user_id: "u3".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // What is not a contact point it may change; the answer stays masked.
+    let opted_out = stranger
+        .update_preferences(UpdatePreferencesRequest {
+            preferences: Some(Preferences {
+                user_id: "u3".into(),
+                global_opt_out: true,
+                ..Preferences::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["global_opt_out".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(opted_out.global_opt_out);
+    assert_eq!(opted_out.contacts.unwrap().email, "u***@example.com");
+    let kept = client(&app)
+        .await
+        .get_preferences(GetPreferencesRequest {
+            user_id: "u3".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.contacts.unwrap().email, "u3@example.com");
+    assert_eq!(
+        audit_details(&app).await,
+        [
+            serde_json::json!({"fields": [
+                "contacts.email", "contacts.phone", "contacts.device_tokens", "locale",
+                "time_zone", "channels", "categories", "quiet_hours", "global_opt_out",
+                "tracking_opt_out",
+            ]}),
+            serde_json::json!({"fields": ["global_opt_out"]}),
+        ],
+        "every change is audited with the fields it changed"
+    );
+}
+
+/// The detail of every `preferences.update` audit row, oldest first.
+async fn audit_details(app: &TestApp) -> Vec<serde_json::Value> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use herald_db::schema::audit_log;
+    let mut connection = app.pool.get().await.unwrap();
+    audit_log::table
+        .filter(audit_log::action.eq("preferences.update"))
+        .order(audit_log::id.asc())
+        .select(audit_log::detail)
+        .load(&mut connection)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_preferences_name_the_field_and_write_nothing() {
     let app = TestApp::spawn().await;

@@ -76,12 +76,14 @@ pub async fn get(
 }
 
 /// Applies `change` to `user_id`'s preferences (the defaults if none are stored) under a row
-/// lock, stores the result and audits it as `actor`, in one transaction. `change` may refuse
-/// with a message, which becomes `Error::Invalid` and writes nothing.
+/// lock, stores the result and audits it as `actor` with the `fields` it changes (their
+/// names, never their values), in one transaction. `change` may refuse with a message, which
+/// becomes `Error::Invalid` and writes nothing.
 pub async fn update<F>(
     connection: &mut AsyncPgConnection,
     user_id: &str,
     actor: &str,
+    fields: &[String],
     change: F,
 ) -> Result<PreferenceRecord>
 where
@@ -112,7 +114,8 @@ where
                 .set(&row)
                 .execute(connection)
                 .await?;
-            audit(connection, actor, "preferences.update", user_id).await?;
+            let detail = serde_json::json!({ "fields": fields });
+            audit(connection, actor, "preferences.update", user_id, &detail).await?;
             Ok(record)
         })
         .await
@@ -131,7 +134,14 @@ pub async fn delete(
                 .await?;
             crate::contacts::delete_for_user(connection, user_id).await?;
             if deleted > 0 {
-                audit(connection, actor, "preferences.delete", user_id).await?;
+                audit(
+                    connection,
+                    actor,
+                    "preferences.delete",
+                    user_id,
+                    &serde_json::json!({}),
+                )
+                .await?;
             }
             Ok(deleted > 0)
         })
@@ -143,12 +153,14 @@ async fn audit(
     actor: &str,
     action: &str,
     user_id: &str,
+    detail: &serde_json::Value,
 ) -> Result<()> {
     diesel::insert_into(audit_log::table)
         .values((
             audit_log::actor.eq(actor),
             audit_log::action.eq(action),
             audit_log::target.eq(format!("user:{user_id}")),
+            audit_log::detail.eq(detail),
         ))
         .execute(connection)
         .await?;

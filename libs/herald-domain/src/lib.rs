@@ -15,8 +15,8 @@ pub use preference::{Overrides, UserPreferences, Verdict};
 pub use quiet_hours::{QuietHours, TimeZone, parse_time_of_day, parse_weekday};
 pub use state::DeliveryState;
 pub use values::{
-    Category, Channel, DeviceToken, EmailAddress, IdempotencyKey, Identity, PhoneNumber, Platform,
-    Priority, Role, TemplateKey, VariantName,
+    Category, Channel, DeviceToken, EmailAddress, IdempotencyKey, Identity, Permission,
+    PhoneNumber, Platform, Priority, Role, TemplateKey, VariantName,
 };
 
 /// The tracing target of delivery events: every stored delivery event is logged under it

@@ -506,3 +506,25 @@ fn phone_numbers_are_e164() {
         "PhoneNumber(<redacted>)"
     );
 }
+
+#[test]
+fn permissions_parse_by_name_and_roles_stand_for_fixed_sets() {
+    use crate::{Permission, Role};
+    for permission in Permission::ALL {
+        assert_eq!(permission.as_str().parse::<Permission>(), Ok(permission));
+    }
+    let error = "contacts.delete".parse::<Permission>().unwrap_err();
+    assert!(
+        error.0.starts_with(
+            "unknown permission `contacts.delete` (expected one of notifications.submit, "
+        ),
+        "{error}"
+    );
+    assert_eq!(Role::Admin.permissions(), Permission::ALL);
+    let submit = Role::Submit.permissions();
+    assert!(submit.contains(&Permission::NotificationsSubmit));
+    assert!(
+        !submit.contains(&Permission::ContactsRead) && !submit.contains(&Permission::ContactsWrite),
+        "a service that may submit must not see or redirect users' contact points"
+    );
+}

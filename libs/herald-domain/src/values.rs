@@ -413,3 +413,124 @@ impl fmt::Display for Role {
         formatter.write_str(self.as_str())
     }
 }
+
+impl Role {
+    /// The permissions a role stands for: how a configuration written with roles keeps
+    /// working. `submit` does not include contact points: reading them in clear takes
+    /// `contacts.read`, changing them `contacts.write`, granted on their own.
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission as P;
+        match self {
+            Self::Submit => &[
+                P::NotificationsSubmit,
+                P::NotificationsRead,
+                P::TemplatesRead,
+                P::PreferencesRead,
+                P::PreferencesWrite,
+            ],
+            Self::Admin => &Permission::ALL,
+            Self::Inbox => &[P::InboxRead, P::InboxWrite],
+            Self::Track => &[P::EventsRecord, P::EventsRead],
+        }
+    }
+}
+
+/// One thing an identity may do; every RPC needs one (`herald-api-server`'s method table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// Submit notifications (`Submit`, `SubmitBatch`).
+    NotificationsSubmit,
+    /// Read the notifications one submitted (`GetNotification`).
+    NotificationsRead,
+    /// Read any identity's notifications, not only one's own.
+    NotificationsReadAny,
+    /// Read templates, their versions, previews and A/B statistics.
+    TemplatesRead,
+    /// Create templates, add and activate versions.
+    TemplatesWrite,
+    /// Read a user's preferences (contact points masked without `contacts.read`).
+    PreferencesRead,
+    /// Change a user's channel and category switches, quiet hours, locale and time zone.
+    PreferencesWrite,
+    /// See a user's email, phone and device tokens in clear.
+    ContactsRead,
+    /// Set or erase a user's email, phone and device tokens (and erase a user).
+    ContactsWrite,
+    /// Read a user's in-app inbox and subscribe to it.
+    InboxRead,
+    /// Mark inbox items read and archive them.
+    InboxWrite,
+    /// Record engagement (opens, clicks, reads) for any notification: an app backend records
+    /// reads of notifications other services submitted.
+    EventsRecord,
+    /// Read a notification's events.
+    EventsRead,
+    /// List, inspect, replay and discard failures.
+    FailuresAdmin,
+    /// Read queue figures.
+    QueuesRead,
+}
+
+impl Permission {
+    /// Every permission.
+    pub const ALL: [Self; 15] = [
+        Self::NotificationsSubmit,
+        Self::NotificationsRead,
+        Self::NotificationsReadAny,
+        Self::TemplatesRead,
+        Self::TemplatesWrite,
+        Self::PreferencesRead,
+        Self::PreferencesWrite,
+        Self::ContactsRead,
+        Self::ContactsWrite,
+        Self::InboxRead,
+        Self::InboxWrite,
+        Self::EventsRecord,
+        Self::EventsRead,
+        Self::FailuresAdmin,
+        Self::QueuesRead,
+    ];
+
+    /// The configured name, e.g. `contacts.write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotificationsSubmit => "notifications.submit",
+            Self::NotificationsRead => "notifications.read",
+            Self::NotificationsReadAny => "notifications.read_any",
+            Self::TemplatesRead => "templates.read",
+            Self::TemplatesWrite => "templates.write",
+            Self::PreferencesRead => "preferences.read",
+            Self::PreferencesWrite => "preferences.write",
+            Self::ContactsRead => "contacts.read",
+            Self::ContactsWrite => "contacts.write",
+            Self::InboxRead => "inbox.read",
+            Self::InboxWrite => "inbox.write",
+            Self::EventsRecord => "events.record",
+            Self::EventsRead => "events.read",
+            Self::FailuresAdmin => "failures.admin",
+            Self::QueuesRead => "queues.read",
+        }
+    }
+}
+
+impl FromStr for Permission {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|permission| permission.as_str() == text)
+            .ok_or_else(|| {
+                ValueError::new(format!(
+                    "unknown permission `{text}` (expected one of {})",
+                    Self::ALL.map(Self::as_str).join(", ")
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}

@@ -1,5 +1,5 @@
 //! Authentication and authorisation: the verified client certificate becomes a `Caller`, and
-//! one table (`METHOD_ROLES`) says which role each RPC needs, checked before any handler runs.
+//! one table (`METHOD_PERMISSIONS`) says which permission each RPC needs, checked before any handler runs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 
 use herald_config::Validate;
-use herald_domain::{Identity, Role};
+use herald_domain::{Identity, Permission, Permission as P, Role};
 use serde::Deserialize;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
@@ -21,14 +21,19 @@ pub struct AuthSettings {
     pub principals: Vec<PrincipalSettings>,
 }
 
-/// The roles of one client identity.
+/// What one client identity may do: permissions, given one by one or through roles.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalSettings {
     /// The client certificate's URI SAN (or DNS SAN), e.g. `spiffe://herald.local/service/orders`.
     pub identity: String,
-    /// `submit`, `admin`, `inbox` and/or `track`.
+    /// `submit`, `admin`, `inbox` and/or `track`: each stands for a set of permissions
+    /// (`Role::permissions`).
+    #[serde(default)]
     pub roles: Vec<String>,
+    /// Permissions granted on their own, e.g. `contacts.read`, `contacts.write`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
     /// Overrides `submit.quota_per_minute` for this identity.
     #[serde(default)]
     pub quota_per_minute: Option<u64>,
@@ -45,6 +50,11 @@ impl Validate for AuthSettings {
                     problems.push(format!("auth.principals[{index}].roles: {error}"));
                 }
             }
+            for permission in &principal.permissions {
+                if let Err(error) = permission.parse::<Permission>() {
+                    problems.push(format!("auth.principals[{index}].permissions: {error}"));
+                }
+            }
         }
     }
 }
@@ -54,24 +64,24 @@ impl Validate for AuthSettings {
 pub struct Caller {
     /// The certificate's identity; recorded on what the caller creates.
     pub identity: Identity,
-    roles: BTreeSet<Role>,
+    permissions: BTreeSet<Permission>,
     /// This caller's own submit quota, if configured.
     pub(crate) quota_per_minute: Option<u64>,
 }
 
 impl Caller {
-    /// Whether the caller holds `role` (admins hold every role).
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&Role::Admin) || self.roles.contains(&role)
+    /// Whether the caller holds `permission`.
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
     }
 
-    /// `PERMISSION_DENIED` unless the caller holds `role`.
-    pub(crate) fn require(&self, role: Role, action: &str) -> Result<(), Status> {
-        if self.has(role) {
+    /// `PERMISSION_DENIED` unless the caller holds `permission`.
+    pub(crate) fn require(&self, permission: Permission, action: &str) -> Result<(), Status> {
+        if self.has(permission) {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "{action} needs the {role} role, which {} does not have",
+                "{action} needs the {permission} permission, which {} does not have",
                 self.identity
             )))
         }
@@ -95,93 +105,114 @@ pub(crate) fn parts<T>(request: Request<T>) -> Result<(Caller, T), Status> {
 /// What configuration grants one identity.
 #[derive(Debug, Clone)]
 struct Principal {
-    roles: BTreeSet<Role>,
+    permissions: BTreeSet<Permission>,
     quota_per_minute: Option<u64>,
 }
 
-/// Every RPC of Herald's own services and the role it needs: the one table authorization
-/// reads. A method missing from it is refused, so a new RPC is callable only once it is here
-/// (a test checks the table against the services' descriptors).
-const METHOD_ROLES: [(&str, Role); 27] = [
-    ("herald.submit.v1.SubmitService/Submit", Role::Submit),
-    ("herald.submit.v1.SubmitService/SubmitBatch", Role::Submit),
+/// Every RPC of Herald's own services and the permission it needs: the one table
+/// authorization reads. A method missing from it is refused, so a new RPC is callable only
+/// once it is here (a test checks the table against the services' descriptors). Handlers
+/// check more where the request decides it: contact points need `contacts.read` to be shown
+/// in clear and `contacts.write` to change, and reading another identity's notification
+/// needs `notifications.read_any`.
+const METHOD_PERMISSIONS: [(&str, Permission); 27] = [
+    (
+        "herald.submit.v1.SubmitService/Submit",
+        P::NotificationsSubmit,
+    ),
+    (
+        "herald.submit.v1.SubmitService/SubmitBatch",
+        P::NotificationsSubmit,
+    ),
     (
         "herald.submit.v1.SubmitService/GetNotification",
-        Role::Submit,
+        P::NotificationsRead,
     ),
     (
         "herald.template.v1.TemplateService/CreateTemplate",
-        Role::Admin,
+        P::TemplatesWrite,
     ),
     (
         "herald.template.v1.TemplateService/GetTemplate",
-        Role::Submit,
+        P::TemplatesRead,
     ),
     (
         "herald.template.v1.TemplateService/ListTemplates",
-        Role::Submit,
+        P::TemplatesRead,
     ),
     (
         "herald.template.v1.TemplateService/UpdateTemplate",
-        Role::Admin,
+        P::TemplatesWrite,
     ),
     (
         "herald.template.v1.TemplateService/ActivateVersion",
-        Role::Admin,
+        P::TemplatesWrite,
     ),
     (
         "herald.template.v1.TemplateService/ListVersions",
-        Role::Submit,
+        P::TemplatesRead,
     ),
     (
         "herald.template.v1.TemplateService/GetVariantStats",
-        Role::Submit,
+        P::TemplatesRead,
     ),
     (
         "herald.template.v1.TemplateService/RenderPreview",
-        Role::Submit,
+        P::TemplatesRead,
     ),
     (
         "herald.preference.v1.PreferenceService/GetPreferences",
-        Role::Submit,
+        P::PreferencesRead,
     ),
     (
         "herald.preference.v1.PreferenceService/UpdatePreferences",
-        Role::Submit,
+        P::PreferencesWrite,
     ),
     (
         "herald.preference.v1.PreferenceService/DeletePreferences",
-        Role::Submit,
+        P::ContactsWrite,
     ),
-    ("herald.inbox.v1.InboxService/ListInbox", Role::Inbox),
-    ("herald.inbox.v1.InboxService/GetUnreadCount", Role::Inbox),
-    ("herald.inbox.v1.InboxService/MarkRead", Role::Inbox),
-    ("herald.inbox.v1.InboxService/MarkAllRead", Role::Inbox),
-    ("herald.inbox.v1.InboxService/Archive", Role::Inbox),
-    ("herald.inbox.v1.InboxService/Subscribe", Role::Inbox),
+    ("herald.inbox.v1.InboxService/ListInbox", P::InboxRead),
+    ("herald.inbox.v1.InboxService/GetUnreadCount", P::InboxRead),
+    ("herald.inbox.v1.InboxService/MarkRead", P::InboxWrite),
+    ("herald.inbox.v1.InboxService/MarkAllRead", P::InboxWrite),
+    ("herald.inbox.v1.InboxService/Archive", P::InboxWrite),
+    ("herald.inbox.v1.InboxService/Subscribe", P::InboxRead),
     (
         "herald.tracking.v1.TrackingService/RecordEvent",
-        Role::Track,
+        P::EventsRecord,
     ),
-    ("herald.tracking.v1.TrackingService/ListEvents", Role::Track),
-    ("herald.admin.v1.AdminService/GetQueueStats", Role::Admin),
-    ("herald.admin.v1.AdminService/ListFailures", Role::Admin),
-    ("herald.admin.v1.AdminService/GetFailure", Role::Admin),
-    ("herald.admin.v1.AdminService/ReplayFailures", Role::Admin),
-    ("herald.admin.v1.AdminService/DiscardFailures", Role::Admin),
+    (
+        "herald.tracking.v1.TrackingService/ListEvents",
+        P::EventsRead,
+    ),
+    ("herald.admin.v1.AdminService/GetQueueStats", P::QueuesRead),
+    (
+        "herald.admin.v1.AdminService/ListFailures",
+        P::FailuresAdmin,
+    ),
+    ("herald.admin.v1.AdminService/GetFailure", P::FailuresAdmin),
+    (
+        "herald.admin.v1.AdminService/ReplayFailures",
+        P::FailuresAdmin,
+    ),
+    (
+        "herald.admin.v1.AdminService/DiscardFailures",
+        P::FailuresAdmin,
+    ),
 ];
 
-/// The role the RPC at `path` (`/package.Service/Method`) needs, if it is in the table.
-fn required_role(path: &str) -> Option<Role> {
+/// The permission the RPC at `path` (`/package.Service/Method`) needs, if it is in the table.
+fn required_permission(path: &str) -> Option<Permission> {
     let path = path.strip_prefix('/')?;
-    METHOD_ROLES
+    METHOD_PERMISSIONS
         .iter()
         .find(|(method, _)| *method == path)
-        .map(|(_, role)| *role)
+        .map(|(_, permission)| *permission)
 }
 
 /// Authenticates every call from the TLS peer certificate and authorizes it by
-/// `METHOD_ROLES`, before the service sees it; the handlers read the `Caller` it attaches.
+/// `METHOD_PERMISSIONS`, before the service sees it; the handlers read the `Caller` it attaches.
 #[derive(Clone)]
 pub(crate) struct Authenticator {
     principals: Arc<HashMap<Identity, Principal>>,
@@ -191,15 +222,18 @@ impl Authenticator {
     pub(crate) fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
         let mut principals = HashMap::new();
         for principal in &settings.principals {
-            let roles = principal
-                .roles
+            let mut permissions = principal
+                .permissions
                 .iter()
-                .map(|role| role.parse::<Role>())
+                .map(|permission| permission.parse::<Permission>())
                 .collect::<Result<BTreeSet<_>, _>>()?;
+            for role in &principal.roles {
+                permissions.extend(role.parse::<Role>()?.permissions());
+            }
             principals.insert(
                 Identity::parse(&principal.identity)?,
                 Principal {
-                    roles,
+                    permissions,
                     quota_per_minute: principal.quota_per_minute,
                 },
             );
@@ -232,7 +266,7 @@ impl Authenticator {
                 Status::unauthenticated("the client certificate names no URI or DNS identity")
             })?;
         let Principal {
-            roles,
+            permissions,
             quota_per_minute,
         } = self.principals.get(&identity).cloned().ok_or_else(|| {
             Status::permission_denied(format!(
@@ -241,14 +275,14 @@ impl Authenticator {
         })?;
         let caller = Caller {
             identity,
-            roles,
+            permissions,
             quota_per_minute,
         };
         let method = path.rsplit('/').next().unwrap_or(path);
-        let role = required_role(path).ok_or_else(|| {
+        let permission = required_permission(path).ok_or_else(|| {
             Status::permission_denied(format!("{method} is not in the authorization table"))
         })?;
-        caller.require(role, method)?;
+        caller.require(permission, method)?;
         Ok(caller)
     }
 }
@@ -297,7 +331,7 @@ where
 mod tests {
     use prost::Message as _;
 
-    use super::{METHOD_ROLES, required_role};
+    use super::{METHOD_PERMISSIONS, required_permission};
 
     #[test]
     fn every_method_of_every_herald_service_is_in_the_table_and_nothing_else_is() {
@@ -315,16 +349,19 @@ mod tests {
             })
             .collect();
         methods.sort();
-        let mut table: Vec<String> = METHOD_ROLES
+        let mut table: Vec<String> = METHOD_PERMISSIONS
             .iter()
             .map(|(method, _)| (*method).to_owned())
             .collect();
         table.sort();
         assert_eq!(table, methods);
         assert_eq!(
-            required_role("/herald.admin.v1.AdminService/ReplayFailures"),
-            Some(herald_domain::Role::Admin)
+            required_permission("/herald.admin.v1.AdminService/ReplayFailures"),
+            Some(herald_domain::Permission::FailuresAdmin)
         );
-        assert_eq!(required_role("/herald.admin.v1.AdminService/Nope"), None);
+        assert_eq!(
+            required_permission("/herald.admin.v1.AdminService/Nope"),
+            None
+        );
     }
 }

@@ -1,12 +1,16 @@
-//! `herald.preference.v1.PreferenceService`. Callers need the submit role (product backends
-//! acting for their users). Every change is audited.
+//! `herald.preference.v1.PreferenceService`: product backends acting for their users. Reading
+//! needs `preferences.read` and shows contact points masked unless the caller also holds
+//! `contacts.read`; changing needs `preferences.write`, and `contacts.write` for any contact
+//! point; erasing a user needs `contacts.write`. Every change is audited with who made it and
+//! which fields it changed.
 
 use std::collections::BTreeMap;
 
 use herald_db::contacts;
 use herald_db::preferences::{self, PreferenceRecord};
 use herald_domain::{
-    Category, Channel, DeviceToken, EmailAddress, Platform, QuietHours, TimeZone, ValueError,
+    Category, Channel, DeviceToken, EmailAddress, Permission, Platform, QuietHours, TimeZone,
+    ValueError,
 };
 use herald_proto::preference::{
     self as pb, DeletePreferencesRequest, DeletePreferencesResponse, GetPreferencesRequest,
@@ -15,7 +19,7 @@ use herald_proto::preference::{
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
+use crate::auth::{Caller, caller, parts};
 use crate::error::{Result, ServiceError};
 use crate::fields::user_id;
 
@@ -213,6 +217,44 @@ fn quiet_hours(quiet: &pb::QuietHours) -> Result<QuietHours> {
         .map_err(|error| ServiceError::invalid("preferences.quiet_hours", error))
 }
 
+/// The user's stored preferences as `caller` may see them: contact points in clear with
+/// `contacts.read`, masked without it.
+async fn message_for(
+    caller: &Caller,
+    connection: &mut herald_db::Connection,
+    record: &PreferenceRecord,
+) -> Result<pb::Preferences, ServiceError> {
+    let mut preferences = message_with_status(connection, record).await?;
+    if !caller.has(Permission::ContactsRead)
+        && let Some(contacts) = preferences.contacts.as_mut()
+    {
+        contacts.email = mask(
+            &contacts.email,
+            contacts.email.find('@').unwrap_or(0).min(1),
+        );
+        contacts.phone = mask(&contacts.phone, 3);
+        for device in &mut contacts.device_tokens {
+            device.token = mask(&device.token, 4);
+        }
+    }
+    Ok(preferences)
+}
+
+/// `value` with everything but its first `keep` characters (and an email's domain, or a phone
+/// number's last two digits) replaced by `***`: enough to recognise, not to use.
+fn mask(value: &str, keep: usize) -> String {
+    if value.is_empty() {
+        return String::new();
+    }
+    let kept: String = value.chars().take(keep).collect();
+    let tail = match value.rfind('@') {
+        Some(at) => &value[at..],
+        None if value.starts_with('+') => &value[value.len().saturating_sub(2)..],
+        None => "",
+    };
+    format!("{kept}***{tail}")
+}
+
 /// The user's stored preferences as a message, with each contact point's disabled reason.
 async fn message_with_status(
     connection: &mut herald_db::Connection,
@@ -326,7 +368,8 @@ impl PreferenceService for PreferenceApi {
         &self,
         request: Request<GetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
-        let user_id = user_id("user_id", &request.get_ref().user_id)?;
+        let (caller, request) = parts(request)?;
+        let user_id = user_id("user_id", &request.user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;
@@ -335,7 +378,7 @@ impl PreferenceService for PreferenceApi {
             .map_err(ServiceError::from)?
             .unwrap_or_else(|| PreferenceRecord::defaults(&user_id));
         Ok(Response::new(
-            message_with_status(&mut connection, &record).await?,
+            message_for(&caller, &mut connection, &record).await?,
         ))
     }
 
@@ -353,6 +396,12 @@ impl PreferenceService for PreferenceApi {
             Some(mask) if !mask.paths.is_empty() => mask.paths,
             _ => PATHS.iter().map(|path| (*path).to_owned()).collect(),
         };
+        if let Some(contact) = paths.iter().find(|path| path.starts_with("contacts.")) {
+            caller.require(
+                Permission::ContactsWrite,
+                &format!("UpdatePreferences of {contact}"),
+            )?;
+        }
         // Validate before taking any lock or writing anything.
         apply(&mut PreferenceRecord::defaults(&user_id), &update, &paths)?;
         let mut connection = herald_db::connection(&self.state.pool)
@@ -362,13 +411,14 @@ impl PreferenceService for PreferenceApi {
             &mut connection,
             &user_id,
             caller.identity.as_ref(),
+            &paths,
             |record| apply(record, &update, &paths).map_err(|error| error.to_string()),
         )
         .await
         .map_err(ServiceError::from)?;
         tracing::info!(caller = %caller.identity, fields = paths.len(), "Preferences updated.");
         Ok(Response::new(
-            message_with_status(&mut connection, &record).await?,
+            message_for(&caller, &mut connection, &record).await?,
         ))
     }
 

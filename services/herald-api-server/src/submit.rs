@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use herald_db::notifications::{self, Disposition, Inserted, NewDelivery, NewNotification};
 use herald_domain::{
-    Channel, DeliveryId, IdempotencyKey, NotificationId, Role, Subject, TemplateKey,
+    Channel, DeliveryId, IdempotencyKey, NotificationId, Permission, Subject, TemplateKey,
 };
 use herald_proto::submit::{
     GetNotificationRequest, GetNotificationResponse, SubmitBatchRequest, SubmitBatchResponse,
@@ -411,7 +411,8 @@ impl SubmitApi {
         let record = notifications::load(&mut connection, id)
             .await?
             .filter(|record| {
-                caller.has(Role::Admin) || record.submitted_by == caller.identity.as_ref()
+                caller.has(Permission::NotificationsReadAny)
+                    || record.submitted_by == caller.identity.as_ref()
             })
             .ok_or_else(|| {
                 ServiceError::NotFound(format!("notification_id: no notification {id}"))

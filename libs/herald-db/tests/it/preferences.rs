@@ -23,7 +23,7 @@ async fn stored_preferences_come_back_typed_and_a_corrupt_row_fails_only_its_use
     )
     .unwrap();
     for user_id in ["ada", "bob"] {
-        preferences::update(&mut connection, user_id, "test", |record| {
+        preferences::update(&mut connection, user_id, "test", &[], |record| {
             record.phone = Some("+821012345678".into());
             record.device_tokens = vec![DeviceToken {
                 token: format!("{user_id}-token"),
