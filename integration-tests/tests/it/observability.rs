@@ -380,6 +380,51 @@ pub(crate) async fn scrape(address: std::net::SocketAddr) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn calls_to_methods_the_server_does_not_have_share_one_unknown_label() {
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    let mut grpc = tonic::client::Grpc::new(app.channel(As::Orders).await);
+    // A service the server does not have, and a method its table does not have (refused
+    // before the service sees it).
+    for (path, code) in [
+        ("/made.up.v1.Nowhere/Anything", tonic::Code::Unimplemented),
+        (
+            "/herald.submit.v1.SubmitService/Nope",
+            tonic::Code::PermissionDenied,
+        ),
+    ] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{path}: {}", status.message());
+    }
+
+    let api = scrape(app.api_metrics).await;
+    for code in ["12", "7"] {
+        let unknown = [
+            ("rpc_service", "unknown"),
+            ("rpc_method", "unknown"),
+            ("rpc_grpc_status_code", code),
+        ];
+        assert_eq!(
+            sample(&api, "rpc_server_call_duration_seconds_count", &unknown),
+            Some(1.0),
+            "{api}"
+        );
+    }
+    assert!(!api.contains("made.up") && !api.contains("Nope"), "{api}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_service_serves_prometheus_figures_of_the_traffic_it_handled() {
     let app = TestApp::spawn_with(Options {
         email_worker: false,

@@ -376,3 +376,53 @@ async fn record_event_is_idempotent_per_event_and_rejects_bad_input_precisely() 
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notifications_events_are_listed_to_its_submitter_and_to_readers_of_any() {
+    // The stranger's certificate as a second product backend that may record and read events.
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        principals: vec![herald_api_server::PrincipalSettings {
+            identity: "spiffe://herald.local/service/stranger".into(),
+            roles: vec!["track".into()],
+            permissions: Vec::new(),
+            quota_per_minute: None,
+        }],
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let id = app
+        .submit(welcome_request("ada@example.com"))
+        .await
+        .unwrap()
+        .notification_id;
+    let list = |who: As| {
+        let id = id.clone();
+        let app = &app;
+        async move {
+            TrackingServiceClient::new(app.channel(who).await)
+                .list_events(ListEventsRequest {
+                    notification_id: id,
+                })
+                .await
+        }
+    };
+
+    assert_eq!(
+        count(
+            &list(As::Orders).await.unwrap().into_inner().events,
+            "accepted"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &list(As::Admin).await.unwrap().into_inner().events,
+            "accepted"
+        ),
+        1
+    );
+    let status = list(As::Stranger).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+}

@@ -307,16 +307,23 @@ pub struct StoredEvent {
 }
 
 /// Every event of every delivery of `notification_id`, ordered by delivery (recipient order,
-/// then channel) and then oldest first; `None` when the notification does not exist.
+/// then channel) and then oldest first; `None` when the notification does not exist, or was
+/// not submitted by `submitted_by` when one is given (a caller sees only its own).
 pub async fn for_notification(
     connection: &mut AsyncPgConnection,
     notification_id: NotificationId,
+    submitted_by: Option<&str>,
 ) -> Result<Option<Vec<StoredEvent>>> {
-    let exists = diesel::select(diesel::dsl::exists(
-        crate::schema::notifications::table.find(notification_id.as_uuid()),
-    ))
-    .get_result::<bool>(connection)
-    .await?;
+    use crate::schema::notifications;
+    let mut notification = notifications::table
+        .filter(notifications::id.eq(notification_id.as_uuid()))
+        .into_boxed();
+    if let Some(submitted_by) = submitted_by {
+        notification = notification.filter(notifications::submitted_by.eq(submitted_by));
+    }
+    let exists = diesel::select(diesel::dsl::exists(notification))
+        .get_result::<bool>(connection)
+        .await?;
     if !exists {
         return Ok(None);
     }

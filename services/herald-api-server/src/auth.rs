@@ -202,6 +202,27 @@ const METHOD_PERMISSIONS: [(&str, Permission); 27] = [
     ),
 ];
 
+/// Methods served to every client with a certificate from the Herald CA, outside the table:
+/// health checks and server reflection.
+const OPEN_METHODS: [&str; 4] = [
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The service and method of `path` when the server serves it (the table and the open
+/// methods), as static names: what metrics and spans are labelled with.
+pub(crate) fn known_method(path: &str) -> Option<(&'static str, &'static str)> {
+    let path = path.strip_prefix('/')?;
+    METHOD_PERMISSIONS
+        .iter()
+        .map(|(method, _)| *method)
+        .chain(OPEN_METHODS)
+        .find(|method| *method == path)
+        .and_then(|method| method.split_once('/'))
+}
+
 /// The permission the RPC at `path` (`/package.Service/Method`) needs, if it is in the table.
 fn required_permission(path: &str) -> Option<Permission> {
     let path = path.strip_prefix('/')?;
@@ -331,7 +352,7 @@ where
 mod tests {
     use prost::Message as _;
 
-    use super::{METHOD_PERMISSIONS, required_permission};
+    use super::{METHOD_PERMISSIONS, known_method, required_permission};
 
     #[test]
     fn every_method_of_every_herald_service_is_in_the_table_and_nothing_else_is() {
@@ -363,5 +384,14 @@ mod tests {
             required_permission("/herald.admin.v1.AdminService/Nope"),
             None
         );
+        assert_eq!(
+            known_method("/herald.submit.v1.SubmitService/Submit"),
+            Some(("herald.submit.v1.SubmitService", "Submit"))
+        );
+        assert_eq!(
+            known_method("/grpc.health.v1.Health/Check"),
+            Some(("grpc.health.v1.Health", "Check"))
+        );
+        assert_eq!(known_method("/made.up/Path"), None);
     }
 }

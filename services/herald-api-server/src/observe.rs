@@ -64,13 +64,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = request
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(service, method)| (service.to_owned(), method.to_owned()))
-            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        // Labels come from the methods the server knows, never from the raw path: any client
+        // with a certificate could otherwise create a new metric series per made-up path.
+        let (service, method) =
+            crate::auth::known_method(request.uri().path()).unwrap_or(("unknown", "unknown"));
         let span = tracing::info_span!(
             "rpc",
             otel.name = %format_args!("{service}/{method}"),

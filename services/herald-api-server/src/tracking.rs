@@ -4,7 +4,7 @@
 //! the inbox, so a given engagement is recorded once whichever way it arrives.
 
 use herald_db::events::{self, Engagement, EngagementKind, Recorded};
-use herald_domain::{DeliveryId, NotificationId};
+use herald_domain::{DeliveryId, NotificationId, Permission};
 use herald_proto::conversions::timestamp;
 use herald_proto::tracking::{
     self as pb, ListEventsRequest, ListEventsResponse, RecordEventRequest, RecordEventResponse,
@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::{Caller, parts};
 use crate::error::{Result, ServiceError, respond};
 
 /// Longest link a client may report with a click.
@@ -52,14 +53,21 @@ impl TrackingApi {
         }
     }
 
-    async fn list(&self, request: ListEventsRequest) -> Result<ListEventsResponse> {
+    /// The events of a notification the caller submitted (any, with `notifications.read_any`).
+    async fn list(
+        &self,
+        caller: &Caller,
+        request: ListEventsRequest,
+    ) -> Result<ListEventsResponse> {
         let notification_id = NotificationId::from(parse_uuid(
             "notification_id",
             &request.notification_id,
             "a notification id",
         )?);
         let mut connection = herald_db::connection(&self.state.pool).await?;
-        let stored = events::for_notification(&mut connection, notification_id)
+        let submitted_by =
+            (!caller.has(Permission::NotificationsReadAny)).then(|| caller.identity.as_ref());
+        let stored = events::for_notification(&mut connection, notification_id, submitted_by)
             .await?
             .ok_or_else(|| {
                 ServiceError::NotFound(format!("notification {notification_id} does not exist"))
@@ -162,7 +170,8 @@ impl TrackingService for TrackingApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        respond(self.list(request.into_inner()).await)
+        let (caller, request) = parts(request)?;
+        respond(self.list(&caller, request).await)
     }
 }
 

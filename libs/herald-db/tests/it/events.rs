@@ -78,10 +78,31 @@ async fn concurrent_duplicates_of_an_engagement_store_exactly_one_row() {
             .is_empty()
     );
 
-    let stored = events::for_notification(&mut connection, notification_id.into())
+    let stored = events::for_notification(&mut connection, notification_id.into(), None)
         .await
         .unwrap()
         .unwrap();
+    // herald_test_support::seed submits as `test`.
+    let submitter = "test";
+    assert_eq!(
+        events::for_notification(&mut connection, notification_id.into(), Some(submitter))
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&stored),
+        "the submitter sees its notification's events"
+    );
+    assert_eq!(
+        events::for_notification(
+            &mut connection,
+            notification_id.into(),
+            Some("someone-else")
+        )
+        .await
+        .unwrap(),
+        None,
+        "another identity does not even learn that the notification exists"
+    );
     let kinds: Vec<&str> = stored.iter().map(|event| event.kind.as_str()).collect();
     assert_eq!(kinds, ["accepted", "clicked", "clicked", "dismissed"]);
     assert_eq!(
