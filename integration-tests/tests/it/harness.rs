@@ -384,7 +384,7 @@ impl TestApp {
     pub(crate) fn start_failing_email_worker(&self, max_attempts: u32) -> CancellationToken {
         let mut settings = self.email_worker_settings(1);
         settings.worker.max_attempts = max_attempts;
-        settings.smtp.port = herald_test_support::unused_port();
+        settings.smtp.port = herald_test_support::refused_port();
         let shutdown = CancellationToken::new();
         let worker = herald_channel_worker::Application::build(
             settings,

@@ -129,7 +129,7 @@ async fn critical_security_notifications_bypass_limits() {
 }
 
 fn redis_down(app: &TestApp) -> herald_channel_worker::Settings {
-    let port = herald_test_support::unused_port();
+    let port = herald_test_support::refused_port();
     let mut settings = app.email_worker_settings(1);
     settings.rate_limits = herald_worker::RateLimitSettings::default();
     settings.redis.url = secrecy::SecretString::from(format!("redis://127.0.0.1:{port}"));

@@ -280,7 +280,7 @@ async fn when_twilio_answers_500_the_secondary_gateway_delivers_the_retry() {
 #[tokio::test(flavor = "multi_thread")]
 async fn when_twilio_is_unreachable_the_secondary_gateway_delivers_the_retry() {
     let gateway = SmsGatewayServer::start(GATEWAY_TOKEN).await;
-    let nowhere = format!("http://127.0.0.1:{}", herald_test_support::unused_port());
+    let nowhere = format!("http://127.0.0.1:{}", herald_test_support::refused_port());
     let app = sms_app(vec![
         twilio_provider("twilio", &nowhere),
         gateway_provider("gateway", &gateway),

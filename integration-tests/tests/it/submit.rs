@@ -364,7 +364,7 @@ async fn a_nul_character_is_refused_with_its_field_path_while_other_submits_are_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_being_down_never_causes_a_duplicate_or_a_failed_submit() {
-    let port = herald_test_support::unused_port();
+    let port = herald_test_support::refused_port();
     let app = TestApp::spawn_with(Options {
         redis: Some(herald_config::RedisSettings {
             url: secrecy::SecretString::from(format!("redis://127.0.0.1:{port}")),

@@ -43,7 +43,12 @@ impl From<DieselError> for Error {
                     constraint: info.constraint_name().unwrap_or_default().to_owned(),
                 }
             }
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            // diesel-async reports a statement it could not send or whose answer never came
+            // (the connection was closed or reset under it) as `UnableToSendCommand`.
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )
             | DieselError::BrokenTransactionManager => Self::Unavailable(error.to_string()),
             DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
                 if info.message().contains("connection closed")
@@ -73,5 +78,38 @@ impl Error {
     /// True when the error means PostgreSQL is unreachable rather than the request being wrong.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    use super::Error;
+
+    #[test]
+    fn a_statement_that_could_not_reach_postgresql_means_unavailable_not_a_bug() {
+        let lost = |kind, message: &str| {
+            Error::from(DieselError::DatabaseError(
+                kind,
+                Box::new(message.to_owned()),
+            ))
+        };
+        for error in [
+            lost(DatabaseErrorKind::UnableToSendCommand, "connection closed"),
+            lost(
+                DatabaseErrorKind::UnableToSendCommand,
+                "error communicating with the server: Connection reset by peer (os error 104)",
+            ),
+            lost(DatabaseErrorKind::ClosedConnection, "closed"),
+            lost(
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            Error::from(DieselError::BrokenTransactionManager),
+        ] {
+            assert!(error.is_unavailable(), "{error:?}");
+        }
+        assert!(!lost(DatabaseErrorKind::CheckViolation, "violates check").is_unavailable());
     }
 }

@@ -44,7 +44,7 @@ pub fn required_env(name: &str) -> String {
 }
 
 /// A loopback port nothing listens on right now (it was bound and released): for a server a
-/// test starts itself, or for a dependency that must be unreachable.
+/// test starts itself. A dependency that must stay unreachable takes `refused_port`.
 ///
 /// # Panics
 /// When no loopback port is free.
@@ -53,6 +53,24 @@ pub fn unused_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
         .port()
+}
+
+/// A loopback port that refuses every connection until the test process ends, for a server
+/// that must be unreachable: a socket is bound to it and never listens, so no other server
+/// (another test's, running in parallel) can take the port meanwhile, which a port merely found
+/// free by `unused_port` could not promise.
+///
+/// # Panics
+/// When no loopback port is free.
+pub fn refused_port() -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("a free loopback port");
+    let port = socket.local_addr().expect("the bound address").port();
+    // Held, never listening, for the life of the test process (each test runs in its own).
+    std::mem::forget(socket);
+    port
 }
 
 /// Locks `mutex`, carrying on through poisoning: test servers keep serving after a handler

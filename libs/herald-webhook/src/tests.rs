@@ -171,7 +171,7 @@ async fn slack_webhooks_get_the_text_and_failures_are_classified() {
 
 #[tokio::test]
 async fn an_unreachable_destination_is_retryable_and_the_error_hides_the_url() {
-    let port = herald_test_support::unused_port();
+    let port = herald_test_support::refused_port();
     let destination = Destination::new(
         &DestinationSettings::Slack {
             url: SecretString::from(format!("http://127.0.0.1:{port}/services/secret-token")),

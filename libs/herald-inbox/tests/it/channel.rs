@@ -104,7 +104,7 @@ async fn a_delivery_without_a_user_id_fails_permanently_and_stores_nothing() {
 async fn with_redis_away_the_item_is_still_stored_and_delivered() {
     let storage = Storage::new().await;
     let keyspace = TestKeyspace::default();
-    let unreachable = format!("redis://127.0.0.1:{}", herald_test_support::unused_port());
+    let unreachable = format!("redis://127.0.0.1:{}", herald_test_support::refused_port());
     let mut redis = redis_settings(&keyspace, Some(&unreachable));
     redis.timeout = Duration::from_millis(300);
     let provider = InboxChannel::new(storage.pool.clone(), InboxPublisher::new(&redis).unwrap());

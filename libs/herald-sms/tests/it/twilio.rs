@@ -143,7 +143,7 @@ async fn twilio_other_client_errors_are_permanent_with_their_code() {
 
 #[tokio::test]
 async fn twilio_unreachable_is_retryable() {
-    let port = herald_test_support::unused_port();
+    let port = herald_test_support::refused_port();
     let channel = channel(vec![SmsProviderSettings::Twilio(TwilioSettings {
         name: "twilio".into(),
         base_url: format!("http://127.0.0.1:{port}"),
