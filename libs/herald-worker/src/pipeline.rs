@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use herald_db::deliveries::{self, Claim, Claimed, FailureClass, Outcome, TemplateVersionRef};
 use herald_domain::{DeliveryId, Priority};
+use herald_templates::CompiledVersion;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -416,17 +417,29 @@ impl<P: ChannelProvider> Pipeline<P> {
         attempts: &[Attempt],
     ) -> Result<Vec<Prepared>, herald_db::Error> {
         let core = &self.core;
-        let mut missing: Vec<TemplateVersionRef> = attempts
-            .iter()
-            .map(|(_, _, claimed)| claimed.template)
-            .filter(|template| core.templates.get(template).is_none())
-            .collect();
+        // Every version the batch renders, held here from the start: the shared cache may start
+        // over (another batch filling it) between this lookup and the contexts below.
+        let mut versions: HashMap<TemplateVersionRef, Arc<CompiledVersion>> = HashMap::new();
+        let mut missing = Vec::new();
+        for (_, _, claimed) in attempts {
+            if versions.contains_key(&claimed.template) {
+                continue;
+            }
+            match core.templates.get(&claimed.template) {
+                Some(version) => {
+                    versions.insert(claimed.template, version);
+                }
+                None => missing.push(claimed.template),
+            }
+        }
         missing.sort_unstable();
         missing.dedup();
         let mut unreadable = HashMap::new();
         for (template, content) in deliveries::template_contents(connection, &missing).await? {
             match content {
-                Ok(content) => core.templates.insert(template, content),
+                Ok(content) => {
+                    versions.insert(template, core.templates.insert(template, content));
+                }
                 Err(problem) => {
                     unreadable.insert(template, problem.0);
                 }
@@ -434,23 +447,21 @@ impl<P: ChannelProvider> Pipeline<P> {
         }
         let contexts = attempts
             .iter()
-            .map(
-                |(_, _, claimed)| match core.templates.get(&claimed.template) {
-                    Some(template) => {
-                        Ok(DeliveryContext::claimed(claimed.delivery.clone(), template))
-                    }
-                    None => Err(Outcome::Failed {
-                        error: unreadable
-                            .get(&claimed.template)
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                "the template version it was accepted with no longer exists"
-                                    .to_owned()
-                            }),
-                        class: FailureClass::Permanent,
-                    }),
-                },
-            )
+            .map(|(_, _, claimed)| match versions.get(&claimed.template) {
+                Some(version) => Ok(DeliveryContext::claimed(
+                    claimed.delivery.clone(),
+                    Arc::clone(version),
+                )),
+                None => Err(Outcome::Failed {
+                    error: unreadable
+                        .get(&claimed.template)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            "the template version it was accepted with no longer exists".to_owned()
+                        }),
+                    class: FailureClass::Permanent,
+                }),
+            })
             .collect();
         prepare::prepare(core, connection, contexts).await
     }
