@@ -191,3 +191,55 @@ async fn reflection_lists_the_herald_services() {
         );
     }
 }
+
+/// A reflection request listing the services.
+fn list_services() -> ServerReflectionRequest {
+    ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection_answer_configured_principals_only() {
+    let app = TestApp::spawn().await;
+    // The stranger's certificate is signed by the Herald CA, but no principal names it.
+    let mut health = HealthClient::new(app.channel(As::Stranger).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let mut reflection = ServerReflectionClient::new(app.channel(As::Stranger).await);
+    let status = reflection
+        .server_reflection_info(futures::stream::iter([list_services()]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_can_be_switched_off() {
+    let app = TestApp::spawn().await;
+    let mut settings = app.api_replica_settings();
+    settings.server.reflection = false;
+    let replica = app.spawn_api_replica_with(settings).await;
+    let mut reflection = ServerReflectionClient::new(app.channel_at(replica, As::Orders).await);
+    let status = reflection
+        .server_reflection_info(futures::stream::iter([list_services()]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    // Health still answers.
+    let mut health = HealthClient::new(app.channel_at(replica, As::Orders).await);
+    let response = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.status(), ServingStatus::Serving);
+}

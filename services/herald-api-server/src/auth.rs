@@ -202,8 +202,8 @@ const METHOD_PERMISSIONS: [(&str, Permission); 27] = [
     ),
 ];
 
-/// Methods served to every client with a certificate from the Herald CA, outside the table:
-/// health checks and server reflection.
+/// Methods any configured principal may call, whatever its permissions (an unknown identity
+/// is still refused): health checks and server reflection.
 const OPEN_METHODS: [&str; 4] = [
     "grpc.health.v1.Health/Check",
     "grpc.health.v1.Health/Watch",
@@ -300,6 +300,12 @@ impl Authenticator {
             quota_per_minute,
         };
         let method = path.rsplit('/').next().unwrap_or(path);
+        if path
+            .strip_prefix('/')
+            .is_some_and(|path| OPEN_METHODS.contains(&path))
+        {
+            return Ok(caller);
+        }
         let permission = required_permission(path).ok_or_else(|| {
             Status::permission_denied(format!("{method} is not in the authorization table"))
         })?;

@@ -122,12 +122,16 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
+    /// Serve gRPC server reflection (to configured principals only), for tools such as
+    /// grpcurl; off, it answers `UNIMPLEMENTED`.
+    pub reflection: bool,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             shutdown_grace_period: Duration::from_secs(20),
+            reflection: true,
         }
     }
 }
@@ -285,7 +289,13 @@ impl Application {
             self.inbox_publisher,
             shutdown.clone(),
         );
-        let routes = herald_routes(state, inbox)?;
+        let reflection_on = state.settings.server.reflection;
+        let (routes, authenticator) = herald_routes(state, inbox)?;
+        // Health and reflection answer configured principals only, with no permission needed.
+        let mut routes = routes.add_service(authenticator.guard(health_service));
+        if reflection_on {
+            routes = routes.add_service(authenticator.guard(reflection));
+        }
 
         // tonic sets TCP_NODELAY only on sockets it accepts through its own `TcpIncoming`; a
         // small unary response would otherwise wait for Nagle's delayed ACK.
@@ -299,7 +309,7 @@ impl Application {
             .tls_config(tls)
             .context("configuring TLS")?
             .layer(observe::RpcLayer::new(self.metrics.metrics()))
-            .add_routes(routes.add_service(health_service).add_service(reflection))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopping.cancelled().await;
                 report_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
@@ -324,7 +334,7 @@ impl Application {
 fn herald_routes(
     state: AppState,
     inbox: inbox::InboxApi,
-) -> anyhow::Result<tonic::service::Routes> {
+) -> anyhow::Result<(tonic::service::Routes, auth::Authenticator)> {
     let authenticator = auth::Authenticator::new(&state.settings.auth)?;
     let submit = authenticator.guard(
         SubmitServiceServer::new(submit::SubmitApi::new(state.clone()))
@@ -341,12 +351,13 @@ fn herald_routes(
         state.clone(),
     )));
     let admin = authenticator.guard(AdminServiceServer::new(admin::AdminApi::new(state)));
-    Ok(tonic::service::Routes::new(submit)
+    let routes = tonic::service::Routes::new(submit)
         .add_service(templates)
         .add_service(preferences)
         .add_service(admin)
         .add_service(inbox)
-        .add_service(tracking))
+        .add_service(tracking);
+    Ok((routes, authenticator))
 }
 
 /// Every service the API serves, by the name the gRPC health service knows it by, and `""`
