@@ -1,6 +1,7 @@
 //! What channel workers read and write: an atomic, fenced claim, the stored delivery to
-//! render, and the outcome. Workers claim and finish deliveries in batches (`claim_many`, `finish_many`,
-//! in `batch`); the single-delivery functions here are the same statements with one item.
+//! render, and the outcome. Workers claim and finish deliveries in batches (`claim_many`,
+//! `finish_many`, in `batch`); the single-delivery functions here are the same statements with
+//! one item.
 
 use std::time::Duration;
 

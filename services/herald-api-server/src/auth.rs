@@ -1,19 +1,19 @@
 //! Authentication and authorisation: the verified client certificate becomes a `Caller`, and
-//! one table (`METHOD_PERMISSIONS`) says which permission each RPC needs, checked before any handler runs.
+//! one table (`METHOD_PERMISSIONS`) says which permission each RPC needs, checked before any
+//! handler runs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-
 use herald_config::Validate;
 use herald_domain::{Identity, Permission, Permission as P, Role};
 use serde::Deserialize;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 
-/// Which identities may call Herald, and with which roles.
+/// Which identities may call Herald, and what each may do.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {

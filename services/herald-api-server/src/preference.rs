@@ -247,10 +247,13 @@ fn mask(value: &str, keep: usize) -> String {
         return String::new();
     }
     let kept: String = value.chars().take(keep).collect();
-    let tail = match value.rfind('@') {
-        Some(at) => &value[at..],
-        None if value.starts_with('+') => &value[value.len().saturating_sub(2)..],
-        None => "",
+    let tail: String = match value.rfind('@') {
+        Some(at) => value[at..].to_owned(),
+        None if value.starts_with('+') => {
+            let last: Vec<char> = value.chars().rev().take(2).collect();
+            last.into_iter().rev().collect()
+        }
+        None => String::new(),
     };
     format!("{kept}***{tail}")
 }
@@ -435,5 +438,19 @@ impl PreferenceService for PreferenceApi {
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(DeletePreferencesResponse { deleted }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn a_masked_contact_point_is_recognisable_not_usable() {
+        assert_eq!(mask("ada@example.com", 1), "a***@example.com");
+        assert_eq!(mask("+821012345678", 3), "+82***78");
+        assert_eq!(mask("apns-token-1", 4), "apns***");
+        assert_eq!(mask("+한국어", 3), "+한국***국어");
+        assert_eq!(mask("", 3), "");
     }
 }
