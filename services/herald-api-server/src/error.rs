@@ -18,7 +18,7 @@ pub(crate) enum ServiceError {
     /// channel the template version has no part for).
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The caller lacks a role.
+    /// The caller lacks a permission (or is not a configured principal).
     #[error(transparent)]
     Denied(Status),
     /// Storage failed.
