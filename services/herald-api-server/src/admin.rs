@@ -1,4 +1,5 @@
-//! `herald.admin.v1.AdminService`: the failure record, replay and discard. Admin role only.
+//! `herald.admin.v1.AdminService`: the failure record, replay and discard
+//! (`failures.admin`), and queue figures (`queues.read`).
 
 use herald_db::failures::{self, FailureFilter, FailureRecord, Resolution};
 use herald_domain::NotificationId;

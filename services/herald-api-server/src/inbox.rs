@@ -1,5 +1,5 @@
 //! `herald.inbox.v1.InboxService`: users' in-app inboxes, for product backends acting for
-//! their users. Callers need the inbox role. Read and archive changes are recorded as tracking
+//! their users (`inbox.read`, `inbox.write`). Read and archive changes are recorded as tracking
 //! events (in `herald_db::inbox`) and published to the user's Redis channel, from which every
 //! replica's `InboxHub` feeds its `Subscribe` streams.
 

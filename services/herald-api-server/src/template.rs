@@ -1,6 +1,6 @@
-//! `herald.template.v1.TemplateService`. Writes (create, update, activate) need the admin
-//! role; submitters may read (get, list, versions, preview), so they can check keys,
-//! parameters and rendered output before sending.
+//! `herald.template.v1.TemplateService`. Writes (create, update, activate) need
+//! `templates.write`; reads (get, list, versions, preview) need `templates.read`, which
+//! submitters hold, so they can check keys, parameters and rendered output before sending.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,6 @@
 //! `herald.tracking.v1.TrackingService`: engagement events reported by clients (push, in-app)
-//! and the event history of a notification. Callers need the track role. Every event is
+//! and the event history of a notification (`events.record`; `events.read`, scoped to the
+//! submitter unless the caller holds `notifications.read_any`). Every event is
 //! stored through `herald_db::events`, the same path as the pixel, the click redirects and
 //! the inbox, so a given engagement is recorded once whichever way it arrives.
 
