@@ -147,6 +147,13 @@ async fn insert_outbox(
     if outbox_rows.is_empty() {
         return Ok(0);
     }
+    // Each notification's trace context as JSON once, shared by its deliveries' rows.
+    let mut trace_contexts = std::collections::HashMap::new();
+    for (new, _, _) in &outbox_rows {
+        trace_contexts
+            .entry(new.id)
+            .or_insert_with(|| serde_json::to_value(&new.trace_context).unwrap_or_default());
+    }
     Ok(crate::statement::Statement::new(
         "INSERT INTO outbox (delivery_id, notification_id, channel, priority, \
              trace_context, available_at) \
@@ -161,9 +168,7 @@ async fn insert_outbox(
         delivery.channel.as_str()
     }))
     .bind::<Array<Int2>, _>(column(&outbox_rows, |(new, _, _)| new.priority.as_i16()))
-    .bind::<Array<Jsonb>, _>(column(&outbox_rows, |(new, _, _)| {
-        serde_json::to_value(&new.trace_context).unwrap_or_default()
-    }))
+    .bind::<Array<Jsonb>, _>(column(&outbox_rows, |(new, _, _)| &trace_contexts[&new.id]))
     .bind::<Array<Timestamptz>, _>(outbox_rows.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
     .execute(&mut outbox_connection)
     .await?)
