@@ -12,6 +12,24 @@ use crate::harness::{Options, TestApp, parameters, welcome_request};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits for `notification_id`'s one email delivery to fail for good on its first attempt,
+/// dead-lettered, with nothing sent and a `permanent` failure recorded; returns its error.
+async fn failed_for_good_unsent(app: &TestApp, notification_id: &str) -> String {
+    let notification = app
+        .wait_for_status(notification_id, NotificationStatus::Failed)
+        .await;
+    let delivery = &notification.deliveries[0];
+    assert_eq!(delivery.state(), DeliveryState::Failed);
+    assert_eq!(delivery.attempts, 1, "a permanent error is not retried");
+    herald_test_support::eventually("the message in the dead-letter queue", WAIT, || async {
+        (app.vhost.ready_messages("herald.email.deliver.dlq").await == 1).then_some(())
+    })
+    .await;
+    assert!(app.smtp.messages().is_empty());
+    assert_eq!(app.failure_classes().await, ["permanent"]);
+    delivery.last_error.clone()
+}
+
 async fn event_kinds(app: &TestApp, delivery_id: &str) -> Vec<String> {
     let mut connection = app.pool.get().await.unwrap();
     herald_db::deliveries::event_kinds(&mut connection, delivery_id.parse().unwrap())
@@ -193,23 +211,8 @@ async fn a_render_error_fails_the_delivery_permanently_and_dead_letters_it() {
 
     let response = app.submit(request).await.unwrap();
 
-    let notification = app
-        .wait_for_status(&response.notification_id, NotificationStatus::Failed)
-        .await;
-    let delivery = &notification.deliveries[0];
-    assert_eq!(delivery.state(), DeliveryState::Failed);
-    assert_eq!(delivery.attempts, 1, "a permanent error is not retried");
-    assert!(
-        delivery.last_error.contains("email.subject"),
-        "{}",
-        delivery.last_error
-    );
-    herald_test_support::eventually("the message in the dead-letter queue", WAIT, || async {
-        (app.vhost.ready_messages("herald.email.deliver.dlq").await == 1).then_some(())
-    })
-    .await;
-    assert!(app.smtp.messages().is_empty());
-    assert_eq!(app.failure_classes().await, ["permanent"]);
+    let error = failed_for_good_unsent(&app, &response.notification_id).await;
+    assert!(error.contains("email.subject"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,25 +238,11 @@ async fn a_delivery_whose_stored_template_version_no_longer_parses_fails_for_goo
 
     app.start_email_worker(8);
 
-    let notification = app
-        .wait_for_status(&response.notification_id, NotificationStatus::Failed)
-        .await;
-    let delivery = &notification.deliveries[0];
-    assert_eq!(delivery.state(), DeliveryState::Failed);
-    assert_eq!(delivery.attempts, 1, "a permanent error is not retried");
+    let error = failed_for_good_unsent(&app, &response.notification_id).await;
     assert!(
-        delivery
-            .last_error
-            .starts_with("stored template is unreadable:"),
-        "{}",
-        delivery.last_error
+        error.starts_with("stored template is unreadable:"),
+        "{error}"
     );
-    herald_test_support::eventually("the message in the dead-letter queue", WAIT, || async {
-        (app.vhost.ready_messages("herald.email.deliver.dlq").await == 1).then_some(())
-    })
-    .await;
-    assert!(app.smtp.messages().is_empty());
-    assert_eq!(app.failure_classes().await, ["permanent"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
