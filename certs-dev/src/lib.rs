@@ -31,7 +31,25 @@ pub fn is_complete(out_dir: &Path) -> bool {
     FILES.iter().all(|file| out_dir.join(file).is_file())
 }
 
-/// Writes a fresh CA, server and client certificates into `out_dir`.
+/// The development encryption keys `ensure_keys` writes into `<out_dir>/keys`: the key that
+/// wraps data keys and the lookup-hash key (`[database.encryption]` in `config/base.toml`).
+pub const KEYS: [&str; 2] = ["dev-data-1", "dev-lookup-1"];
+
+/// Writes each of `KEYS` into `<out_dir>/keys` unless it exists. Keys are never replaced,
+/// not even by `--force`: the values sealed under them would be lost.
+pub fn ensure_keys(out_dir: &Path) -> anyhow::Result<()> {
+    let dir = out_dir.join("keys");
+    for id in KEYS {
+        if !dir.join(id).is_file() {
+            herald_crypto::write_new_key(&dir, id)
+                .with_context(|| format!("could not write the key {id}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a fresh CA, server and client certificates into `out_dir`, and the encryption keys
+/// that are missing (`ensure_keys`).
 pub fn generate(out_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("could not create {}", out_dir.display()))?;
@@ -72,7 +90,7 @@ pub fn generate(out_dir: &Path) -> anyhow::Result<()> {
         "intruder",
         &write,
     )?;
-    Ok(())
+    ensure_keys(out_dir)
 }
 
 /// A CA together with its key, able to sign leaves.

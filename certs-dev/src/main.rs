@@ -1,5 +1,6 @@
 //! `herald-certs-dev [--force] [OUT_DIR]`: writes development certificates unless a complete
-//! set already exists (or `--force` is given).
+//! set already exists (or `--force` is given), and the development encryption keys that are
+//! missing (never replacing one).
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if !force && herald_certs_dev::is_complete(&out_dir) {
-        return Ok(());
+        return herald_certs_dev::ensure_keys(&out_dir);
     }
     herald_certs_dev::generate(&out_dir)?;
     #[allow(clippy::print_stderr)]

@@ -200,17 +200,14 @@ impl TestApp {
             url: SecretString::from(database_url.as_str()),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(2),
+            encryption: TestCerts::get().encryption(),
         };
         let amqp_settings = AmqpSettings {
             url: SecretString::from(amqp_url.as_str()),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),
         };
-        let pool = herald_db::build_pool(&DatabaseSettings {
-            url: SecretString::from(database.url()),
-            ..DatabaseSettings::default()
-        })
-        .expect("test pool");
+        let pool = herald_db::build_pool(&database.settings()).expect("test pool");
         let shutdown = CancellationToken::new();
 
         let api_settings = Self::api_settings(
@@ -310,6 +307,7 @@ impl TestApp {
                 url: SecretString::from(self.database_url.as_str()),
                 max_connections: 4,
                 acquire_timeout: Duration::from_secs(2),
+                encryption: TestCerts::get().encryption(),
             },
             amqp: AmqpSettings {
                 url: SecretString::from(self.amqp_url.as_str()),
@@ -638,6 +636,23 @@ impl TestApp {
     }
 
     /// Rows in `table` of this test's schema.
+    /// `pg_dump` of this test's schema: its tables and every row, as text.
+    pub(crate) async fn pg_dump(&self) -> String {
+        let base_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL is set");
+        let output = tokio::process::Command::new("pg_dump")
+            .arg(format!("--dbname={base_url}"))
+            .arg(format!("--schema={}", self._database.schema()))
+            .output()
+            .await
+            .expect("pg_dump runs (PostgreSQL's client tools are installed)");
+        assert!(
+            output.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("a text dump")
+    }
+
     pub(crate) async fn count_rows(&self, table: &str) -> i64 {
         use diesel_async::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
@@ -661,6 +676,7 @@ impl TestApp {
                 url: SecretString::from(self.database_url.as_str()),
                 max_connections: 8,
                 acquire_timeout: Duration::from_secs(2),
+                encryption: TestCerts::get().encryption(),
             },
             RedisSettings {
                 url: SecretString::from(self.keyspace.url()),

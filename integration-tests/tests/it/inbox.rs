@@ -580,7 +580,7 @@ async fn a_redelivered_message_does_not_create_a_second_item() {
     .await;
     assert_eq!(again.status(), NotificationStatus::Delivered);
     // The second attempt did call the provider, which found the item already stored.
-    let outcomes: Vec<(String, Option<String>)> = {
+    let outcomes: Vec<(herald_db::personal::PersonalText, Option<String>)> = {
         use herald_db::schema::delivery_events;
         let delivery_id: uuid::Uuid = delivery.id.parse().unwrap();
         let mut connection = app.pool.get().await.unwrap();
@@ -597,8 +597,8 @@ async fn a_redelivered_message_does_not_create_a_second_item() {
     assert_eq!(
         outcomes,
         [
-            ("inbox: stored in the inbox".to_owned(), inbox.clone()),
-            ("inbox: already in the inbox".to_owned(), inbox),
+            ("inbox: stored in the inbox".into(), inbox.clone()),
+            ("inbox: already in the inbox".into(), inbox),
         ]
     );
     let (items, _, unread_count) = list(

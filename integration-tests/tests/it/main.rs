@@ -19,6 +19,7 @@ mod observability;
 mod preferences;
 mod prefetch;
 mod priority;
+mod privacy;
 mod push;
 mod security;
 mod sms;

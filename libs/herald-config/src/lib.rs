@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use sections::{
-    AmqpSettings, DatabaseSettings, GrpcServerSettings, LogFormat, PolicySettings, RedisSettings,
-    ServerTlsSettings, TelemetrySettings,
+    AmqpSettings, DatabaseSettings, EncryptionSettings, GrpcServerSettings, LogFormat,
+    PolicySettings, RedisSettings, ServerTlsSettings, TelemetrySettings,
 };
 
 /// Why settings could not be loaded.

@@ -20,6 +20,8 @@ pub struct DatabaseSettings {
     /// How long to wait for a pooled connection before answering `UNAVAILABLE`.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// The keys personal data is encrypted with and lookups are hashed with.
+    pub encryption: EncryptionSettings,
 }
 
 impl Default for DatabaseSettings {
@@ -28,6 +30,30 @@ impl Default for DatabaseSettings {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/test"),
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            encryption: EncryptionSettings::default(),
+        }
+    }
+}
+
+/// Keys for personal data at rest: a directory with one file per key (a mounted Secret), the
+/// key new values are encrypted under, and the key lookup hashes are computed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// Directory of key files: each named by its key id, holding 64 hex digits.
+    pub key_dir: PathBuf,
+    /// Id of the key that wraps the data keys of new values.
+    pub active_key: String,
+    /// Id of the HMAC key of lookup hashes (disabled contacts, rate limits, idempotency).
+    pub lookup_key: String,
+}
+
+impl Default for EncryptionSettings {
+    fn default() -> Self {
+        Self {
+            key_dir: PathBuf::from("certs-dev/generated/keys"),
+            active_key: "dev-data-1".to_owned(),
+            lookup_key: "dev-lookup-1".to_owned(),
         }
     }
 }
@@ -40,6 +66,17 @@ impl Validate for DatabaseSettings {
         }
         if self.max_connections == 0 {
             problems.push("database.max_connections must be at least 1".into());
+        }
+        let encryption = &self.encryption;
+        if encryption.active_key.is_empty() || encryption.lookup_key.is_empty() {
+            problems.push(
+                "database.encryption.active_key and lookup_key must name keys in key_dir".into(),
+            );
+        } else if encryption.active_key == encryption.lookup_key {
+            problems.push(
+                "database.encryption.lookup_key must be a key of its own, not the active_key"
+                    .into(),
+            );
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum Error {
     /// A stored value does not parse into its domain type (a bug or a bad manual edit).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// The encryption keys could not be loaded, or a personal value could not be sealed or
+    /// opened with them.
+    #[error("encryption keys: {0}")]
+    Keys(#[from] herald_crypto::Error),
     /// Any other database error.
     #[error("database query failed")]
     Query(#[source] DieselError),
@@ -37,6 +41,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<DieselError> for Error {
     fn from(error: DieselError) -> Self {
+        if let DieselError::DeserializationError(source) | DieselError::SerializationError(source) =
+            &error
+            && let Some(keys) = keys_error(source.as_ref())
+        {
+            return Self::Keys(keys);
+        }
         match &error {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 Self::Conflict {
@@ -59,6 +69,19 @@ impl From<DieselError> for Error {
             _ => Self::Query(error),
         }
     }
+}
+
+/// The key problem somewhere in `error`'s chain (diesel wraps a column's error in its own), so
+/// that a personal column that could not be sealed or opened says why (which key).
+fn keys_error(error: &(dyn std::error::Error + 'static)) -> Option<herald_crypto::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(keys) = error.downcast_ref::<herald_crypto::Error>() {
+            return Some(keys.clone());
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// A stored value that no longer parses into its domain type.

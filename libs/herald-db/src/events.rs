@@ -13,6 +13,7 @@ use herald_domain::{DeliveryId, NotificationId};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::personal::{PersonalStr, PersonalText};
 use crate::schema::{deliveries, delivery_events};
 use crate::statement::planned_per_run;
 
@@ -56,13 +57,13 @@ pub async fn insert_pipelined(
     mut connection: &AsyncPgConnection,
     events: &[NewEvent<'_>],
 ) -> Result<()> {
-    use diesel::sql_types::{Array, Int4, Nullable, Text, Uuid as SqlUuid};
+    use diesel::sql_types::{Array, Bytea, Int4, Nullable, Text, Uuid as SqlUuid};
     if events.is_empty() {
         return Ok(());
     }
     crate::statement::Statement::new(
         "INSERT INTO delivery_events (delivery_id, kind, attempt, detail, provider, error_class) \
-         SELECT * FROM unnest(?::uuid[], ?::text[], ?::int4[], ?::text[], ?::text[], \
+         SELECT * FROM unnest(?::uuid[], ?::text[], ?::int4[], ?::bytea[], ?::text[], \
              ?::text[])",
     )
     .bind::<Array<SqlUuid>, _>(
@@ -73,7 +74,12 @@ pub async fn insert_pipelined(
     )
     .bind::<Array<Text>, _>(events.iter().map(|event| event.kind).collect::<Vec<_>>())
     .bind::<Array<Int4>, _>(events.iter().map(|event| event.attempt).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(events.iter().map(|event| event.detail).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(
+        events
+            .iter()
+            .map(|event| PersonalStr(event.detail))
+            .collect::<Vec<_>>(),
+    )
     .bind::<Array<Nullable<Text>>, _>(
         events
             .iter()
@@ -150,7 +156,7 @@ pub struct Engagement {
     /// delivery, kind and key is not stored again.
     pub dedupe_key: String,
     /// Stored with the event (a click's link); may contain product data, so never logged.
-    pub detail: String,
+    pub detail: PersonalText,
 }
 
 /// What recording an engagement did.
@@ -258,7 +264,7 @@ pub async fn record_once(
                 delivery_events::delivery_id.eq(*delivery_id),
                 delivery_events::kind.eq(kind.as_str()),
                 delivery_events::attempt.eq(*attempts),
-                delivery_events::detail.eq(""),
+                delivery_events::detail.eq(PersonalText::default()),
                 delivery_events::dedupe_key.eq(ONCE),
             )
         })
@@ -302,8 +308,8 @@ pub struct StoredEvent {
     pub provider: Option<String>,
     /// The failure class, if any.
     pub error_class: Option<String>,
-    /// The stored summary (a click's link).
-    pub detail: String,
+    /// The stored summary (a click's link, a provider's answer).
+    pub detail: PersonalText,
 }
 
 /// Every event of every delivery of `notification_id`, ordered by delivery (recipient order,

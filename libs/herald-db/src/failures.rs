@@ -6,6 +6,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId, DeliveryState, NotificationId, Priority};
 use uuid::Uuid;
 
+use crate::personal::PersonalText;
 use crate::schema::{
     audit_log, deliveries, delivery_events, failures, notifications, outbox, templates,
 };
@@ -192,8 +193,8 @@ pub struct HistoryEvent {
     pub provider: Option<String>,
     /// Error class of failed attempts.
     pub error_class: Option<String>,
-    /// Detail.
-    pub detail: String,
+    /// Detail (a provider's answer may hold personal data).
+    pub detail: PersonalText,
     /// When.
     pub occurred_at: DateTime<Utc>,
 }
@@ -219,7 +220,7 @@ pub async fn history(
             i32,
             Option<String>,
             Option<String>,
-            String,
+            PersonalText,
             DateTime<Utc>,
         )>(connection)
         .await?

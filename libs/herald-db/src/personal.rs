@@ -2,31 +2,41 @@
 //! reads and writes those columns through them.
 //!
 //! - `PersonalText`: a value a person can be reached or identified by: a delivery's address
-//!   (email, phone number), a user's email and phone, an inbox item's title, body and link.
+//!   (email, phone number), a user's email and phone, an inbox item's title, body and link, an
+//!   event's detail (a clicked URL, a provider's answer).
 //! - `PersonalJson`: structured values about a person: template parameters, caller metadata,
 //!   a user's device tokens.
 //!
-//! Both store the value as it is today (`text`, `jsonb`). Encrypting these columns at rest
-//! (ciphertext and a key id instead of the value) changes these two types and the columns'
-//! SQL types, not the repositories' callers. `Debug` never shows the value, so a record that
-//! holds one can be logged by mistake without leaking it; `expose` is the one way in.
+//! Both are encrypted at rest: their columns are `bytea`, holding what
+//! `herald_crypto::Cipher::seal` writes (envelope encryption under the process's keyring,
+//! with the key id beside each value). Values written before encryption (the migration marks
+//! them `PLAINTEXT`) still read; `herald-api-server keys rotate` seals them. `Debug` never
+//! shows the value, so a record that holds one can be logged by mistake without leaking it;
+//! `expose` is the one way in.
+
+pub mod keys;
 
 use std::fmt;
+use std::io::Write;
 
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
-use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::{Jsonb, Text};
+use diesel::serialize::{self, IsNull, Output, ToSql};
+use diesel::sql_types::Bytea;
 
 /// Personal text: an address, a phone number, an inbox item's content.
-#[derive(Clone, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
-#[diesel(sql_type = Text)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Bytea)]
 pub struct PersonalText(String);
+
+/// Borrowed personal text, for writing a value without copying it.
+#[derive(Clone, Copy)]
+pub(crate) struct PersonalStr<'a>(pub(crate) &'a str);
 
 /// Personal JSON: template parameters, caller metadata, device tokens.
 #[derive(Clone, PartialEq, Eq, AsExpression, FromSqlRow)]
-#[diesel(sql_type = Jsonb)]
+#[diesel(sql_type = Bytea)]
 pub struct PersonalJson(serde_json::Value);
 
 impl PersonalText {
@@ -87,33 +97,57 @@ impl fmt::Debug for PersonalText {
     }
 }
 
+impl fmt::Debug for PersonalStr<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("PersonalStr(<redacted>)")
+    }
+}
+
 impl fmt::Debug for PersonalJson {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("PersonalJson(<redacted>)")
     }
 }
 
-impl ToSql<Text, Pg> for PersonalText {
+/// Writes `plaintext` sealed under the process's keyring.
+fn seal(plaintext: &[u8], out: &mut Output<'_, '_, Pg>) -> serialize::Result {
+    let sealed = herald_crypto::keyring()?.cipher().seal(plaintext)?;
+    out.write_all(&sealed)?;
+    Ok(IsNull::No)
+}
+
+/// Opens a stored value with the process's keyring.
+fn open(stored: PgValue<'_>) -> deserialize::Result<Vec<u8>> {
+    Ok(herald_crypto::keyring()?.cipher().open(stored.as_bytes())?)
+}
+
+impl ToSql<Bytea, Pg> for PersonalText {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        <str as ToSql<Text, Pg>>::to_sql(self.0.as_str(), out)
+        seal(self.0.as_bytes(), out)
     }
 }
 
-impl FromSql<Text, Pg> for PersonalText {
-    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        <String as FromSql<Text, Pg>>::from_sql(bytes).map(Self)
-    }
-}
-
-impl ToSql<Jsonb, Pg> for PersonalJson {
+impl ToSql<Bytea, Pg> for PersonalStr<'_> {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        <serde_json::Value as ToSql<Jsonb, Pg>>::to_sql(&self.0, out)
+        seal(self.0.as_bytes(), out)
     }
 }
 
-impl FromSql<Jsonb, Pg> for PersonalJson {
+impl FromSql<Bytea, Pg> for PersonalText {
     fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        <serde_json::Value as FromSql<Jsonb, Pg>>::from_sql(bytes).map(Self)
+        Ok(Self(String::from_utf8(open(bytes)?)?))
+    }
+}
+
+impl ToSql<Bytea, Pg> for PersonalJson {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        seal(&serde_json::to_vec(&self.0)?, out)
+    }
+}
+
+impl FromSql<Bytea, Pg> for PersonalJson {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        Ok(Self(serde_json::from_slice(&open(bytes)?)?))
     }
 }
 

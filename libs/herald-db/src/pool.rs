@@ -21,13 +21,16 @@ pub type Connection = Object<AsyncPgConnection>;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
-/// Builds a pool from settings. Connects lazily: building never touches the network.
+/// Builds a pool from settings, after installing the process's keyring from
+/// `settings.encryption` (personal columns are sealed and opened with it, see `personal`).
+/// Connects lazily: building never touches the network.
 ///
 /// Checkouts do not ping (`RecyclingMethod::Fast`): a `SELECT 1` per checkout would be one
 /// more round trip on every hot path. A connection the server closed (a restart) is seen as
 /// closed by the client and replaced; one that dies silently fails its next query, which
 /// every caller already treats as PostgreSQL being unavailable.
 pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool> {
+    herald_crypto::install(herald_crypto::Keyring::load(&settings.encryption)?);
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(

@@ -13,11 +13,13 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Creates and migrates a new schema.
+    /// Creates and migrates a new schema, and installs the test keyring (personal columns
+    /// are sealed with it) unless one is installed.
     ///
     /// # Panics
     /// When PostgreSQL is unreachable or migrations fail.
     pub async fn new() -> Self {
+        crate::TestCerts::get().install_keyring();
         let base_url = required_env("TEST_DATABASE_URL");
         let mut connection = AsyncPgConnection::establish(&base_url)
             .await
@@ -43,6 +45,15 @@ impl TestDatabase {
     /// The URL that selects this schema.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Pool settings for this schema: its URL and the test keys, other fields as default.
+    pub fn settings(&self) -> herald_config::DatabaseSettings {
+        herald_config::DatabaseSettings {
+            url: self.url.clone().into(),
+            encryption: crate::TestCerts::get().encryption(),
+            ..herald_config::DatabaseSettings::default()
+        }
     }
 
     /// The schema's name.

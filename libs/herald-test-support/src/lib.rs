@@ -189,6 +189,28 @@ impl TestCerts {
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
+
+    /// Encryption settings over this set's keys (`keys/`), the same in every test of the
+    /// process.
+    pub fn encryption(&self) -> herald_config::EncryptionSettings {
+        herald_config::EncryptionSettings {
+            key_dir: self.path("keys"),
+            ..herald_config::EncryptionSettings::default()
+        }
+    }
+
+    /// Installs the process's keyring from `encryption` unless one is installed, for tests
+    /// that write personal columns without building a pool.
+    ///
+    /// # Panics
+    /// If the generated keys cannot be read.
+    pub fn install_keyring(&self) {
+        if !herald_crypto::is_installed() {
+            herald_crypto::install(
+                herald_crypto::Keyring::load(&self.encryption()).expect("the test keys load"),
+            );
+        }
+    }
 }
 
 /// Polls `check` every 25 ms until it yields `Some`, for at most `timeout`.

@@ -120,7 +120,7 @@ impl AdminApi {
                     attempt: u32::try_from(event.attempt).unwrap_or_default(),
                     provider: event.provider.unwrap_or_default(),
                     error_class: event.error_class.unwrap_or_default(),
-                    detail: event.detail,
+                    detail: event.detail.into_inner(),
                     occurred_at: Some(conversions::timestamp(event.occurred_at)),
                 })
                 .collect(),

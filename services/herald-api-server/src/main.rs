@@ -1,4 +1,4 @@
-//! `herald-api-server [serve|migrate]`.
+//! `herald-api-server [serve|migrate|keys …]`.
 
 use clap::{Parser, Subcommand};
 use herald_api_server::{Application, SERVICE_NAME, Settings};
@@ -18,6 +18,27 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage the keys personal data is encrypted with ([database.encryption]).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new random key named ID into key_dir (never replacing one).
+    New {
+        /// The key's id: letters, digits, `-` or `_`.
+        id: String,
+    },
+    /// Count the stored personal values of every column by the key they are sealed under.
+    Status,
+    /// Reseal every personal value that is not under active_key (or is stored in clear)
+    /// under it, then print the status. Every key still in use must be in key_dir.
+    Rotate {
+        /// Rows resealed per statement.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 #[tokio::main]
@@ -45,9 +66,48 @@ async fn run(
             tracing::info!(migrations.applied = applied.len(), "Migrations applied.");
             Ok(())
         }
+        Command::Keys(command) => keys(command, &settings).await,
         Command::Serve => {
             let application = Application::build(settings).await?;
             application.run_until_stopped(shutdown).await
         }
     }
+}
+
+async fn keys(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use herald_db::personal::keys::{self, SealedUnder};
+    let encryption = &settings.database.encryption;
+    if let KeysCommand::New { id } = command {
+        let path = herald_crypto::write_new_key(&encryption.key_dir, &id)?;
+        tracing::info!(key.path = %path.display(), "Key written.");
+        return Ok(());
+    }
+    let pool = herald_db::build_pool(&settings.database).context("loading the keys")?;
+    let mut connection = herald_db::connection(&pool).await?;
+    if let KeysCommand::Rotate { batch } = command {
+        let resealed = keys::reseal(&mut connection, batch.max(1)).await?;
+        tracing::info!(
+            key.active = %encryption.active_key,
+            values.resealed = resealed,
+            "Personal data resealed under the active key."
+        );
+    }
+    let mut report = String::from("column\tsealed under\tvalues\n");
+    for usage in keys::usage(&mut connection).await? {
+        let sealed_under = match usage.sealed_under {
+            SealedUnder::Key(key) => key,
+            SealedUnder::Clear => "(in clear)".to_owned(),
+            SealedUnder::Empty => "(empty)".to_owned(),
+        };
+        report.push_str(&format!(
+            "{}\t{sealed_under}\t{}\n",
+            usage.column, usage.values
+        ));
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{report}");
+    }
+    Ok(())
 }

@@ -84,7 +84,7 @@ impl TrackingApi {
                     attempt: event.attempt,
                     provider: event.provider.unwrap_or_default(),
                     error_class: event.error_class.unwrap_or_default(),
-                    detail: event.detail,
+                    detail: event.detail.into_inner(),
                 })
                 .collect(),
         })
@@ -149,7 +149,7 @@ fn engagement(request: &RecordEventRequest) -> Result<Engagement> {
         delivery_id,
         kind,
         dedupe_key,
-        detail,
+        detail: detail.into(),
     })
 }
 
@@ -198,7 +198,7 @@ mod tests {
         ] {
             let engagement = engagement(&request(kind, "https://x.example", "e-1")).unwrap();
             assert_eq!(engagement.dedupe_key, "once");
-            assert_eq!(engagement.detail, "");
+            assert_eq!(engagement.detail.expose(), "");
         }
     }
 
@@ -211,7 +211,7 @@ mod tests {
         ))
         .unwrap();
         assert!(by_link.dedupe_key.starts_with("link:"));
-        assert_eq!(by_link.detail, "https://x.example");
+        assert_eq!(by_link.detail.expose(), "https://x.example");
         let by_id = engagement(&request(pb::EngagementKind::Clicked, "", "e-1")).unwrap();
         assert!(by_id.dedupe_key.starts_with("client:"));
         let bare = engagement(&request(pb::EngagementKind::Clicked, "", "")).unwrap();

@@ -12,6 +12,7 @@ use axum::routing::get;
 use chrono::Utc;
 use herald_config::{DatabaseSettings, TelemetrySettings, Validate};
 use herald_db::events::{self, Engagement, EngagementKind, Recorded};
+use herald_db::personal::PersonalText;
 use herald_tracking::{Link, Signer, Target, TrackingSettings};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -233,8 +234,8 @@ impl Tracker {
             kind,
             dedupe_key: link.target.dedupe_key(),
             detail: match &link.target {
-                Target::Click { url } => url.clone(),
-                Target::Open => String::new(),
+                Target::Click { url } => url.as_str().into(),
+                Target::Open => PersonalText::default(),
             },
         };
         let result = async {

@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment};
-use diesel::sql_types::{Array, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{DeliveryId, DeliveryState, Priority, TemplateId, ValueError};
 use herald_templates::VersionContent;
@@ -373,7 +375,7 @@ impl Query for ClaimRows {
         Int4,
         SqlUuid,
         Text,
-        Nullable<Text>,
+        Nullable<Bytea>,
         Nullable<Text>,
         Nullable<Text>,
         Nullable<Text>,
@@ -381,7 +383,7 @@ impl Query for ClaimRows {
         Text,
         SqlUuid,
         Int4,
-        Jsonb,
+        Bytea,
         Text,
     );
 }

@@ -41,12 +41,12 @@ async fn insert_notifications(
     mut notifications_connection: &AsyncPgConnection,
     created: &[&NewNotification],
 ) -> Result<()> {
-    use diesel::sql_types::{Array, Bytea, Int2, Int4, Jsonb, Nullable, Text, Uuid as SqlUuid};
+    use diesel::sql_types::{Array, Bytea, Int2, Int4, Nullable, Text, Uuid as SqlUuid};
     crate::statement::Statement::new(
         "INSERT INTO notifications (id, submitted_by, idempotency_key, request_hash, \
              template_id, template_version, category, priority, parameters, metadata) \
          SELECT * FROM unnest(?::uuid[], ?::text[], ?::text[], ?::bytea[], ?::uuid[], \
-             ?::int4[], ?::text[], ?::int2[], ?::jsonb[], ?::jsonb[])",
+             ?::int4[], ?::text[], ?::int2[], ?::bytea[], ?::bytea[])",
     )
     .bind::<Array<SqlUuid>, _>(column(created, |new| *new.id.as_uuid()))
     .bind::<Array<Text>, _>(column(created, |new| new.submitted_by.as_str()))
@@ -56,8 +56,8 @@ async fn insert_notifications(
     .bind::<Array<Int4>, _>(column(created, |new| new.template_version))
     .bind::<Array<Text>, _>(column(created, |new| new.category.as_str()))
     .bind::<Array<Int2>, _>(column(created, |new| new.priority.as_i16()))
-    .bind::<Array<Jsonb>, _>(column(created, |new| &new.parameters))
-    .bind::<Array<Jsonb>, _>(column(created, |new| &new.metadata))
+    .bind::<Array<Bytea>, _>(column(created, |new| &new.parameters))
+    .bind::<Array<Bytea>, _>(column(created, |new| &new.metadata))
     .execute(&mut notifications_connection)
     .await?;
     Ok(())
@@ -68,12 +68,12 @@ async fn insert_deliveries(
     mut deliveries_connection: &AsyncPgConnection,
     deliveries: &[(&NewNotification, &NewDelivery)],
 ) -> Result<()> {
-    use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    use diesel::sql_types::{Array, Bytea, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     crate::statement::Statement::new(
         "INSERT INTO deliveries (id, notification_id, channel, recipient_index, user_id, \
              address, locale, variant, state, scheduled_for, last_error) \
          SELECT * FROM unnest(?::uuid[], ?::uuid[], ?::text[], ?::int4[], ?::text[], \
-             ?::text[], ?::text[], ?::text[], ?::text[], ?::timestamptz[], ?::text[])",
+             ?::bytea[], ?::text[], ?::text[], ?::text[], ?::timestamptz[], ?::text[])",
     )
     .bind::<Array<SqlUuid>, _>(column(deliveries, |(_, delivery)| *delivery.id.as_uuid()))
     .bind::<Array<SqlUuid>, _>(column(deliveries, |(new, _)| *new.id.as_uuid()))
@@ -84,7 +84,7 @@ async fn insert_deliveries(
     .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
         delivery.user_id.as_deref()
     }))
-    .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {
+    .bind::<Array<Nullable<Bytea>>, _>(column(deliveries, |(_, delivery)| {
         delivery.address.as_ref()
     }))
     .bind::<Array<Nullable<Text>>, _>(column(deliveries, |(_, delivery)| {

@@ -14,7 +14,7 @@ fn click(delivery_id: DeliveryId, link: &str) -> Engagement {
         delivery_id,
         kind: EngagementKind::Clicked,
         dedupe_key: format!("link:{link}"),
-        detail: link.to_owned(),
+        detail: link.into(),
     }
 }
 

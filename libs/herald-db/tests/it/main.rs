@@ -16,6 +16,7 @@ use herald_domain::{DeliveryId, DeliveryState, Priority};
 use herald_test_support::{TestDatabase, seed};
 
 mod batch;
+mod encryption;
 mod events;
 mod preferences;
 

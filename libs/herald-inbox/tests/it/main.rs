@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use herald_config::{DatabaseSettings, RedisSettings};
+use herald_config::RedisSettings;
 use herald_db::deliveries::{self, BatchClaim};
 use herald_db::notifications::{self, Disposition, NewDelivery, NewNotification};
 use herald_db::templates::{self, NewTemplate};
@@ -29,11 +29,7 @@ impl Storage {
     async fn new() -> Self {
         herald_test_support::init_test_tracing();
         let database = TestDatabase::new().await;
-        let pool = herald_db::build_pool(&DatabaseSettings {
-            url: SecretString::from(database.url()),
-            ..DatabaseSettings::default()
-        })
-        .expect("a pool");
+        let pool = herald_db::build_pool(&database.settings()).expect("a pool");
         Self { database, pool }
     }
 

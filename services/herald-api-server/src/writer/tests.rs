@@ -9,11 +9,7 @@ use herald_test_support::{TestDatabase, seed};
 use super::{SubmitWriter, WriterLimits};
 
 async fn pool_with_template(database: &TestDatabase) -> (herald_db::Pool, TemplateId) {
-    let pool = herald_db::build_pool(&herald_config::DatabaseSettings {
-        url: database.url().to_owned().into(),
-        ..herald_config::DatabaseSettings::default()
-    })
-    .unwrap();
+    let pool = herald_db::build_pool(&database.settings()).unwrap();
     let mut connection = herald_db::connection(&pool).await.unwrap();
     let template = herald_db::templates::create(&mut connection, seed::welcome_template())
         .await

@@ -1,0 +1,147 @@
+//! Personal data at rest: sealed in the database, readable through the repositories, and
+//! resealed under a new key by rotation.
+
+use std::sync::Arc;
+
+use diesel::QueryableByName;
+use diesel::sql_types::Bytea;
+use diesel_async::RunQueryDsl;
+use herald_crypto::{Keyring, LocalKeys, LookupKey};
+use herald_db::personal::keys::{self, KeyUsage, SealedUnder};
+use herald_db::preferences;
+use herald_test_support::TestDatabase;
+
+use crate::{connect, seed};
+
+/// Installs a keyring over the keys in `dir`, sealing under `active`.
+fn install(dir: &std::path::Path, active: &str) {
+    let keys = LocalKeys::load(dir, active).expect("the keys load");
+    herald_crypto::install(Keyring::new(Arc::new(keys), LookupKey::new(&[7; 32])));
+}
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = Bytea)]
+    value: Vec<u8>,
+}
+
+async fn store_ada_email(connection: &mut diesel_async::AsyncPgConnection) {
+    preferences::update(connection, "ada", "test", &[], |record| {
+        record.email = Some("ada@example.com".into());
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+async fn raw_email(connection: &mut diesel_async::AsyncPgConnection) -> Vec<u8> {
+    diesel::sql_query("SELECT email AS value FROM user_preferences WHERE user_id = 'ada'")
+        .get_result::<Stored>(connection)
+        .await
+        .unwrap()
+        .value
+}
+
+fn sealed_under(usage: &[KeyUsage], column: &str) -> Vec<SealedUnder> {
+    usage
+        .iter()
+        .filter(|usage| usage.column == column)
+        .map(|usage| usage.sealed_under.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn personal_values_are_sealed_at_rest_and_rotation_moves_them_to_the_new_key() {
+    let database = TestDatabase::new().await;
+    let keys_dir = tempfile::tempdir().unwrap();
+    herald_crypto::write_new_key(keys_dir.path(), "k1").unwrap();
+    install(keys_dir.path(), "k1");
+    let mut connection = connect(&database).await;
+
+    store_ada_email(&mut connection).await;
+    seed(&mut connection, None).await;
+    // A value written before encryption, as the migration left it.
+    diesel::sql_query(
+        "INSERT INTO user_preferences (user_id, phone, updated_by) \
+         VALUES ('old', '\\x00'::bytea || convert_to('+15551234567', 'UTF8'), 'test')",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+
+    let stored = raw_email(&mut connection).await;
+    assert!(
+        !stored
+            .windows(b"ada@".len())
+            .any(|window| window == b"ada@"),
+        "the address is stored in clear"
+    );
+    let usage = keys::usage(&mut connection).await.unwrap();
+    assert_eq!(
+        sealed_under(&usage, "user_preferences.email"),
+        [SealedUnder::Key("k1".into())]
+    );
+    assert_eq!(
+        sealed_under(&usage, "user_preferences.phone"),
+        [SealedUnder::Clear]
+    );
+    assert_eq!(
+        sealed_under(&usage, "deliveries.address"),
+        [SealedUnder::Key("k1".into())]
+    );
+
+    // Rotate: k2 becomes active while k1 stays configured, then everything is resealed.
+    herald_crypto::write_new_key(keys_dir.path(), "k2").unwrap();
+    install(keys_dir.path(), "k2");
+    let resealed = keys::reseal(&mut connection, 2).await.unwrap();
+    let usage = keys::usage(&mut connection).await.unwrap();
+    assert!(
+        usage.iter().all(|usage| matches!(
+            &usage.sealed_under,
+            SealedUnder::Key(key) if key == "k2"
+        ) || usage.sealed_under == SealedUnder::Empty),
+        "values left outside k2: {usage:?}"
+    );
+    let non_empty: i64 = usage
+        .iter()
+        .filter(|usage| usage.sealed_under != SealedUnder::Empty)
+        .map(|usage| usage.values)
+        .sum();
+    assert_eq!(u64::try_from(non_empty).unwrap(), resealed);
+    assert_eq!(
+        keys::reseal(&mut connection, 2).await.unwrap(),
+        0,
+        "idempotent"
+    );
+
+    // k1 retired: everything still reads.
+    std::fs::remove_file(keys_dir.path().join("k1")).unwrap();
+    install(keys_dir.path(), "k2");
+    let ada = preferences::get(&mut connection, "ada")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ada.email.unwrap().expose(), "ada@example.com");
+    let old = preferences::get(&mut connection, "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.phone.unwrap().expose(), "+15551234567");
+    assert_ne!(raw_email(&mut connection).await, stored);
+}
+
+#[tokio::test]
+async fn a_value_sealed_under_a_key_that_is_not_configured_is_an_error_not_garbage() {
+    let database = TestDatabase::new().await;
+    let keys_dir = tempfile::tempdir().unwrap();
+    herald_crypto::write_new_key(keys_dir.path(), "gone").unwrap();
+    install(keys_dir.path(), "gone");
+    let mut connection = connect(&database).await;
+    store_ada_email(&mut connection).await;
+
+    let other_dir = tempfile::tempdir().unwrap();
+    herald_crypto::write_new_key(other_dir.path(), "other").unwrap();
+    install(other_dir.path(), "other");
+    let error = preferences::get(&mut connection, "ada").await.unwrap_err();
+    assert!(error.to_string().contains("gone"), "{error}");
+}
