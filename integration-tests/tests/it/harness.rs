@@ -161,12 +161,14 @@ impl TestApp {
                         roles: vec!["submit".into(), "inbox".into(), "track".into()],
                         permissions: vec!["contacts.read".into(), "contacts.write".into()],
                         quota_per_minute: None,
+                        user_namespaces: Vec::new(),
                     },
                     herald_api_server::PrincipalSettings {
                         identity: "spiffe://herald.local/admin/ops".into(),
                         roles: vec!["admin".into()],
                         permissions: Vec::new(),
                         quota_per_minute: None,
+                        user_namespaces: Vec::new(),
                     },
                 ]
                 .into_iter()

@@ -24,13 +24,18 @@ use prost::Message as _;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::harness::{As, TestApp, parameters};
+use crate::harness::{As, Options, TestApp, parameters};
 
 /// How long a stream may take to show a change: the "within a second".
-const LIVE: Duration = Duration::from_secs(1);
+pub(crate) const LIVE: Duration = Duration::from_secs(1);
 
 async fn in_app_app() -> TestApp {
-    let app = TestApp::spawn().await;
+    in_app_app_with(Options::default()).await
+}
+
+/// An app started with `options`, the `order-shipped` in-app template and an in-app worker.
+pub(crate) async fn in_app_app_with(options: Options) -> TestApp {
+    let app = TestApp::spawn_with(options).await;
     app.create_template_with(
         "order-shipped",
         "orders",
@@ -49,7 +54,7 @@ async fn in_app_app() -> TestApp {
 }
 
 /// Submits an in-app `order-shipped` to `user_id` and waits until it is delivered.
-async fn deliver(app: &TestApp, user_id: &str, order: &str) -> Notification {
+pub(crate) async fn deliver(app: &TestApp, user_id: &str, order: &str) -> Notification {
     let response = app
         .submit(SubmitRequest {
             template: Some(TemplateRef {
@@ -102,7 +107,7 @@ async fn unread(client: &mut InboxServiceClient<Channel>, user_id: &str) -> u32 
         .unread_count
 }
 
-async fn subscribe(
+pub(crate) async fn subscribe(
     client: &mut InboxServiceClient<Channel>,
     user_id: &str,
 ) -> Streaming<InboxEvent> {
@@ -116,7 +121,7 @@ async fn subscribe(
 }
 
 /// The next event of `stream`, within `timeout`.
-async fn next(stream: &mut Streaming<InboxEvent>, timeout: Duration) -> Event {
+pub(crate) async fn next(stream: &mut Streaming<InboxEvent>, timeout: Duration) -> Event {
     tokio::time::timeout(timeout, stream.message())
         .await
         .expect("an event in time")

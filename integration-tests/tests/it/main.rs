@@ -15,6 +15,7 @@ mod faults;
 mod harness;
 mod inbox;
 mod limits;
+mod namespaces;
 mod observability;
 mod preferences;
 mod prefetch;

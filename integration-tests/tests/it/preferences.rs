@@ -180,6 +180,7 @@ async fn without_contact_permissions_contact_points_are_masked_and_cannot_be_cha
             roles: vec!["submit".into()],
             permissions: Vec::new(),
             quota_per_minute: None,
+            user_namespaces: Vec::new(),
         }],
         ..Options::default()
     })

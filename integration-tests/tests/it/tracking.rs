@@ -387,6 +387,7 @@ async fn a_notifications_events_are_listed_to_its_submitter_and_to_readers_of_an
             roles: vec!["track".into()],
             permissions: Vec::new(),
             quota_per_minute: None,
+            user_namespaces: Vec::new(),
         }],
         ..Options::default()
     })

@@ -233,6 +233,20 @@ pub async fn finish(
     Ok(recorded.as_slice() == [true])
 }
 
+/// The user a delivery goes to: `None` when there is no such delivery, `Some(None)` for a
+/// delivery to an address only.
+pub async fn user_of(
+    connection: &mut AsyncPgConnection,
+    delivery_id: DeliveryId,
+) -> Result<Option<Option<String>>> {
+    Ok(deliveries::table
+        .find(delivery_id.as_uuid())
+        .select(deliveries::user_id)
+        .first::<Option<String>>(connection)
+        .await
+        .optional()?)
+}
+
 /// The kinds of a delivery's events, oldest first.
 pub async fn event_kinds(
     connection: &mut AsyncPgConnection,

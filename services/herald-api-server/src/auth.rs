@@ -1,6 +1,7 @@
 //! Authentication and authorisation: the verified client certificate becomes a `Caller`, and
 //! one table (`METHOD_PERMISSIONS`) says which permission each RPC needs, checked before any
-//! handler runs.
+//! handler runs. A caller may also be bound to user namespaces (`namespaces`), which the
+//! handlers check on every user id a request names.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -8,10 +9,15 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use herald_config::Validate;
+use herald_db::notifications::NotificationRecord;
 use herald_domain::{Identity, Permission, Permission as P, Role};
 use serde::Deserialize;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
+
+use namespaces::UserNamespaces;
+
+mod namespaces;
 
 /// Which identities may call Herald, and what each may do.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -37,6 +43,10 @@ pub struct PrincipalSettings {
     /// Overrides `submit.quota_per_minute` for this identity.
     #[serde(default)]
     pub quota_per_minute: Option<u64>,
+    /// User-id prefixes such as `shop:`: when any are given, the identity sends to, reads,
+    /// changes and erases only users whose id starts with one of them. None: every user.
+    #[serde(default)]
+    pub user_namespaces: Vec<String>,
 }
 
 impl Validate for AuthSettings {
@@ -55,7 +65,40 @@ impl Validate for AuthSettings {
                     problems.push(format!("auth.principals[{index}].permissions: {error}"));
                 }
             }
+            for (position, prefix) in principal.user_namespaces.iter().enumerate() {
+                if let Err(error) = namespaces::check_prefix(prefix) {
+                    problems.push(format!(
+                        "auth.principals[{index}].user_namespaces[{position}]: {error}"
+                    ));
+                }
+            }
+            if !principal.user_namespaces.is_empty()
+                && principal.grants().contains(&P::FailuresAdmin)
+            {
+                problems.push(format!(
+                    "auth.principals[{index}]: {} spans every user namespace (failures of all \
+                     users); a principal with user_namespaces cannot hold it",
+                    P::FailuresAdmin
+                ));
+            }
         }
+    }
+}
+
+impl PrincipalSettings {
+    /// Every permission granted, one by one or through roles; names that do not parse are
+    /// left out (validation reports them).
+    fn grants(&self) -> BTreeSet<Permission> {
+        let roles = self
+            .roles
+            .iter()
+            .filter_map(|role| role.parse::<Role>().ok())
+            .flat_map(|role| role.permissions().iter().copied());
+        self.permissions
+            .iter()
+            .filter_map(|permission| permission.parse::<Permission>().ok())
+            .chain(roles)
+            .collect()
     }
 }
 
@@ -65,6 +108,8 @@ pub struct Caller {
     /// The certificate's identity; recorded on what the caller creates.
     pub identity: Identity,
     permissions: BTreeSet<Permission>,
+    /// The users this caller may act for.
+    namespaces: UserNamespaces,
     /// This caller's own submit quota, if configured.
     pub(crate) quota_per_minute: Option<u64>,
 }
@@ -86,6 +131,53 @@ impl Caller {
             )))
         }
     }
+
+    /// Whether the caller may act for the user `user_id`: any user unless it is bound to user
+    /// namespaces, else only users inside them.
+    pub fn may_access_user(&self, user_id: &str) -> bool {
+        self.namespaces.contains(user_id)
+    }
+
+    /// Whether the caller is bound to user namespaces.
+    pub(crate) fn is_namespaced(&self) -> bool {
+        !self.namespaces.is_unrestricted()
+    }
+
+    /// `PERMISSION_DENIED` naming `field` unless the caller may act for `user_id`. The
+    /// message names the caller's own namespaces, never anything about the user.
+    pub(crate) fn require_user(&self, field: &str, user_id: &str) -> Result<(), Status> {
+        if self.may_access_user(user_id) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{field}: the user id is outside the user namespaces of {} ({})",
+                self.identity, self.namespaces
+            )))
+        }
+    }
+
+    /// The user id in `field`: valid (`fields::user_id`) and one the caller may act for.
+    pub(crate) fn user_id(&self, field: &str, text: &str) -> crate::error::Result<String> {
+        let user_id = crate::fields::user_id(field, text)?;
+        self.require_user(field, &user_id)?;
+        Ok(user_id)
+    }
+
+    /// Whether the caller may read `notification` (and its events): its own, or with
+    /// `notifications.read_any` another identity's. A caller bound to user namespaces reads
+    /// one only when every delivery goes to a user inside them; a delivery to an address only
+    /// belongs to no namespace, so it is allowed only in the caller's own notification.
+    pub(crate) fn may_read_notification(&self, notification: &NotificationRecord) -> bool {
+        let own = notification.submitted_by == self.identity.as_ref();
+        (own || self.has(Permission::NotificationsReadAny))
+            && notification
+                .deliveries
+                .iter()
+                .all(|delivery| match &delivery.user_id {
+                    Some(user_id) => self.may_access_user(user_id),
+                    None => own || !self.is_namespaced(),
+                })
+    }
 }
 
 /// The caller `Authenticator` attached to `request`.
@@ -106,6 +198,7 @@ pub(crate) fn parts<T>(request: Request<T>) -> Result<(Caller, T), Status> {
 #[derive(Debug, Clone)]
 struct Principal {
     permissions: BTreeSet<Permission>,
+    namespaces: UserNamespaces,
     quota_per_minute: Option<u64>,
 }
 
@@ -240,21 +333,21 @@ pub(crate) struct Authenticator {
 }
 
 impl Authenticator {
+    /// The authenticator of `settings`, refused when they are invalid (`main` validated them
+    /// already; settings built in code are checked here again).
     pub(crate) fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
+        let mut problems = Vec::new();
+        settings.validate(&mut problems);
+        if !problems.is_empty() {
+            anyhow::bail!("invalid auth settings: {}", problems.join("; "));
+        }
         let mut principals = HashMap::new();
         for principal in &settings.principals {
-            let mut permissions = principal
-                .permissions
-                .iter()
-                .map(|permission| permission.parse::<Permission>())
-                .collect::<Result<BTreeSet<_>, _>>()?;
-            for role in &principal.roles {
-                permissions.extend(role.parse::<Role>()?.permissions());
-            }
             principals.insert(
                 Identity::parse(&principal.identity)?,
                 Principal {
-                    permissions,
+                    permissions: principal.grants(),
+                    namespaces: UserNamespaces::parse(&principal.user_namespaces)?,
                     quota_per_minute: principal.quota_per_minute,
                 },
             );
@@ -288,6 +381,7 @@ impl Authenticator {
             })?;
         let Principal {
             permissions,
+            namespaces,
             quota_per_minute,
         } = self.principals.get(&identity).cloned().ok_or_else(|| {
             Status::permission_denied(format!(
@@ -297,6 +391,7 @@ impl Authenticator {
         let caller = Caller {
             identity,
             permissions,
+            namespaces,
             quota_per_minute,
         };
         let method = path.rsplit('/').next().unwrap_or(path);
@@ -358,7 +453,63 @@ where
 mod tests {
     use prost::Message as _;
 
-    use super::{METHOD_PERMISSIONS, known_method, required_permission};
+    use herald_config::Validate as _;
+
+    use super::{
+        AuthSettings, METHOD_PERMISSIONS, PrincipalSettings, known_method, required_permission,
+    };
+
+    fn principal(roles: &[&str], user_namespaces: &[&str]) -> PrincipalSettings {
+        PrincipalSettings {
+            identity: "spiffe://herald.local/service/shop".into(),
+            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+            permissions: Vec::new(),
+            quota_per_minute: None,
+            user_namespaces: user_namespaces
+                .iter()
+                .map(|prefix| (*prefix).to_owned())
+                .collect(),
+        }
+    }
+
+    fn problems(principals: Vec<PrincipalSettings>) -> Vec<String> {
+        let mut problems = Vec::new();
+        AuthSettings { principals }.validate(&mut problems);
+        problems
+    }
+
+    #[test]
+    fn user_namespaces_are_optional_prefixes_and_exclude_operator_permissions() {
+        assert_eq!(
+            problems(vec![principal(&["admin"], &[])]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(vec![principal(&["submit", "inbox"], &["shop:", "blog/"])]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(vec![
+                principal(&["submit"], &["shop:", ""]),
+                principal(&["admin"], &["shop"]),
+            ]),
+            [
+                "auth.principals[0].user_namespaces[1]: must be 1 to 255 non-blank characters \
+                 without control characters",
+                "auth.principals[1].user_namespaces[0]: `shop` must end with a separator such as \
+                 `:` (a user-id prefix without one would also match longer names)",
+                "auth.principals[1]: failures.admin spans every user namespace (failures of all \
+                 users); a principal with user_namespaces cannot hold it",
+            ]
+        );
+        assert!(
+            super::Authenticator::new(&AuthSettings {
+                principals: vec![principal(&["admin"], &["shop:"])],
+            })
+            .is_err(),
+            "settings built in code are checked too"
+        );
+    }
 
     #[test]
     fn every_method_of_every_herald_service_is_in_the_table_and_nothing_else_is() {

@@ -3,7 +3,7 @@
 use crate::error::{Result, ServiceError};
 
 /// The longest product user id.
-const MAX_USER_ID: usize = 255;
+pub(crate) const MAX_USER_ID: usize = 255;
 
 /// A product user id: 1 to `MAX_USER_ID` characters, not blank; `INVALID_ARGUMENT` naming
 /// `field` otherwise.

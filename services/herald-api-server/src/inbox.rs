@@ -1,7 +1,8 @@
 //! `herald.inbox.v1.InboxService`: users' in-app inboxes, for product backends acting for
-//! their users (`inbox.read`, `inbox.write`). Read and archive changes are recorded as tracking
-//! events (in `herald_db::inbox`) and published to the user's Redis channel, from which every
-//! replica's `InboxHub` feeds its `Subscribe` streams.
+//! their users (`inbox.read`, `inbox.write`; only users in the caller's namespaces). Read and
+//! archive changes are recorded as tracking events (in `herald_db::inbox`) and published to
+//! the user's Redis channel, from which every replica's `InboxHub` feeds its `Subscribe`
+//! streams.
 
 use std::pin::Pin;
 
@@ -19,9 +20,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{caller, parts};
+use crate::auth::{Caller, caller, parts};
 use crate::error::{Result, ServiceError, respond};
-use crate::fields::user_id;
 use crate::paging::{decode_token, encode_token};
 
 const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -52,8 +52,8 @@ impl InboxApi {
         }
     }
 
-    async fn list(&self, request: ListInboxRequest) -> Result<ListInboxResponse> {
-        let user_id = user_id("user_id", &request.user_id)?;
+    async fn list(&self, caller: &Caller, request: ListInboxRequest) -> Result<ListInboxResponse> {
+        let user_id = caller.user_id("user_id", &request.user_id)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             size if size <= MAX_PAGE_SIZE => size,
@@ -277,14 +277,15 @@ impl InboxService for InboxApi {
         &self,
         request: Request<ListInboxRequest>,
     ) -> Result<Response<ListInboxResponse>, Status> {
-        respond(self.list(request.into_inner()).await)
+        let (caller, request) = parts(request)?;
+        respond(self.list(&caller, request).await)
     }
 
     async fn get_unread_count(
         &self,
         request: Request<GetUnreadCountRequest>,
     ) -> Result<Response<GetUnreadCountResponse>, Status> {
-        let user_id = user_id("user_id", &request.get_ref().user_id)?;
+        let user_id = caller(&request)?.user_id("user_id", &request.get_ref().user_id)?;
         Ok(Response::new(GetUnreadCountResponse {
             unread_count: self.unread_count(&user_id).await?,
         }))
@@ -295,7 +296,7 @@ impl InboxService for InboxApi {
         request: Request<MarkReadRequest>,
     ) -> Result<Response<MarkReadResponse>, Status> {
         let (caller, request) = parts(request)?;
-        let user_id = user_id("user_id", &request.user_id)?;
+        let user_id = caller.user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, false).await?;
         tracing::info!(caller = %caller.identity, changed = changed.len(), "Inbox items marked read.");
         Ok(Response::new(MarkReadResponse {
@@ -309,7 +310,7 @@ impl InboxService for InboxApi {
         request: Request<MarkAllReadRequest>,
     ) -> Result<Response<MarkAllReadResponse>, Status> {
         let caller = caller(&request)?;
-        let user_id = user_id("user_id", &request.get_ref().user_id)?;
+        let user_id = caller.user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;
@@ -334,7 +335,7 @@ impl InboxService for InboxApi {
         request: Request<ArchiveRequest>,
     ) -> Result<Response<ArchiveResponse>, Status> {
         let (caller, request) = parts(request)?;
-        let user_id = user_id("user_id", &request.user_id)?;
+        let user_id = caller.user_id("user_id", &request.user_id)?;
         let (changed, unread_count) = self.change(&user_id, &request.item_ids, true).await?;
         tracing::info!(caller = %caller.identity, changed = changed.len(), "Inbox items archived.");
         Ok(Response::new(ArchiveResponse {
@@ -349,7 +350,7 @@ impl InboxService for InboxApi {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let user_id = user_id("user_id", &request.get_ref().user_id)?;
+        let user_id = caller(&request)?.user_id("user_id", &request.get_ref().user_id)?;
         // Subscribed first, then the snapshot: every change committed after the snapshot was
         // read reaches this stream (a change just before may arrive too; counts are re-read).
         let subscription = self.hub.subscribe(&user_id).await;

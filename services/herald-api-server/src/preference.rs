@@ -1,8 +1,8 @@
 //! `herald.preference.v1.PreferenceService`: product backends acting for their users. Reading
 //! needs `preferences.read` and shows contact points masked unless the caller also holds
 //! `contacts.read`; changing needs `preferences.write`, and `contacts.write` for any contact
-//! point; erasing a user needs `contacts.write`. Every change is audited with who made it and
-//! which fields it changed.
+//! point; erasing a user needs `contacts.write`. A caller bound to user namespaces reaches only
+//! the users inside them. Every change is audited with who made it and which fields it changed.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,6 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::{Caller, caller, parts};
 use crate::error::{Result, ServiceError};
-use crate::fields::user_id;
 
 const MAX_DEVICE_TOKENS: usize = 20;
 const MAX_TOKEN: usize = 4096;
@@ -372,7 +371,7 @@ impl PreferenceService for PreferenceApi {
         request: Request<GetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
         let (caller, request) = parts(request)?;
-        let user_id = user_id("user_id", &request.user_id)?;
+        let user_id = caller.user_id("user_id", &request.user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;
@@ -394,7 +393,7 @@ impl PreferenceService for PreferenceApi {
         let update = request
             .preferences
             .ok_or_else(|| ServiceError::invalid("preferences", "is required"))?;
-        let user_id = user_id("preferences.user_id", &update.user_id)?;
+        let user_id = caller.user_id("preferences.user_id", &update.user_id)?;
         let paths: Vec<String> = match request.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths,
             _ => PATHS.iter().map(|path| (*path).to_owned()).collect(),
@@ -430,7 +429,7 @@ impl PreferenceService for PreferenceApi {
         request: Request<DeletePreferencesRequest>,
     ) -> Result<Response<DeletePreferencesResponse>, Status> {
         let caller = caller(&request)?;
-        let user_id = user_id("user_id", &request.get_ref().user_id)?;
+        let user_id = caller.user_id("user_id", &request.get_ref().user_id)?;
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;

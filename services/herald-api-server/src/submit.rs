@@ -6,9 +6,7 @@ use herald_db::personal::PersonalText;
 use std::collections::BTreeSet;
 
 use herald_db::notifications::{self, Disposition, Inserted, NewDelivery, NewNotification};
-use herald_domain::{
-    Channel, DeliveryId, IdempotencyKey, NotificationId, Permission, Subject, TemplateKey,
-};
+use herald_domain::{Channel, DeliveryId, IdempotencyKey, NotificationId, Subject, TemplateKey};
 use herald_proto::submit::{
     GetNotificationRequest, GetNotificationResponse, SubmitBatchRequest, SubmitBatchResponse,
     SubmitBatchResult, SubmitRequest, SubmitResponse, submit_service_server::SubmitService,
@@ -164,6 +162,7 @@ impl SubmitApi {
     ) -> Result<SubmitResponse> {
         let now = self.state.clock.now();
         let submit = ValidSubmit::parse(request, self.state.settings.submit.max_recipients, now)?;
+        submit.check_users_of(caller)?;
         let hash = request_hash(&submit);
         let key = submit.idempotency_key.clone();
         let template_key = submit.template_key.clone();
@@ -410,10 +409,7 @@ impl SubmitApi {
         let mut connection = herald_db::connection(&self.state.pool).await?;
         let record = notifications::load(&mut connection, id)
             .await?
-            .filter(|record| {
-                caller.has(Permission::NotificationsReadAny)
-                    || record.submitted_by == caller.identity.as_ref()
-            })
+            .filter(|record| caller.may_read_notification(record))
             .ok_or_else(|| {
                 ServiceError::NotFound(format!("notification_id: no notification {id}"))
             })?;

@@ -1,10 +1,13 @@
 //! `herald.tracking.v1.TrackingService`: engagement events reported by clients (push, in-app)
 //! and the event history of a notification (`events.record`; `events.read`, scoped to the
-//! submitter unless the caller holds `notifications.read_any`). Every event is
+//! submitter unless the caller holds `notifications.read_any`). A caller bound to user
+//! namespaces records and reads only what goes to users inside them. Every event is
 //! stored through `herald_db::events`, the same path as the pixel, the click redirects and
 //! the inbox, so a given engagement is recorded once whichever way it arrives.
 
+use herald_db::deliveries;
 use herald_db::events::{self, Engagement, EngagementKind, Recorded};
+use herald_db::notifications;
 use herald_domain::{DeliveryId, NotificationId, Permission};
 use herald_proto::conversions::timestamp;
 use herald_proto::tracking::{
@@ -33,9 +36,24 @@ impl TrackingApi {
         Self { state }
     }
 
-    async fn record(&self, request: RecordEventRequest) -> Result<RecordEventResponse> {
+    async fn record(
+        &self,
+        caller: &Caller,
+        request: RecordEventRequest,
+    ) -> Result<RecordEventResponse> {
         let engagement = engagement(&request)?;
         let mut connection = herald_db::connection(&self.state.pool).await?;
+        // Not scoped by submitter, but by user: another namespace's delivery is as unknown to
+        // a namespaced caller as one that does not exist.
+        if caller.is_namespaced() {
+            let user_id = deliveries::user_of(&mut connection, engagement.delivery_id).await?;
+            if !user_id
+                .flatten()
+                .is_some_and(|user_id| caller.may_access_user(&user_id))
+            {
+                return Err(unknown_delivery(engagement.delivery_id));
+            }
+        }
         match events::record_engagement(&mut connection, &engagement).await? {
             Recorded::New { occurred_at } => Ok(RecordEventResponse {
                 recorded: true,
@@ -47,10 +65,7 @@ impl TrackingApi {
                 already_recorded: true,
                 occurred_at: Some(timestamp(occurred_at)),
             }),
-            Recorded::UnknownDelivery => Err(ServiceError::NotFound(format!(
-                "delivery {} does not exist",
-                engagement.delivery_id
-            ))),
+            Recorded::UnknownDelivery => Err(unknown_delivery(engagement.delivery_id)),
         }
     }
 
@@ -66,13 +81,23 @@ impl TrackingApi {
             "a notification id",
         )?);
         let mut connection = herald_db::connection(&self.state.pool).await?;
-        let submitted_by =
-            (!caller.has(Permission::NotificationsReadAny)).then(|| caller.identity.as_ref());
-        let stored = events::for_notification(&mut connection, notification_id, submitted_by)
-            .await?
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!("notification {notification_id} does not exist"))
-            })?;
+        let stored = if caller.is_namespaced() {
+            // Whether a namespaced caller may read depends on the notification's users too,
+            // so it is decided on the loaded notification.
+            match notifications::load(&mut connection, notification_id).await? {
+                Some(record) if caller.may_read_notification(&record) => {
+                    events::for_notification(&mut connection, notification_id, None).await?
+                }
+                _ => None,
+            }
+        } else {
+            let submitted_by =
+                (!caller.has(Permission::NotificationsReadAny)).then(|| caller.identity.as_ref());
+            events::for_notification(&mut connection, notification_id, submitted_by).await?
+        };
+        let stored = stored.ok_or_else(|| {
+            ServiceError::NotFound(format!("notification {notification_id} does not exist"))
+        })?;
         Ok(ListEventsResponse {
             events: stored
                 .into_iter()
@@ -153,6 +178,11 @@ fn engagement(request: &RecordEventRequest) -> Result<Engagement> {
     })
 }
 
+/// `NOT_FOUND` for a delivery that does not exist (or is not the caller's to see).
+fn unknown_delivery(delivery_id: DeliveryId) -> ServiceError {
+    ServiceError::NotFound(format!("delivery {delivery_id} does not exist"))
+}
+
 fn parse_uuid(field: &str, text: &str, what: &str) -> Result<Uuid> {
     Uuid::parse_str(text)
         .map_err(|_| ServiceError::invalid(field, format!("must be {what} (a UUID)")))
@@ -164,7 +194,8 @@ impl TrackingService for TrackingApi {
         &self,
         request: Request<RecordEventRequest>,
     ) -> Result<Response<RecordEventResponse>, Status> {
-        respond(self.record(request.into_inner()).await)
+        let (caller, request) = parts(request)?;
+        respond(self.record(&caller, request).await)
     }
 
     async fn list_events(

@@ -1,5 +1,6 @@
 //! The field checks of a submit: a `SubmitRequest` becomes a `ValidSubmit`, or the first
-//! `INVALID_ARGUMENT` with the path of the field at fault and what it must be.
+//! `INVALID_ARGUMENT` with the path of the field at fault and what it must be; then its users
+//! are checked against the caller's namespaces (`PERMISSION_DENIED` with the recipient's path).
 
 use herald_domain::{
     Category, Channel, EmailAddress, IdempotencyKey, PhoneNumber, Priority, TemplateKey,
@@ -8,6 +9,7 @@ use herald_proto::conversions::{self, channel_from_i32, priority_from_i32};
 use herald_proto::submit::{self as pb, SubmitBatchRequest, SubmitRequest};
 use herald_templates::Locale;
 
+use crate::auth::Caller;
 use crate::error::{Result, ServiceError};
 
 const MAX_METADATA_ENTRIES: usize = 32;
@@ -78,6 +80,17 @@ impl ValidSubmit {
             metadata,
             send_at,
         })
+    }
+
+    /// `PERMISSION_DENIED` naming the first recipient whose user `caller` may not send to
+    /// (outside its user namespaces). Recipients given by address only belong to no user.
+    pub(super) fn check_users_of(&self, caller: &Caller) -> Result<()> {
+        for (index, recipient) in self.recipients.iter().enumerate() {
+            if let Some(user_id) = &recipient.user_id {
+                caller.require_user(&format!("recipients[{index}].user_id"), user_id)?;
+            }
+        }
+        Ok(())
     }
 }
 
