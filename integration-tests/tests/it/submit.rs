@@ -151,6 +151,47 @@ async fn a_retried_submit_with_the_same_idempotency_key_returns_the_original_and
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_a_submit_stored_with_a_plain_hash_before_keyed_hashes_is_still_a_replay() {
+    let app = TestApp::spawn().await;
+    app.create_welcome_template().await;
+    let mut request = welcome_request("ada@example.com");
+    request.idempotency_key = "order-7-shipped".into();
+    let first = app.submit(request.clone()).await.unwrap();
+    // What a release before keyed hashes stored: SHA-256 of the canonical request.
+    let canonical = serde_json::json!({
+        "template": "welcome",
+        "version": null,
+        "parameters": {"item_name": "order #42", "username": "Ada"},
+        "recipients": [{"user_id": "user-1", "email": "ada@example.com"}],
+        "channels": ["email"],
+        "priority": "normal",
+        "category": null,
+        "metadata": {},
+    });
+    let plain = {
+        use sha2::Digest;
+        sha2::Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+    };
+    let mut connection = herald_db::connection(&app.pool).await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE idempotency_keys SET request_hash = $1")
+            .bind::<diesel::sql_types::Bytea, _>(&plain),
+        &mut connection,
+    )
+    .await
+    .unwrap();
+
+    let again = app.submit(request.clone()).await.unwrap();
+    assert_eq!(
+        (again.notification_id, again.duplicate),
+        (first.notification_id, true)
+    );
+    request.parameters = Some(parameters(&[("username", "Bob"), ("item_name", "x")]));
+    let other = app.submit(request).await.unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_submits_with_one_idempotency_key_create_one_notification() {
     let app = TestApp::spawn().await;
     app.create_welcome_template().await;

@@ -1,6 +1,7 @@
 //! Disabled contacts: addresses a provider called no longer valid (an unregistered device
 //! token, an invalid or unsubscribed number, a hard bounce). Workers check them before sending
-//! and send nothing to them again. Only a SHA-256 of each address is stored.
+//! and send nothing to them again. Only a keyed hash of each address is stored (HMAC-SHA256
+//! under the lookup key: a plain hash of a phone number can be reversed by trying them all).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,27 +9,30 @@ use diesel::prelude::*;
 use diesel::upsert::on_constraint;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use herald_domain::{Channel, DeliveryId};
-use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::schema::disabled_contacts;
 use crate::statement::planned_per_run;
 
-/// The stored form of `address` on `channel`: SHA-256 of `channel:address`, with email
-/// addresses lowercased so a differently cased copy is disabled too.
-pub fn address_hash(channel: Channel, address: &str) -> Vec<u8> {
+/// The stored form of `address` on `channel`: the keyed lookup hash of the channel and the
+/// address, with email addresses lowercased so a differently cased copy is disabled too.
+///
+/// # Errors
+/// `Error::Keys` when no keyring is installed.
+pub fn address_hash(channel: Channel, address: &str) -> Result<Vec<u8>> {
     let address = address.trim();
     let normalized = if channel == Channel::Email {
         address.to_lowercase()
     } else {
         address.to_owned()
     };
-    Sha256::new()
-        .chain_update(channel.as_str())
-        .chain_update(b":")
-        .chain_update(normalized)
-        .finalize()
-        .to_vec()
+    Ok(herald_crypto::keyring()?
+        .lookup()
+        .hash(
+            "contact",
+            &[channel.as_str().as_bytes(), normalized.as_bytes()],
+        )
+        .to_vec())
 }
 
 /// Why and when an address was disabled.
@@ -53,18 +57,18 @@ pub async fn disable(
     if addresses.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<_> = addresses
+    let rows = addresses
         .iter()
         .map(|address| {
-            (
+            Ok((
                 disabled_contacts::channel.eq(channel.as_str()),
-                disabled_contacts::address_hash.eq(address_hash(channel, address)),
+                disabled_contacts::address_hash.eq(address_hash(channel, address)?),
                 disabled_contacts::user_id.eq(user_id),
                 disabled_contacts::reason.eq(reason),
                 disabled_contacts::delivery_id.eq(delivery_id.map(|id| *id.as_uuid())),
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(diesel::insert_into(disabled_contacts::table)
         .values(rows)
         .on_conflict(on_constraint("disabled_contacts_pkey"))
@@ -81,10 +85,10 @@ pub async fn disabled_among(
     if contacts.is_empty() {
         return Ok(Vec::new());
     }
-    let hashes: Vec<Vec<u8>> = contacts
+    let hashes = contacts
         .iter()
         .map(|(channel, address)| address_hash(*channel, address))
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let channels: BTreeSet<&str> = contacts
         .iter()
         .map(|(channel, _)| channel.as_str())

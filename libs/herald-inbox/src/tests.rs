@@ -39,6 +39,7 @@ fn unknown_payloads_are_ignored() {
 
 #[test]
 fn channels_are_per_user_under_the_prefix_and_hide_the_user_id() {
+    herald_test_support::TestCerts::get().install_keyring();
     let channel_name = |prefix: &str, user_id: &str| Keyspace::new(prefix).inbox_channel(user_id);
     let channel = channel_name("test:1", "user-1");
     assert!(channel.starts_with("test:1:inbox:"));

@@ -159,6 +159,20 @@ end
 return count
 ";
 
+/// The keyed lookup hash (HMAC-SHA256 under the process keyring's lookup key) of `subject`
+/// in `domain`, as hex: a plain hash of a phone number or an address in a key could be reversed
+/// by trying candidates.
+///
+/// # Panics
+/// If the process has no keyring: every service installs it when it builds its database pool,
+/// before it builds a Redis key.
+fn keyed(domain: &str, subject: &str) -> String {
+    herald_crypto::keyring()
+        .expect("the keyring is installed at start-up (herald_db::build_pool), before any Redis key is built")
+        .lookup()
+        .hex(domain, &[subject.as_bytes()])
+}
+
 /// The number of the fixed window of length `window` that holds the present instant (on
 /// the real clock, shared by every replica).
 pub fn quota_window(window: Duration) -> u64 {
@@ -171,26 +185,28 @@ pub fn quota_window(window: Duration) -> u64 {
 }
 
 impl Keyspace {
-    /// `<prefix>:rate:<type>:<sha256(subject)>:<window ms>`: one sliding window per subject
-    /// (a user) and notification type.
+    /// `<prefix>:rate:<type>:<hmac(subject)>:<window ms>`: one sliding window per subject (a
+    /// user, else an address) and notification type.
+    ///
+    /// # Panics
+    /// If the process has no keyring (see `keyed`).
     pub fn rate_limit(&self, notification_type: &str, subject: &str, window: Duration) -> String {
         format!(
             "{}:rate:{notification_type}:{}:{}",
             self.prefix,
-            hex::encode(Sha256::digest(subject.as_bytes())),
+            keyed("rate", subject),
             window.as_millis()
         )
     }
 
-    /// `<prefix>:inbox:<sha256(user_id)>`: the pub/sub channel of `user_id`'s inbox changes.
+    /// `<prefix>:inbox:<hmac(user_id)>`: the pub/sub channel of `user_id`'s inbox changes.
     /// Hashed like the rate-limit keys, so channel names have a bounded length and carry no
     /// caller-chosen text.
+    ///
+    /// # Panics
+    /// If the process has no keyring (see `keyed`).
     pub fn inbox_channel(&self, user_id: &str) -> String {
-        format!(
-            "{}:inbox:{}",
-            self.prefix,
-            hex::encode(Sha256::digest(user_id.as_bytes()))
-        )
+        format!("{}:inbox:{}", self.prefix, keyed("inbox", user_id))
     }
 
     /// `<prefix>:quota:<sha256(identity)>:<window start>`: a caller's submit counter.

@@ -5,6 +5,8 @@ use deadpool_redis::redis;
 use crate::{block_on_thread, required_env, unique_name};
 
 /// A unique `test:<time>:<rand>` prefix; every key under it is deleted with the value.
+/// Making one installs the test keyring unless one is installed (Redis keys hash their
+/// subjects with its lookup key).
 #[derive(Debug)]
 pub struct TestKeyspace {
     prefix: String,
@@ -13,6 +15,7 @@ pub struct TestKeyspace {
 
 impl Default for TestKeyspace {
     fn default() -> Self {
+        crate::TestCerts::get().install_keyring();
         Self {
             prefix: unique_name("test", ':'),
             url: required_env("TEST_REDIS_URL"),

@@ -101,9 +101,26 @@ fn address(recipient: &ValidRecipient, channel: Channel) -> Option<String> {
     }
 }
 
-/// SHA-256 of the request's canonical JSON form (object keys sorted), so that a retried
-/// submit with the same content matches whatever order the client encoded maps in.
-fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
+/// A request's fingerprint for idempotency, over its canonical JSON form (object keys sorted),
+/// so that a retried submit with the same content matches whatever order the client encoded
+/// maps in.
+struct RequestHash {
+    /// HMAC-SHA256 under the lookup key: what is stored. A plain hash of a request with a
+    /// phone number or a one-time code in it could be reversed by trying candidates.
+    keyed: Vec<u8>,
+    /// Plain SHA-256, only compared: what notifications stored before keyed hashes hold, so a
+    /// retry of such a submit is still a replay.
+    legacy: Vec<u8>,
+}
+
+impl RequestHash {
+    /// True when `stored` is this request's fingerprint.
+    fn matches(&self, stored: &[u8]) -> bool {
+        stored == self.keyed || stored == self.legacy
+    }
+}
+
+fn request_hash(submit: &ValidSubmit) -> Result<RequestHash> {
     let mut canonical = serde_json::json!({
         "template": submit.template_key.as_ref(),
         "version": submit.template_version,
@@ -134,7 +151,15 @@ fn request_hash(submit: &ValidSubmit) -> Vec<u8> {
     if let Some(send_at) = submit.send_at {
         canonical["send_at"] = send_at.to_rfc3339().into();
     }
-    Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+    let canonical = canonical.to_string();
+    let keyring = herald_crypto::keyring().map_err(herald_db::Error::from)?;
+    Ok(RequestHash {
+        keyed: keyring
+            .lookup()
+            .hash("submit-request", &[canonical.as_bytes()])
+            .to_vec(),
+        legacy: Sha256::digest(canonical.as_bytes()).to_vec(),
+    })
 }
 
 /// The W3C trace context carried to the relay and the workers: the current span's (the
@@ -163,12 +188,12 @@ impl SubmitApi {
         let now = self.state.clock.now();
         let submit = ValidSubmit::parse(request, self.state.settings.submit.max_recipients, now)?;
         submit.check_users_of(caller)?;
-        let hash = request_hash(&submit);
+        let hash = request_hash(&submit)?;
         let key = submit.idempotency_key.clone();
         let template_key = submit.template_key.clone();
         let priority = submit.priority;
         let new = match self
-            .prepare(caller, submit, hash.clone(), trace_context, now)
+            .prepare(caller, submit, hash.keyed.clone(), trace_context, now)
             .await
         {
             Ok(new) => new,
@@ -368,7 +393,7 @@ impl SubmitApi {
         &self,
         caller: &Caller,
         key: Option<&IdempotencyKey>,
-        hash: &[u8],
+        hash: &RequestHash,
         error: ServiceError,
     ) -> Result<SubmitResponse> {
         let Some(key) = key else { return Err(error) };
@@ -449,7 +474,7 @@ fn assign_variant(
 fn answer(
     caller: &Caller,
     key: Option<&IdempotencyKey>,
-    hash: &[u8],
+    hash: &RequestHash,
     notification_id: NotificationId,
     inserted: Inserted,
 ) -> Result<SubmitResponse> {
@@ -465,7 +490,7 @@ fn answer(
             },
             Some(key),
         ) => {
-            if request_hash != hash {
+            if !hash.matches(&request_hash) {
                 return Err(key_conflict(key, original));
             }
             tracing::info!(notification.id = %original, caller = %caller.identity, "Idempotent replay answered with the original notification.");

@@ -145,3 +145,44 @@ async fn a_value_sealed_under_a_key_that_is_not_configured_is_an_error_not_garba
     let error = preferences::get(&mut connection, "ada").await.unwrap_err();
     assert!(error.to_string().contains("gone"), "{error}");
 }
+
+#[tokio::test]
+async fn a_disabled_contact_is_stored_as_a_keyed_hash_that_a_plain_hash_does_not_find() {
+    use herald_db::contacts;
+    use herald_domain::Channel;
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let phone = "+15551234567";
+    contacts::disable(
+        &mut connection,
+        Channel::Sms,
+        None,
+        &[phone.to_owned()],
+        "invalid",
+        None,
+    )
+    .await
+    .unwrap();
+
+    let stored: Vec<Vec<u8>> =
+        diesel::sql_query("SELECT address_hash AS value FROM disabled_contacts")
+            .load::<Stored>(&mut connection)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.value)
+            .collect();
+    let plain = {
+        use sha2::Digest;
+        sha2::Sha256::digest(format!("sms:{phone}").as_bytes()).to_vec()
+    };
+    assert_eq!(
+        stored,
+        [contacts::address_hash(Channel::Sms, phone).unwrap()]
+    );
+    assert_ne!(stored[0], plain, "a plain SHA-256 of the number is stored");
+    let found = contacts::disabled_among(&mut connection, &[(Channel::Sms, phone)])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+}
