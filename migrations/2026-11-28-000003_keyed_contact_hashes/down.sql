@@ -1,2 +1,3 @@
--- Keyed hashes cannot be turned back into plain ones: forget them too.
-DELETE FROM disabled_contacts;
+-- Keyed contact hashes mean nothing to the release before: forget them, keep the plain ones.
+DELETE FROM disabled_contacts WHERE keyed;
+ALTER TABLE disabled_contacts DROP COLUMN keyed;

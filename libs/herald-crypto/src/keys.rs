@@ -88,7 +88,6 @@ pub trait KeyProvider: Send + Sync + fmt::Debug + 'static {
 /// own bookkeeping).
 pub struct LocalKeys {
     keys: BTreeMap<KeyId, LessSafeKey>,
-    raw: BTreeMap<KeyId, Zeroizing<[u8; KEY_LEN]>>,
     active: KeyId,
 }
 
@@ -99,33 +98,7 @@ impl LocalKeys {
     /// `Error::Key` when the directory or a file cannot be read, a file is not a key, or
     /// `active` is missing.
     pub fn load(dir: &Path, active: &str) -> Result<Self> {
-        let active = KeyId::parse(active)?;
-        let entries = std::fs::read_dir(dir).map_err(|error| {
-            Error::Key(format!(
-                "cannot read key directory {}: {error}",
-                dir.display()
-            ))
-        })?;
-        let mut raw = BTreeMap::new();
-        for entry in entries {
-            let entry = entry
-                .map_err(|error| Error::Key(format!("cannot list {}: {error}", dir.display())))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') || entry.path().is_dir() {
-                continue;
-            }
-            let id = KeyId::parse(name)?;
-            raw.insert(id, read_key(&entry.path())?);
-        }
-        if !raw.contains_key(&active) {
-            return Err(Error::Key(format!(
-                "the active key `{active}` is not in {} (it holds: {})",
-                dir.display(),
-                raw.keys().map(KeyId::as_str).collect::<Vec<_>>().join(", ")
-            )));
-        }
-        Self::from_keys(raw, active)
+        Self::from_keys(read_dir(dir)?, KeyId::parse(active)?)
     }
 
     /// Keys given in memory (tests, or a provider that fetched them itself).
@@ -138,32 +111,21 @@ impl LocalKeys {
     ) -> Result<Self> {
         if !keys.contains_key(&active) {
             return Err(Error::Key(format!(
-                "the active key `{active}` is not configured"
+                "the active key `{active}` is not among the keys (they are: {})",
+                keys.keys()
+                    .map(KeyId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
-        let aead = keys
+        let keys = keys
             .iter()
             .map(|(id, bytes)| {
                 let key = UnboundKey::new(&AES_256_GCM, bytes.as_slice())?;
                 Ok((id.clone(), LessSafeKey::new(key)))
             })
             .collect::<Result<_>>()?;
-        Ok(Self {
-            keys: aead,
-            raw: keys,
-            active,
-        })
-    }
-
-    /// The raw bytes of `id`, for a key used directly (the lookup key).
-    ///
-    /// # Errors
-    /// `Error::UnknownKey` when `id` is not held.
-    pub fn bytes(&self, id: &KeyId) -> Result<&[u8; KEY_LEN]> {
-        self.raw
-            .get(id)
-            .map(|bytes| &**bytes)
-            .ok_or_else(|| Error::UnknownKey(id.to_string()))
+        Ok(Self { keys, active })
     }
 }
 
@@ -215,6 +177,32 @@ impl KeyProvider for LocalKeys {
     }
 }
 
+/// Every key file in `dir` (see `LocalKeys`), by id.
+///
+/// # Errors
+/// `Error::Key` when the directory or a file cannot be read, or a file is not a key.
+pub(crate) fn read_dir(dir: &Path) -> Result<BTreeMap<KeyId, Zeroizing<[u8; KEY_LEN]>>> {
+    let entries = std::fs::read_dir(dir).map_err(|error| {
+        Error::Key(format!(
+            "cannot read key directory {}: {error} (create a key with `herald-api-server keys \
+             new <id>`; in development, run herald-certs-dev)",
+            dir.display()
+        ))
+    })?;
+    let mut keys = BTreeMap::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|error| Error::Key(format!("cannot list {}: {error}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || entry.path().is_dir() {
+            continue;
+        }
+        keys.insert(KeyId::parse(name)?, read_key(&entry.path())?);
+    }
+    Ok(keys)
+}
+
 fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
@@ -238,21 +226,47 @@ fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>> {
 /// `Error::Key` when `id` is malformed, the key exists, or the file cannot be written.
 pub fn write_new_key(dir: &Path, id: &str) -> Result<std::path::PathBuf> {
     let id = KeyId::parse(id)?;
-    std::fs::create_dir_all(dir)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
         .map_err(|error| Error::Key(format!("cannot create {}: {error}", dir.display())))?;
     let path = dir.join(id.as_str());
+    if path.exists() {
+        return Err(Error::Key(format!(
+            "the key {} exists: a key is never replaced",
+            path.display()
+        )));
+    }
+    // Written in full under a hidden name, then linked into place (which fails if the key
+    // appeared meanwhile), so a key file is never seen half-written.
+    let partial = dir.join(format!(".{id}.partial"));
+    let written = write_key_file(&partial).and_then(|()| {
+        std::fs::hard_link(&partial, &path)
+            .map_err(|error| Error::Key(format!("cannot create key {}: {error}", path.display())))
+    });
+    let _removed = std::fs::remove_file(&partial);
+    written.map(|()| path)
+}
+
+/// Writes 32 random bytes as hex into a new file at `path`, readable only by its owner, and
+/// flushes it to disk.
+fn write_key_file(path: &Path) -> Result<()> {
     let mut key = Zeroizing::new([0_u8; KEY_LEN]);
     aws_lc_rs::rand::fill(key.as_mut_slice())?;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|error| Error::Key(format!("cannot create key {}: {error}", path.display())))?;
     let text = Zeroizing::new(hex::encode(key.as_slice()));
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .map_err(|error| Error::Key(format!("cannot write key {}: {error}", path.display())))?;
-    Ok(path)
+    options
+        .open(path)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()
+        })
+        .map_err(|error| Error::Key(format!("cannot write key {}: {error}", path.display())))
 }

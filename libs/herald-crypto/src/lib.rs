@@ -55,14 +55,23 @@ impl Keyring {
         }
     }
 
-    /// The keys `settings` names, read from its key directory.
+    /// The keys `settings` names, read from its key directory. The lookup key is used for
+    /// lookup hashes only, never to wrap data keys.
     ///
     /// # Errors
     /// `Error::Key` when a key is missing or unreadable.
     pub fn load(settings: &herald_config::EncryptionSettings) -> Result<Self> {
-        let keys = LocalKeys::load(&settings.key_dir, &settings.active_key)?;
-        let lookup = LookupKey::new(keys.bytes(&KeyId::parse(&settings.lookup_key)?)?);
-        Ok(Self::new(Arc::new(keys), lookup))
+        let mut keys = keys::read_dir(&settings.key_dir)?;
+        let lookup_id = KeyId::parse(&settings.lookup_key)?;
+        let lookup = keys.remove(&lookup_id).ok_or_else(|| {
+            Error::Key(format!(
+                "the lookup key `{lookup_id}` is not in {}",
+                settings.key_dir.display()
+            ))
+        })?;
+        let provider = LocalKeys::from_keys(keys, KeyId::parse(&settings.active_key)?)
+            .map_err(|error| Error::Key(format!("{}: {error}", settings.key_dir.display())))?;
+        Ok(Self::new(Arc::new(provider), LookupKey::new(&lookup)))
     }
 
     /// Seals and opens values.
@@ -99,6 +108,19 @@ pub fn keyring() -> Result<Arc<Keyring>> {
         Err(poisoned) => poisoned.into_inner().clone(),
     };
     installed.ok_or(Error::NotInstalled)
+}
+
+/// The installed keyring's lookup hash of `subject` in `domain`, as hex: for keys built from a
+/// personal value (a Redis key, an event's dedupe key).
+///
+/// # Panics
+/// If no keyring is installed: every service installs it when it builds its database pool,
+/// before it builds such a key.
+pub fn lookup_hex(domain: &str, subject: &[u8]) -> String {
+    keyring()
+        .expect("the keyring is installed at start-up (herald_db::build_pool), before a lookup key is built")
+        .lookup()
+        .hex(domain, &[subject])
 }
 
 /// True once a keyring is installed.

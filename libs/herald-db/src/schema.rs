@@ -222,5 +222,6 @@ diesel::table! {
         reason -> Text,
         delivery_id -> Nullable<Uuid>,
         disabled_at -> Timestamptz,
+        keyed -> Bool,
     }
 }

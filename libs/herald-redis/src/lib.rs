@@ -164,13 +164,9 @@ return count
 /// by trying candidates.
 ///
 /// # Panics
-/// If the process has no keyring: every service installs it when it builds its database pool,
-/// before it builds a Redis key.
+/// If the process has no keyring (`herald_crypto::lookup_hex`).
 fn keyed(domain: &str, subject: &str) -> String {
-    herald_crypto::keyring()
-        .expect("the keyring is installed at start-up (herald_db::build_pool), before any Redis key is built")
-        .lookup()
-        .hex(domain, &[subject.as_bytes()])
+    herald_crypto::lookup_hex(domain, subject.as_bytes())
 }
 
 /// The number of the fixed window of length `window` that holds the present instant (on

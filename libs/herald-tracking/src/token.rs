@@ -201,11 +201,16 @@ impl Signer {
     }
 }
 
-/// A short, stable key for a clicked URL (hex SHA-256 prefix), used to record one click per
-/// (delivery, link) without storing the URL in the key.
+/// A short, stable key for a clicked URL (a prefix of its keyed lookup hash), used to record one
+/// click per (delivery, link) without storing the URL, or a plain hash of it that trying
+/// candidate links would reverse, in the key.
+///
+/// # Panics
+/// If the process has no keyring (`herald_crypto::lookup_hex`).
 pub(crate) fn url_key(url: &str) -> String {
-    use sha2::Digest;
-    hex::encode(&Sha256::digest(url.as_bytes())[..16])
+    let mut key = herald_crypto::lookup_hex("click", url.as_bytes());
+    key.truncate(32);
+    key
 }
 
 impl Target {
@@ -338,6 +343,7 @@ mod tests {
 
     #[test]
     fn dedupe_keys_are_once_for_opens_and_per_url_for_clicks() {
+        herald_test_support::TestCerts::get().install_keyring();
         assert_eq!(Target::Open.dedupe_key(), "once");
         let a = Target::Click {
             url: "https://a.example".into(),

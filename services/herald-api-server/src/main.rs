@@ -33,11 +33,12 @@ enum KeysCommand {
     /// Count the stored personal values of every column by the key they are sealed under.
     Status,
     /// Reseal every personal value that is not under active_key (or is stored in clear)
-    /// under it, then print the status. Every key still in use must be in key_dir.
+    /// under it, replace disabled contacts' plain hashes with keyed ones, then print the
+    /// status. Every key still in use must be in key_dir.
     Rotate {
-        /// Rows resealed per statement.
-        #[arg(long, default_value_t = 500)]
-        batch: i64,
+        /// Table pages read per statement.
+        #[arg(long, default_value_t = 64)]
+        blocks: i64,
     },
 }
 
@@ -85,13 +86,24 @@ async fn keys(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
     }
     let pool = herald_db::build_pool(&settings.database).context("loading the keys")?;
     let mut connection = herald_db::connection(&pool).await?;
-    if let KeysCommand::Rotate { batch } = command {
-        let resealed = keys::reseal(&mut connection, batch.max(1)).await?;
+    if let KeysCommand::Rotate { blocks } = command {
+        let resealed = keys::reseal(&mut connection, blocks).await?;
+        let (rekeyed, plain) = herald_db::contacts::rekey_legacy(&mut connection, 500).await?;
         tracing::info!(
             key.active = %encryption.active_key,
-            values.resealed = resealed,
+            values.resealed = resealed.values,
+            values.left = resealed.left,
+            contacts.rekeyed = rekeyed,
+            contacts.plain = plain,
             "Personal data resealed under the active key."
         );
+        if resealed.left > 0 {
+            tracing::warn!(
+                values.left = resealed.left,
+                "Some values changed while they were resealed, or are written by a service \
+                 not yet sealing under the active key: run keys rotate again."
+            );
+        }
     }
     let mut report = String::from("column\tsealed under\tvalues\n");
     for usage in keys::usage(&mut connection).await? {
@@ -99,10 +111,17 @@ async fn keys(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
             SealedUnder::Key(key) => key,
             SealedUnder::Clear => "(in clear)".to_owned(),
             SealedUnder::Empty => "(empty)".to_owned(),
+            SealedUnder::Corrupt => "(corrupt)".to_owned(),
         };
         report.push_str(&format!(
             "{}\t{sealed_under}\t{}\n",
             usage.column, usage.values
+        ));
+    }
+    let plain = herald_db::contacts::plain_hashes(&mut connection).await?;
+    if plain > 0 {
+        report.push_str(&format!(
+            "disabled_contacts.address_hash\t(plain SHA-256)\t{plain}\n"
         ));
     }
     #[allow(clippy::print_stdout)]

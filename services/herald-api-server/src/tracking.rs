@@ -235,6 +235,7 @@ mod tests {
 
     #[test]
     fn clicks_are_keyed_by_link_then_client_event_id() {
+        herald_test_support::TestCerts::get().install_keyring();
         let by_link = engagement(&request(
             pb::EngagementKind::Clicked,
             "https://x.example",

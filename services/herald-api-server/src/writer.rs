@@ -201,9 +201,8 @@ fn answer_all(jobs: impl IntoIterator<Item = Job>, error: &herald_db::Error) {
             }
             herald_db::Error::Invalid(message) => herald_db::Error::Invalid(message.clone()),
             herald_db::Error::Corrupt(message) => herald_db::Error::Corrupt(message.clone()),
-            herald_db::Error::Query(_) | herald_db::Error::Keys(_) => {
-                herald_db::Error::Corrupt(error.to_string())
-            }
+            herald_db::Error::Keys(keys) => herald_db::Error::Keys(keys.clone()),
+            herald_db::Error::Query(_) => herald_db::Error::Corrupt(error.to_string()),
         };
         let _gone = job.reply.send(Err(copy));
     }

@@ -93,7 +93,8 @@ async fn personal_values_are_sealed_at_rest_and_rotation_moves_them_to_the_new_k
     // Rotate: k2 becomes active while k1 stays configured, then everything is resealed.
     herald_crypto::write_new_key(keys_dir.path(), "k2").unwrap();
     install(keys_dir.path(), "k2");
-    let resealed = keys::reseal(&mut connection, 2).await.unwrap();
+    let resealed = keys::reseal(&mut connection, 1).await.unwrap();
+    assert_eq!(resealed.left, 0);
     let usage = keys::usage(&mut connection).await.unwrap();
     assert!(
         usage.iter().all(|usage| matches!(
@@ -107,10 +108,10 @@ async fn personal_values_are_sealed_at_rest_and_rotation_moves_them_to_the_new_k
         .filter(|usage| usage.sealed_under != SealedUnder::Empty)
         .map(|usage| usage.values)
         .sum();
-    assert_eq!(u64::try_from(non_empty).unwrap(), resealed);
+    assert_eq!(u64::try_from(non_empty).unwrap(), resealed.values);
     assert_eq!(
-        keys::reseal(&mut connection, 2).await.unwrap(),
-        0,
+        keys::reseal(&mut connection, 1).await.unwrap(),
+        keys::Resealed { values: 0, left: 0 },
         "idempotent"
     );
 
@@ -147,7 +148,8 @@ async fn a_value_sealed_under_a_key_that_is_not_configured_is_an_error_not_garba
 }
 
 #[tokio::test]
-async fn a_disabled_contact_is_stored_as_a_keyed_hash_that_a_plain_hash_does_not_find() {
+async fn disabled_contacts_are_keyed_hashes_and_plain_ones_from_before_stay_in_force_until_rekeyed()
+{
     use herald_db::contacts;
     use herald_domain::Channel;
     let database = TestDatabase::new().await;
@@ -185,4 +187,46 @@ async fn a_disabled_contact_is_stored_as_a_keyed_hash_that_a_plain_hash_does_not
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
+
+    // A row from before keyed hashes: still in force, then replaced by its keyed hash, found
+    // from the user's stored phone number.
+    let old_phone = "+15559876543";
+    preferences::update(&mut connection, "bob", "test", &[], |record| {
+        record.phone = Some(old_phone.into());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let old_plain = {
+        use sha2::Digest;
+        sha2::Sha256::digest(format!("sms:{old_phone}").as_bytes()).to_vec()
+    };
+    diesel::sql_query(
+        "INSERT INTO disabled_contacts (channel, address_hash, user_id, reason, keyed) \
+         VALUES ('sms', $1, 'bob', 'unsubscribed', false)",
+    )
+    .bind::<Bytea, _>(&old_plain)
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let still_disabled = |found: Vec<(Channel, String, contacts::Disabled)>| {
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].2.reason, "unsubscribed");
+    };
+    still_disabled(
+        contacts::disabled_among(&mut connection, &[(Channel::Sms, old_phone)])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(contacts::plain_hashes(&mut connection).await.unwrap(), 1);
+    assert_eq!(
+        contacts::rekey_legacy(&mut connection, 10).await.unwrap(),
+        (1, 0)
+    );
+    assert_eq!(contacts::plain_hashes(&mut connection).await.unwrap(), 0);
+    still_disabled(
+        contacts::disabled_among(&mut connection, &[(Channel::Sms, old_phone)])
+            .await
+            .unwrap(),
+    );
 }
