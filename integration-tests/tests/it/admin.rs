@@ -222,6 +222,53 @@ async fn discarded_failures_are_closed_without_sending() {
     assert!(app.smtp.messages().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_whose_personal_data_was_cleared_is_not_replayed_and_can_be_discarded() {
+    use herald_proto::preference::DeletePreferencesRequest;
+    use herald_proto::preference::preference_service_client::PreferenceServiceClient;
+    let (app, ids) = app_with_failed_notifications(1).await;
+    PreferenceServiceClient::new(app.channel(As::Orders).await)
+        .delete_preferences(DeletePreferencesRequest {
+            user_id: "user-1".into(),
+        })
+        .await
+        .unwrap();
+    let mut admin = app.admin_client().await;
+    let failure = admin
+        .list_failures(ListFailuresRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .failures
+        .remove(0);
+
+    let replayed = admin
+        .replay_failures(replay(vec![failure.id.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        replayed.results[0].outcome(),
+        ResolveOutcome::PersonalDataCleared
+    );
+    let notification = app.notification(&ids[0]).await;
+    assert_eq!(notification.status(), NotificationStatus::Failed);
+    assert!(
+        notification.deliveries[0]
+            .personal_data_cleared_at
+            .is_some()
+    );
+    let discarded = admin
+        .discard_failures(DiscardFailuresRequest {
+            ids: vec![failure.id],
+            reason: "the user was erased".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(discarded.results[0].outcome(), ResolveOutcome::Done);
+}
+
 fn uuid_like_missing() -> String {
     "00000000-0000-7000-8000-000000000000".into()
 }

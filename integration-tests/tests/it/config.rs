@@ -39,6 +39,16 @@ fn base_toml_is_valid_for_every_service() {
     let relay: herald_relay::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(relay.relay.batch_size, 500);
     assert_eq!(relay.relay.publishers, 2);
+    assert_eq!(
+        relay.retention.personal_data_after,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+    let retention_off: herald_relay::Settings = herald_config::load(&sources(&[(
+        "HERALD__RETENTION__PERSONAL_DATA_AFTER",
+        "0s".to_owned(),
+    )]))
+    .unwrap();
+    assert!(relay.retention.enabled() && !retention_off.retention.enabled());
     assert_eq!(api.submit.writers, 3);
     assert_eq!(api.submit.quota_window, std::time::Duration::from_secs(60));
     let worker: herald_channel_worker::Settings = herald_config::load(&sources(&[])).unwrap();

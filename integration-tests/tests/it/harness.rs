@@ -106,6 +106,9 @@ pub(crate) struct Options {
     pub(crate) relay_vacuum_after: u64,
     /// Principals besides orders and ops (the stranger's certificate, say).
     pub(crate) principals: Vec<herald_api_server::PrincipalSettings>,
+    /// The relay's retention job; off unless a test turns it on (tests that move a manual
+    /// clock by days would otherwise see their deliveries cleared).
+    pub(crate) retention: herald_relay::RetentionSettings,
 }
 
 impl Default for Options {
@@ -118,6 +121,10 @@ impl Default for Options {
             clock: None,
             relay_vacuum_after: herald_relay::RelaySettings::default().vacuum_after,
             principals: Vec::new(),
+            retention: herald_relay::RetentionSettings {
+                personal_data_after: Duration::ZERO,
+                ..herald_relay::RetentionSettings::default()
+            },
         }
     }
 }
@@ -256,6 +263,7 @@ impl TestApp {
                 cleanup_interval: Duration::from_secs(60),
                 vacuum_after: options.relay_vacuum_after,
             },
+            retention: options.retention.clone(),
             telemetry: test_telemetry(),
         })
         .expect("building the relay")
@@ -637,7 +645,6 @@ impl TestApp {
             .expect("reading delivery events")
     }
 
-    /// Rows in `table` of this test's schema.
     /// `pg_dump` of this test's schema: its tables and every row, as text.
     pub(crate) async fn pg_dump(&self) -> String {
         let base_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL is set");
@@ -655,6 +662,30 @@ impl TestApp {
         String::from_utf8(output.stdout).expect("a text dump")
     }
 
+    /// Every value of every personal column of this test's schema, opened with the keyring:
+    /// what the sealed columns of `pg_dump` hold, in clear. JSON values come as their text.
+    pub(crate) async fn opened_personal_values(&self) -> Vec<String> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Value {
+            #[diesel(sql_type = diesel::sql_types::Bytea)]
+            value: herald_db::personal::PersonalText,
+        }
+        let mut connection = self.pool.get().await.expect("a connection");
+        let mut values = Vec::new();
+        for (table, column) in herald_db::personal::keys::COLUMNS {
+            let rows: Vec<Value> = diesel::sql_query(format!(
+                "SELECT {column} AS value FROM {table} WHERE {column} IS NOT NULL"
+            ))
+            .load(&mut connection)
+            .await
+            .expect("reading a personal column");
+            values.extend(rows.into_iter().map(|row| row.value.into_inner()));
+        }
+        values
+    }
+
+    /// Rows in `table` of this test's schema.
     pub(crate) async fn count_rows(&self, table: &str) -> i64 {
         use diesel_async::RunQueryDsl;
         #[derive(diesel::QueryableByName)]

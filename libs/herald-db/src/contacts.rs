@@ -158,7 +158,7 @@ pub async fn disabled_among(
         .collect())
 }
 
-/// Forgets the disabled contacts recorded for `user_id` (the user was deleted).
+/// Forgets the disabled contacts recorded for `user_id` (the user was erased).
 pub async fn delete_for_user(connection: &mut AsyncPgConnection, user_id: &str) -> Result<usize> {
     Ok(
         diesel::delete(disabled_contacts::table.filter(disabled_contacts::user_id.eq(user_id)))

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use herald_domain::{DeliveryId, NotificationId};
 use uuid::Uuid;
 
@@ -179,56 +179,72 @@ pub enum Recorded {
 /// Records `engagement` at most once per (delivery, kind, dedupe key): the insert is an
 /// `ON CONFLICT DO NOTHING` against the unique index `delivery_events_dedupe`, so concurrent
 /// duplicates store exactly one row, without a read-then-write race.
+///
+/// A delivery whose personal data was cleared (retention, or its user's erase) records the
+/// engagement without its detail. The delivery is read `FOR SHARE`, which waits for an erase
+/// or a retention batch holding it: an engagement either sees the delivery cleared, or is
+/// committed before the clearing empties its detail.
 pub async fn record_engagement(
     connection: &mut AsyncPgConnection,
     engagement: &Engagement,
 ) -> Result<Recorded> {
-    let delivery = deliveries::table
-        .find(engagement.delivery_id.as_uuid())
-        .select((
-            deliveries::notification_id,
-            deliveries::channel,
-            deliveries::attempts,
-        ))
-        .first::<(Uuid, String, i32)>(connection)
+    connection
+        .transaction::<_, crate::Error, _>(async |connection| {
+            let delivery = deliveries::table
+                .find(engagement.delivery_id.as_uuid())
+                .select((
+                    deliveries::notification_id,
+                    deliveries::channel,
+                    deliveries::attempts,
+                    deliveries::personal_cleared_at.is_not_null(),
+                ))
+                .for_share()
+                .first::<(Uuid, String, i32, bool)>(connection)
+                .await
+                .optional()?;
+            let Some((notification_id, channel, attempts, cleared)) = delivery else {
+                return Ok(Recorded::UnknownDelivery);
+            };
+            let detail = if cleared {
+                PersonalText::default()
+            } else {
+                engagement.detail.clone()
+            };
+            let kind = engagement.kind.as_str();
+            let inserted = diesel::insert_into(delivery_events::table)
+                .values((
+                    delivery_events::delivery_id.eq(engagement.delivery_id.as_uuid()),
+                    delivery_events::kind.eq(kind),
+                    delivery_events::attempt.eq(attempts),
+                    delivery_events::detail.eq(&detail),
+                    delivery_events::dedupe_key.eq(&engagement.dedupe_key),
+                ))
+                .on_conflict_do_nothing()
+                .returning(delivery_events::occurred_at)
+                .get_result::<DateTime<Utc>>(connection)
+                .await
+                .optional()?;
+            if let Some(occurred_at) = inserted {
+                emit(&NewEvent {
+                    delivery_id: *engagement.delivery_id.as_uuid(),
+                    kind,
+                    attempt: attempts,
+                    notification_id: Some(notification_id),
+                    channel: Some(&channel),
+                    ..NewEvent::default()
+                });
+                return Ok(Recorded::New { occurred_at });
+            }
+            let occurred_at = delivery_events::table
+                .filter(delivery_events::delivery_id.eq(engagement.delivery_id.as_uuid()))
+                .filter(delivery_events::kind.eq(kind))
+                .filter(delivery_events::dedupe_key.eq(&engagement.dedupe_key))
+                .select(delivery_events::occurred_at)
+                .first::<DateTime<Utc>>(connection)
+                .await?;
+            Ok(Recorded::Already { occurred_at })
+        })
         .await
-        .optional()?;
-    let Some((notification_id, channel, attempts)) = delivery else {
-        return Ok(Recorded::UnknownDelivery);
-    };
-    let kind = engagement.kind.as_str();
-    let inserted = diesel::insert_into(delivery_events::table)
-        .values((
-            delivery_events::delivery_id.eq(engagement.delivery_id.as_uuid()),
-            delivery_events::kind.eq(kind),
-            delivery_events::attempt.eq(attempts),
-            delivery_events::detail.eq(&engagement.detail),
-            delivery_events::dedupe_key.eq(&engagement.dedupe_key),
-        ))
-        .on_conflict_do_nothing()
-        .returning(delivery_events::occurred_at)
-        .get_result::<DateTime<Utc>>(connection)
-        .await
-        .optional()?;
-    if let Some(occurred_at) = inserted {
-        emit(&NewEvent {
-            delivery_id: *engagement.delivery_id.as_uuid(),
-            kind,
-            attempt: attempts,
-            notification_id: Some(notification_id),
-            channel: Some(&channel),
-            ..NewEvent::default()
-        });
-        return Ok(Recorded::New { occurred_at });
-    }
-    let occurred_at = delivery_events::table
-        .filter(delivery_events::delivery_id.eq(engagement.delivery_id.as_uuid()))
-        .filter(delivery_events::kind.eq(kind))
-        .filter(delivery_events::dedupe_key.eq(&engagement.dedupe_key))
-        .select(delivery_events::occurred_at)
-        .first::<DateTime<Utc>>(connection)
-        .await?;
-    Ok(Recorded::Already { occurred_at })
 }
 
 /// The dedupe key of engagements that happen at most once per delivery (`opened`, `read`,

@@ -249,6 +249,10 @@ pub enum Resolution {
     AlreadyDiscarded,
     /// No such failure.
     NotFound,
+    /// Not replayed: retention or the user's erase cleared the delivery's personal data (its
+    /// address, the notification's parameters), so it can no longer be sent. Nothing changed;
+    /// discard it instead.
+    PersonalDataCleared,
 }
 
 /// Replays failure `id`: in one transaction, marks it replayed by `actor`, starts a new attempt
@@ -308,6 +312,18 @@ async fn resolve(
                 "discarded" => return Ok(Resolution::AlreadyDiscarded),
                 _ => {}
             }
+            if let Action::Replay = action {
+                // Locked, so retention cannot clear it between this look and the requeue.
+                let cleared = deliveries::table
+                    .find(delivery_id)
+                    .select(deliveries::personal_cleared_at.is_not_null())
+                    .for_no_key_update()
+                    .first::<bool>(connection)
+                    .await?;
+                if cleared {
+                    return Ok(Resolution::PersonalDataCleared);
+                }
+            }
             let now = Utc::now();
             let (new_status, action_name) = match action {
                 Action::Replay => ("replayed", "failure.replay"),
@@ -360,7 +376,8 @@ struct Replay<'a> {
 
 impl Replay<'_> {
     /// Puts the delivery back to `pending` with a fresh attempt budget, a `replayed` event and
-    /// an outbox row, if it is still failed or unknown (else nothing: it was replayed already).
+    /// an outbox row, if it is still failed or unknown and keeps its personal data (else
+    /// nothing: it was replayed already, or cleared).
     async fn requeue(&self, connection: &mut AsyncPgConnection, now: DateTime<Utc>) -> Result<()> {
         let final_states = [
             DeliveryState::Failed.as_str(),
@@ -369,7 +386,8 @@ impl Replay<'_> {
         let attempts = diesel::update(
             deliveries::table
                 .filter(deliveries::id.eq(self.delivery_id))
-                .filter(deliveries::state.eq_any(final_states)),
+                .filter(deliveries::state.eq_any(final_states))
+                .filter(deliveries::personal_cleared_at.is_null()),
         )
         .set((
             deliveries::state.eq(DeliveryState::Pending.as_str()),

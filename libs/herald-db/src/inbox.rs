@@ -42,7 +42,7 @@ pub struct InboxItem {
     pub archived_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = inbox_items)]
 struct Row {
     id: Uuid,
@@ -95,30 +95,42 @@ pub struct NewInboxItem<'a> {
     pub action_url: &'a str,
 }
 
-/// Stores `item`, unless its delivery already has one (a redelivered or retried attempt):
-/// `Some` with the new item, `None` when nothing was written.
+/// Stores `item` while its delivery is being sent to its user: `Some` with the new item,
+/// `None` when nothing was written, because the delivery has its item already (a redelivered
+/// or retried attempt) or is no longer being sent to that user (the user was erased meanwhile).
+///
+/// The delivery is read `FOR SHARE` in the same statement, which waits for an erase holding
+/// it: an item is either stored before the erase deletes the user's items, or not at all.
 pub async fn insert(
     connection: &mut AsyncPgConnection,
     item: &NewInboxItem<'_>,
 ) -> Result<Option<InboxItem>> {
-    Ok(diesel::insert_into(inbox_items::table)
-        .values((
-            inbox_items::id.eq(Uuid::now_v7()),
-            inbox_items::user_id.eq(item.user_id),
-            inbox_items::delivery_id.eq(item.delivery_id.as_uuid()),
-            inbox_items::notification_id.eq(item.notification_id.as_uuid()),
-            inbox_items::category.eq(item.category),
-            inbox_items::title.eq(PersonalText::from(item.title)),
-            inbox_items::body.eq(PersonalText::from(item.body)),
-            inbox_items::action_url.eq(PersonalText::from(item.action_url)),
-        ))
-        .on_conflict(inbox_items::delivery_id)
-        .do_nothing()
-        .returning(Row::as_returning())
-        .get_result::<Row>(connection)
-        .await
-        .optional()?
-        .map(InboxItem::from))
+    use diesel::sql_types::{Bytea, Text, Uuid as SqlUuid};
+    Ok(crate::statement::Statement::new(
+        "INSERT INTO inbox_items \
+             (id, user_id, delivery_id, notification_id, category, title, body, action_url) \
+         SELECT ?::uuid, deliveries.user_id, deliveries.id, ?::uuid, ?::text, ?::bytea, \
+             ?::bytea, ?::bytea \
+         FROM deliveries \
+         WHERE deliveries.id = ?::uuid AND deliveries.user_id = ?::text \
+             AND deliveries.state = 'sending' \
+         FOR SHARE OF deliveries \
+         ON CONFLICT (delivery_id) DO NOTHING \
+         RETURNING id, user_id, delivery_id, notification_id, category, title, body, \
+             action_url, created_at, read_at, archived_at",
+    )
+    .bind::<SqlUuid, _>(Uuid::now_v7())
+    .bind::<SqlUuid, _>(*item.notification_id.as_uuid())
+    .bind::<Text, _>(item.category)
+    .bind::<Bytea, _>(PersonalText::from(item.title))
+    .bind::<Bytea, _>(PersonalText::from(item.body))
+    .bind::<Bytea, _>(PersonalText::from(item.action_url))
+    .bind::<SqlUuid, _>(*item.delivery_id.as_uuid())
+    .bind::<Text, _>(item.user_id)
+    .get_result::<Row>(connection)
+    .await
+    .optional()?
+    .map(InboxItem::from))
 }
 
 /// Which of a user's items `list` returns.

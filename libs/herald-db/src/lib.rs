@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod contacts;
 pub mod deliveries;
+pub mod erasure;
 mod error;
 pub mod events;
 pub mod failures;
@@ -14,6 +15,7 @@ pub mod outbox;
 pub mod personal;
 mod pool;
 pub mod preferences;
+pub mod retention;
 pub mod schema;
 mod statement;
 pub mod templates;

@@ -379,6 +379,8 @@ pub struct DeliveryRecord {
     pub scheduled_for: Option<DateTime<Utc>>,
     /// The A/B test variant assigned at submit.
     pub variant: Option<String>,
+    /// When its personal data was cleared (retention, or its user's erase).
+    pub personal_cleared_at: Option<DateTime<Utc>>,
 }
 
 type DeliveryRow = (
@@ -395,6 +397,7 @@ type DeliveryRow = (
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
     Option<String>,
+    Option<DateTime<Utc>>,
 );
 
 fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
@@ -412,6 +415,7 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
         delivered_at,
         scheduled_for,
         variant,
+        personal_cleared_at,
     ) = row;
     Ok(DeliveryRecord {
         id: id.into(),
@@ -427,6 +431,7 @@ fn delivery_record(row: DeliveryRow) -> Result<DeliveryRecord> {
         delivered_at,
         scheduled_for,
         variant,
+        personal_cleared_at,
     })
 }
 
@@ -486,6 +491,7 @@ pub async fn load(
             deliveries::delivered_at,
             deliveries::scheduled_for,
             deliveries::variant,
+            deliveries::personal_cleared_at,
         ))
         .load::<DeliveryRow>(connection)
         .await?;

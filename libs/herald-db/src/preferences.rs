@@ -121,31 +121,9 @@ where
         .await
 }
 
-/// Deletes `user_id`'s preferences and contact data, audited; `false` when there were none.
-pub async fn delete(
-    connection: &mut AsyncPgConnection,
-    user_id: &str,
-    actor: &str,
-) -> Result<bool> {
-    connection
-        .transaction::<_, Error, _>(async |connection| {
-            let deleted = diesel::delete(user_preferences::table.find(user_id))
-                .execute(connection)
-                .await?;
-            crate::contacts::delete_for_user(connection, user_id).await?;
-            if deleted > 0 {
-                audit(
-                    connection,
-                    actor,
-                    "preferences.delete",
-                    user_id,
-                    &serde_json::json!({}),
-                )
-                .await?;
-            }
-            Ok(deleted > 0)
-        })
-        .await
+/// How the audit log names a user (`erasure` rewrites these entries when the user is erased).
+pub(crate) fn audit_target(user_id: &str) -> String {
+    format!("user:{user_id}")
 }
 
 async fn audit(
@@ -159,7 +137,7 @@ async fn audit(
         .values((
             audit_log::actor.eq(actor),
             audit_log::action.eq(action),
-            audit_log::target.eq(format!("user:{user_id}")),
+            audit_log::target.eq(audit_target(user_id)),
             audit_log::detail.eq(detail),
         ))
         .execute(connection)

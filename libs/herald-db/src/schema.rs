@@ -66,6 +66,7 @@ diesel::table! {
         scheduled_for -> Nullable<Timestamptz>,
         variant -> Nullable<Text>,
         open -> Bool,
+        personal_cleared_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -110,6 +111,7 @@ diesel::table! {
         parameters -> Bytea,
         metadata -> Bytea,
         created_at -> Timestamptz,
+        personal_cleared_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Signal {
         /// The items that changed.
         item_ids: Vec<Uuid>,
     },
+    /// The inbox changed in a way the other signals do not describe (the user was erased and
+    /// their items deleted): streams tell their clients to list again. A replica too old to
+    /// know it ignores it, like any signal it does not understand.
+    Resync,
 }
 
 impl Signal {

@@ -13,6 +13,7 @@ fn signals_round_trip_through_their_payload() {
         Signal::ItemsRead { item_ids: vec![id] },
         Signal::AllRead,
         Signal::ItemsArchived { item_ids: vec![id] },
+        Signal::Resync,
     ] {
         assert_eq!(
             Signal::from_payload(signal.to_payload().as_bytes()),

@@ -85,7 +85,7 @@ fn apply_preferences<P>(
     context: &mut DeliveryContext,
     record: Option<&PreferenceRecord>,
 ) -> Option<Outcome> {
-    let user_id = context.user_id.clone()?;
+    context.user_id.as_ref()?;
     if let Some(record) = record {
         let overrides = core.policy.overrides(&context.category, context.priority);
         match record.preferences.decide(
@@ -131,7 +131,9 @@ fn apply_preferences<P>(
         Channel::InApp | Channel::Chat => None,
     };
     missing.map(|missing| Outcome::Suppressed {
-        reason: format!("no_address: user {user_id} has no {missing}"),
+        // Stored reasons never name the user: the delivery's `user_id` does, and an erase
+        // forgets it.
+        reason: format!("no_address: the user has no {missing}"),
     })
 }
 

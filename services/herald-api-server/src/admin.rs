@@ -167,6 +167,7 @@ impl AdminApi {
                     Resolution::AlreadyReplayed => pb::ResolveOutcome::AlreadyReplayed,
                     Resolution::AlreadyDiscarded => pb::ResolveOutcome::AlreadyDiscarded,
                     Resolution::NotFound => pb::ResolveOutcome::NotFound,
+                    Resolution::PersonalDataCleared => pb::ResolveOutcome::PersonalDataCleared,
                 }
                 .into(),
             });

@@ -264,6 +264,8 @@ impl Live {
                 item_ids: ids_message(&item_ids),
                 unread_count: count(inbox::unread_count(&mut connection, &self.user_id).await?),
             }),
+            // The user was erased: their client lists again (and finds nothing).
+            Signal::Resync => Event::Resync(pb::Resync {}),
         };
         Ok(Some(event))
     }

@@ -283,6 +283,8 @@ impl Application {
         };
         // The fan-out task: one Redis pub/sub connection feeding every Subscribe stream.
         tokio::spawn(self.inbox_hub.clone().run(shutdown.clone()));
+        let preferences =
+            preference::PreferenceApi::new(state.clone(), self.inbox_publisher.clone());
         let inbox = inbox::InboxApi::new(
             state.clone(),
             self.inbox_hub,
@@ -290,7 +292,7 @@ impl Application {
             shutdown.clone(),
         );
         let reflection_on = state.settings.server.reflection;
-        let (routes, authenticator) = herald_routes(state, inbox)?;
+        let (routes, authenticator) = herald_routes(state, preferences, inbox)?;
         // Health and reflection answer configured principals only, with no permission needed.
         let mut routes = routes.add_service(authenticator.guard(health_service));
         if reflection_on {
@@ -333,6 +335,7 @@ impl Application {
 /// Herald's own services, each behind the authenticator.
 fn herald_routes(
     state: AppState,
+    preferences: preference::PreferenceApi,
     inbox: inbox::InboxApi,
 ) -> anyhow::Result<(tonic::service::Routes, auth::Authenticator)> {
     let authenticator = auth::Authenticator::new(&state.settings.auth)?;
@@ -343,9 +346,7 @@ fn herald_routes(
     let templates = authenticator.guard(TemplateServiceServer::new(template::TemplateApi::new(
         state.clone(),
     )));
-    let preferences = authenticator.guard(PreferenceServiceServer::new(
-        preference::PreferenceApi::new(state.clone()),
-    ));
+    let preferences = authenticator.guard(PreferenceServiceServer::new(preferences));
     let inbox = authenticator.guard(InboxServiceServer::new(inbox));
     let tracking = authenticator.guard(TrackingServiceServer::new(tracking::TrackingApi::new(
         state.clone(),

@@ -1,17 +1,20 @@
 //! `herald.preference.v1.PreferenceService`: product backends acting for their users. Reading
 //! needs `preferences.read` and shows contact points masked unless the caller also holds
 //! `contacts.read`; changing needs `preferences.write`, and `contacts.write` for any contact
-//! point; erasing a user needs `contacts.write`. A caller bound to user namespaces reaches only
-//! the users inside them. Every change is audited with who made it and which fields it changed.
+//! point; erasing a user (`DeletePreferences`: everything Herald stores about them, see
+//! `herald_db::erasure`) needs `contacts.write`. A caller bound to user namespaces reaches only
+//! the users inside them. Every change is audited with who made it and which fields it changed;
+//! an erase with a keyed hash of the user id and counts.
 
 use std::collections::BTreeMap;
 
-use herald_db::contacts;
 use herald_db::preferences::{self, PreferenceRecord};
+use herald_db::{contacts, erasure};
 use herald_domain::{
     Category, Channel, DeviceToken, EmailAddress, Permission, Platform, QuietHours, TimeZone,
     ValueError,
 };
+use herald_inbox::{InboxPublisher, Signal};
 use herald_proto::preference::{
     self as pb, DeletePreferencesRequest, DeletePreferencesResponse, GetPreferencesRequest,
     UpdatePreferencesRequest, preference_service_server::PreferenceService,
@@ -42,6 +45,8 @@ const PATHS: [&str; 10] = [
 
 pub(crate) struct PreferenceApi {
     state: AppState,
+    /// Tells an erased user's open inbox streams to list again.
+    inbox: InboxPublisher,
 }
 
 /// A channel map of an update (`{"email": true, …}`), validated.
@@ -359,8 +364,8 @@ fn channels_message(channels: &BTreeMap<Channel, bool>) -> std::collections::Has
 }
 
 impl PreferenceApi {
-    pub(crate) fn new(state: AppState) -> Self {
-        Self { state }
+    pub(crate) fn new(state: AppState, inbox: InboxPublisher) -> Self {
+        Self { state, inbox }
     }
 }
 
@@ -433,10 +438,45 @@ impl PreferenceService for PreferenceApi {
         let mut connection = herald_db::connection(&self.state.pool)
             .await
             .map_err(ServiceError::from)?;
-        let deleted = preferences::delete(&mut connection, &user_id, caller.identity.as_ref())
-            .await
-            .map_err(ServiceError::from)?;
-        Ok(Response::new(DeletePreferencesResponse { deleted }))
+        let erased = erasure::erase_user(
+            &mut connection,
+            &user_id,
+            caller.identity.as_ref(),
+            self.state.clock.now(),
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        if !erased.inbox_items.is_empty()
+            && let Err(error) = self.inbox.publish(&user_id, &Signal::Resync).await
+        {
+            tracing::warn!(
+                error = %error,
+                "Could not tell the erased user's open inbox streams to resync; their clients show the deleted items until they list again."
+            );
+        }
+        tracing::info!(
+            caller = %caller.identity,
+            deliveries = erased.deliveries,
+            cancelled = erased.cancelled,
+            notifications = erased.notifications,
+            inbox_items = erased.inbox_items.len(),
+            "User erased."
+        );
+        Ok(Response::new(erased_message(&erased)))
+    }
+}
+
+/// What an erase erased, as the response counts it.
+fn erased_message(erased: &erasure::Erased) -> DeletePreferencesResponse {
+    let count = |rows: i64| u32::try_from(rows).unwrap_or(u32::MAX);
+    DeletePreferencesResponse {
+        deleted: erased.preferences,
+        inbox_items: u32::try_from(erased.inbox_items.len()).unwrap_or(u32::MAX),
+        deliveries: count(erased.deliveries),
+        cancelled_deliveries: count(erased.cancelled),
+        notifications: count(erased.notifications),
+        events: count(erased.events),
+        disabled_contacts: count(erased.disabled_contacts),
     }
 }
 

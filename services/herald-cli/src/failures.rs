@@ -318,7 +318,12 @@ impl Action {
             | (Self::Discard, ResolveOutcome::AlreadyDiscarded) => true,
             (Self::Replay, ResolveOutcome::AlreadyDiscarded)
             | (Self::Discard, ResolveOutcome::AlreadyReplayed)
-            | (_, ResolveOutcome::NotFound | ResolveOutcome::Unspecified) => false,
+            | (
+                _,
+                ResolveOutcome::NotFound
+                | ResolveOutcome::PersonalDataCleared
+                | ResolveOutcome::Unspecified,
+            ) => false,
         }
     }
 
@@ -344,7 +349,8 @@ struct Resolved {
 }
 
 impl Resolved {
-    /// `done`, `already replayed`, `already discarded` or `not found`.
+    /// `done`, `already replayed`, `already discarded`, `not found` or why it was not
+    /// replayed.
     fn outcome_text(&self) -> String {
         match self.outcome {
             None => "no answer".to_owned(),
@@ -353,6 +359,9 @@ impl Resolved {
                 Ok(ResolveOutcome::AlreadyReplayed) => "already replayed".to_owned(),
                 Ok(ResolveOutcome::AlreadyDiscarded) => "already discarded".to_owned(),
                 Ok(ResolveOutcome::NotFound) => "not found".to_owned(),
+                Ok(ResolveOutcome::PersonalDataCleared) => {
+                    "not replayed: its personal data was cleared".to_owned()
+                }
                 Ok(ResolveOutcome::Unspecified) | Err(_) => {
                     format!("unknown outcome ({})", display::resolve_outcome(number))
                 }

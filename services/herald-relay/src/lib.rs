@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod retention;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,6 +17,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+pub use retention::RetentionSettings;
+
 /// The binary, package, Deployment and `service.name`.
 pub const SERVICE_NAME: &str = "herald-relay";
 
@@ -28,6 +32,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// Batching and polling.
     pub relay: RelaySettings,
+    /// How long personal data is kept after a delivery is final (the retention job).
+    pub retention: RetentionSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
 }
@@ -77,6 +83,7 @@ impl Validate for Settings {
         self.database.validate(problems);
         self.amqp.validate(problems);
         self.telemetry.validate(problems);
+        self.retention.validate(problems);
         if !(1..=10_000).contains(&self.relay.batch_size) {
             problems.push("relay.batch_size must be between 1 and 10000".into());
         }
@@ -230,7 +237,8 @@ impl Application {
         self.metrics.local_addr()
     }
 
-    /// Decides which scheduled rows are due with `clock` (tests inject a manual one).
+    /// Decides which scheduled rows are due, and which personal data retention clears, with
+    /// `clock` (tests inject a manual one).
     #[must_use]
     pub fn with_clock(mut self, clock: herald_domain::SharedClock) -> Self {
         self.clock = clock;
@@ -246,6 +254,15 @@ impl Application {
             self.settings.relay.cleanup_interval,
             shutdown.clone(),
         ));
+        let retention = self.settings.retention.enabled().then(|| {
+            let job = retention::Retention::new(
+                self.pool.clone(),
+                self.clock.clone(),
+                self.settings.retention.clone(),
+                self.metrics.metrics(),
+            );
+            tokio::spawn(job.run(shutdown.clone()))
+        });
         let wakers: Vec<Arc<Notify>> = (0..self.settings.relay.publishers.max(1))
             .map(|_| Arc::new(Notify::new()))
             .collect();
@@ -300,6 +317,9 @@ impl Application {
             }
         }
         let _stopped = cleanup.await;
+        if let Some(retention) = retention {
+            let _stopped = retention.await;
+        }
         tracing::info!("Relay stopped.");
         Ok(())
     }

@@ -19,6 +19,7 @@ mod batch;
 mod encryption;
 mod events;
 mod preferences;
+mod retention;
 
 async fn connect(database: &TestDatabase) -> AsyncPgConnection {
     AsyncPgConnection::establish(database.url()).await.unwrap()

@@ -97,6 +97,28 @@ impl Storage {
         ids
     }
 
+    /// `count` in-app deliveries to `user_id`, each claimed like a worker about to store its
+    /// item (an item is stored only while its delivery is being sent).
+    async fn deliveries_being_sent(&self, user_id: &str, count: usize) -> Vec<DeliveryId> {
+        let ids = self.in_app_deliveries(Some(user_id), count).await;
+        let mut connection = self.connect().await;
+        let claims = deliveries::claim_many(
+            &mut connection,
+            &ids,
+            Duration::from_secs(60),
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("claiming");
+        assert!(
+            claims
+                .iter()
+                .all(|claim| matches!(claim, BatchClaim::Claimed(_))),
+            "every delivery should be claimable: {claims:?}"
+        );
+        ids
+    }
+
     /// Claims `delivery_id` like a worker and loads its context.
     async fn claim(&self, delivery_id: DeliveryId) -> DeliveryContext {
         let mut connection = self.connect().await;

@@ -27,7 +27,7 @@ async fn store(storage: &Storage, user_id: &str, count: usize) -> Vec<Uuid> {
     let mut connection = storage.connect().await;
     let mut ids = Vec::new();
     for (index, delivery_id) in storage
-        .in_app_deliveries(Some(user_id), count)
+        .deliveries_being_sent(user_id, count)
         .await
         .into_iter()
         .enumerate()
@@ -77,7 +77,7 @@ async fn every_inbox_column_in_schema_rs_exists_after_migrating() {
 async fn a_delivery_stores_at_most_one_item() {
     let storage = Storage::new().await;
     let mut connection = storage.connect().await;
-    let delivery_id = storage.in_app_deliveries(Some("user-1"), 1).await[0];
+    let delivery_id = storage.deliveries_being_sent("user-1", 1).await[0];
     let first = inbox::insert(&mut connection, &item("user-1", delivery_id, "first"))
         .await
         .unwrap();
@@ -103,6 +103,31 @@ async fn a_delivery_stores_at_most_one_item() {
             .await
             .unwrap(),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_is_stored_only_while_its_delivery_is_being_sent_to_its_user() {
+    let storage = Storage::new().await;
+    let mut connection = storage.connect().await;
+    let not_claimed = storage.in_app_deliveries(Some("user-1"), 1).await[0];
+    let erased = storage.deliveries_being_sent("user-1", 1).await[0];
+    let erasure =
+        herald_db::erasure::erase_user(&mut connection, "user-1", "test", chrono::Utc::now())
+            .await
+            .unwrap();
+    assert_eq!((erasure.deliveries, erasure.cancelled), (2, 2));
+    for delivery_id in [not_claimed, erased] {
+        let stored = inbox::insert(&mut connection, &item("user-1", delivery_id, "late"))
+            .await
+            .unwrap();
+        assert_eq!(stored, None, "nothing is stored for {delivery_id}");
+    }
+    assert_eq!(
+        inbox::unread_count(&mut connection, "user-1")
+            .await
+            .unwrap(),
+        0
     );
 }
 
@@ -211,8 +236,8 @@ async fn marking_read_twice_changes_and_records_once() {
     );
     assert_eq!(
         tracking_events(&mut connection, ids[0]).await,
-        // The delivery was never claimed, so its attempt number is 0.
-        vec![("read".to_owned(), 0)]
+        // The event carries the attempt that stored the item.
+        vec![("read".to_owned(), 1)]
     );
     assert!(tracking_events(&mut connection, ids[1]).await.is_empty());
     assert_eq!(
@@ -326,11 +351,11 @@ async fn mark_all_read_marks_the_unread_items_and_leaves_archived_ones() {
     assert_eq!(archived[0].read_at, None);
     assert_eq!(
         tracking_events(&mut connection, ids[1]).await,
-        vec![("dismissed".to_owned(), 0)]
+        vec![("dismissed".to_owned(), 1)]
     );
     assert_eq!(
         tracking_events(&mut connection, ids[3]).await,
-        vec![("read".to_owned(), 0)]
+        vec![("read".to_owned(), 1)]
     );
 }
 
@@ -360,7 +385,7 @@ async fn archiving_twice_changes_and_records_once_and_lowers_the_unread_count() 
     for id in &ids {
         assert_eq!(
             tracking_events(&mut connection, *id).await,
-            vec![("dismissed".to_owned(), 0)]
+            vec![("dismissed".to_owned(), 1)]
         );
     }
 }

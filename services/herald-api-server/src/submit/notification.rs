@@ -66,6 +66,7 @@ pub(super) fn notification_message(record: NotificationRecord) -> pb::Notificati
                 delivered_at: delivery.delivered_at.map(conversions::timestamp),
                 scheduled_for: delivery.scheduled_for.map(conversions::timestamp),
                 variant: delivery.variant.unwrap_or_default(),
+                personal_data_cleared_at: delivery.personal_cleared_at.map(conversions::timestamp),
             })
             .collect(),
     }
