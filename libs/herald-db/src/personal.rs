@@ -109,6 +109,63 @@ impl fmt::Debug for PersonalJson {
     }
 }
 
+/// A personal value as a batch reads it: opened, or why it did not open (its key is not
+/// configured, or it was altered). Reading a batch of rows through it makes such a value fail
+/// its own row only, never the statement that read the batch.
+#[derive(Clone, PartialEq, Eq, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Bytea)]
+pub(crate) enum Readable<T> {
+    /// The value.
+    Open(T),
+    /// Why it did not open.
+    Unreadable(String),
+}
+
+impl<T> Readable<T> {
+    /// The value, or a `ValueError` naming `column` and why it did not open.
+    pub(crate) fn into_result(self, column: &str) -> Result<T, herald_domain::ValueError> {
+        match self {
+            Self::Open(value) => Ok(value),
+            Self::Unreadable(why) => Err(herald_domain::ValueError(format!(
+                "{column} does not open: {why}"
+            ))),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Readable<T> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Open(_) => formatter.write_str("Readable::Open(<redacted>)"),
+            Self::Unreadable(why) => write!(formatter, "Readable::Unreadable({why})"),
+        }
+    }
+}
+
+impl<T> FromSql<Bytea, Pg> for Readable<T>
+where
+    T: FromSql<Bytea, Pg>,
+{
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        Ok(match T::from_sql(bytes) {
+            Ok(value) => Self::Open(value),
+            Err(error) => Self::Unreadable(error.to_string()),
+        })
+    }
+}
+
+impl<T> ToSql<Bytea, Pg> for Readable<T>
+where
+    T: ToSql<Bytea, Pg>,
+{
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        match self {
+            Self::Open(value) => value.to_sql(out),
+            Self::Unreadable(_) => Err("a value that did not open is never written back".into()),
+        }
+    }
+}
+
 /// Writes `plaintext` sealed under the process's keyring.
 fn seal(plaintext: &[u8], out: &mut Output<'_, '_, Pg>) -> serialize::Result {
     let sealed = herald_crypto::keyring()?.cipher().seal(plaintext)?;

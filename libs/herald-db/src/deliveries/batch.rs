@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::{Claim, ClaimedDelivery};
 use crate::events::{self, NewEvent};
-use crate::personal::{PersonalJson, PersonalText};
+use crate::personal::{PersonalJson, PersonalText, Readable};
 use crate::schema::deliveries;
 use crate::statement::planned_per_run;
 use crate::{Error, Result};
@@ -269,7 +269,7 @@ type ClaimedRow = (
     i32,
     Uuid,
     String,
-    Option<PersonalText>,
+    Option<Readable<PersonalText>>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -277,7 +277,7 @@ type ClaimedRow = (
     String,
     Uuid,
     i32,
-    PersonalJson,
+    Readable<PersonalJson>,
     String,
 );
 
@@ -305,9 +305,19 @@ fn claimed(row: ClaimedRow) -> BatchClaim {
         attempt,
         cycle_attempt: attempt - attempts_base,
     };
-    let (channel, priority) = match (channel.parse(), Priority::from_i16(priority)) {
-        (Ok(channel), Ok(priority)) => (channel, priority),
-        (Err(error), _) | (_, Err(error)) => {
+    let readable = (
+        channel.parse(),
+        Priority::from_i16(priority),
+        address
+            .map(|address| address.into_result("deliveries.address"))
+            .transpose(),
+        parameters.into_result("notifications.parameters"),
+    );
+    let (channel, priority, address, parameters) = match readable {
+        (Ok(channel), Ok(priority), Ok(address), Ok(parameters)) => {
+            (channel, priority, address, parameters)
+        }
+        (Err(error), ..) | (_, Err(error), ..) | (.., Err(error), _) | (.., Err(error)) => {
             return BatchClaim::Unreadable {
                 claim,
                 problem: format!("stored delivery is unreadable: {error}"),

@@ -11,7 +11,7 @@ use herald_domain::{Channel, DeviceToken, QuietHours, TimeZone, UserPreferences,
 use serde::{Deserialize, Serialize};
 
 use super::PreferenceRecord;
-use crate::personal::{PersonalJson, PersonalText};
+use crate::personal::{PersonalJson, PersonalText, Readable};
 use crate::schema::user_preferences;
 
 /// A `user_preferences` row as stored.
@@ -20,10 +20,11 @@ use crate::schema::user_preferences;
 #[diesel(treat_none_as_null = true)]
 pub(super) struct Row {
     pub(super) user_id: String,
-    email: Option<PersonalText>,
-    phone: Option<PersonalText>,
+    // Read through `Readable`, so a value that does not open fails its own user only.
+    email: Option<Readable<PersonalText>>,
+    phone: Option<Readable<PersonalText>>,
     /// `[{"token": …, "platform": "android" | "ios" | "web"}, …]`.
-    device_tokens: PersonalJson,
+    device_tokens: Readable<PersonalJson>,
     locale: Option<String>,
     time_zone: Option<String>,
     /// `{"email": true, …}`: channel name → enabled.
@@ -80,8 +81,11 @@ impl TryFrom<Row> for PreferenceRecord {
                 .map(|zone| TimeZone::parse(zone).map_err(|_| corrupt("time_zone")))
                 .transpose()?,
         };
+        let device_tokens = row
+            .device_tokens
+            .into_result("user_preferences.device_tokens")?;
         let device_tokens =
-            parse::<Vec<StoredDevice>>(row.device_tokens.into_inner(), "device_tokens")?
+            parse::<Vec<StoredDevice>>(device_tokens.into_inner(), "device_tokens")?
                 .into_iter()
                 .map(|device| {
                     Ok(DeviceToken {
@@ -95,8 +99,14 @@ impl TryFrom<Row> for PreferenceRecord {
                 .collect::<Result<_>>()?;
         Ok(Self {
             user_id: row.user_id,
-            email: row.email,
-            phone: row.phone,
+            email: row
+                .email
+                .map(|email| email.into_result("user_preferences.email"))
+                .transpose()?,
+            phone: row
+                .phone
+                .map(|phone| phone.into_result("user_preferences.phone"))
+                .transpose()?,
             device_tokens,
             locale: row.locale,
             preferences,
@@ -125,9 +135,9 @@ impl From<&PreferenceRecord> for Row {
             .collect();
         Self {
             user_id: record.user_id.clone(),
-            email: record.email.clone(),
-            phone: record.phone.clone(),
-            device_tokens: PersonalJson::new(json(&devices)),
+            email: record.email.clone().map(Readable::Open),
+            phone: record.phone.clone().map(Readable::Open),
+            device_tokens: Readable::Open(PersonalJson::new(json(&devices))),
             locale: record.locale.clone(),
             time_zone: preferences.time_zone.map(|zone| zone.name().to_owned()),
             channels: json(&stored_channels(&preferences.channels)),

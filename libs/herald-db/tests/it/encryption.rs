@@ -230,3 +230,66 @@ async fn disabled_contacts_are_keyed_hashes_and_plain_ones_from_before_stay_in_f
             .unwrap(),
     );
 }
+
+#[tokio::test]
+async fn a_value_that_does_not_open_fails_its_own_row_and_not_the_batch_that_reads_it() {
+    use herald_db::deliveries::{self, BatchClaim};
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, lost) = seed(&mut connection, None).await;
+    store_ada_email(&mut connection).await;
+
+    // The key those values were sealed under is gone; later values are sealed under another.
+    let keys_dir = tempfile::tempdir().unwrap();
+    herald_crypto::write_new_key(keys_dir.path(), "other").unwrap();
+    install(keys_dir.path(), "other");
+    let (_, readable) = seed(&mut connection, None).await;
+    preferences::update(&mut connection, "bob", "test", &[], |record| {
+        record.email = Some("bob@example.com".into());
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let answers = deliveries::claim_many(
+        &mut connection,
+        &[lost, readable],
+        std::time::Duration::from_secs(60),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let unreadable = answers
+        .iter()
+        .find_map(|answer| match answer {
+            BatchClaim::Unreadable { claim, problem } if claim.delivery_id == lost => {
+                Some(problem.clone())
+            }
+            _ => None,
+        })
+        .expect("the delivery whose values do not open is unreadable, alone");
+    assert!(unreadable.contains("does not open"), "{unreadable}");
+    assert!(answers.iter().any(|answer| matches!(
+        answer,
+        BatchClaim::Claimed(claimed) if claimed.claim.delivery_id == readable
+    )));
+
+    let users = preferences::get_many(&mut connection, &["ada".to_owned(), "bob".to_owned()])
+        .await
+        .unwrap();
+    let ada = users["ada"].as_ref().unwrap_err();
+    assert!(
+        ada.0.starts_with("user_preferences.") && ada.0.contains("does not open"),
+        "{ada}"
+    );
+    assert_eq!(
+        users["bob"]
+            .as_ref()
+            .unwrap()
+            .email
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "bob@example.com"
+    );
+}
