@@ -6,8 +6,9 @@
 //! - Every delivery to the user loses its address and its user id and is stamped
 //!   `personal_cleared_at` (like retention's clearing); the detail of each of its events is
 //!   emptied. One not yet final is suppressed with [`ERASED_REASON`], under the row lock, so
-//!   no worker claims it again and the outcome of an attempt in flight is not recorded (its
-//!   write is fenced on the state the claim left).
+//!   no worker claims it again; except one a worker holds right now (`sending` under a live
+//!   lease): its worker has the address already and may hand it to the provider, so it keeps
+//!   its state and its outcome is recorded as it happens (a retry of it finds no address).
 //! - A notification all of whose deliveries are now cleared loses its parameters and metadata.
 //!   One that also went to other users keeps them until retention clears its last delivery:
 //!   the other users' deliveries may still need them, and it no longer names this user.
@@ -88,7 +89,8 @@ struct ErasedDelivery {
 /// ones not yet final suppressed.
 const FORGET_DELIVERIES: &str = r"
 WITH mine AS (
-    SELECT id, NOT (state = ANY(?::text[])) AS cancelled FROM deliveries
+    SELECT id, NOT (state = ANY(?::text[]))
+        AND NOT (state = 'sending' AND lease_until > now()) AS cancelled FROM deliveries
     WHERE user_id = ?::text ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE deliveries SET address = NULL, user_id = NULL,
@@ -144,7 +146,7 @@ pub async fn erase_user(
                 .execute(connection)
                 .await?
                 > 0;
-            erased.disabled_contacts =
+            erased.disabled_contacts +=
                 count(crate::contacts::delete_for_user(connection, user_id).await?);
             erased.audit_entries = count(
                 diesel::update(
@@ -224,11 +226,19 @@ async fn forget_deliveries(
         .planned_per_run()
         .execute(connection)
         .await?;
+    // Addresses disabled by a delivery to the user, recorded without their user id.
+    let contacts = diesel::delete(
+        crate::schema::disabled_contacts::table
+            .filter(crate::schema::disabled_contacts::delivery_id.eq_any(&delivery_ids)),
+    )
+    .execute(connection)
+    .await?;
     Ok(Erased {
         deliveries: count(deliveries.len()),
         cancelled: count(cancelled.len()),
         notifications: count(notifications),
         events: count(events),
+        disabled_contacts: count(contacts),
         ..Erased::default()
     })
 }

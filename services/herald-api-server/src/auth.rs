@@ -72,13 +72,27 @@ impl Validate for AuthSettings {
                     ));
                 }
             }
-            if !principal.user_namespaces.is_empty()
-                && principal.grants().contains(&P::FailuresAdmin)
+            if !principal.user_namespaces.is_empty() {
+                let grants = principal.grants();
+                for (permission, what) in [
+                    (P::FailuresAdmin, "failures of all users"),
+                    (P::TemplatesWrite, "templates every product's users receive"),
+                ] {
+                    if grants.contains(&permission) {
+                        problems.push(format!(
+                            "auth.principals[{index}]: {permission} spans every user namespace \
+                             ({what}); a principal with user_namespaces cannot hold it"
+                        ));
+                    }
+                }
+            }
+            if let Some(first) = self.principals[..index]
+                .iter()
+                .position(|earlier| earlier.identity == principal.identity)
             {
                 problems.push(format!(
-                    "auth.principals[{index}]: {} spans every user namespace (failures of all \
-                     users); a principal with user_namespaces cannot hold it",
-                    P::FailuresAdmin
+                    "auth.principals[{index}]: the identity is listed already (principals[{first}]); \
+                     give each identity one entry"
                 ));
             }
         }
@@ -500,6 +514,10 @@ mod tests {
                  `:` (a user-id prefix without one would also match longer names)",
                 "auth.principals[1]: failures.admin spans every user namespace (failures of all \
                  users); a principal with user_namespaces cannot hold it",
+                "auth.principals[1]: templates.write spans every user namespace (templates every \
+                 product's users receive); a principal with user_namespaces cannot hold it",
+                "auth.principals[1]: the identity is listed already (principals[0]); give each \
+                 identity one entry",
             ]
         );
         assert!(

@@ -14,7 +14,6 @@ use herald_proto::tracking::{
     self as pb, ListEventsRequest, ListEventsResponse, RecordEventRequest, RecordEventResponse,
     tracking_service_server::TrackingService,
 };
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -164,7 +163,8 @@ fn engagement(request: &RecordEventRequest) -> Result<Engagement> {
         EngagementKind::Clicked if !request.client_event_id.is_empty() => (
             format!(
                 "client:{}",
-                hex::encode(&Sha256::digest(request.client_event_id.as_bytes())[..16])
+                &herald_crypto::lookup_hex("client-event", request.client_event_id.as_bytes())
+                    [..32]
             ),
             String::new(),
         ),

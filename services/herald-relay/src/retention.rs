@@ -129,6 +129,9 @@ impl Retention {
             .checked_sub_signed(kept)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut connection = herald_db::connection(&self.pool).await?;
+        // Contacts disabled before keyed hashes are rekeyed from their delivery's address,
+        // which clearing is about to take away.
+        herald_db::contacts::rekey_legacy(&mut connection, 500).await?;
         let mut total = Cleared::default();
         while !shutdown.is_cancelled() {
             let batch =
