@@ -6,6 +6,8 @@
 -- the address of the delivery that disabled it; new rows are keyed.
 ALTER TABLE disabled_contacts ADD COLUMN keyed boolean NOT NULL DEFAULT false;
 ALTER TABLE disabled_contacts ALTER COLUMN keyed SET DEFAULT true;
+-- What is left to rekey, found without reading the keyed rows: every retention run asks.
+CREATE INDEX disabled_contacts_plain ON disabled_contacts (channel, address_hash) WHERE NOT keyed;
 
 -- A notification's request fingerprint is read only through idempotency_keys (which expire);
 -- the plain SHA-256 copies kept on notifications are dropped.

@@ -129,7 +129,14 @@ pub async fn reseal(connection: &mut AsyncPgConnection, blocks: i64) -> Result<R
     for _ in 0..PASSES {
         let mut this_pass = 0;
         for (table, column) in COLUMNS {
-            this_pass += reseal_column(connection, table, column, &prefix, blocks.max(1)).await?;
+            this_pass += reseal_column(
+                connection,
+                keyring.cipher(),
+                (table, column),
+                &prefix,
+                blocks.max(1),
+            )
+            .await?;
         }
         resealed.values += this_pass;
         resealed.left = not_under(connection, &prefix).await?;
@@ -148,10 +155,11 @@ fn outside_sql(column: &str) -> String {
     )
 }
 
+/// Reseals one column's values with `cipher`, `blocks` pages per statement.
 async fn reseal_column(
     connection: &mut AsyncPgConnection,
-    table: &str,
-    column: &str,
+    cipher: &herald_crypto::Cipher,
+    (table, column): (&str, &str),
     prefix: &[u8],
     blocks: i64,
 ) -> Result<u64> {
@@ -167,8 +175,6 @@ async fn reseal_column(
         #[diesel(sql_type = Bytea)]
         value: Vec<u8>,
     }
-    let keyring = herald_crypto::keyring()?;
-    let cipher = keyring.cipher();
     let pages = diesel::sql_query(format!(
         "SELECT pg_relation_size('{table}') / current_setting('block_size')::bigint AS pages"
     ))
