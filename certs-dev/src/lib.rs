@@ -4,16 +4,20 @@ use std::path::Path;
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
+use time::{Duration, OffsetDateTime};
 
 /// The files `generate` writes, all of which must exist for the set to be complete.
-pub const FILES: [&str; 14] = [
+pub const FILES: [&str; 21] = [
     "ca.pem",
     "ca.key",
     "api-server.pem",
     "api-server.key",
+    "postgres.pem",
+    "postgres.key",
     "orders.pem",
     "orders.key",
     "admin.pem",
@@ -24,7 +28,16 @@ pub const FILES: [&str; 14] = [
     "untrusted-ca.key",
     "intruder.pem",
     "intruder.key",
+    "revoked.pem",
+    "revoked.key",
+    "expired.pem",
+    "expired.key",
+    "ca.crl.pem",
 ];
+
+/// The identity of the `orders` client, which the `revoked` and `expired` certificates claim
+/// too: a configured principal whose old certificates must no longer be accepted.
+pub const ORDERS_IDENTITY: &str = "spiffe://herald.local/service/orders";
 
 /// True when every file of the set exists in `out_dir`.
 pub fn is_complete(out_dir: &Path) -> bool {
@@ -58,82 +71,171 @@ pub fn generate(out_dir: &Path) -> anyhow::Result<()> {
         std::fs::write(&path, contents)
             .with_context(|| format!("could not write {}", path.display()))
     };
+    let write_pair = |name: &str, pair: Issued| {
+        write(&format!("{name}.pem"), pair.certificate)?;
+        write(&format!("{name}.key"), pair.key)
+    };
 
-    let ca = certificate_authority("Herald Dev CA")?;
+    let ca = Authority::new("Herald Dev CA")?;
     write("ca.pem", ca.pem())?;
-    write("ca.key", ca.key().serialize_pem())?;
-
-    let mut server = CertificateParams::new(vec!["localhost".to_owned()])?;
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    server
-        .subject_alt_names
-        .push(SanType::URI("spiffe://herald.local/api-server".try_into()?));
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf(&ca, server, "api-server", &write)?;
-
+    write("ca.key", ca.key_pem())?;
+    write_pair("api-server", ca.server("spiffe://herald.local/api-server")?)?;
+    // The local PostgreSQL serves this one over TLS (./scripts/postgres-tls).
+    write_pair("postgres", ca.server("spiffe://herald.local/postgres")?)?;
     for (name, identity) in [
-        ("orders", "spiffe://herald.local/service/orders"),
+        ("orders", ORDERS_IDENTITY),
         ("admin", "spiffe://herald.local/admin/ops"),
         ("stranger", "spiffe://herald.local/service/stranger"),
     ] {
-        leaf(&ca, client_params(identity)?, name, &write)?;
+        write_pair(name, ca.client(identity)?)?;
     }
+    // A certificate of a configured identity that the CA has revoked, and the CRL saying so.
+    let revoked_serial = SerialNumber::from_slice(&[0x0d, 0xea, 0xd0]);
+    let mut revoked = client_params(ORDERS_IDENTITY)?;
+    revoked.serial_number = Some(revoked_serial.clone());
+    write_pair("revoked", ca.issue(revoked, "revoked")?)?;
+    write("ca.crl.pem", ca.crl(&[revoked_serial])?)?;
+    // One that expired yesterday (relative to now, so it is expired whenever it is made).
+    let mut expired = client_params(ORDERS_IDENTITY)?;
+    let now = OffsetDateTime::now_utc();
+    expired.not_before = now - Duration::days(30);
+    expired.not_after = now - Duration::days(1);
+    write_pair("expired", ca.issue(expired, "expired")?)?;
 
-    let untrusted = certificate_authority("Untrusted CA")?;
+    let untrusted = Authority::new("Untrusted CA")?;
     write("untrusted-ca.pem", untrusted.pem())?;
-    write("untrusted-ca.key", untrusted.key().serialize_pem())?;
-    leaf(
-        &untrusted,
-        client_params("spiffe://herald.local/admin/ops")?,
+    write("untrusted-ca.key", untrusted.key_pem())?;
+    write_pair(
         "intruder",
-        &write,
+        untrusted.client("spiffe://herald.local/admin/ops")?,
     )?;
     ensure_keys(out_dir)
 }
 
-/// A CA together with its key, able to sign leaves.
-struct Authority {
+/// A certificate and its private key, both PEM.
+#[derive(Debug)]
+pub struct Issued {
+    /// The PEM certificate.
+    pub certificate: String,
+    /// The PEM private key.
+    pub key: String,
+}
+
+/// A CA together with its key, able to sign leaves and revocation lists (also used by tests
+/// that rotate or revoke certificates).
+pub struct Authority {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
 impl Authority {
-    fn pem(&self) -> String {
+    /// A new self-signed CA named `name`.
+    ///
+    /// # Errors
+    /// When rcgen cannot make the key or the certificate.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        Ok(Self { issuer })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
         self.issuer.pem()
     }
 
-    fn key(&self) -> &KeyPair {
-        self.issuer.key()
+    /// The CA's private key, PEM.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`, also naming `identity`.
+    ///
+    /// # Errors
+    /// When rcgen cannot make the certificate.
+    pub fn server(&self, identity: &str) -> anyhow::Result<Issued> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity.try_into()?));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params, "server")
+    }
+
+    /// A client certificate naming `identity` (its URI SAN).
+    ///
+    /// # Errors
+    /// When rcgen cannot make the certificate.
+    pub fn client(&self, identity: &str) -> anyhow::Result<Issued> {
+        self.issue(client_params(identity)?, "client")
+    }
+
+    /// A leaf with `params`, named `common_name`, signed by this CA.
+    ///
+    /// # Errors
+    /// When rcgen cannot make the key or the certificate.
+    pub fn issue(
+        &self,
+        mut params: CertificateParams,
+        common_name: &str,
+    ) -> anyhow::Result<Issued> {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            certificate: certificate.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
+    /// A PEM CRL revoking the certificates with these serial numbers, valid from a minute ago
+    /// for a year.
+    ///
+    /// # Errors
+    /// When rcgen cannot sign it.
+    pub fn crl(&self, revoked: &[SerialNumber]) -> anyhow::Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(365),
+            crl_number: SerialNumber::from(1),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial_number| RevokedCertParams {
+                    serial_number: serial_number.clone(),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 
-fn certificate_authority(name: &str) -> anyhow::Result<Authority> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-    Ok(Authority { issuer })
-}
-
-fn client_params(identity: &str) -> anyhow::Result<CertificateParams> {
+/// Parameters of a client certificate naming `identity`, for `Authority::issue`.
+///
+/// # Errors
+/// When `identity` is not a valid URI SAN.
+pub fn client_params(identity: &str) -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(identity.try_into()?)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     Ok(params)
-}
-
-fn leaf(
-    authority: &Authority,
-    mut params: CertificateParams,
-    name: &str,
-    write: &dyn Fn(&str, String) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let key = KeyPair::generate()?;
-    let certificate = params.signed_by(&key, &authority.issuer)?;
-    write(&format!("{name}.pem"), certificate.pem())?;
-    write(&format!("{name}.key"), key.serialize_pem())
 }

@@ -13,6 +13,7 @@ fn sources(env: &[(&str, String)]) -> Sources {
         ("HERALD__TLS__CLIENT_CA", certs.path("ca.pem")),
         ("HERALD__TLS__CERT", certs.path("api-server.pem")),
         ("HERALD__TLS__KEY", certs.path("api-server.key")),
+        ("HERALD__TLS__CRLS", certs.path("ca.crl.pem")),
     ]
     .into_iter()
     .map(|(key, path)| (key.to_owned(), path.display().to_string()))
@@ -35,6 +36,8 @@ fn sources(env: &[(&str, String)]) -> Sources {
 fn base_toml_is_valid_for_every_service() {
     let api: herald_api_server::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(api.auth.principals.len(), 2);
+    // A list from the environment, comma-separated.
+    assert_eq!(api.tls.crls, vec![TestCerts::get().path("ca.crl.pem")]);
     assert_eq!(api.redis.key_prefix, "herald");
     let relay: herald_relay::Settings = herald_config::load(&sources(&[])).unwrap();
     assert_eq!(relay.relay.batch_size, 500);
@@ -145,4 +148,44 @@ fn the_tracker_needs_a_secret_and_enabled_tracking_needs_one_everywhere() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("tracking.secret"), "{error}");
+}
+
+#[test]
+fn the_production_profile_puts_tls_on_every_hop_and_refuses_plain_smtp_to_a_remote_relay() {
+    let certs = TestCerts::get();
+    let ca = certs.path("ca.pem").display().to_string();
+    // The files the manifests mount, here the test's own.
+    let mounted = [
+        ("HERALD__DATABASE__TLS__CA", ca.clone()),
+        ("HERALD__REDIS__TLS_CA", ca.clone()),
+        ("HERALD__AMQP__TLS_CA", ca),
+        (
+            "HERALD__DATABASE__ENCRYPTION__KEY_DIR",
+            certs.path("keys").display().to_string(),
+        ),
+    ];
+    let production = |env: &[(&str, String)]| {
+        let mut sources = sources(&[mounted.as_slice(), env].concat());
+        sources.environment = Some("production".into());
+        sources
+    };
+    let api: herald_api_server::Settings = herald_config::load(&production(&[])).unwrap();
+    assert_eq!(
+        api.database.tls.mode,
+        herald_config::DatabaseTlsMode::VerifyFull
+    );
+    assert!(api.redis.url.expose_secret().starts_with("rediss://"));
+    assert!(api.amqp.url.expose_secret().starts_with("amqps://"));
+    assert!(!api.tls.crls.is_empty());
+    let worker: herald_channel_worker::Settings = herald_config::load(&production(&[])).unwrap();
+    assert_eq!(worker.smtp.security, herald_smtp::SmtpSecurity::Starttls);
+    assert!(worker.amqp.url.expose_secret().starts_with("amqps://"));
+
+    let plain = herald_config::load::<herald_channel_worker::Settings>(&production(&[(
+        "HERALD__SMTP__SECURITY",
+        "none".into(),
+    )]))
+    .unwrap_err()
+    .to_string();
+    assert!(plain.contains("smtp.security"), "{plain}");
 }

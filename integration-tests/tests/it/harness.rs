@@ -35,15 +35,22 @@ pub(crate) enum As {
     Stranger,
     /// Signed by a CA Herald does not trust.
     Intruder,
+    /// The orders identity, in a certificate the Herald CA has revoked (`ca.crl.pem`).
+    Revoked,
+    /// The orders identity, in a certificate that expired yesterday.
+    Expired,
 }
 
 impl As {
-    fn files(self) -> (&'static str, &'static str) {
+    /// The certificate and key files of `self` among the dev certificates.
+    pub(crate) fn files(self) -> (&'static str, &'static str) {
         match self {
             Self::Orders => ("orders.pem", "orders.key"),
             Self::Admin => ("admin.pem", "admin.key"),
             Self::Stranger => ("stranger.pem", "stranger.key"),
             Self::Intruder => ("intruder.pem", "intruder.key"),
+            Self::Revoked => ("revoked.pem", "revoked.key"),
+            Self::Expired => ("expired.pem", "expired.key"),
         }
     }
 }
@@ -143,7 +150,7 @@ impl TestApp {
     /// The API server's settings: port 0, the dev certificates, `database` and `redis`; the
     /// orders identity has the submit, inbox and track roles and manages contact points, ops
     /// is admin, and `principals` come on top.
-    fn api_settings(
+    pub(crate) fn api_settings(
         database: &DatabaseSettings,
         redis: RedisSettings,
         quota_per_minute: u64,
@@ -158,6 +165,8 @@ impl TestApp {
                 client_ca: certs.path("ca.pem"),
                 cert: certs.path("api-server.pem"),
                 key: certs.path("api-server.key"),
+                crls: vec![certs.path("ca.crl.pem")],
+                ..ServerTlsSettings::default()
             },
             database: database.clone(),
             redis,
@@ -210,11 +219,13 @@ impl TestApp {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(2),
             encryption: TestCerts::get().encryption(),
+            ..DatabaseSettings::default()
         };
         let amqp_settings = AmqpSettings {
             url: SecretString::from(amqp_url.as_str()),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),
+            ..AmqpSettings::default()
         };
         let pool = herald_db::build_pool(&database.settings()).expect("test pool");
         let shutdown = CancellationToken::new();
@@ -318,11 +329,13 @@ impl TestApp {
                 max_connections: 4,
                 acquire_timeout: Duration::from_secs(2),
                 encryption: TestCerts::get().encryption(),
+                ..DatabaseSettings::default()
             },
             amqp: AmqpSettings {
                 url: SecretString::from(self.amqp_url.as_str()),
                 reconnect_min: Duration::from_millis(50),
                 reconnect_max: Duration::from_millis(500),
+                ..AmqpSettings::default()
             },
             worker: herald_worker::WorkerSettings {
                 prefetch,
@@ -710,6 +723,7 @@ impl TestApp {
                 max_connections: 8,
                 acquire_timeout: Duration::from_secs(2),
                 encryption: TestCerts::get().encryption(),
+                ..DatabaseSettings::default()
             },
             RedisSettings {
                 url: SecretString::from(self.keyspace.url()),

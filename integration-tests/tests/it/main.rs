@@ -7,6 +7,7 @@
 mod admin;
 mod alerts;
 mod batch;
+mod certificates;
 mod channels;
 mod chat;
 mod config;

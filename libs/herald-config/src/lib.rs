@@ -8,8 +8,9 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use sections::{
-    AmqpSettings, DatabaseSettings, EncryptionSettings, GrpcServerSettings, LogFormat,
-    PolicySettings, RedisSettings, ServerTlsSettings, TelemetrySettings,
+    AmqpSettings, DatabaseSettings, DatabaseTlsMode, DatabaseTlsSettings, EncryptionSettings,
+    GrpcServerSettings, LogFormat, PolicySettings, RedisSettings, ServerTlsSettings,
+    TelemetrySettings,
 };
 
 /// Why settings could not be loaded.
@@ -59,6 +60,9 @@ where
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
+        // Lists given in the environment are comma-separated: HERALD__TLS__CRLS=a.pem,b.pem.
+        .list_separator(",")
+        .with_list_parse_key("tls.crls")
         .source(sources.env_override.clone());
     let settings: T = builder.add_source(environment).build()?.try_deserialize()?;
     let mut problems = Vec::new();

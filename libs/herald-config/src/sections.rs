@@ -22,6 +22,30 @@ pub struct DatabaseSettings {
     pub acquire_timeout: Duration,
     /// The keys personal data is encrypted with and lookups are hashed with.
     pub encryption: EncryptionSettings,
+    /// TLS to PostgreSQL.
+    pub tls: DatabaseTlsSettings,
+}
+
+/// Whether connections to PostgreSQL use TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseTlsMode {
+    /// Plain TCP (a database on the same host or a private network).
+    #[default]
+    Off,
+    /// TLS required, the server's certificate verified against `ca` and the URL's host.
+    VerifyFull,
+}
+
+/// TLS to PostgreSQL. The URL's own `sslmode` is overridden: `verify-full` always requires TLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseTlsSettings {
+    /// `off` or `verify-full`.
+    pub mode: DatabaseTlsMode,
+    /// PEM bundle of the CA(s) that sign the server's certificate; empty trusts the public web
+    /// roots (webpki-roots).
+    pub ca: PathBuf,
 }
 
 impl Default for DatabaseSettings {
@@ -31,6 +55,7 @@ impl Default for DatabaseSettings {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
             encryption: EncryptionSettings::default(),
+            tls: DatabaseTlsSettings::default(),
         }
     }
 }
@@ -67,6 +92,15 @@ impl Validate for DatabaseSettings {
         if self.max_connections == 0 {
             problems.push("database.max_connections must be at least 1".into());
         }
+        if self.tls.mode == DatabaseTlsMode::VerifyFull
+            && !self.tls.ca.as_os_str().is_empty()
+            && !self.tls.ca.is_file()
+        {
+            problems.push(format!(
+                "database.tls.ca points to {}, which is not a readable file",
+                self.tls.ca.display()
+            ));
+        }
         let encryption = &self.encryption;
         if encryption.active_key.is_empty() || encryption.lookup_key.is_empty() {
             problems.push(
@@ -95,6 +129,9 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Pool size per process.
     pub max_connections: usize,
+    /// With `rediss://`: PEM bundle of the CA(s) that sign the server's certificate; empty
+    /// trusts the system's roots.
+    pub tls_ca: PathBuf,
 }
 
 impl Default for RedisSettings {
@@ -104,6 +141,7 @@ impl Default for RedisSettings {
             key_prefix: "herald".into(),
             timeout: Duration::from_millis(250),
             max_connections: 16,
+            tls_ca: PathBuf::new(),
         }
     }
 }
@@ -120,6 +158,12 @@ impl Validate for RedisSettings {
         if self.timeout.is_zero() {
             problems.push("redis.timeout must be positive".into());
         }
+        tls_ca_problems(
+            "redis",
+            url.starts_with("rediss://"),
+            &self.tls_ca,
+            problems,
+        );
     }
 }
 
@@ -135,6 +179,9 @@ pub struct AmqpSettings {
     /// Longest delay between reconnection attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// With `amqps://`: PEM bundle of the CA(s) that sign the broker's certificate; empty
+    /// trusts the system's roots.
+    pub tls_ca: PathBuf,
 }
 
 impl Default for AmqpSettings {
@@ -143,6 +190,7 @@ impl Default for AmqpSettings {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
+            tls_ca: PathBuf::new(),
         }
     }
 }
@@ -156,6 +204,34 @@ impl Validate for AmqpSettings {
         if self.reconnect_min > self.reconnect_max {
             problems.push("amqp.reconnect_min must not exceed amqp.reconnect_max".into());
         }
+        tls_ca_problems("amqp", url.starts_with("amqps://"), &self.tls_ca, problems);
+    }
+}
+
+/// A `tls_ca` is only meaningful with a TLS URL, and must then be a readable file.
+fn tls_ca_problems(
+    section: &str,
+    tls_url: bool,
+    tls_ca: &std::path::Path,
+    problems: &mut Vec<String>,
+) {
+    if tls_ca.as_os_str().is_empty() {
+        return;
+    }
+    if !tls_url {
+        problems.push(format!(
+            "{section}.tls_ca is set but {section}.url does not use TLS ({})",
+            if section == "redis" {
+                "rediss://"
+            } else {
+                "amqps://"
+            }
+        ));
+    } else if !tls_ca.is_file() {
+        problems.push(format!(
+            "{section}.tls_ca points to {}, which is not a readable file",
+            tls_ca.display()
+        ));
     }
 }
 
@@ -175,7 +251,8 @@ impl Default for GrpcServerSettings {
     }
 }
 
-/// Certificates for a TLS server that requires client certificates (mutual TLS).
+/// Certificates for a TLS server that requires client certificates (mutual TLS). The files
+/// are read again every `reload_interval` and on SIGHUP; new connections get what changed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerTlsSettings {
@@ -185,6 +262,20 @@ pub struct ServerTlsSettings {
     pub cert: PathBuf,
     /// PEM private key of `cert`.
     pub key: PathBuf,
+    /// PEM files of certificate revocation lists: a client certificate they revoke is
+    /// refused during the handshake.
+    pub crls: Vec<PathBuf>,
+    /// With `crls` given, accept a client certificate whose issuer has no CRL among them
+    /// (otherwise it is refused, so a CA added without its CRL is noticed at once).
+    pub allow_unknown_revocation_status: bool,
+    /// How long a client may take to complete its TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; further connections wait in the listen backlog.
+    pub max_pending_handshakes: usize,
+    /// How often the files are read again to notice a rotation.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for ServerTlsSettings {
@@ -194,17 +285,31 @@ impl Default for ServerTlsSettings {
             client_ca: dir.join("ca.pem"),
             cert: dir.join("api-server.pem"),
             key: dir.join("api-server.key"),
+            crls: Vec::new(),
+            allow_unknown_revocation_status: false,
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
+            reload_interval: Duration::from_secs(30),
         }
     }
 }
 
 impl Validate for ServerTlsSettings {
     fn validate(&self, problems: &mut Vec<String>) {
+        if self.handshake_timeout.is_zero() || self.reload_interval.is_zero() {
+            problems.push("tls.handshake_timeout and tls.reload_interval must be positive".into());
+        }
+        if self.max_pending_handshakes == 0 {
+            problems.push("tls.max_pending_handshakes must be at least 1".into());
+        }
         for (name, path) in [
             ("tls.client_ca", &self.client_ca),
             ("tls.cert", &self.cert),
             ("tls.key", &self.key),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.crls.iter().map(|crl| ("tls.crls", crl)))
+        {
             if !path.is_file() {
                 problems.push(format!(
                     "{name} points to {}, which is not a readable file (run ./scripts/run or cargo run -p herald-certs-dev to create dev certificates)",

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod alerts;
+mod connect;
 pub mod contacts;
 pub mod deliveries;
 pub mod erasure;
@@ -36,5 +37,6 @@ fn string_map<M: FromIterator<(String, String)>>(value: serde_json::Value) -> M 
     }
 }
 
+pub use connect::Connector;
 pub use error::{Error, Result};
 pub use pool::{Connection, Pool, build_pool, connection, run_migrations};

@@ -4,10 +4,10 @@
 //! Channels are per schema (`<prefix><schema>`), so deployments and tests sharing one
 //! database only hear their own notifications.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt as _;
 
-use crate::{Error, Result};
+use crate::{Connector, Error, Result};
 
 /// A connection listening on one channel.
 pub struct Listener {
@@ -25,9 +25,11 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// Connects to `url` and listens on `prefix` followed by the connection's current schema.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        let mut connection = AsyncPgConnection::establish(url)
+    /// Connects with `connector` and listens on `prefix` followed by the connection's current
+    /// schema.
+    pub async fn connect(connector: &Connector, prefix: &str) -> Result<Self> {
+        let mut connection = connector
+            .connect()
             .await
             .map_err(|error| Error::Unavailable(error.to_string()))?;
         let channel = channel(&mut connection, prefix).await?;
@@ -89,10 +91,10 @@ pub enum Heard {
 /// Pause between two attempts to listen.
 pub const RELISTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Listens on `prefix` + schema at `url` until `shutdown`, reconnecting whenever the
+/// Listens on `prefix` + schema through `connector` until `shutdown`, reconnecting whenever the
 /// connection cannot be made or is lost, and tells `heard` what happens.
 pub async fn follow(
-    url: &str,
+    connector: &Connector,
     prefix: &str,
     shutdown: tokio_util::sync::CancellationToken,
     mut heard: impl FnMut(Heard),
@@ -100,7 +102,7 @@ pub async fn follow(
     loop {
         let listener = tokio::select! {
             () = shutdown.cancelled() => return,
-            listener = Listener::connect(url, prefix) => listener,
+            listener = Listener::connect(connector, prefix) => listener,
         };
         match listener {
             Ok(mut listener) => {

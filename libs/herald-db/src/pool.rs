@@ -1,6 +1,5 @@
 //! The connection pool and migrations.
 
-use diesel::Connection as _;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{self, Object};
@@ -11,7 +10,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use herald_config::DatabaseSettings;
 use secrecy::ExposeSecret;
 
-use crate::{Error, Result};
+use crate::{Connector, Error, Result};
 
 /// A pool of async PostgreSQL connections.
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
@@ -31,8 +30,13 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 /// every caller already treats as PostgreSQL being unavailable.
 pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool> {
     herald_crypto::install(herald_crypto::Keyring::load(&settings.encryption)?);
+    let connector = Connector::new(settings)?;
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |_url| {
+        let connector = connector.clone();
+        Box::pin(async move { connector.connect().await })
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         settings.url.expose_secret(),
         config,
@@ -51,13 +55,15 @@ pub async fn connection(pool: &Pool) -> Result<Connection> {
     Ok(pool.get().await?)
 }
 
-/// Applies every pending embedded migration to the database at `url`, returning the
-/// versions applied.
-pub async fn run_migrations(url: &str) -> Result<Vec<String>> {
-    let url = url.to_owned();
+/// Applies every pending embedded migration to the database `connector` reaches, returning
+/// the versions applied.
+pub async fn run_migrations(connector: &Connector) -> Result<Vec<String>> {
+    let connection = connector
+        .connect()
+        .await
+        .map_err(|error| Error::Unavailable(error.to_string()))?;
     tokio::task::spawn_blocking(move || {
-        let mut connection = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let mut connection = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
         let applied = connection
             .run_pending_migrations(MIGRATIONS)
             .map_err(|error| Error::Corrupt(format!("migration failed: {error}")))?;

@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_config::RedisSettings;
 use redis::aio::{PubSubSink, PubSubStream};
-use secrecy::ExposeSecret;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -142,8 +141,7 @@ enum Left {
 impl InboxHub {
     /// A hub for the channels under `redis.key_prefix`. Connects only once `run` runs.
     pub fn new(redis: &RedisSettings, settings: InboxSettings) -> Result<Self> {
-        let client = redis::Client::open(redis.url.expose_secret())
-            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let client = herald_redis::client(redis)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 client,

@@ -33,6 +33,9 @@ pub enum Error {
     /// The broker connection or channel failed.
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The TLS settings of the connection are not usable.
+    #[error("{0}")]
+    Tls(String),
     /// The broker refused the message (basic.nack).
     #[error("broker nacked the publish to {routing_key}")]
     Nacked {
@@ -68,11 +71,43 @@ pub fn retry_queue(channel: Channel, delay: Duration) -> String {
     format!("herald.{channel}.retry.{}ms", delay.as_millis())
 }
 
-/// Opens a connection. Herald supervises reconnection itself instead of relying on lapin's
-/// recovery, so this is called again after a failure.
+/// Opens a connection to `url`, over TLS for `amqps://` (the system's roots trusted). Herald
+/// supervises reconnection itself instead of relying on lapin's recovery, so this is called
+/// again after a failure.
 pub async fn connect(url: &str, connection_name: &str) -> Result<lapin::Connection> {
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     Ok(lapin::Connection::connect(url, properties).await?)
+}
+
+/// Opens a connection as `settings` say: for `amqps://` with `tls_ca` set, the broker's
+/// certificate must chain to that CA bundle (rustls, aws-lc-rs).
+pub async fn connect_with(
+    settings: &herald_config::AmqpSettings,
+    connection_name: &str,
+) -> Result<lapin::Connection> {
+    use secrecy::ExposeSecret as _;
+    let url = settings.url.expose_secret();
+    if settings.tls_ca.as_os_str().is_empty() {
+        return connect(url, connection_name).await;
+    }
+    let cert_chain = std::fs::read_to_string(&settings.tls_ca).map_err(|error| {
+        Error::Tls(format!(
+            "amqp.tls_ca ({}) cannot be read: {error}",
+            settings.tls_ca.display()
+        ))
+    })?;
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(cert_chain),
+    };
+    Ok(lapin::Connection::connect_with_config(
+        url,
+        properties,
+        tls,
+        lapin::runtime::default_runtime()?,
+    )
+    .await?)
 }
 
 /// Declares exchanges and queues for every channel. Idempotent: declaring an existing entity

@@ -45,19 +45,43 @@ impl Keyspace {
     }
 }
 
-/// A connection pool to `settings.url` whose waits, connects and recycles are each bounded by
-/// `settings.timeout`; connects lazily.
-pub fn build_pool(settings: &RedisSettings) -> Result<deadpool_redis::Pool> {
-    let mut config = deadpool_redis::Config::from_url(settings.url.expose_secret());
-    let mut pool_config = deadpool_redis::PoolConfig::new(settings.max_connections);
-    pool_config.timeouts = deadpool_redis::Timeouts {
-        wait: Some(settings.timeout),
-        create: Some(settings.timeout),
-        recycle: Some(settings.timeout),
+/// A client of `settings.url`: over TLS for `rediss://` (rustls), trusting `settings.tls_ca`
+/// when set and the system's roots otherwise. Connects lazily.
+pub fn client(settings: &RedisSettings) -> Result<deadpool_redis::redis::Client> {
+    use deadpool_redis::redis;
+    let url = settings.url.expose_secret();
+    let client = if settings.tls_ca.as_os_str().is_empty() {
+        redis::Client::open(url)
+    } else {
+        let root_cert = std::fs::read(&settings.tls_ca).map_err(|error| {
+            Error::Unavailable(format!(
+                "redis.tls_ca ({}) cannot be read: {error}",
+                settings.tls_ca.display()
+            ))
+        })?;
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        )
     };
-    config.pool = Some(pool_config);
-    config
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+    client.map_err(|error| Error::Unavailable(error.to_string()))
+}
+
+/// A connection pool of `client(settings)` whose waits, connects and recycles are each bounded
+/// by `settings.timeout`; connects lazily.
+pub fn build_pool(settings: &RedisSettings) -> Result<deadpool_redis::Pool> {
+    let manager = deadpool_redis::Manager::new(client(settings)?.get_connection_info().clone())
+        .map_err(|error| Error::Unavailable(error.to_string()))?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(settings.max_connections)
+        .wait_timeout(Some(settings.timeout))
+        .create_timeout(Some(settings.timeout))
+        .recycle_timeout(Some(settings.timeout))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
         .map_err(|error| Error::Unavailable(error.to_string()))
 }
 

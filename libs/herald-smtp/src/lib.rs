@@ -18,7 +18,8 @@ pub use pool::{Error as PoolError, SmtpPool, VERIFY_IDLE_AFTER};
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
-    /// Plain SMTP (local development and tests only).
+    /// Plain SMTP: only to a relay on the same host (`localhost`, `127.0.0.0/8`, `::1`), as in
+    /// development and tests or with a local relay beside the worker.
     None,
     /// STARTTLS upgrade, required.
     #[default]
@@ -74,6 +75,11 @@ impl Validate for SmtpSettings {
     fn validate(&self, problems: &mut Vec<String>) {
         if self.host.is_empty() {
             problems.push("smtp.host must not be empty".into());
+        } else if self.security == SmtpSecurity::None && !is_loopback(&self.host) {
+            problems.push(format!(
+                "smtp.security = \"none\" would send mail and credentials in clear to {}; plain SMTP is allowed only to a relay on this host (localhost, 127.0.0.1, ::1): use \"starttls\" or \"tls\"",
+                self.host
+            ));
         }
         if self.from.parse::<Mailbox>().is_err() {
             problems
@@ -86,6 +92,16 @@ impl Validate for SmtpSettings {
             problems.push("smtp.idle_timeout must be positive".into());
         }
     }
+}
+
+/// `localhost` or a loopback address: a relay that mail to it never leaves this host for.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// lettre's pooled async transport `settings` describe (at most `max_connections` idle
@@ -124,5 +140,45 @@ impl SmtpSettings {
     /// The `From` mailbox (validated by `Validate`).
     pub fn from_mailbox(&self) -> Result<Mailbox, lettre::address::AddressError> {
         self.from.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_config::Validate as _;
+
+    use super::{SmtpSecurity, SmtpSettings};
+
+    fn problems(host: &str, security: SmtpSecurity) -> Vec<String> {
+        let settings = SmtpSettings {
+            host: host.into(),
+            security,
+            ..SmtpSettings::default()
+        };
+        let mut problems = Vec::new();
+        settings.validate(&mut problems);
+        problems
+    }
+
+    #[test]
+    fn plain_smtp_is_allowed_only_to_a_relay_on_this_host() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.0.0.53",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(problems(host, SmtpSecurity::None).is_empty(), "{host}");
+        }
+        for host in ["smtp.example.com", "10.0.0.7", "::2"] {
+            let found = problems(host, SmtpSecurity::None);
+            assert_eq!(found.len(), 1, "{host}: {found:?}");
+            assert!(found[0].contains("starttls"), "{}", found[0]);
+        }
+        for security in [SmtpSecurity::Starttls, SmtpSecurity::Tls] {
+            assert!(problems("smtp.example.com", security).is_empty());
+        }
     }
 }

@@ -32,7 +32,7 @@ impl TestDatabase {
             .expect("creating the test schema");
         let separator = if base_url.contains('?') { '&' } else { '?' };
         let url = format!("{base_url}{separator}options=-csearch_path%3D{schema}");
-        herald_db::run_migrations(&url)
+        herald_db::run_migrations(&herald_db::Connector::plain(&url))
             .await
             .expect("migrating the test schema");
         Self {

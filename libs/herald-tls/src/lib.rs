@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use herald_config::ServerTlsSettings;
 use herald_domain::Identity;
-use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig};
 use x509_parser::extensions::GeneralName;
+
+mod server;
+
+pub use server::{Reloaded, ServerCertificates};
 
 /// Why TLS material could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +20,16 @@ pub enum Error {
         path: PathBuf,
         /// What went wrong.
         source: std::io::Error,
+    },
+    /// A file was read but does not hold what its setting needs.
+    #[error("{setting} ({path}) is not usable: {reason}")]
+    Invalid {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -30,23 +43,11 @@ pub fn install_crypto_provider() {
     let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })
-}
-
-/// A tonic server TLS config that presents `settings.cert` and accepts only clients whose
-/// certificate chains to `settings.client_ca`. Connections without a client certificate are
-/// refused during the handshake.
-pub fn server_config(settings: &ServerTlsSettings) -> Result<ServerTlsConfig> {
-    let identity =
-        tonic::transport::Identity::from_pem(read(&settings.cert)?, read(&settings.key)?);
-    Ok(ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(&settings.client_ca)?))
-        .client_auth_optional(false))
 }
 
 /// Files a client needs for mutual TLS.

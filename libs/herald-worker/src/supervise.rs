@@ -16,7 +16,6 @@ use herald_queue::lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use herald_queue::lapin::types::FieldTable;
 use opentelemetry::KeyValue;
 use prost::Message as _;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
@@ -199,8 +198,7 @@ async fn session<P: ChannelProvider>(
     consuming: &AtomicBool,
 ) -> Result<(), herald_queue::Error> {
     let channel_kind = core.provider.channel();
-    let connection =
-        herald_queue::connect(core.amqp.url.expose_secret(), core.service_name).await?;
+    let connection = herald_queue::connect_with(&core.amqp, core.service_name).await?;
     let channel = connection.create_channel().await?;
     herald_queue::declare_topology(&channel).await?;
     let publisher = Publisher::new(&connection).await?;

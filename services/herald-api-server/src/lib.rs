@@ -125,6 +125,8 @@ pub struct ServerSettings {
     /// Serve gRPC server reflection (to configured principals only), for tools such as
     /// grpcurl; off, it answers `UNIMPLEMENTED`.
     pub reflection: bool,
+    /// HTTP/2 streams (calls) one client connection may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -132,6 +134,7 @@ impl Default for ServerSettings {
         Self {
             shutdown_grace_period: Duration::from_secs(20),
             reflection: true,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -246,7 +249,9 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting, reports NOT_SERVING and
     /// lets in-flight calls finish within the grace period.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tls = herald_tls::server_config(&self.settings.tls).context("loading TLS material")?;
+        let certificates = herald_tls::ServerCertificates::load(&self.settings.tls)
+            .context("loading TLS material")?;
+        tokio::spawn(certificates.clone().watch(shutdown.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         report_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -258,10 +263,9 @@ impl Application {
         self.metrics.serve(&shutdown);
         let grace_period = self.settings.server.shutdown_grace_period;
         let templates = templates_cache::TemplateCache::default();
-        tokio::spawn(templates.clone().listen(
-            secrecy::ExposeSecret::expose_secret(&self.settings.database.url).to_owned(),
-            shutdown.clone(),
-        ));
+        let connector = herald_db::Connector::new(&self.settings.database)
+            .context("reading the database TLS settings")?;
+        tokio::spawn(templates.clone().listen(connector, shutdown.clone()));
         templates.wait_listening(Duration::from_secs(2)).await;
         let writer = writer::SubmitWriter::spawn(
             self.pool.clone(),
@@ -292,6 +296,7 @@ impl Application {
             shutdown.clone(),
         );
         let reflection_on = state.settings.server.reflection;
+        let max_concurrent_streams = state.settings.server.max_concurrent_streams;
         let (routes, authenticator) = herald_routes(state, preferences, inbox)?;
         // Health and reflection answer configured principals only, with no permission needed.
         let mut routes = routes.add_service(authenticator.guard(health_service));
@@ -299,17 +304,17 @@ impl Application {
             routes = routes.add_service(authenticator.guard(reflection));
         }
 
-        // tonic sets TCP_NODELAY only on sockets it accepts through its own `TcpIncoming`; a
-        // small unary response would otherwise wait for Nagle's delayed ACK.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // Handshakes run beside the accept loop, each within a deadline, with the certificates,
+        // client CAs and CRLs as last reloaded; accepted sockets get TCP_NODELAY (a small unary
+        // response would otherwise wait for Nagle's delayed ACK). The accept loop stops with
+        // `shutdown`, like tonic's own listener.
+        let incoming = certificates.incoming(self.listener, shutdown.clone());
         tracing::info!(address = %self.local_addr, "API server listening (mutual TLS).");
         let stopping = shutdown.clone();
         let drain_started = CancellationToken::new();
         let drain_signal = drain_started.clone();
         let server = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .context("configuring TLS")?
+            .max_concurrent_streams(Some(max_concurrent_streams))
             .layer(observe::RpcLayer::new(self.metrics.metrics()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {

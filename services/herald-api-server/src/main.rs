@@ -62,8 +62,8 @@ async fn run(
 ) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            use secrecy::ExposeSecret;
-            let applied = herald_db::run_migrations(settings.database.url.expose_secret()).await?;
+            let connector = herald_db::Connector::new(&settings.database)?;
+            let applied = herald_db::run_migrations(&connector).await?;
             tracing::info!(migrations.applied = applied.len(), "Migrations applied.");
             Ok(())
         }

@@ -124,9 +124,9 @@ impl TemplateCache {
 
     /// Listens for template changes until `shutdown`, reconnecting when the connection is
     /// lost; the cache is bypassed while it is.
-    pub(crate) async fn listen(self, database_url: String, shutdown: CancellationToken) {
+    pub(crate) async fn listen(self, connector: herald_db::Connector, shutdown: CancellationToken) {
         use herald_db::listen::Heard;
-        herald_db::listen::follow(&database_url, CHANNEL_PREFIX, shutdown, |heard| match heard {
+        herald_db::listen::follow(&connector, CHANNEL_PREFIX, shutdown, |heard| match heard {
             Heard::Listening => {
                 self.reset(true);
                 tracing::debug!("Listening for template changes.");

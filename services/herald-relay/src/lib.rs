@@ -11,7 +11,6 @@ use herald_config::{AmqpSettings, DatabaseSettings, TelemetrySettings, Validate}
 use herald_db::outbox::{self, OutboxRow};
 use herald_proto::queue::DeliveryMessage;
 use herald_queue::Publisher;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -267,7 +266,7 @@ impl Application {
             .map(|_| Arc::new(Notify::new()))
             .collect();
         tokio::spawn(listen_for_submits(
-            self.settings.database.url.expose_secret().to_owned(),
+            herald_db::Connector::new(&self.settings.database)?,
             wakers.clone(),
             shutdown.clone(),
         ));
@@ -327,8 +326,7 @@ impl Application {
     async fn connect(
         &self,
     ) -> Result<(herald_queue::lapin::Connection, Publisher), herald_queue::Error> {
-        let connection =
-            herald_queue::connect(self.settings.amqp.url.expose_secret(), SERVICE_NAME).await?;
+        let connection = herald_queue::connect_with(&self.settings.amqp, SERVICE_NAME).await?;
         let publisher = Publisher::new(&connection).await?;
         herald_queue::declare_topology(publisher.channel()).await?;
         Ok((connection, publisher))
@@ -424,13 +422,13 @@ impl Application {
 /// Listens for committed submits (`NOTIFY herald_outbox:<schema>`) and wakes every
 /// publisher; reconnects when the connection is lost (the poll interval covers the gap).
 async fn listen_for_submits(
-    database_url: String,
+    connector: herald_db::Connector,
     wakers: Vec<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
     use herald_db::listen::Heard;
     herald_db::listen::follow(
-        &database_url,
+        &connector,
         outbox::RELAY_CHANNEL_PREFIX,
         shutdown,
         |heard| match heard {

@@ -20,6 +20,7 @@ mod encryption;
 mod events;
 mod preferences;
 mod retention;
+mod tls;
 
 async fn connect(database: &TestDatabase) -> AsyncPgConnection {
     AsyncPgConnection::establish(database.url()).await.unwrap()
