@@ -23,6 +23,7 @@ mod preferences;
 mod prefetch;
 mod priority;
 mod privacy;
+mod probes;
 mod push;
 mod retention;
 mod security;

@@ -39,4 +39,4 @@ fn string_map<M: FromIterator<(String, String)>>(value: serde_json::Value) -> M 
 
 pub use connect::Connector;
 pub use error::{Error, Result};
-pub use pool::{Connection, Pool, build_pool, connection, run_migrations};
+pub use pool::{Connection, Pool, build_pool, connection, ping, readiness, run_migrations};

@@ -50,6 +50,30 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<Pool> {
         .map_err(|error| Error::Unavailable(error.to_string()))
 }
 
+/// Whether PostgreSQL answers through `pool`: a checkout and `SELECT 1` (the readiness check
+/// of every service).
+///
+/// # Errors
+/// `Error::Unavailable` when no connection can be had or the query fails.
+pub async fn ping(pool: &Pool) -> Result<()> {
+    use diesel_async::RunQueryDsl as _;
+    let mut connection = connection(pool).await?;
+    diesel::sql_query("SELECT 1")
+        .execute(&mut connection)
+        .await?;
+    Ok(())
+}
+
+/// The readiness of a service that needs PostgreSQL: `ping` through `pool`, named
+/// `postgresql` (a service adds its other dependencies).
+pub fn readiness(pool: &Pool) -> herald_telemetry::Readiness {
+    let pool = pool.clone();
+    herald_telemetry::Readiness::default().with_check("postgresql", move || {
+        let pool = pool.clone();
+        async move { ping(&pool).await.map_err(|error| error.to_string()) }
+    })
+}
+
 /// Checks a connection out of `pool`, mapping every failure to `Error::Unavailable`.
 pub async fn connection(pool: &Pool) -> Result<Connection> {
     Ok(pool.get().await?)

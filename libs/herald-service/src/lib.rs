@@ -106,10 +106,11 @@ impl ServiceMetrics {
             .map(herald_telemetry::MetricsEndpoint::local_addr)
     }
 
-    /// Serves `GET /metrics` until `shutdown`; only the first call starts the server.
-    pub fn serve(&mut self, shutdown: &CancellationToken) {
+    /// Serves `GET /metrics`, `/healthz` and `/readyz` (the dependencies `readiness` checks)
+    /// until `shutdown`; only the first call starts the server.
+    pub fn serve(&mut self, shutdown: &CancellationToken, readiness: herald_telemetry::Readiness) {
         if let Some(endpoint) = self.endpoint.take() {
-            tokio::spawn(endpoint.serve(self.metrics.clone(), shutdown.clone()));
+            tokio::spawn(endpoint.serve(self.metrics.clone(), readiness, shutdown.clone()));
         }
     }
 }

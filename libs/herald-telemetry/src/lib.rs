@@ -2,6 +2,7 @@
 
 mod metrics;
 mod propagation;
+mod readiness;
 
 use herald_config::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
@@ -18,6 +19,7 @@ pub use opentelemetry;
 pub use propagation::{
     context_from_map, context_to_map, current_context_map, link_to, set_parent_from_map,
 };
+pub use readiness::{CHECK_TIMEOUT, Readiness};
 
 /// Histogram bucket bounds, in seconds, for every latency Herald records (RPCs, queue waits,
 /// provider calls): 1 ms to 2 minutes.

@@ -10,6 +10,8 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::Encoder as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::Readiness;
+
 use crate::Error;
 
 /// A service's metrics. Cheap to clone; every clone records into the same provider.
@@ -133,29 +135,53 @@ impl MetricsEndpoint {
         self.local_addr
     }
 
-    /// Serves `metrics` until `shutdown` is cancelled.
-    pub async fn serve(self, metrics: Metrics, shutdown: CancellationToken) {
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        metrics.prometheus_text(),
-                    )
-                }
-            }),
-        );
-        tracing::info!(address = %self.local_addr, "Serving Prometheus metrics on /metrics.");
+    /// Serves `metrics` on `/metrics`, liveness on `/healthz` and `readiness` on `/readyz`
+    /// until `shutdown` is cancelled.
+    pub async fn serve(self, metrics: Metrics, readiness: Readiness, shutdown: CancellationToken) {
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let readiness = readiness.clone();
+                    async move { ready_answer(&readiness).await }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            metrics.prometheus_text(),
+                        )
+                    }
+                }),
+            );
+        tracing::info!(address = %self.local_addr, "Serving /metrics, /healthz and /readyz.");
         if let Err(error) = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
         {
             tracing::warn!(error = %error, "The metrics endpoint stopped.");
         }
+    }
+}
+
+/// `/readyz`: 200 listing the dependencies checked, or 503 naming those unreachable.
+async fn ready_answer(readiness: &Readiness) -> (http::StatusCode, String) {
+    match readiness.check().await {
+        Ok(checked) => (
+            http::StatusCode::OK,
+            format!("ready: {}\n", checked.join(", ")),
+        ),
+        Err(unreachable) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready, unreachable: {}\n", unreachable.join(", ")),
+        ),
     }
 }

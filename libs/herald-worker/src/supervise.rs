@@ -108,7 +108,7 @@ impl<P: ChannelProvider> Worker<P> {
     /// returns.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
         if let Some(service_metrics) = &mut self.service_metrics {
-            service_metrics.serve(&shutdown);
+            service_metrics.serve(&shutdown, herald_db::readiness(&self.core.pool));
         }
         let core = Arc::new(self.core);
         let _circuits = observe_circuits(&core);

@@ -260,7 +260,8 @@ impl Application {
             .build_v1()
             .context("building the reflection service")?;
 
-        self.metrics.serve(&shutdown);
+        self.metrics
+            .serve(&shutdown, herald_db::readiness(&self.pool));
         let grace_period = self.settings.server.shutdown_grace_period;
         let templates = templates_cache::TemplateCache::default();
         let connector = herald_db::Connector::new(&self.settings.database)

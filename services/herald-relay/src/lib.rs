@@ -247,7 +247,8 @@ impl Application {
     /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
     /// (published and committed) before returning.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.metrics.serve(&shutdown);
+        self.metrics
+            .serve(&shutdown, herald_db::readiness(&self.pool));
         let cleanup = tokio::spawn(clean_up_expired_keys(
             self.pool.clone(),
             self.settings.relay.cleanup_interval,

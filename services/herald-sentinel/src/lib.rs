@@ -169,7 +169,8 @@ impl Application {
     /// Scans every `alerts.scan_interval` until `shutdown` is cancelled, reading the queue
     /// figures for the gauges at each scan.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
-        self.metrics.serve(&shutdown);
+        self.metrics
+            .serve(&shutdown, herald_db::readiness(&self.pool));
         while herald_service::sleep_unless_shutdown(self.interval, &shutdown).await {
             if let Err(error) = self.gauges.refresh(&self.pool).await {
                 tracing::warn!(error = %error, "Could not read the queue figures; retrying at the next interval.");

@@ -72,6 +72,7 @@ pub struct Application {
     local_addr: SocketAddr,
     router: Router,
     metrics: herald_service::ServiceMetrics,
+    readiness: herald_telemetry::Readiness,
 }
 
 impl Application {
@@ -85,6 +86,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.tracking.listen))?;
         let local_addr = listener.local_addr()?;
         let metrics = herald_service::ServiceMetrics::new(&settings.telemetry, SERVICE_NAME)?;
+        let readiness = herald_db::readiness(&pool);
         let tracker = Arc::new(Tracker {
             pool,
             signer: Signer::new(&settings.tracking),
@@ -105,6 +107,7 @@ impl Application {
             local_addr,
             router,
             metrics,
+            readiness,
         })
     }
 
@@ -120,7 +123,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.metrics.serve(&shutdown);
+        self.metrics.serve(&shutdown, self.readiness.clone());
         tracing::info!(address = %self.local_addr, "Tracker listening.");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
