@@ -1,12 +1,13 @@
 """Checks one rendered overlay (kubectl kustomize output) for scripts/k8s-check.
 
-Usage: k8s-check.py RENDERED.yaml OUT_DIR SCHEMA_DIR DOCKERFILE BASE_TOML
+Usage: k8s-check.py RENDERED.yaml OUT_DIR SCHEMA_DIR DOCKERFILE BASE_TOML CHANNEL_WORKER_LIB
 
 Writes the built-in resources to OUT_DIR/builtin.yaml (for kubernetes-validate) and each custom
 resource to OUT_DIR/<kind>/<name>.json (for check-jsonschema against SCHEMA_DIR/<kind>.json),
 and checks what no schema can: Herald's rules for its pods (probes on the metrics port, grace
 period above shutdown_grace_period, hardened security context, binaries the image ships,
-autoscaler targets that exist). Prints every problem and exits 1 if there is any.
+autoscaler targets that exist, a worker Deployment for each channel herald-channel-worker knows
+and, where workers are autoscaled, a ScaledObject on each one's queue). Prints every problem and exits 1 if there is any.
 """
 
 import json
@@ -35,6 +36,46 @@ def seconds(humantime: str) -> int:
 def shipped_binaries(dockerfile: str) -> set:
     with open(dockerfile) as file:
         return set(re.findall(r"^COPY --from=\S+ \S+ /usr/local/bin/(\S+)$", file.read(), re.M))
+
+
+def channels(channel_worker_lib: str) -> set:
+    """The channels herald-channel-worker runs, from its service names (herald-<channel>-worker)."""
+    with open(channel_worker_lib) as file:
+        return set(re.findall(r'=> "herald-([a-z-]+)-worker"', file.read()))
+
+
+def worker_problems(documents: list, known: set) -> list:
+    """A Deployment per channel running it, and a ScaledObject on its queue if any is here."""
+    problems = []
+    running = {}
+    for document in documents:
+        if document["kind"] != "Deployment":
+            continue
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            command = container.get("command", [])
+            if command[1:2] == ["--channel"]:
+                running[command[2]] = document["metadata"]["name"]
+    if not running:
+        return problems
+    for channel in sorted(known - set(running)):
+        problems.append(f"no Deployment runs herald-channel-worker --channel {channel}")
+    for channel, name in sorted(running.items()):
+        if channel not in known:
+            problems.append(f"Deployment {name} runs the unknown channel {channel!r}")
+        elif name != f"herald-{channel}-worker":
+            problems.append(f"Deployment {name} runs {channel}: name it herald-{channel}-worker")
+    scaled = {
+        document["spec"]["scaleTargetRef"]["name"]: document["spec"]["triggers"]
+        for document in documents
+        if document["kind"] == "ScaledObject"
+    }
+    if scaled:
+        for channel, name in sorted(running.items()):
+            queue = f"herald.{channel.replace('-', '_')}.deliver"
+            queues = [trigger["metadata"].get("queueName") for trigger in scaled.get(name, [])]
+            if queue not in queues:
+                problems.append(f"no ScaledObject scales {name} on the queue {queue}")
+    return problems
 
 
 def pod_problems(name: str, pod: dict, grace: int, shipped: set, serves: bool) -> list:
@@ -79,7 +120,7 @@ def pod_problems(name: str, pod: dict, grace: int, shipped: set, serves: bool) -
 
 
 def main() -> int:
-    rendered, out_dir, schema_dir, dockerfile, base_toml = sys.argv[1:6]
+    rendered, out_dir, schema_dir, dockerfile, base_toml, channel_worker_lib = sys.argv[1:7]
     with open(rendered) as file:
         documents = [document for document in yaml.safe_load_all(file) if document]
     with open(base_toml, "rb") as file:
@@ -113,6 +154,10 @@ def main() -> int:
             target = document["spec"].get("scaleTargetRef", {}).get("name")
             if target not in deployments:
                 problems.append(f"{kind} {name}: scales {target!r}, which is no Deployment here")
+    known = channels(channel_worker_lib)
+    if not known:
+        raise SystemExit(f"k8s-check: no channel found in {channel_worker_lib}")
+    problems += worker_problems(documents, known)
     with open(os.path.join(out_dir, "builtin.yaml"), "w") as file:
         yaml.safe_dump_all(builtin, file)
     for problem in problems:
