@@ -178,8 +178,9 @@ fn provider_label(apns: Option<&str>, fcm: Option<&str>) -> String {
 ///
 /// At least one accepted device makes the delivery delivered (the tokens the providers called
 /// invalid ride along to be disabled). With none accepted: all invalid → `AddressInvalid`;
-/// any retryable → `Retryable` (nothing was sent, so a retry sends nothing twice); else the
-/// first unknown outcome, else `Permanent`.
+/// any unknown outcome → `Unknown` (a device may have it, so the channel's policy decides
+/// whether to push again); any retryable → `Retryable` (nothing was sent, so a retry sends
+/// nothing twice); else `Permanent`.
 pub(crate) fn aggregate(results: Vec<DeviceResult>) -> DeliveryOutcome {
     let total = results.len();
     let mut accepted = Vec::new();
@@ -240,10 +241,10 @@ pub(crate) fn aggregate(results: Vec<DeviceResult>) -> DeliveryOutcome {
             addresses: invalid,
             detail,
         })
-    } else if retryable {
-        Err(DeliveryError::Retryable(detail))
     } else if unknown {
         Err(DeliveryError::Unknown(detail))
+    } else if retryable {
+        Err(DeliveryError::Retryable(detail))
     } else {
         Err(DeliveryError::Permanent(detail))
     }

@@ -47,7 +47,9 @@ pub enum DeliveryError {
     /// through the next provider.
     #[error("retryable: {0}")]
     Retryable(String),
-    /// The request may or may not have been acted on; the channel's policy is not to resend.
+    /// The request may or may not have been acted on (a timeout or a broken connection after
+    /// it was sent): the channel's `worker.unknown_outcome` policy decides what happens next,
+    /// `hold` (the delivery stays `unknown` for an operator) or `resend` (to the same provider).
     #[error("unknown outcome: {0}")]
     Unknown(String),
     /// The address is no longer valid (unregistered device token, hard bounce, invalid
@@ -59,6 +61,20 @@ pub enum DeliveryError {
         /// What the provider said, free of personal data.
         detail: String,
     },
+}
+
+impl DeliveryError {
+    /// The error of a request that got no answer. `request_left` says whether it may have
+    /// reached the provider: `false` (no connection was made, nothing was written) is
+    /// `Retryable`; `true` is `Unknown`, since the provider may have acted on it, and the
+    /// channel's `worker.unknown_outcome` policy decides whether it is sent again.
+    pub fn unanswered(request_left: bool, detail: String) -> Self {
+        if request_left {
+            Self::Unknown(detail)
+        } else {
+            Self::Retryable(detail)
+        }
+    }
 }
 
 impl std::fmt::Debug for DeliveryError {

@@ -149,6 +149,13 @@ fn expect_retryable(attempted: Attempted) -> String {
     }
 }
 
+fn expect_unknown(attempted: Attempted) -> String {
+    match attempted.result {
+        Err(DeliveryError::Unknown(detail)) => detail,
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+}
+
 fn expect_permanent(attempted: Attempted) -> String {
     match attempted.result {
         Err(DeliveryError::Permanent(detail)) => detail,
