@@ -76,12 +76,12 @@ impl PushChannel {
         &self,
         message: &PushMessage,
         device: &DeviceToken,
-        cycle_attempt: u32,
+        context: &DeliveryContext,
     ) -> DeviceResult {
         let result = match device.platform {
             Platform::Ios => match &self.apns {
                 Some(failover) => {
-                    let selected = failover.select(cycle_attempt);
+                    let selected = failover.select_for(context);
                     let result = selected.provider().send(message, device).await;
                     selected.record(&result);
                     return DeviceResult {
@@ -93,7 +93,7 @@ impl PushChannel {
             },
             Platform::Android | Platform::Web => match &self.fcm {
                 Some(failover) => {
-                    let selected = failover.select(cycle_attempt);
+                    let selected = failover.select_for(context);
                     let result = selected.provider().send(message, device).await;
                     selected.record(&result);
                     return DeviceResult {
@@ -131,7 +131,7 @@ impl PushChannel {
             context
                 .device_tokens
                 .iter()
-                .map(|device| self.send_to(&message, device, context.cycle_attempt)),
+                .map(|device| self.send_to(&message, device, context)),
         )
         .await;
         let used: BTreeSet<&str> = results

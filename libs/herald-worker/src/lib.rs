@@ -12,6 +12,7 @@ mod prepare;
 mod settle;
 mod supervise;
 mod templates;
+mod unknown;
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use context::DeliveryContext;
 pub use failover::{BreakerSettings, CircuitState, Failover, Selected};
 pub use limits::{Admission, FailMode, LimitRule, RateLimitSettings, RateLimiter};
 pub use supervise::Worker;
+pub use unknown::{ProviderBound, UnknownOutcome, UnknownOutcomeSettings, lease_problem};
 
 /// What a provider reports when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -184,6 +186,9 @@ pub struct WorkerSettings {
     /// How often the emergency path looks for stranded critical deliveries.
     #[serde(with = "humantime_serde")]
     pub emergency_poll_interval: Duration,
+    /// What each channel does with an attempt whose outcome cannot be known: `hold` or
+    /// `resend` (`[worker.unknown_outcome]`).
+    pub unknown_outcome: UnknownOutcomeSettings,
 }
 
 impl Default for WorkerSettings {
@@ -199,6 +204,7 @@ impl Default for WorkerSettings {
             shutdown_grace_period: Duration::from_secs(20),
             emergency_after: Duration::from_secs(10),
             emergency_poll_interval: Duration::from_secs(1),
+            unknown_outcome: UnknownOutcomeSettings::default(),
         }
     }
 }

@@ -60,6 +60,8 @@ fn context_with(
         cycle_attempt,
         device_tokens: Vec::new(),
         tracking_opt_out: false,
+        takeover: false,
+        pinned_provider: None,
     }
 }
 
