@@ -23,6 +23,7 @@ mod prefetch;
 mod priority;
 mod privacy;
 mod push;
+mod reconcile;
 mod retention;
 mod security;
 mod sms;
