@@ -106,6 +106,60 @@ fn a_channel_worker_needs_its_own_channel_configured_and_only_that() {
 }
 
 #[test]
+fn a_channel_worker_refuses_a_lease_that_does_not_outlast_its_provider_calls() {
+    use herald_channel_worker::WorkerChannel;
+    // smtp.timeout is 10s in base.toml, and an email attempt has three timed stages.
+    let short: herald_channel_worker::Settings =
+        herald_config::load(&sources(&[("HERALD__WORKER__LEASE", "30s".into())])).unwrap();
+    let problems = short.channel_problems(WorkerChannel::Email);
+    assert!(
+        problems.iter().any(|problem| problem
+            .starts_with("worker.lease (30s) must be longer than smtp.timeout (10s) x 3 stage(s)")),
+        "{problems:?}"
+    );
+    assert!(
+        short.channel_problems(WorkerChannel::InApp).is_empty(),
+        "the inbox has no provider timeout"
+    );
+
+    let shipped: herald_channel_worker::Settings = herald_config::load(&sources(&[])).unwrap();
+    assert!(shipped.channel_problems(WorkerChannel::Email).is_empty());
+}
+
+#[test]
+fn each_channel_has_an_unknown_outcome_policy_that_the_environment_can_change() {
+    use herald_domain::Channel;
+    use herald_worker::UnknownOutcome;
+    let shipped: herald_channel_worker::Settings = herald_config::load(&sources(&[])).unwrap();
+    let policies = shipped.worker.unknown_outcome;
+    assert_eq!(policies.for_channel(Channel::Email), UnknownOutcome::Hold);
+    assert_eq!(policies.for_channel(Channel::Sms), UnknownOutcome::Resend);
+    assert_eq!(policies.for_channel(Channel::Push), UnknownOutcome::Resend);
+    assert_eq!(policies.for_channel(Channel::InApp), UnknownOutcome::Resend);
+    assert_eq!(policies.for_channel(Channel::Chat), UnknownOutcome::Hold);
+
+    let changed: herald_channel_worker::Settings = herald_config::load(&sources(&[(
+        "HERALD__WORKER__UNKNOWN_OUTCOME__EMAIL",
+        "resend".into(),
+    )]))
+    .unwrap();
+    assert_eq!(
+        changed.worker.unknown_outcome.for_channel(Channel::Email),
+        UnknownOutcome::Resend
+    );
+    let error = herald_config::load::<herald_channel_worker::Settings>(&sources(&[(
+        "HERALD__WORKER__UNKNOWN_OUTCOME__SMS",
+        "twice".into(),
+    )]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("twice") && error.contains("worker.unknown_outcome.sms"),
+        "{error}"
+    );
+}
+
+#[test]
 fn environment_variables_override_the_file() {
     let worker: herald_channel_worker::Settings = herald_config::load(&sources(&[
         ("HERALD__SMTP__PORT", "2600".into()),

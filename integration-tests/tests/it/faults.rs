@@ -5,10 +5,13 @@
 //! `HERALD_FAULT_SUITE_SIZE` scales the scenarios (default 50 notifications each, which CI
 //! runs); `./scripts/faults` runs them serially with a few thousand and prints every ledger.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use herald_proto::admin::{
+    FailureClass, FailureStatus, ListFailuresRequest, ReplayFailuresRequest,
+};
 use herald_proto::submit::{DeliveryState, NotificationStatus};
 use herald_test_support::{FaultProxy, eventually};
 use tonic::Code;
@@ -56,15 +59,45 @@ struct Ledger {
     scenario: &'static str,
     accepted: usize,
     delivered: usize,
+    /// Deliveries left `unknown` for an operator (the channel holds unknown outcomes): neither
+    /// lost nor duplicated, and counted apart from both.
+    unknown: usize,
+    /// Of `unknown`, those whose email did arrive (the attempt had reached the server).
+    unknown_arrived: usize,
     lost: usize,
     physical_duplicates: usize,
     attempts: i64,
     recovery: Duration,
 }
 
+/// What a scenario may show besides delivered mail.
+#[derive(Debug, Clone, Copy)]
+struct Allowed {
+    /// Resends with the same `Message-ID` (the email channel resends unknown outcomes).
+    resends: bool,
+    /// Deliveries held `unknown` (the email channel holds them, its default).
+    unknown: bool,
+}
+
+/// A fault that touches no attempt in flight: every delivery delivered once.
+const CLEAN: Allowed = Allowed {
+    resends: false,
+    unknown: false,
+};
+
+/// The delivery id an email carries in its `Message-ID` (`<id@herald>`).
+fn delivery_of(message_id: &str) -> &str {
+    message_id
+        .trim_start_matches('<')
+        .split('@')
+        .next()
+        .unwrap_or_default()
+}
+
 impl Ledger {
-    /// Waits until every delivery is delivered (or `drain_timeout` passes), then compares the
-    /// accepted ids with the SMTP server's mail. `recovered_from` is when the fault ended.
+    /// Waits until every delivery is final, delivered or held `unknown` (or `drain_timeout`
+    /// passes), then compares the accepted ids with the SMTP server's mail. `recovered_from`
+    /// is when the fault ended.
     async fn settle(
         app: &TestApp,
         scenario: &'static str,
@@ -75,18 +108,18 @@ impl Ledger {
         use diesel_async::RunQueryDsl;
         use herald_db::schema::deliveries;
         let count = i64::try_from(ids.len()).unwrap();
-        let delivered = eventually(
-            &format!("{scenario}: every delivery delivered"),
+        eventually(
+            &format!("{scenario}: every delivery delivered or held"),
             drain_timeout(ids.len()),
             || async {
                 let mut connection = app.pool.get().await.ok()?;
-                let delivered: i64 = deliveries::table
-                    .filter(deliveries::state.eq("delivered"))
+                let done: i64 = deliveries::table
+                    .filter(deliveries::state.eq_any(["delivered", "unknown"]))
                     .count()
                     .get_result(&mut connection)
                     .await
                     .ok()?;
-                (delivered >= count).then_some(delivered)
+                (done >= count).then_some(())
             },
         )
         .await;
@@ -97,39 +130,67 @@ impl Ledger {
             .first(&mut connection)
             .await
             .unwrap();
+        let states: Vec<(uuid::Uuid, String)> = deliveries::table
+            .select((deliveries::id, deliveries::state))
+            .load(&mut connection)
+            .await
+            .unwrap();
+        let delivered = states
+            .iter()
+            .filter(|(_, state)| state == "delivered")
+            .count();
+        let unknown: BTreeSet<String> = states
+            .iter()
+            .filter(|(_, state)| state == "unknown")
+            .map(|(id, _)| id.to_string())
+            .collect();
         let emails = app
             .smtp
-            .wait_for_messages(ids.len(), drain_timeout(ids.len()))
+            .wait_for_messages(delivered, drain_timeout(ids.len()))
             .await;
-        let mut per_message_id: BTreeMap<String, usize> = BTreeMap::new();
+        let mut per_delivery: BTreeMap<String, usize> = BTreeMap::new();
         for email in &emails {
-            *per_message_id
-                .entry(email.message_id.clone().unwrap_or_default())
+            let message_id = email.message_id.clone().unwrap_or_default();
+            *per_delivery
+                .entry(delivery_of(&message_id).to_owned())
                 .or_default() += 1;
         }
+        let accounted_for = per_delivery
+            .keys()
+            .chain(&unknown)
+            .collect::<BTreeSet<_>>()
+            .len();
         Self {
             scenario,
             accepted: ids.len(),
-            delivered: usize::try_from(delivered).unwrap(),
-            lost: ids.len().saturating_sub(per_message_id.len()),
-            physical_duplicates: per_message_id.values().map(|copies| copies - 1).sum(),
+            delivered,
+            unknown: unknown.len(),
+            unknown_arrived: unknown
+                .iter()
+                .filter(|id| per_delivery.contains_key(*id))
+                .count(),
+            lost: ids.len().saturating_sub(accounted_for),
+            physical_duplicates: per_delivery.values().map(|copies| copies - 1).sum(),
             attempts: attempts.unwrap_or_default(),
             recovery,
         }
     }
 
     /// Prints the ledger and asserts nothing was lost or effectively duplicated: one
-    /// `Message-ID` per accepted notification. `physical_duplicates_allowed` is for scenarios
-    /// where the outcome of a send could not be known (the resend carries the same Message-ID).
-    fn assert_sound(&self, physical_duplicates_allowed: bool) {
+    /// `Message-ID` per accepted notification, except those held `unknown` when `allowed`,
+    /// and resends with the same `Message-ID` only when `allowed`.
+    fn assert_sound(&self, allowed: Allowed) {
         #[allow(clippy::print_stdout)]
         {
             println!(
-                "ledger {:<28} accepted {:>5}  delivered {:>5}  lost {}  effective duplicates 0  \
-                 resent with the same Message-ID {}  attempts {:>5}  recovery {:.2}s",
+                "ledger {:<40} accepted {:>5}  delivered {:>5}  unknown {} ({} arrived)  lost {}  \
+                 effective duplicates 0  resent with the same Message-ID {}  attempts {:>5}  \
+                 recovery {:.2}s",
                 self.scenario,
                 self.accepted,
                 self.delivered,
+                self.unknown,
+                self.unknown_arrived,
                 self.lost,
                 self.physical_duplicates,
                 self.attempts,
@@ -137,8 +198,11 @@ impl Ledger {
             );
         }
         assert_eq!(self.lost, 0, "{self:?}");
-        assert_eq!(self.delivered, self.accepted, "{self:?}");
-        if !physical_duplicates_allowed {
+        assert_eq!(self.delivered + self.unknown, self.accepted, "{self:?}");
+        if !allowed.unknown {
+            assert_eq!(self.unknown, 0, "{self:?}");
+        }
+        if !allowed.resends {
             assert_eq!(self.physical_duplicates, 0, "{self:?}");
         }
     }
@@ -157,7 +221,7 @@ async fn submits_succeed_while_rabbitmq_is_away_and_everything_is_delivered_once
     app.amqp_proxy.restore();
     Ledger::settle(&app, "rabbitmq away", &ids, Instant::now())
         .await
-        .assert_sound(false);
+        .assert_sound(CLEAN);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,7 +238,7 @@ async fn rabbitmq_dropping_connections_mid_traffic_loses_and_duplicates_nothing(
     app.amqp_proxy.restore();
     Ledger::settle(&app, "rabbitmq connections dropped", &ids, Instant::now())
         .await
-        .assert_sound(false);
+        .assert_sound(CLEAN);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,7 +260,7 @@ async fn a_deleted_queue_makes_publishes_unroutable_until_the_relay_redeclares_i
         deleted_at,
     )
     .await
-    .assert_sound(false);
+    .assert_sound(CLEAN);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,7 +293,7 @@ async fn the_api_answers_unavailable_while_postgresql_is_away_and_recovers_witho
     ids.extend(submit_many(&app, suite_size()).await);
     Ledger::settle(&app, "postgresql away from the api", &ids, restored_at)
         .await
-        .assert_sound(false);
+        .assert_sound(CLEAN);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,27 +322,19 @@ async fn a_worker_that_loses_postgresql_requeues_messages_instead_of_losing_them
 
     Ledger::settle(&app, "postgresql away from workers", &ids, Instant::now())
         .await
-        .assert_sound(false);
+        .assert_sound(CLEAN);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_mid_stream_loses_nothing() {
+async fn a_worker_killed_mid_stream_loses_nothing_and_holds_what_it_may_have_sent() {
     let app = TestApp::spawn_with(Options {
         email_worker: false,
         ..Options::default()
     })
     .await;
     app.create_welcome_template().await;
-    let mut settings = app.email_worker_settings(8);
-    settings.worker.lease = Duration::from_secs(1);
-    let doomed = tokio::spawn(
-        herald_channel_worker::Application::build(
-            settings.clone(),
-            herald_channel_worker::WorkerChannel::Email,
-        )
-        .unwrap()
-        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
-    );
+    let settings = short_lease_email_settings(&app, 8);
+    let doomed = spawn_email_worker(settings.clone());
     let count = suite_size();
     let ids = submit_many(&app, count).await;
     eventually(
@@ -288,10 +344,23 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     )
     .await;
 
-    // SIGKILL, in-process: the task and its AMQP connection vanish mid-delivery.
+    // SIGKILL, in-process: the task and its AMQP connection vanish mid-delivery. Email holds
+    // unknown outcomes (the default): what the dead worker had in flight is held, not resent.
     doomed.abort();
     let _ = doomed.await;
     let killed_at = Instant::now();
+    spawn_email_worker(settings);
+
+    Ledger::settle(&app, "worker killed mid-stream (hold)", &ids, killed_at)
+        .await
+        .assert_sound(Allowed {
+            resends: false,
+            unknown: true,
+        });
+}
+
+/// Starts an email worker built as the binary builds it; aborting the handle kills it.
+fn spawn_email_worker(settings: herald_channel_worker::Settings) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
         herald_channel_worker::Application::build(
             settings,
@@ -299,84 +368,41 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
         )
         .unwrap()
         .run_until_stopped(tokio_util::sync::CancellationToken::new()),
-    );
-
-    Ledger::settle(&app, "worker killed mid-stream", &ids, killed_at)
-        .await
-        .assert_sound(true);
+    )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_between_claim_and_send_loses_nothing() {
-    let app = TestApp::spawn_with(Options {
-        email_worker: false,
-        ..Options::default()
-    })
-    .await;
-    app.create_welcome_template().await;
-    // The doomed worker's SMTP server hangs, so it is stuck after its claim, before sending.
-    let smtp_proxy = FaultProxy::start(app.smtp.address()).await;
-    smtp_proxy.stall();
-    let mut settings = app.email_worker_settings(1);
+/// Email worker settings with a lease of 5 s, so a dead worker's claims are taken over
+/// quickly, and an SMTP timeout short enough for the start-up check (3 stages of 1.6 s).
+fn short_lease_email_settings(app: &TestApp, prefetch: u16) -> herald_channel_worker::Settings {
+    let mut settings = app.email_worker_settings(prefetch);
+    settings.worker.lease = Duration::from_secs(5);
+    settings.smtp.timeout = Duration::from_millis(1600);
+    settings
+}
+
+/// Starts an email worker that claims deliveries and then hangs: its SMTP server (behind
+/// `smtp_proxy`) never answers. Built from the runtime directly, since its lease is meant to
+/// run out while it waits, which `Application::build`'s lease check refuses.
+fn stuck_email_worker(
+    app: &TestApp,
+    smtp_proxy: &FaultProxy,
+    prefetch: u16,
+) -> tokio::task::JoinHandle<()> {
+    let mut settings = app.email_worker_settings(prefetch);
     settings.smtp.port = smtp_proxy.address().port();
     settings.worker.lease = Duration::from_secs(1);
-    let doomed = tokio::spawn(
-        herald_channel_worker::Application::build(
-            settings,
-            herald_channel_worker::WorkerChannel::Email,
-        )
-        .unwrap()
-        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
-    );
-    let ids = submit_many(&app, 1).await;
-    eventually("the doomed worker's claim", WAIT, || async {
-        (app.notification(&ids[0]).await.deliveries[0].state() == DeliveryState::Sending)
-            .then_some(())
-    })
-    .await;
-
-    // SIGKILL, in-process: the task and its AMQP connection vanish without a word.
-    doomed.abort();
-    let _ = doomed.await;
-    smtp_proxy.restore();
-    let mut settings = app.email_worker_settings(1);
-    settings.worker.lease = Duration::from_secs(1);
-    tokio::spawn(
-        herald_channel_worker::Application::build(
-            settings,
-            herald_channel_worker::WorkerChannel::Email,
-        )
-        .unwrap()
-        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
-    );
-
-    Ledger::settle(&app, "worker killed after its claim", &ids, Instant::now())
-        .await
-        .assert_sound(false);
-    let delivery = &app.notification(&ids[0]).await.deliveries[0];
-    assert_eq!(
-        delivery.attempts, 2,
-        "the lease expired and the delivery was taken over"
-    );
+    let provider = herald_channel_worker::SmtpProvider::new(&settings.smtp).unwrap();
+    spawn_doomed(provider, &settings)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_between_sending_and_recording_causes_no_effective_duplicate() {
-    let app = TestApp::spawn_with(Options {
-        email_worker: false,
-        ..Options::default()
-    })
-    .await;
-    app.create_welcome_template().await;
-    let sent = std::sync::Arc::new(tokio::sync::Notify::new());
-    let mut settings = app.email_worker_settings(1);
-    settings.worker.lease = Duration::from_secs(1);
-    let provider = CrashAfterSend {
-        inner: herald_channel_worker::SmtpProvider::new(&settings.smtp).unwrap(),
-        sent: std::sync::Arc::clone(&sent),
-    };
+/// Starts a worker around `provider` from the runtime directly (no start-up checks: its lease
+/// is meant to run out while it hangs); aborting the handle kills it.
+fn spawn_doomed<P: herald_worker::ChannelProvider>(
+    provider: P,
+    settings: &herald_channel_worker::Settings,
+) -> tokio::task::JoinHandle<()> {
     let pool = herald_db::build_pool(&settings.database).unwrap();
-    let doomed = tokio::spawn(
+    tokio::spawn(
         herald_worker::Worker::new(
             provider,
             settings.worker.clone(),
@@ -385,32 +411,177 @@ async fn a_worker_killed_between_sending_and_recording_causes_no_effective_dupli
             "doomed",
         )
         .run_until_stopped(tokio_util::sync::CancellationToken::new()),
+    )
+}
+
+/// The "worker killed after its claim" scenario under the email channel's `policy`: a worker
+/// claims a batch, hangs before sending (its SMTP server stalls) and is killed; another takes
+/// over once the leases expire. Returns the app, the accepted ids and when the kill happened.
+async fn kill_a_worker_after_its_claim(
+    policy: herald_worker::UnknownOutcome,
+) -> (TestApp, Vec<String>, Instant, usize) {
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let smtp_proxy = FaultProxy::start(app.smtp.address()).await;
+    smtp_proxy.stall();
+    let count = suite_size();
+    let claimed = count.min(16);
+    let doomed = stuck_email_worker(&app, &smtp_proxy, u16::try_from(claimed).unwrap());
+    let ids = submit_many(&app, count).await;
+    eventually("the doomed worker's claims", WAIT, || async {
+        (app.count_rows("deliveries WHERE state = 'sending'").await
+            == i64::try_from(claimed).unwrap())
+        .then_some(())
+    })
+    .await;
+
+    // SIGKILL, in-process: the task and its AMQP connection vanish without a word.
+    doomed.abort();
+    let _ = doomed.await;
+    let killed_at = Instant::now();
+    smtp_proxy.restore();
+    let mut settings = short_lease_email_settings(&app, 8);
+    settings.worker.unknown_outcome.email = policy;
+    spawn_email_worker(settings);
+    (app, ids, killed_at, claimed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_after_its_claim_has_its_deliveries_held_under_hold_until_an_operator_replays_them()
+ {
+    let (app, ids, killed_at, claimed) =
+        kill_a_worker_after_its_claim(herald_worker::UnknownOutcome::Hold).await;
+
+    let held = Ledger::settle(
+        &app,
+        "worker killed after its claim (hold)",
+        &ids,
+        killed_at,
+    )
+    .await;
+    held.assert_sound(Allowed {
+        resends: false,
+        unknown: true,
+    });
+    assert_eq!(
+        held.unknown, claimed,
+        "every claim of the dead worker is held, nothing else"
     );
-    let ids = submit_many(&app, 1).await;
+    assert_eq!(held.unknown_arrived, 0, "the dead worker never sent");
+
+    // The operator checks with the SMTP relay (nothing went out) and replays them.
+    let replayed_at = Instant::now();
+    let mut admin = app.admin_client().await;
+    let unknown = admin
+        .list_failures(ListFailuresRequest {
+            status: FailureStatus::Open.into(),
+            class: FailureClass::Unknown.into(),
+            page_size: 500,
+            ..ListFailuresRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .failures;
+    assert_eq!(unknown.len(), claimed);
+    admin
+        .replay_failures(ReplayFailuresRequest {
+            ids: unknown.into_iter().map(|failure| failure.id).collect(),
+            reason: "checked with the relay: never sent".into(),
+        })
+        .await
+        .unwrap();
+    let after_replay = Ledger::settle(
+        &app,
+        "worker killed after its claim (hold), replayed",
+        &ids,
+        replayed_at,
+    )
+    .await;
+    after_replay.assert_sound(CLEAN);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_after_its_claim_has_its_deliveries_resent_once_under_resend() {
+    let (app, ids, killed_at, claimed) =
+        kill_a_worker_after_its_claim(herald_worker::UnknownOutcome::Resend).await;
+
+    let ledger = Ledger::settle(
+        &app,
+        "worker killed after its claim (resend)",
+        &ids,
+        killed_at,
+    )
+    .await;
+    ledger.assert_sound(CLEAN);
+    assert!(
+        ledger.attempts >= i64::try_from(ids.len() + claimed).unwrap(),
+        "each lease expired and its delivery was taken over and sent once more: {ledger:?}"
+    );
+}
+
+/// A worker that sends one email for real and is killed before it records the outcome; then
+/// a healthy worker starts, following `policy` for unknown outcomes. Returns the app and the
+/// notification id.
+async fn kill_a_worker_between_sending_and_recording(
+    policy: herald_worker::UnknownOutcome,
+) -> (TestApp, String) {
+    let app = TestApp::spawn_with(Options {
+        email_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_welcome_template().await;
+    let sent = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut settings = short_lease_email_settings(&app, 1);
+    settings.worker.unknown_outcome.email = policy;
+    let provider = CrashAfterSend {
+        inner: herald_channel_worker::SmtpProvider::new(&settings.smtp).unwrap(),
+        sent: std::sync::Arc::clone(&sent),
+    };
+    let doomed = spawn_doomed(provider, &settings);
+    let mut ids = submit_many(&app, 1).await;
     sent.notified().await;
     doomed.abort();
     let _ = doomed.await;
 
-    tokio::spawn(
-        herald_channel_worker::Application::build(
-            settings,
-            herald_channel_worker::WorkerChannel::Email,
-        )
-        .unwrap()
-        .run_until_stopped(tokio_util::sync::CancellationToken::new()),
-    );
-    app.wait_for_status(&ids[0], NotificationStatus::Delivered)
+    spawn_email_worker(settings);
+    (app, ids.remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_between_sending_and_recording_causes_no_effective_duplicate_under_resend()
+{
+    let (app, id) =
+        kill_a_worker_between_sending_and_recording(herald_worker::UnknownOutcome::Resend).await;
+
+    app.wait_for_status(&id, NotificationStatus::Delivered)
         .await;
     let emails = app.smtp.wait_for_messages(2, WAIT).await;
     assert_eq!(
         emails.len(),
         2,
-        "the outcome was unknown, so the email channel resent"
+        "the outcome was unknown, and this email channel resends"
     );
     assert_eq!(
         emails[0].message_id, emails[1].message_id,
         "with the same Message-ID: one effective email"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_between_sending_and_recording_leaves_the_delivery_unknown_under_hold() {
+    let (app, id) =
+        kill_a_worker_between_sending_and_recording(herald_worker::UnknownOutcome::Hold).await;
+
+    let held = app.wait_for_status(&id, NotificationStatus::Failed).await;
+    assert_eq!(held.deliveries[0].state(), DeliveryState::Unknown);
+    assert_eq!(app.failure_classes().await, ["unknown"]);
+    assert_eq!(app.smtp.messages().len(), 1, "sent once, never again");
 }
 
 /// Sends for real, then hangs forever before the outcome can be recorded, like a process
@@ -469,7 +640,7 @@ async fn critical_notifications_still_go_out_while_rabbitmq_is_away_and_are_not_
         Instant::now(),
     )
     .await
-    .assert_sound(false);
+    .assert_sound(CLEAN);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -116,6 +116,9 @@ pub(crate) struct Options {
     /// The relay's retention job; off unless a test turns it on (tests that move a manual
     /// clock by days would otherwise see their deliveries cleared).
     pub(crate) retention: herald_relay::RetentionSettings,
+    /// The relay's reconciler; off unless a test turns it on (a test that holds deliveries in
+    /// the queue on purpose would otherwise see them published again).
+    pub(crate) reconcile: herald_relay::ReconcileSettings,
 }
 
 impl Default for Options {
@@ -131,6 +134,10 @@ impl Default for Options {
             retention: herald_relay::RetentionSettings {
                 personal_data_after: Duration::ZERO,
                 ..herald_relay::RetentionSettings::default()
+            },
+            reconcile: herald_relay::ReconcileSettings {
+                after: Duration::ZERO,
+                ..herald_relay::ReconcileSettings::default()
             },
         }
     }
@@ -275,6 +282,7 @@ impl TestApp {
                 vacuum_after: options.relay_vacuum_after,
             },
             retention: options.retention.clone(),
+            reconcile: options.reconcile.clone(),
             telemetry: test_telemetry(),
         })
         .expect("building the relay")

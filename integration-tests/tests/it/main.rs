@@ -25,6 +25,7 @@ mod priority;
 mod privacy;
 mod probes;
 mod push;
+mod reconcile;
 mod retention;
 mod security;
 mod sms;

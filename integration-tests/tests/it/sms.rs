@@ -62,6 +62,11 @@ pub(crate) fn set_sms_providers(
 
 /// An app without the email worker, the SMS templates, and an SMS worker with `providers`.
 async fn sms_app(providers: Vec<Value>) -> TestApp {
+    sms_app_with(providers, herald_worker::UnknownOutcome::Resend).await
+}
+
+/// `sms_app` whose worker follows `policy` for unknown outcomes.
+async fn sms_app_with(providers: Vec<Value>, policy: herald_worker::UnknownOutcome) -> TestApp {
     let app = TestApp::spawn_with(Options {
         email_worker: false,
         ..Options::default()
@@ -91,6 +96,7 @@ async fn sms_app(providers: Vec<Value>) -> TestApp {
     .await;
     let mut settings = app.channel_worker_settings();
     set_sms_providers(&mut settings, providers);
+    settings.worker.unknown_outcome.sms = policy;
     app.start_channel_worker(WorkerChannel::Sms, settings);
     app
 }
@@ -387,4 +393,98 @@ async fn an_sms_submit_without_phone_or_user_id_is_refused_with_the_field_to_fix
     );
     assert_eq!(app.count_rows("notifications").await, 0);
     assert_eq!(twilio.request_count(), 0);
+}
+
+/// A gateway `[[sms.providers]]` entry whose requests time out after `timeout`.
+fn impatient_gateway_provider(name: &str, gateway: &SmsGatewayServer, timeout: &str) -> Value {
+    let mut provider = gateway_provider(name, gateway);
+    provider["timeout"] = json!(timeout);
+    provider
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sms_whose_answer_is_lost_is_resent_to_the_same_gateway_with_its_key_and_sent_once() {
+    let primary = SmsGatewayServer::start(GATEWAY_TOKEN).await;
+    let secondary = SmsGatewayServer::start(GATEWAY_TOKEN).await;
+    primary.swallow_answer_of_next(1);
+    let app = sms_app(vec![
+        impatient_gateway_provider("primary", &primary, "500ms"),
+        gateway_provider("secondary", &secondary),
+    ])
+    .await;
+    with_phone(&app).await;
+
+    let id = submit(&app, to_user()).await;
+
+    let notification = app
+        .wait_for_status(&id, NotificationStatus::Delivered)
+        .await;
+    let delivery = &notification.deliveries[0];
+    assert_eq!(delivery.attempts, 2, "{delivery:?}");
+    assert_eq!(
+        provider_events(&app, &delivery.id).await,
+        [
+            ("retry_wait".to_owned(), "primary".to_owned()),
+            ("delivered".to_owned(), "primary".to_owned()),
+        ],
+        "an unknown outcome never fails over"
+    );
+    assert_eq!(primary.request_count(), 2);
+    let messages = primary.messages();
+    assert_eq!(messages.len(), 1, "the gateway knew the key: one text");
+    assert_eq!(
+        messages[0].idempotency_key.as_deref(),
+        Some(delivery.id.as_str())
+    );
+    assert_eq!(secondary.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_hold_an_sms_whose_answer_is_lost_stays_unknown_until_an_operator_replays_it() {
+    let gateway = SmsGatewayServer::start(GATEWAY_TOKEN).await;
+    gateway.swallow_answer_of_next(1);
+    let app = sms_app_with(
+        vec![impatient_gateway_provider("gateway", &gateway, "500ms")],
+        herald_worker::UnknownOutcome::Hold,
+    )
+    .await;
+    with_phone(&app).await;
+
+    let id = submit(&app, to_user()).await;
+
+    let held = app.wait_for_status(&id, NotificationStatus::Failed).await;
+    let delivery = &held.deliveries[0];
+    assert_eq!(
+        delivery.state(),
+        herald_proto::submit::DeliveryState::Unknown
+    );
+    assert_eq!(delivery.attempts, 1);
+    assert_eq!(delivery.last_error, "gateway timed out");
+    assert_eq!(app.failure_classes().await, ["unknown"]);
+    assert_eq!(gateway.request_count(), 1, "held: not sent again");
+
+    let mut admin = app.admin_client().await;
+    let failures = admin
+        .list_failures(herald_proto::admin::ListFailuresRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .failures;
+    admin
+        .replay_failures(herald_proto::admin::ReplayFailuresRequest {
+            ids: vec![failures[0].id.clone()],
+            reason: "checked with the gateway".into(),
+        })
+        .await
+        .unwrap();
+    let replayed = app
+        .wait_for_status(&id, NotificationStatus::Delivered)
+        .await;
+    assert_eq!(replayed.deliveries[0].attempts, 2);
+    assert_eq!(gateway.request_count(), 2);
+    assert_eq!(
+        gateway.messages().len(),
+        1,
+        "the replay carried the same idempotency key"
+    );
 }

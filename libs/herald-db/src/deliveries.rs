@@ -111,6 +111,12 @@ pub struct ClaimedDelivery {
     pub attempt: u32,
     /// The attempt's number within the current cycle (`attempts - attempts_base`).
     pub cycle_attempt: u32,
+    /// The claim took the delivery over from an attempt whose lease expired: that attempt
+    /// may or may not have reached the provider (its outcome is unknown).
+    pub takeover: bool,
+    /// `deliveries.pinned_provider`: the provider every attempt goes to since an earlier
+    /// attempt's outcome there could not be known (the channel resends unknown outcomes).
+    pub pinned_provider: Option<String>,
 }
 
 /// How an attempt ended.
@@ -131,6 +137,13 @@ pub enum Outcome {
     /// A retryable failure: another attempt will follow.
     RetryWait {
         /// What went wrong (no personal data).
+        error: String,
+    },
+    /// The provider's answer could not be known and the channel's policy is to resend:
+    /// another attempt will follow (state `retry_wait`, error class `unknown`), to the same
+    /// provider (`Finishing::pin`).
+    Resend {
+        /// Why the outcome is unknown (no personal data).
         error: String,
     },
     /// Deliberately not sent (a rate limit, a preference); the provider was not called.
@@ -178,7 +191,7 @@ impl Outcome {
                 ..
             } => DeliveryState::Unknown,
             Self::Failed { .. } => DeliveryState::Failed,
-            Self::RetryWait { .. } => DeliveryState::RetryWait,
+            Self::RetryWait { .. } | Self::Resend { .. } => DeliveryState::RetryWait,
             Self::Suppressed { .. } => DeliveryState::Suppressed,
             Self::Deferred { .. } => DeliveryState::Scheduled,
         }
@@ -187,7 +200,9 @@ impl Outcome {
     fn detail(&self) -> &str {
         match self {
             Self::Delivered { detail } => detail,
-            Self::Failed { error, .. } | Self::RetryWait { error } => error,
+            Self::Failed { error, .. } | Self::RetryWait { error } | Self::Resend { error } => {
+                error
+            }
             Self::Suppressed { reason } | Self::Deferred { reason, .. } => reason,
         }
     }
@@ -197,7 +212,10 @@ impl Outcome {
     fn reached_provider(&self) -> bool {
         matches!(
             self,
-            Self::Delivered { .. } | Self::Failed { .. } | Self::RetryWait { .. }
+            Self::Delivered { .. }
+                | Self::Failed { .. }
+                | Self::RetryWait { .. }
+                | Self::Resend { .. }
         )
     }
 
@@ -205,6 +223,7 @@ impl Outcome {
         match self {
             Self::Delivered { .. } | Self::Suppressed { .. } | Self::Deferred { .. } => None,
             Self::RetryWait { .. } => Some("retryable"),
+            Self::Resend { .. } => Some("unknown"),
             Self::Failed { class, .. } => Some(class.as_str()),
         }
     }
@@ -227,6 +246,7 @@ pub async fn finish(
             outcome,
             provider,
             invalid_addresses: &[],
+            pin: false,
         }],
     )
     .await?;

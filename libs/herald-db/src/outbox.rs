@@ -228,3 +228,48 @@ pub async fn backlog(connection: &mut AsyncPgConnection) -> Result<(i64, Option<
         .await?;
     Ok((count, oldest))
 }
+
+/// Re-queues, through the outbox, up to `limit` deliveries whose queue message the broker may
+/// have lost: still `queued` or `retry_wait` (a retry's delay copy lost too), unchanged since
+/// before `stuck_before`, with no outbox row waiting. Each gets an outbox row (the relay
+/// publishes it again) and its `updated_at` set to now, so it is looked at again only after
+/// another full threshold. A message that was not lost after all is then delivered twice to
+/// the queue, which the workers' claim makes harmless: the second copy finds the delivery
+/// claimed or final. Rows another transaction holds are skipped. Returns the channel of each
+/// delivery re-queued.
+pub async fn requeue_stuck(
+    connection: &mut AsyncPgConnection,
+    stuck_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>> {
+    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Requeued {
+        #[diesel(sql_type = Text)]
+        channel: String,
+    }
+    // `open` narrows the scan to the deliveries that may still be sent (`deliveries_open`).
+    let requeued: Vec<Requeued> = diesel::sql_query(
+        "WITH stuck AS ( \
+             SELECT d.id FROM deliveries AS d \
+             WHERE d.open AND d.state IN ('queued', 'retry_wait') AND d.updated_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.delivery_id = d.id) \
+             ORDER BY d.updated_at LIMIT $2 \
+             FOR NO KEY UPDATE OF d SKIP LOCKED), \
+         touched AS ( \
+             UPDATE deliveries AS d SET updated_at = now() FROM stuck WHERE d.id = stuck.id \
+             RETURNING d.id, d.notification_id, d.channel) \
+         INSERT INTO outbox (delivery_id, notification_id, channel, priority) \
+         SELECT t.id, t.notification_id, t.channel, n.priority \
+         FROM touched AS t JOIN notifications AS n ON n.id = t.notification_id \
+         RETURNING channel",
+    )
+    .bind::<Timestamptz, _>(stuck_before)
+    .bind::<BigInt, _>(limit)
+    .load(connection)
+    .await?;
+    Ok(requeued
+        .into_iter()
+        .map(|requeued| requeued.channel)
+        .collect())
+}

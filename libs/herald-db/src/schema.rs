@@ -67,6 +67,7 @@ diesel::table! {
         variant -> Nullable<Text>,
         open -> Bool,
         personal_cleared_at -> Nullable<Timestamptz>,
+        pinned_provider -> Nullable<Text>,
     }
 }
 

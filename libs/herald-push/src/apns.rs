@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::fcm::invalid;
-use crate::message::{PushMessage, check_size, describe_transport_error};
+use crate::message::{PushMessage, check_size, request_failure};
 use crate::settings::ApnsSettings;
 use crate::{Error, read_setting_file};
 
@@ -126,8 +126,9 @@ impl ApnsClient {
     ///
     /// A payload over the limit fails before any request. `Unregistered`, `BadDeviceToken` and
     /// `DeviceTokenNotForTopic` are `AddressInvalid` naming the token; throttling, server
-    /// errors, transport errors and a refused provider token (a new one is signed for the next
-    /// send) are `Retryable`; other refusals (`PayloadTooLarge`, …) are `Permanent`.
+    /// errors, a failed connection and a refused provider token (a new one is signed for the next
+    /// send) are `Retryable`; a request that got no answer after it was sent is `Unknown`;
+    /// other refusals (`PayloadTooLarge`, …) are `Permanent`.
     pub async fn send(
         &self,
         message: &PushMessage,
@@ -165,12 +166,11 @@ impl ApnsClient {
         if let Some(collapse_id) = &message.collapse_id {
             request = request.header("apns-collapse-id", collapse_id);
         }
-        let response = request.body(payload).send().await.map_err(|error| {
-            DeliveryError::Retryable(format!(
-                "apns request failed: {}",
-                describe_transport_error(error)
-            ))
-        })?;
+        let response = request
+            .body(payload)
+            .send()
+            .await
+            .map_err(|error| request_failure("apns", error))?;
         let status = response.status().as_u16();
         let apns_id = response
             .headers()

@@ -76,12 +76,12 @@ impl PushChannel {
         &self,
         message: &PushMessage,
         device: &DeviceToken,
-        cycle_attempt: u32,
+        context: &DeliveryContext,
     ) -> DeviceResult {
         let result = match device.platform {
             Platform::Ios => match &self.apns {
                 Some(failover) => {
-                    let selected = failover.select(cycle_attempt);
+                    let selected = failover.select_for(context);
                     let result = selected.provider().send(message, device).await;
                     selected.record(&result);
                     return DeviceResult {
@@ -93,7 +93,7 @@ impl PushChannel {
             },
             Platform::Android | Platform::Web => match &self.fcm {
                 Some(failover) => {
-                    let selected = failover.select(cycle_attempt);
+                    let selected = failover.select_for(context);
                     let result = selected.provider().send(message, device).await;
                     selected.record(&result);
                     return DeviceResult {
@@ -131,7 +131,7 @@ impl PushChannel {
             context
                 .device_tokens
                 .iter()
-                .map(|device| self.send_to(&message, device, context.cycle_attempt)),
+                .map(|device| self.send_to(&message, device, context)),
         )
         .await;
         let used: BTreeSet<&str> = results
@@ -178,8 +178,9 @@ fn provider_label(apns: Option<&str>, fcm: Option<&str>) -> String {
 ///
 /// At least one accepted device makes the delivery delivered (the tokens the providers called
 /// invalid ride along to be disabled). With none accepted: all invalid → `AddressInvalid`;
-/// any retryable → `Retryable` (nothing was sent, so a retry sends nothing twice); else the
-/// first unknown outcome, else `Permanent`.
+/// any unknown outcome → `Unknown` (a device may have it, so the channel's policy decides
+/// whether to push again); any retryable → `Retryable` (nothing was sent, so a retry sends
+/// nothing twice); else `Permanent`.
 pub(crate) fn aggregate(results: Vec<DeviceResult>) -> DeliveryOutcome {
     let total = results.len();
     let mut accepted = Vec::new();
@@ -240,10 +241,10 @@ pub(crate) fn aggregate(results: Vec<DeviceResult>) -> DeliveryOutcome {
             addresses: invalid,
             detail,
         })
-    } else if retryable {
-        Err(DeliveryError::Retryable(detail))
     } else if unknown {
         Err(DeliveryError::Unknown(detail))
+    } else if retryable {
+        Err(DeliveryError::Retryable(detail))
     } else {
         Err(DeliveryError::Permanent(detail))
     }

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::message::{PushMessage, check_size, describe_transport_error};
+use crate::message::{PushMessage, check_size, describe_transport_error, request_failure};
 use crate::settings::FcmSettings;
 use crate::{Error, read_setting_file};
 
@@ -177,9 +177,9 @@ impl FcmClient {
     ///
     /// A payload over the limit fails before any request (token or send) is made. An
     /// `UNREGISTERED` token, a `SENDER_ID_MISMATCH` or an `INVALID_ARGUMENT` about the token is
-    /// `AddressInvalid` naming the token; throttling, server errors, transport errors and a
-    /// rejected access token (the cache is dropped) are `Retryable`; other refusals are
-    /// `Permanent`.
+    /// `AddressInvalid` naming the token; throttling, server errors, a failed connection and a
+    /// rejected access token (the cache is dropped) are `Retryable`; a send that got no answer
+    /// after it was made is `Unknown`; other refusals are `Permanent`.
     pub async fn send(
         &self,
         message: &PushMessage,
@@ -200,12 +200,7 @@ impl FcmClient {
             .body(body)
             .send()
             .await
-            .map_err(|error| {
-                DeliveryError::Retryable(format!(
-                    "fcm request failed: {}",
-                    describe_transport_error(error)
-                ))
-            })?;
+            .map_err(|error| request_failure("fcm", error))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         if status == 200 {

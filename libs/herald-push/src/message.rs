@@ -105,6 +105,20 @@ pub(crate) fn check_size(payload: &[u8]) -> Result<(), DeliveryError> {
     }
 }
 
+/// A push request that got no answer from `service` (`apns`, `fcm`): retryable when no
+/// connection was made, else an unknown outcome (the notification may have been pushed; a
+/// resend carries the same `apns-id`, or FCM message, for the same delivery).
+pub(crate) fn request_failure(service: &str, error: reqwest::Error) -> DeliveryError {
+    let request_left = !(error.is_connect() || error.is_builder());
+    DeliveryError::unanswered(
+        request_left,
+        format!(
+            "{service} request failed: {}",
+            describe_transport_error(error)
+        ),
+    )
+}
+
 /// A transport error without the request URL (an APNs URL carries the device token) and with
 /// its causes, which name the failure (`connection refused`, `operation timed out`).
 pub(crate) fn describe_transport_error(error: reqwest::Error) -> String {

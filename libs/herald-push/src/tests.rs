@@ -416,6 +416,20 @@ mod aggregation {
     }
 
     #[test]
+    fn an_unknown_outcome_on_any_device_outweighs_a_retryable_failure() {
+        let outcome = aggregate(vec![
+            failed(DeliveryError::Retryable("fcm 503 UNAVAILABLE".into())),
+            failed(DeliveryError::Unknown(
+                "apns request failed: timed out".into(),
+            )),
+        ]);
+        assert!(
+            matches!(outcome, Err(DeliveryError::Unknown(_))),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
     fn otherwise_the_delivery_fails_permanently() {
         let outcome = aggregate(vec![
             invalid("a"),

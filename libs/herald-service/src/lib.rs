@@ -36,8 +36,36 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    run_checked(service_name, args, telemetry, |_| Vec::new(), run).await
+}
+
+/// `run`, with `check` adding the problems only the command line can reveal (the channel a
+/// worker runs): any problem from it also ends the process with exit code 64, before
+/// telemetry starts.
+pub async fn run_checked<S, C, F, Fut, E>(
+    service_name: &'static str,
+    args: &ConfigArgs,
+    telemetry: fn(&S) -> &TelemetrySettings,
+    check: C,
+    run: F,
+) -> ExitCode
+where
+    S: serde::de::DeserializeOwned + herald_config::Validate,
+    C: FnOnce(&S) -> Vec<String>,
+    F: FnOnce(S, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     herald_tls::install_crypto_provider();
-    let settings: S = match herald_config::load_from_dir(&args.config_dir) {
+    let loaded = herald_config::load_from_dir(&args.config_dir).and_then(|settings: S| {
+        let problems = check(&settings);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(herald_config::Error::Invalid(problems))
+        }
+    });
+    let settings: S = match loaded {
         Ok(settings) => settings,
         Err(error) => {
             #[allow(clippy::print_stderr)]

@@ -144,7 +144,8 @@ impl ChannelProvider for SmsChannel {
             }
         };
         let reference = context.delivery_id.to_string();
-        let selected = self.failover.select(context.cycle_attempt);
+        // An unknown outcome never fails over: a pinned delivery goes to its provider.
+        let selected = self.failover.select_for(context);
         let result = selected
             .provider()
             .send(&OutgoingSms {

@@ -76,8 +76,11 @@ pub(crate) fn build_client(name: &str, timeout: Duration) -> Result<reqwest::Cli
         })
 }
 
-/// Maps a request that got no HTTP answer. Every case is retryable (the next attempt moves to
-/// the next provider). reqwest's `Display` names the URL, so only the kind is kept.
+/// Maps a request that got no HTTP answer: retryable when no connection was made (the next
+/// attempt may move to the next provider), else an unknown outcome, since the provider may
+/// have sent the message (the next attempt, if the policy resends, goes to the same provider
+/// with the same idempotency key). reqwest's `Display` names the URL, so only the kind is
+/// kept.
 pub(crate) fn request_failure(kind: &str, error: &reqwest::Error) -> DeliveryError {
     let what = if error.is_timeout() {
         "timed out"
@@ -88,7 +91,8 @@ pub(crate) fn request_failure(kind: &str, error: &reqwest::Error) -> DeliveryErr
     } else {
         "request failed"
     };
-    DeliveryError::Retryable(format!("{kind} {what}"))
+    let request_left = !(error.is_connect() || error.is_builder());
+    DeliveryError::unanswered(request_left, format!("{kind} {what}"))
 }
 
 /// A provider-issued id or status, cut down to characters and a length that are safe to

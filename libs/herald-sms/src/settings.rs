@@ -51,6 +51,14 @@ impl SmsProviderSettings {
             Self::HttpGateway(settings) => &settings.name,
         }
     }
+
+    /// The provider's whole-request timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            Self::Twilio(settings) => settings.timeout,
+            Self::HttpGateway(settings) => settings.timeout,
+        }
+    }
 }
 
 /// A Twilio-compatible provider (`kind = "twilio"`).

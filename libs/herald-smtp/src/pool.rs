@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use secrecy::ExposeSecret;
 use tokio::net::TcpStream;
@@ -42,9 +43,29 @@ pub enum Error {
     /// The TCP connection was not established within the timeout.
     #[error("timed out connecting to the smtp relay")]
     ConnectTimeout,
-    /// The SMTP conversation failed (lettre's error: reply code, timeout, TLS, network).
+    /// The SMTP conversation failed before the message's end was sent, or the relay answered
+    /// the message with a reply code (lettre's error: reply code, TLS, network).
     #[error(transparent)]
     Smtp(#[from] lettre::transport::smtp::Error),
+    /// The relay lacks an extension the message needs; nothing was sent.
+    #[error("the smtp relay does not support {0}")]
+    Unsupported(&'static str),
+    /// The relay did not answer a command within the timeout, before the message's end was
+    /// sent: nothing was handed over.
+    #[error("the smtp relay did not answer within the timeout")]
+    Timeout,
+    /// The message was sent (or its sending broke off), but no reply to it came: the relay
+    /// may have accepted it. `None` when the wait for the reply timed out.
+    #[error("the smtp relay did not confirm the message")]
+    Unconfirmed(#[source] Option<lettre::transport::smtp::Error>),
+}
+
+impl Error {
+    /// Whether the relay may have accepted the message although the send failed: the outcome
+    /// of the send cannot be known, and sending again may deliver it twice.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Unconfirmed(_))
+    }
 }
 
 /// Reused connections to one SMTP relay, at most `max_connections` at once.
@@ -114,17 +135,78 @@ impl SmtpPool {
     }
 
     /// Sends `message` (formatted) to `envelope`'s recipients on a pooled connection, waiting
-    /// for one when all are busy. A connection the send broke (lettre closes it on any error)
-    /// is not reused.
+    /// for one when all are busy. Getting a connection, the envelope (`MAIL`, `RCPT`, `DATA`)
+    /// and the message each get `timeout`. A failure once the message's end may have been
+    /// sent is `Error::Unconfirmed`; every earlier one handed nothing over. A connection
+    /// that failed in any way is closed, not reused.
     pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<Response, Error> {
         // The semaphore is never closed.
         let _permit = self.permits.acquire().await;
-        let mut connection = self.checkout().await?;
-        let sent = connection.send(envelope, message).await;
-        if !connection.has_broken() {
-            self.park(connection);
+        let mut connection = tokio::time::timeout(self.timeout, self.checkout())
+            .await
+            .map_err(|_| Error::ConnectTimeout)??;
+        let sent = self.converse(&mut connection, envelope, message).await;
+        match sent {
+            Ok(_) if !connection.has_broken() => self.park(connection),
+            _ => close(connection),
         }
-        Ok(sent?)
+        sent
+    }
+
+    /// One mail transaction on `connection`: the envelope, then the message. lettre's own
+    /// `send` does the same in one call, which hides whether the message's end was sent when
+    /// it fails; that decides whether a failure may have delivered the message.
+    async fn converse(
+        &self,
+        connection: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<Response, Error> {
+        let mut options = Vec::new();
+        let mut addresses = envelope.from().into_iter().chain(envelope.to());
+        if addresses.any(|address| !AsRef::<str>::as_ref(address).is_ascii()) {
+            if !connection
+                .server_info()
+                .supports_feature(Extension::SmtpUtfEight)
+            {
+                return Err(Error::Unsupported(
+                    "SMTPUTF8, needed for a non-ASCII address",
+                ));
+            }
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !message.is_ascii() {
+            if !connection
+                .server_info()
+                .supports_feature(Extension::EightBitMime)
+            {
+                return Err(Error::Unsupported(
+                    "8BITMIME, needed for a non-ASCII message",
+                ));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let handshake = async {
+            connection
+                .command(Mail::new(envelope.from().cloned(), options))
+                .await?;
+            for recipient in envelope.to() {
+                connection
+                    .command(Rcpt::new(recipient.clone(), Vec::new()))
+                    .await?;
+            }
+            connection.command(Data).await
+        };
+        tokio::time::timeout(self.timeout, handshake)
+            .await
+            .map_err(|_| Error::Timeout)??;
+        // From here on the relay may have the whole message: only a reply says what it did.
+        match tokio::time::timeout(self.timeout, connection.message(message)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.status().is_some() => Err(Error::Smtp(error)),
+            Ok(Err(error)) => Err(Error::Unconfirmed(Some(error))),
+            Err(_) => Err(Error::Unconfirmed(None)),
+        }
     }
 
     /// An idle connection that is still usable, else a new one.

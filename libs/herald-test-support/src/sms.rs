@@ -322,6 +322,8 @@ struct GatewayState {
     recorder: Recorder<String>,
     /// Idempotency key → the id answered for it.
     answered: Mutex<HashMap<String, String>>,
+    /// Messages still to accept without ever answering (`swallow_answer_of_next`).
+    unanswered: AtomicUsize,
 }
 
 #[derive(serde::Deserialize)]
@@ -343,6 +345,7 @@ impl SmsGatewayServer {
             token: token.to_owned(),
             recorder: Recorder::default(),
             answered: Mutex::default(),
+            unanswered: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/messages", post(gateway_send))
@@ -370,6 +373,12 @@ impl SmsGatewayServer {
         self.state
             .recorder
             .fail_next(count, status, code.to_owned());
+    }
+
+    /// Accepts the next `count` messages (recorded, their idempotency keys remembered) and
+    /// never answers their requests, like a gateway whose answer is lost on the way back.
+    pub fn swallow_answer_of_next(&self, count: usize) {
+        self.state.unanswered.store(count, Ordering::SeqCst);
     }
 
     /// Rejects messages to `number` with `400` `invalid_number`.
@@ -473,6 +482,15 @@ async fn gateway_send(
         reference: request.reference,
         idempotency_key,
     });
+    let swallow = state
+        .unanswered
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok();
+    if swallow {
+        std::future::pending::<()>().await;
+    }
     (
         StatusCode::OK,
         axum::Json(json!({ "id": id, "status": "accepted" })),

@@ -102,6 +102,24 @@ impl TestVhost {
     }
 }
 
+impl TestVhost {
+    /// Deletes every ready message of `queue` through the management API, as a broker node
+    /// that failed with unreplicated classic queues would lose them.
+    ///
+    /// # Panics
+    /// When the management API refuses.
+    pub async fn purge_queue(&self, queue: &str) {
+        let (base, user, password) = split_credentials(&self.admin_url);
+        reqwest::Client::new()
+            .delete(format!("{base}/api/queues/{}/{queue}/contents", self.name))
+            .basic_auth(&user, Some(&password))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|error| panic!("purging queue {queue}: {error}"));
+    }
+}
+
 /// `http://user:pass@host:port` → (`http://host:port`, user, pass).
 fn split_credentials(url: &str) -> (String, String, String) {
     let parsed = reqwest::Url::parse(url).expect("TEST_AMQP_ADMIN_URL must be a URL");

@@ -185,7 +185,9 @@ impl Destination {
             } else {
                 "request failed"
             };
-            DeliveryError::Retryable(format!("webhook {kind}"))
+            // Without a connection nothing was sent; after it, the receiver may have acted.
+            let request_left = !(error.is_connect() || error.is_builder());
+            DeliveryError::unanswered(request_left, format!("webhook {kind}"))
         })?;
         let status = response.status();
         if status.is_success() {

@@ -50,6 +50,12 @@ pub struct DeliveryContext {
     /// The user opted out of tracking (email: no open pixel, no rewritten links); resolved
     /// from preferences before sending.
     pub tracking_opt_out: bool,
+    /// This attempt takes over one whose lease expired, and the channel resends unknown
+    /// outcomes: `Failover::select_for` sends it where that attempt went.
+    pub takeover: bool,
+    /// The provider an earlier attempt's unknown outcome pinned the delivery to: every
+    /// attempt goes there (`Failover::select_for`).
+    pub pinned_provider: Option<String>,
 }
 
 impl DeliveryContext {
@@ -77,6 +83,8 @@ impl DeliveryContext {
             cycle_attempt: delivery.cycle_attempt,
             device_tokens: Vec::new(),
             tracking_opt_out: false,
+            takeover: delivery.takeover,
+            pinned_provider: delivery.pinned_provider,
         }
     }
 }
@@ -96,6 +104,8 @@ impl std::fmt::Debug for DeliveryContext {
             .field("attempt", &self.attempt)
             .field("cycle_attempt", &self.cycle_attempt)
             .field("tracking_opt_out", &self.tracking_opt_out)
+            .field("takeover", &self.takeover)
+            .field("pinned_provider", &self.pinned_provider)
             .finish_non_exhaustive()
     }
 }

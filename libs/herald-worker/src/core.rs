@@ -5,7 +5,7 @@ use herald_config::AmqpSettings;
 
 use crate::instruments::Instruments;
 use crate::templates::TemplateCache;
-use crate::{RateLimiter, WorkerSettings};
+use crate::{ChannelProvider, RateLimiter, UnknownOutcome, WorkerSettings};
 
 /// The shared state of one worker, behind an `Arc`.
 pub(crate) struct Core<P> {
@@ -31,4 +31,13 @@ pub(crate) struct Core<P> {
     pub(crate) instruments: Instruments,
     /// Template versions compiled once, by template id and version.
     pub(crate) templates: TemplateCache,
+}
+
+impl<P: ChannelProvider> Core<P> {
+    /// The channel's policy for attempts whose outcome cannot be known.
+    pub(crate) fn unknown_outcome(&self) -> UnknownOutcome {
+        self.settings
+            .unknown_outcome
+            .for_channel(self.provider.channel())
+    }
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use herald_db::deliveries::{BatchClaim, Claim, Claimed, FailureClass, Outcome};
 
-use crate::{DeliveryError, Receipt, WorkerSettings};
+use crate::{DeliveryError, Receipt, UnknownOutcome, WorkerSettings};
+
+/// What a takeover records under `hold`: the previous attempt may have reached the provider.
+pub(crate) const LEASE_EXPIRED: &str =
+    "the previous attempt's lease expired before its outcome was recorded; it may have been sent";
 
 /// Pause before requeueing a message whose delivery could not be read or written because
 /// PostgreSQL was unavailable.
@@ -39,9 +43,26 @@ pub(crate) enum AfterClaim {
 /// The next step for a delivery whose claim came back as `claim`. A final delivery is acked
 /// without a provider call (a redelivered message never sends twice); one leased by a live
 /// worker is requeued until its lease runs out, so a worker that died mid-attempt is taken
-/// over rather than forgotten; an unreadable one fails for good.
-pub(crate) fn after_claim(claim: BatchClaim, lease: Duration) -> AfterClaim {
+/// over rather than forgotten; an unreadable one fails for good. A takeover cannot tell
+/// "claimed, never sent" from "sent, not recorded", so it follows the channel's `policy`:
+/// `hold` records the delivery `unknown` without a provider call, `resend` attempts it again.
+pub(crate) fn after_claim(
+    claim: BatchClaim,
+    lease: Duration,
+    policy: UnknownOutcome,
+) -> AfterClaim {
     match claim {
+        BatchClaim::Claimed(claimed)
+            if claimed.delivery.takeover && policy == UnknownOutcome::Hold =>
+        {
+            AfterClaim::Record(
+                claimed.claim,
+                Outcome::Failed {
+                    error: LEASE_EXPIRED.to_owned(),
+                    class: FailureClass::Unknown,
+                },
+            )
+        }
         BatchClaim::Claimed(claimed) => AfterClaim::Attempt(claimed),
         BatchClaim::Unreadable { claim, problem } => AfterClaim::Record(
             claim,
@@ -58,15 +79,20 @@ pub(crate) fn after_claim(claim: BatchClaim, lease: Duration) -> AfterClaim {
 }
 
 /// The record and settlement of an attempt that reached `provider` and got `result`: a
-/// delivery is acked, a permanent failure, an unknown outcome and a retryable failure past
-/// `max_attempts` are recorded as final and dead-lettered, any other retryable failure waits
-/// in the delay queue of its tier.
+/// delivery is acked; a permanent failure and a retryable failure past `max_attempts` are
+/// recorded as final and dead-lettered; any other retryable failure waits in the delay queue
+/// of its tier. An unknown outcome follows `policy`: `hold` records it final (`unknown`) and
+/// dead-letters it; `resend` waits like a retryable failure (`Outcome::Resend`, pinned to
+/// `provider`), and past `max_attempts` it is final `unknown` too.
 pub(crate) fn after_call(
     claim: &Claim,
     provider: &str,
     result: Result<Receipt, DeliveryError>,
     settings: &WorkerSettings,
+    policy: UnknownOutcome,
 ) -> (Outcome, Settlement) {
+    let cycle_attempt = u32::try_from(claim.cycle_attempt).unwrap_or(u32::MAX);
+    let exhausted = cycle_attempt >= settings.max_attempts;
     match result {
         Ok(receipt) => (
             Outcome::Delivered {
@@ -88,31 +114,48 @@ pub(crate) fn after_call(
             },
             Settlement::DeadLetter,
         ),
-        Err(DeliveryError::Unknown(error)) => (
+        Err(DeliveryError::Unknown(error)) if policy == UnknownOutcome::Hold => (
             Outcome::Failed {
                 error,
                 class: FailureClass::Unknown,
             },
             Settlement::DeadLetter,
         ),
-        Err(DeliveryError::Retryable(error)) => {
-            let cycle_attempt = u32::try_from(claim.cycle_attempt).unwrap_or(u32::MAX);
-            if cycle_attempt >= settings.max_attempts {
-                (
-                    Outcome::Failed {
-                        error: format!("gave up after {cycle_attempt} attempts: {error}"),
-                        class: FailureClass::Exhausted,
-                    },
-                    Settlement::DeadLetter,
-                )
-            } else {
-                (
-                    Outcome::RetryWait { error },
-                    Settlement::Retry(settings.retry_delay(cycle_attempt)),
-                )
-            }
-        }
+        Err(DeliveryError::Unknown(error)) if exhausted => (
+            Outcome::Failed {
+                error: format!("gave up after {cycle_attempt} attempts: {error}"),
+                class: FailureClass::Unknown,
+            },
+            Settlement::DeadLetter,
+        ),
+        Err(DeliveryError::Unknown(error)) => (
+            Outcome::Resend { error },
+            Settlement::Retry(settings.retry_delay(cycle_attempt)),
+        ),
+        Err(DeliveryError::Retryable(error)) if exhausted => (
+            Outcome::Failed {
+                error: format!("gave up after {cycle_attempt} attempts: {error}"),
+                class: FailureClass::Exhausted,
+            },
+            Settlement::DeadLetter,
+        ),
+        Err(DeliveryError::Retryable(error)) => (
+            Outcome::RetryWait { error },
+            Settlement::Retry(settings.retry_delay(cycle_attempt)),
+        ),
     }
+}
+
+/// Whether the delivery is pinned to the provider of an attempt that got `result`: its
+/// outcome there is unknown and the channel resends, or the attempt itself resent a taken-over
+/// one (`takeover`) and reached a provider, which may now have it.
+pub(crate) fn pins_provider(
+    result: &Result<Receipt, DeliveryError>,
+    takeover: bool,
+    policy: UnknownOutcome,
+) -> bool {
+    policy == UnknownOutcome::Resend
+        && (takeover || matches!(result, Err(DeliveryError::Unknown(_))))
 }
 
 /// The settlement of an outcome that is not a provider's answer (preferences, a rate limit,
@@ -123,6 +166,7 @@ pub(crate) fn settlement_of_held(outcome: &Outcome) -> Settlement {
         Outcome::Failed { .. } => Settlement::DeadLetter,
         Outcome::Delivered { .. }
         | Outcome::RetryWait { .. }
+        | Outcome::Resend { .. }
         | Outcome::Suppressed { .. }
         | Outcome::Deferred { .. } => Settlement::Ack,
     }

@@ -208,6 +208,32 @@ impl<P: ?Sized + Send + Sync> Failover<P> {
         Selected { member: chosen }
     }
 
+    /// The provider for the attempt `context` describes. A delivery pinned to a provider (an
+    /// earlier attempt's outcome there is unknown) goes to it, whatever its circuit says: a
+    /// resend elsewhere could deliver twice, and only that provider can deduplicate it. A
+    /// takeover that resends goes where the rotation sent the lost attempt (the provider it
+    /// used unless that provider's circuit was open then; which one it used is not recorded).
+    /// Any other attempt is `select(cycle_attempt)`. A pin names a provider of this list, or
+    /// several joined by `+` (push records `apns+fcm`).
+    pub fn select_for(&self, context: &crate::DeliveryContext) -> Selected<'_, P> {
+        let pinned = context.pinned_provider.as_deref().and_then(|pinned| {
+            self.members
+                .iter()
+                .find(|member| pinned.split('+').any(|name| name == member.name))
+        });
+        if let Some(member) = pinned {
+            return Selected { member };
+        }
+        if context.takeover {
+            let lost_attempt = context.cycle_attempt.saturating_sub(1).max(1);
+            let start = usize::try_from(lost_attempt - 1).unwrap_or(0) % self.members.len();
+            return Selected {
+                member: &self.members[start],
+            };
+        }
+        self.select(context.cycle_attempt)
+    }
+
     /// Every provider's name and circuit state, in order.
     pub fn states(&self) -> Vec<(&str, CircuitState)> {
         self.members

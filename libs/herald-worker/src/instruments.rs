@@ -36,6 +36,7 @@ pub(crate) struct Instruments {
     processing: Histogram<f64>,
     provider_duration: Histogram<f64>,
     outcomes: Counter<u64>,
+    held: Counter<u64>,
 }
 
 impl Instruments {
@@ -78,6 +79,12 @@ impl Instruments {
                     "Delivery attempts that reached a provider, by channel, provider and outcome",
                 )
                 .build(),
+            held: meter
+                .u64_counter("herald.delivery.held")
+                .with_description(
+                    "Deliveries left unknown for an operator (the channel's unknown-outcome policy is hold), by channel and reason",
+                )
+                .build(),
         }
     }
 
@@ -110,5 +117,37 @@ impl Instruments {
         self.provider_duration
             .record(took.as_secs_f64(), &attributes);
         self.outcomes.add(1, &attributes);
+    }
+
+    /// A delivery left `unknown` under the `hold` policy: one `error` line (an operator must
+    /// check with the provider, then replay or discard it) and `herald.delivery.held`, by
+    /// channel and reason (`unknown_outcome`: the provider's answer was lost;
+    /// `lease_expired`: a takeover of an attempt whose worker vanished).
+    pub(crate) fn held(
+        &self,
+        channel: herald_domain::Channel,
+        delivery_id: herald_domain::DeliveryId,
+        attempt: i32,
+        provider_called: bool,
+    ) {
+        let reason = if provider_called {
+            "unknown_outcome"
+        } else {
+            "lease_expired"
+        };
+        tracing::error!(
+            delivery.id = %delivery_id,
+            channel = %channel,
+            attempt,
+            reason,
+            "Delivery held with an unknown outcome; check with the provider, then replay or discard it."
+        );
+        self.held.add(
+            1,
+            &[
+                KeyValue::new("herald.channel", channel.as_str()),
+                KeyValue::new("herald.reason", reason),
+            ],
+        );
     }
 }

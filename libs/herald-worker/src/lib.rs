@@ -12,6 +12,7 @@ mod prepare;
 mod settle;
 mod supervise;
 mod templates;
+mod unknown;
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use context::DeliveryContext;
 pub use failover::{BreakerSettings, CircuitState, Failover, Selected};
 pub use limits::{Admission, FailMode, LimitRule, RateLimitSettings, RateLimiter};
 pub use supervise::Worker;
+pub use unknown::{ProviderBound, UnknownOutcome, UnknownOutcomeSettings, lease_problem};
 
 /// What a provider reports when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +49,9 @@ pub enum DeliveryError {
     /// through the next provider.
     #[error("retryable: {0}")]
     Retryable(String),
-    /// The request may or may not have been acted on; the channel's policy is not to resend.
+    /// The request may or may not have been acted on (a timeout or a broken connection after
+    /// it was sent): the channel's `worker.unknown_outcome` policy decides what happens next,
+    /// `hold` (the delivery stays `unknown` for an operator) or `resend` (to the same provider).
     #[error("unknown outcome: {0}")]
     Unknown(String),
     /// The address is no longer valid (unregistered device token, hard bounce, invalid
@@ -59,6 +63,20 @@ pub enum DeliveryError {
         /// What the provider said, free of personal data.
         detail: String,
     },
+}
+
+impl DeliveryError {
+    /// The error of a request that got no answer. `request_left` says whether it may have
+    /// reached the provider: `false` (no connection was made, nothing was written) is
+    /// `Retryable`; `true` is `Unknown`, since the provider may have acted on it, and the
+    /// channel's `worker.unknown_outcome` policy decides whether it is sent again.
+    pub fn unanswered(request_left: bool, detail: String) -> Self {
+        if request_left {
+            Self::Unknown(detail)
+        } else {
+            Self::Retryable(detail)
+        }
+    }
 }
 
 impl std::fmt::Debug for DeliveryError {
@@ -168,6 +186,9 @@ pub struct WorkerSettings {
     /// How often the emergency path looks for stranded critical deliveries.
     #[serde(with = "humantime_serde")]
     pub emergency_poll_interval: Duration,
+    /// What each channel does with an attempt whose outcome cannot be known: `hold` or
+    /// `resend` (`[worker.unknown_outcome]`).
+    pub unknown_outcome: UnknownOutcomeSettings,
 }
 
 impl Default for WorkerSettings {
@@ -183,6 +204,7 @@ impl Default for WorkerSettings {
             shutdown_grace_period: Duration::from_secs(20),
             emergency_after: Duration::from_secs(10),
             emergency_poll_interval: Duration::from_secs(1),
+            unknown_outcome: UnknownOutcomeSettings::default(),
         }
     }
 }

@@ -125,6 +125,8 @@ struct Finished {
     context: Option<Box<DeliveryContext>>,
     /// Addresses the provider called invalid.
     invalid_addresses: Vec<String>,
+    /// Pin the delivery to `provider` (its outcome there is unknown and the channel resends).
+    pin: bool,
 }
 
 /// The pipeline of one worker; lives as long as the worker runs, across AMQP reconnects.
@@ -335,7 +337,7 @@ impl<P: ChannelProvider> Pipeline<P> {
         let mut attempts = Vec::new();
         let mut settle_now = Vec::new();
         for ((job, permit), answer) in jobs.into_iter().zip(answers) {
-            match decide::after_claim(answer, core.settings.lease) {
+            match decide::after_claim(answer, core.settings.lease, core.unknown_outcome()) {
                 AfterClaim::Attempt(claimed) => {
                     job.span.record("herald.attempt", claimed.claim.attempt);
                     attempts.push((job, permit, *claimed));
@@ -351,6 +353,7 @@ impl<P: ChannelProvider> Pipeline<P> {
                         provider: None,
                         context: None,
                         invalid_addresses: Vec::new(),
+                        pin: false,
                     });
                 }
                 AfterClaim::Settle(settlement) => {
@@ -395,6 +398,7 @@ impl<P: ChannelProvider> Pipeline<P> {
                     provider: None,
                     context: None,
                     invalid_addresses: Vec::new(),
+                    pin: false,
                 }),
                 Prepared::Release(error) => {
                     let _entered = job.span.enter();
@@ -510,7 +514,10 @@ impl<P: ChannelProvider> Pipeline<P> {
             called_at.elapsed(),
         );
         let invalid_addresses = decide::invalid_addresses(&result);
-        let (outcome, settlement) = decide::after_call(&claim, &provider, result, &core.settings);
+        let policy = core.unknown_outcome();
+        let pin = decide::pins_provider(&result, context.takeover, policy);
+        let (outcome, settlement) =
+            decide::after_call(&claim, &provider, result, &core.settings, policy);
         self.finish(Finished {
             job,
             claim,
@@ -520,6 +527,7 @@ impl<P: ChannelProvider> Pipeline<P> {
             settlement,
             context: Some(context),
             invalid_addresses,
+            pin,
         });
     }
 

@@ -74,6 +74,8 @@ fn debug_output_of_a_delivery_context_leaves_out_personal_data() {
             parameters: serde_json::json!({"name": "Ada Lovelace"}).into(),
             attempt: 1,
             cycle_attempt: 1,
+            takeover: false,
+            pinned_provider: None,
         },
         Arc::new(CompiledVersion::new(content)),
     );

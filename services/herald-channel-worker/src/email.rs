@@ -135,13 +135,30 @@ impl SmtpProvider {
                 });
             }
             Err(PoolError::Smtp(error)) => error,
-            Err(PoolError::ConnectTimeout) => {
+            Err(PoolError::ConnectTimeout | PoolError::Timeout) => {
                 return Err(DeliveryError::Retryable("smtp timed out".into()));
             }
             Err(PoolError::Connect(_)) => {
                 return Err(DeliveryError::Retryable(
                     "smtp connection failed: network error".into(),
                 ));
+            }
+            Err(PoolError::Unsupported(extension)) => {
+                return Err(DeliveryError::Permanent(format!(
+                    "the smtp relay does not support {extension}"
+                )));
+            }
+            // The message went out and its reply was lost: the relay may have accepted it.
+            Err(PoolError::Unconfirmed(None)) => {
+                return Err(DeliveryError::Unknown(
+                    "smtp sent the message and timed out waiting for its reply".into(),
+                ));
+            }
+            Err(PoolError::Unconfirmed(Some(error))) => {
+                return Err(DeliveryError::Unknown(format!(
+                    "smtp sent the message and got no reply to it: {}",
+                    error_kind(&error)
+                )));
             }
         };
         // Reply texts often echo the recipient's address, so only the code is kept.

@@ -11,7 +11,9 @@ use herald_push::{PushChannel, PushSettings};
 use herald_redis::RedisCache;
 use herald_sms::{SmsChannel, SmsSettings};
 use herald_webhook::{ChatChannel, ChatSettings};
-use herald_worker::{ChannelProvider, RateLimitSettings, RateLimiter, Worker, WorkerSettings};
+use herald_worker::{
+    ChannelProvider, ProviderBound, RateLimitSettings, RateLimiter, Worker, WorkerSettings,
+};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -94,7 +96,8 @@ impl Validate for Settings {
 }
 
 impl Settings {
-    /// Problems with the section of `channel`.
+    /// Problems with the section of `channel`, and with a `worker.lease` that does not
+    /// outlast the channel's provider calls.
     pub fn channel_problems(&self, channel: WorkerChannel) -> Vec<String> {
         let mut problems = Vec::new();
         match channel {
@@ -105,7 +108,45 @@ impl Settings {
             WorkerChannel::InApp => {}
             WorkerChannel::Chat => self.chat.validate(&mut problems),
         }
+        if let Some(bound) = self.provider_bound(channel) {
+            problems.extend(herald_worker::lease_problem(self.worker.lease, &bound));
+        }
         problems
+    }
+
+    /// The longest one claim of `channel` waits for its provider; `None` for the in-app
+    /// inbox, which writes to PostgreSQL and has no provider timeout.
+    pub fn provider_bound(&self, channel: WorkerChannel) -> Option<ProviderBound> {
+        let bound = |provider_timeout, stages, setting| ProviderBound {
+            provider_timeout,
+            stages,
+            // One claim calls one provider: failover moves the next attempt, not this one,
+            // and push calls a user's devices concurrently.
+            fan_out: 1,
+            setting,
+        };
+        match channel {
+            // Connection (greeting, EHLO, STARTTLS, AUTH), envelope, message: each timed.
+            WorkerChannel::Email => Some(bound(self.smtp.timeout, 3, "smtp.timeout")),
+            WorkerChannel::Sms => self
+                .sms
+                .providers
+                .iter()
+                .map(herald_sms::SmsProviderSettings::timeout)
+                .max()
+                .map(|timeout| bound(timeout, 1, "the longest sms.providers timeout")),
+            // FCM may first exchange its service-account assertion for an access token.
+            WorkerChannel::Push => [
+                self.push.fcm.as_ref().map(|fcm| fcm.timeout),
+                self.push.apns.as_ref().map(|apns| apns.timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .map(|timeout| bound(timeout, 2, "the longest push.fcm/push.apns timeout")),
+            WorkerChannel::InApp => None,
+            WorkerChannel::Chat => Some(bound(self.chat.timeout, 1, "chat.timeout")),
+        }
     }
 }
 

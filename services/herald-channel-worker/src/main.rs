@@ -16,10 +16,13 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    herald_service::run(
+    let channel = cli.channel;
+    herald_service::run_checked(
         SERVICE_NAME,
         &cli.config,
         |settings: &Settings| &settings.telemetry,
+        // The channel's own section and the lease check: a configuration error (exit 64).
+        move |settings: &Settings| settings.channel_problems(channel),
         |settings, shutdown| async move {
             Application::build(settings, cli.channel)?
                 .run_until_stopped(shutdown)

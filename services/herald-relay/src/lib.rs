@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod reconcile;
 mod retention;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+pub use reconcile::ReconcileSettings;
 pub use retention::RetentionSettings;
 
 /// The binary, package, Deployment and `service.name`.
@@ -33,6 +35,8 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// How long personal data is kept after a delivery is final (the retention job).
     pub retention: RetentionSettings,
+    /// When a delivery whose queue message was lost is published again (the reconciler).
+    pub reconcile: ReconcileSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
 }
@@ -83,6 +87,7 @@ impl Validate for Settings {
         self.amqp.validate(problems);
         self.telemetry.validate(problems);
         self.retention.validate(problems);
+        self.reconcile.validate(problems);
         if !(1..=10_000).contains(&self.relay.batch_size) {
             problems.push("relay.batch_size must be between 1 and 10000".into());
         }
@@ -249,20 +254,7 @@ impl Application {
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.metrics
             .serve(&shutdown, herald_db::readiness(&self.pool));
-        let cleanup = tokio::spawn(clean_up_expired_keys(
-            self.pool.clone(),
-            self.settings.relay.cleanup_interval,
-            shutdown.clone(),
-        ));
-        let retention = self.settings.retention.enabled().then(|| {
-            let job = retention::Retention::new(
-                self.pool.clone(),
-                self.clock.clone(),
-                self.settings.retention.clone(),
-                self.metrics.metrics(),
-            );
-            tokio::spawn(job.run(shutdown.clone()))
-        });
+        let jobs = self.spawn_jobs(&shutdown);
         let wakers: Vec<Arc<Notify>> = (0..self.settings.relay.publishers.max(1))
             .map(|_| Arc::new(Notify::new()))
             .collect();
@@ -316,12 +308,39 @@ impl Application {
                 break;
             }
         }
-        let _stopped = cleanup.await;
-        if let Some(retention) = retention {
-            let _stopped = retention.await;
+        for job in jobs {
+            let _stopped = job.await;
         }
         tracing::info!("Relay stopped.");
         Ok(())
+    }
+
+    /// Starts the jobs beside publishing, each until `shutdown`: the idempotency-key cleanup,
+    /// retention and the reconciler (the last two when enabled).
+    fn spawn_jobs(&self, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut jobs = vec![tokio::spawn(clean_up_expired_keys(
+            self.pool.clone(),
+            self.settings.relay.cleanup_interval,
+            shutdown.clone(),
+        ))];
+        if self.settings.retention.enabled() {
+            let job = retention::Retention::new(
+                self.pool.clone(),
+                self.clock.clone(),
+                self.settings.retention.clone(),
+                self.metrics.metrics(),
+            );
+            jobs.push(tokio::spawn(job.run(shutdown.clone())));
+        }
+        if self.settings.reconcile.enabled() {
+            let job = reconcile::Reconciler::new(
+                self.pool.clone(),
+                self.settings.reconcile.clone(),
+                self.metrics.metrics(),
+            );
+            jobs.push(tokio::spawn(job.run(shutdown.clone())));
+        }
+        jobs
     }
 
     async fn connect(

@@ -216,7 +216,7 @@ async fn claim_locked(
     events::insert(connection, &events).await?;
     for row in rows {
         let id = row.0;
-        answers.insert(id, claimed(row));
+        answers.insert(id, claimed(row, takeovers.contains(&id)));
     }
     Ok(answers)
 }
@@ -262,7 +262,7 @@ fn claimability(
 
 /// A row `ClaimRows` returns: id, attempts, attempts_base, notification, channel, address,
 /// user id, locale, variant, priority, category, template id, template version, parameters,
-/// template key.
+/// template key, pinned provider.
 type ClaimedRow = (
     Uuid,
     i32,
@@ -279,9 +279,11 @@ type ClaimedRow = (
     i32,
     Readable<PersonalJson>,
     String,
+    Option<String>,
 );
 
-fn claimed(row: ClaimedRow) -> BatchClaim {
+/// What a claimed row becomes; `takeover` when its previous attempt's lease expired.
+fn claimed(row: ClaimedRow, takeover: bool) -> BatchClaim {
     let (
         id,
         attempt,
@@ -298,6 +300,7 @@ fn claimed(row: ClaimedRow) -> BatchClaim {
         template_version,
         parameters,
         template_key,
+        pinned_provider,
     ) = row;
     let delivery_id = DeliveryId::from(id);
     let claim = Claim {
@@ -343,6 +346,8 @@ fn claimed(row: ClaimedRow) -> BatchClaim {
             parameters,
             attempt: u32::try_from(claim.attempt).unwrap_or_default(),
             cycle_attempt: u32::try_from(claim.cycle_attempt).unwrap_or_default(),
+            takeover,
+            pinned_provider,
         },
         claim,
     }))
@@ -372,7 +377,7 @@ impl QueryFragment<Pg> for ClaimRows {
             ") AND n.id = d.notification_id AND t.id = n.template_id \
              RETURNING d.id, d.attempts, d.attempts_base, d.notification_id, d.channel, \
              d.address, d.user_id, d.locale, d.variant, n.priority, n.category, \
-             n.template_id, n.template_version, n.parameters, t.key",
+             n.template_id, n.template_version, n.parameters, t.key, d.pinned_provider",
         );
         Ok(())
     }
@@ -395,6 +400,7 @@ impl Query for ClaimRows {
         Int4,
         Bytea,
         Text,
+        Nullable<Text>,
     );
 }
 

@@ -103,6 +103,11 @@ async fn a_batch_claim_answers_each_delivery_in_order() {
         answers[4]
     );
     assert_eq!(claimed(&answers[5]).claim.attempt, 1, "taken over");
+    assert!(
+        claimed(&answers[5]).delivery.takeover,
+        "and flagged a takeover"
+    );
+    assert!(!first.delivery.takeover);
     assert_eq!(
         deliveries::event_kinds(&mut connection, pending)
             .await
@@ -170,24 +175,28 @@ async fn a_batch_of_outcomes_is_recorded_only_for_claims_still_held() {
                 outcome: &delivered,
                 provider: Some("smtp"),
                 invalid_addresses: &[],
+                pin: false,
             },
             Finishing {
                 claim: &claims[1],
                 outcome: &bounced,
                 provider: Some("smtp"),
                 invalid_addresses: &invalid,
+                pin: false,
             },
             Finishing {
                 claim: &claims[2],
                 outcome: &delivered,
                 provider: Some("smtp"),
                 invalid_addresses: &[],
+                pin: false,
             },
             Finishing {
                 claim: &claims[3],
                 outcome: &deferred,
                 provider: None,
                 invalid_addresses: &[],
+                pin: false,
             },
         ],
     )
@@ -270,4 +279,76 @@ async fn a_batch_of_outcomes_is_recorded_only_for_claims_still_held() {
     .await
     .unwrap();
     assert_eq!(disabled.len(), 1, "disabled with the outcome");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resent_unknown_outcome_pins_the_delivery_to_its_provider_for_good() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, delivery_id) = seed(&mut connection, None).await;
+    let claim_once = async |connection: &mut diesel_async::AsyncPgConnection| {
+        let answers = deliveries::claim_many(connection, &[delivery_id], LEASE, chrono::Utc::now())
+            .await
+            .unwrap();
+        claimed(&answers[0]).clone()
+    };
+    let first = claim_once(&mut connection).await;
+    assert_eq!(first.delivery.pinned_provider, None);
+
+    let resend = Outcome::Resend {
+        error: "gateway timed out".into(),
+    };
+    let recorded = deliveries::finish_many(
+        &mut connection,
+        &[Finishing {
+            claim: &first.claim,
+            outcome: &resend,
+            provider: Some("gateway"),
+            invalid_addresses: &[],
+            pin: true,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded, [true]);
+    let second = claim_once(&mut connection).await;
+    assert_eq!(second.delivery.pinned_provider.as_deref(), Some("gateway"));
+
+    // A later attempt elsewhere (it should not happen) cannot move the pin.
+    let retry = Outcome::RetryWait {
+        error: "503".into(),
+    };
+    deliveries::finish_many(
+        &mut connection,
+        &[Finishing {
+            claim: &second.claim,
+            outcome: &retry,
+            provider: Some("twilio"),
+            invalid_addresses: &[],
+            pin: true,
+        }],
+    )
+    .await
+    .unwrap();
+    let third = claim_once(&mut connection).await;
+    assert_eq!(third.delivery.pinned_provider.as_deref(), Some("gateway"));
+    let events: Vec<(String, Option<String>)> = schema::delivery_events::table
+        .filter(schema::delivery_events::delivery_id.eq(delivery_id.as_uuid()))
+        .filter(schema::delivery_events::kind.eq("retry_wait"))
+        .order(schema::delivery_events::id.asc())
+        .select((
+            schema::delivery_events::kind,
+            schema::delivery_events::error_class,
+        ))
+        .load(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        [
+            ("retry_wait".into(), Some("unknown".into())),
+            ("retry_wait".into(), Some("retryable".into())),
+        ],
+        "the resend is recorded as an unknown outcome waiting for its retry"
+    );
 }

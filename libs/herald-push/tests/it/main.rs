@@ -41,6 +41,8 @@ fn context(devices: Vec<DeviceToken>, data: Value, priority: Priority) -> Delive
         cycle_attempt: 1,
         device_tokens: devices,
         tracking_opt_out: false,
+        takeover: false,
+        pinned_provider: None,
     }
 }
 

@@ -60,6 +60,8 @@ fn context_with(
         cycle_attempt,
         device_tokens: Vec::new(),
         tracking_opt_out: false,
+        takeover: false,
+        pinned_provider: None,
     }
 }
 
@@ -146,6 +148,13 @@ fn expect_retryable(attempted: Attempted) -> String {
     match attempted.result {
         Err(DeliveryError::Retryable(detail)) => detail,
         other => panic!("expected a retryable failure, got {other:?}"),
+    }
+}
+
+fn expect_unknown(attempted: Attempted) -> String {
+    match attempted.result {
+        Err(DeliveryError::Unknown(detail)) => detail,
+        other => panic!("expected an unknown outcome, got {other:?}"),
     }
 }
 

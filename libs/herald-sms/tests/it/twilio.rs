@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{
     ACCOUNT_SID, AUTH_TOKEN, RECIPIENT, SENDER, channel, context, deliver, expect_address_invalid,
-    expect_permanent, expect_receipt, expect_retryable, twilio, twilio_server,
+    expect_permanent, expect_receipt, expect_retryable, expect_unknown, twilio, twilio_server,
 };
 use herald_sms::{SmsProviderSettings, TwilioSettings};
 
@@ -161,7 +161,7 @@ async fn twilio_unreachable_is_retryable() {
 }
 
 #[tokio::test]
-async fn twilio_not_answering_within_the_timeout_is_retryable() {
+async fn twilio_not_answering_within_the_timeout_after_the_request_left_is_an_unknown_outcome() {
     // A peer that accepts connections and reads, but never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -186,7 +186,7 @@ async fn twilio_not_answering_within_the_timeout_is_retryable() {
     })]);
 
     let detail =
-        expect_retryable(deliver(&channel, &context(Some(RECIPIENT), "Hello", 1), "twilio").await);
+        expect_unknown(deliver(&channel, &context(Some(RECIPIENT), "Hello", 1), "twilio").await);
 
     assert_eq!(detail, "twilio timed out");
     assert!(

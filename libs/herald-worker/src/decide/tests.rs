@@ -12,10 +12,10 @@ use herald_db::deliveries::{
 use herald_domain::{Channel, DeliveryId, NotificationId, Priority, TemplateId};
 
 use super::{
-    AfterClaim, DATABASE_RETRY_DELAY, Settlement, after_call, after_claim, after_record,
-    invalid_addresses, outcome_name, settlement_of_held,
+    AfterClaim, DATABASE_RETRY_DELAY, LEASE_EXPIRED, Settlement, after_call, after_claim,
+    after_record, invalid_addresses, outcome_name, pins_provider, settlement_of_held,
 };
-use crate::{DeliveryError, Receipt, WorkerSettings};
+use crate::{DeliveryError, Receipt, UnknownOutcome, WorkerSettings};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -54,9 +54,11 @@ enum Expect {
     RetryAround(u64),
 }
 
-/// A row of the provider-answer table: case, cycle attempt, answer, record, settlement.
+/// A row of the provider-answer table: case, the channel's unknown-outcome policy, cycle
+/// attempt, answer, record, settlement.
 type AnswerCase = (
     &'static str,
+    UnknownOutcome,
     i32,
     Result<Receipt, DeliveryError>,
     Outcome,
@@ -68,6 +70,7 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
     let table: Vec<AnswerCase> = vec![
         (
             "delivered",
+            UnknownOutcome::Hold,
             1,
             receipt("250 ok", &[]),
             Outcome::Delivered {
@@ -77,6 +80,7 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
         ),
         (
             "delivered, some device tokens unregistered",
+            UnknownOutcome::Hold,
             1,
             receipt("2 of 3 devices", &["token"]),
             Outcome::Delivered {
@@ -86,6 +90,7 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
         ),
         (
             "permanent",
+            UnknownOutcome::Hold,
             1,
             Err(DeliveryError::Permanent("rejected".into())),
             Outcome::Failed {
@@ -96,6 +101,7 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
         ),
         (
             "address invalid",
+            UnknownOutcome::Hold,
             2,
             Err(DeliveryError::AddressInvalid {
                 addresses: vec!["ada@example.com".into()],
@@ -108,7 +114,8 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
             Expect::Exactly(Settlement::DeadLetter),
         ),
         (
-            "unknown outcome",
+            "unknown outcome, hold: final, for an operator",
+            UnknownOutcome::Hold,
             1,
             Err(DeliveryError::Unknown("timed out after sending".into())),
             Outcome::Failed {
@@ -118,7 +125,39 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
             Expect::Exactly(Settlement::DeadLetter),
         ),
         (
+            "unknown outcome, resend: another attempt after the tier's delay",
+            UnknownOutcome::Resend,
+            1,
+            Err(DeliveryError::Unknown("timed out after sending".into())),
+            Outcome::Resend {
+                error: "timed out after sending".into(),
+            },
+            Expect::RetryAround(1000),
+        ),
+        (
+            "unknown outcome, resend, last attempt of the cycle: final unknown",
+            UnknownOutcome::Resend,
+            3,
+            Err(DeliveryError::Unknown("timed out after sending".into())),
+            Outcome::Failed {
+                error: "gave up after 3 attempts: timed out after sending".into(),
+                class: FailureClass::Unknown,
+            },
+            Expect::Exactly(Settlement::DeadLetter),
+        ),
+        (
+            "retryable under resend: as under hold",
+            UnknownOutcome::Resend,
+            2,
+            Err(DeliveryError::Retryable("smtp timed out".into())),
+            Outcome::RetryWait {
+                error: "smtp timed out".into(),
+            },
+            Expect::RetryAround(5000),
+        ),
+        (
             "retryable, first attempt",
+            UnknownOutcome::Hold,
             1,
             Err(DeliveryError::Retryable("smtp timed out".into())),
             Outcome::RetryWait {
@@ -128,6 +167,7 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
         ),
         (
             "retryable, second attempt: the next tier",
+            UnknownOutcome::Hold,
             2,
             Err(DeliveryError::Retryable("smtp timed out".into())),
             Outcome::RetryWait {
@@ -137,6 +177,7 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
         ),
         (
             "retryable, last attempt of the cycle",
+            UnknownOutcome::Hold,
             3,
             Err(DeliveryError::Retryable("smtp timed out".into())),
             Outcome::Failed {
@@ -146,12 +187,13 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
             Expect::Exactly(Settlement::DeadLetter),
         ),
     ];
-    for (case, cycle_attempt, result, outcome, expected) in table {
+    for (case, policy, cycle_attempt, result, outcome, expected) in table {
         let (decided, settlement) = after_call(
             &claim(cycle_attempt + 4, cycle_attempt),
             "smtp",
             result,
             &settings(),
+            policy,
         );
         assert_eq!(decided, outcome, "{case}");
         match expected {
@@ -167,35 +209,40 @@ fn a_provider_answer_decides_the_record_and_the_settlement() {
     }
 }
 
+/// A claimed delivery; `takeover` when its previous attempt's lease expired.
+fn claimed_delivery(takeover: bool) -> BatchClaim {
+    let claim = claim(1, 1);
+    BatchClaim::Claimed(Box::new(Claimed {
+        template: TemplateVersionRef {
+            template_id: TemplateId::generate(),
+            version: 1,
+        },
+        delivery: ClaimedDelivery {
+            delivery_id: claim.delivery_id,
+            notification_id: NotificationId::generate(),
+            channel: Channel::Email,
+            address: None,
+            user_id: None,
+            priority: Priority::Normal,
+            category: "orders".into(),
+            template_key: "welcome".into(),
+            locale: None,
+            variant: None,
+            parameters: serde_json::json!({}).into(),
+            attempt: 1,
+            cycle_attempt: 1,
+            takeover,
+            pinned_provider: None,
+        },
+        claim,
+    }))
+}
+
 #[test]
 fn a_claim_decides_whether_to_attempt() {
-    let claimed = || {
-        let claim = claim(1, 1);
-        BatchClaim::Claimed(Box::new(Claimed {
-            template: TemplateVersionRef {
-                template_id: TemplateId::generate(),
-                version: 1,
-            },
-            delivery: ClaimedDelivery {
-                delivery_id: claim.delivery_id,
-                notification_id: NotificationId::generate(),
-                channel: Channel::Email,
-                address: None,
-                user_id: None,
-                priority: Priority::Normal,
-                category: "orders".into(),
-                template_key: "welcome".into(),
-                locale: None,
-                variant: None,
-                parameters: serde_json::json!({}).into(),
-                attempt: 1,
-                cycle_attempt: 1,
-            },
-            claim,
-        }))
-    };
+    let claimed = || claimed_delivery(false);
     assert!(matches!(
-        after_claim(claimed(), LEASE),
+        after_claim(claimed(), LEASE, UnknownOutcome::Hold),
         AfterClaim::Attempt(claimed) if claimed.claim.attempt == 1
     ));
     let table: Vec<(&str, BatchClaim, Settlement)> = vec![
@@ -221,7 +268,7 @@ fn a_claim_decides_whether_to_attempt() {
     ];
     for (case, answer, expected) in table {
         assert!(
-            matches!(after_claim(answer, LEASE), AfterClaim::Settle(settlement) if settlement == expected),
+            matches!(after_claim(answer, LEASE, UnknownOutcome::Hold), AfterClaim::Settle(settlement) if settlement == expected),
             "{case}"
         );
     }
@@ -232,6 +279,7 @@ fn a_claim_decides_whether_to_attempt() {
             problem: "stored delivery is unreadable: bad channel".into(),
         },
         LEASE,
+        UnknownOutcome::Resend,
     ) else {
         panic!("an unreadable delivery is recorded as failed");
     };
@@ -243,6 +291,69 @@ fn a_claim_decides_whether_to_attempt() {
             class: FailureClass::Permanent,
         }
     );
+}
+
+#[test]
+fn a_takeover_follows_the_channels_unknown_outcome_policy() {
+    let AfterClaim::Record(_, outcome) =
+        after_claim(claimed_delivery(true), LEASE, UnknownOutcome::Hold)
+    else {
+        panic!("under hold a takeover is recorded without a provider call");
+    };
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            error: LEASE_EXPIRED.into(),
+            class: FailureClass::Unknown,
+        }
+    );
+    assert_eq!(settlement_of_held(&outcome), Settlement::DeadLetter);
+    assert!(
+        matches!(
+            after_claim(claimed_delivery(true), LEASE, UnknownOutcome::Resend),
+            AfterClaim::Attempt(claimed) if claimed.delivery.takeover
+        ),
+        "under resend a takeover is attempted again"
+    );
+}
+
+#[test]
+fn only_resent_unknown_outcomes_pin_the_provider() {
+    let unknown = Err(DeliveryError::Unknown("timed out".into()));
+    let retryable = Err(DeliveryError::Retryable("503".into()));
+    let table = [
+        (
+            "unknown, resend",
+            &unknown,
+            false,
+            UnknownOutcome::Resend,
+            true,
+        ),
+        (
+            "unknown, hold",
+            &unknown,
+            false,
+            UnknownOutcome::Hold,
+            false,
+        ),
+        (
+            "retryable",
+            &retryable,
+            false,
+            UnknownOutcome::Resend,
+            false,
+        ),
+        (
+            "a takeover's resend",
+            &retryable,
+            true,
+            UnknownOutcome::Resend,
+            true,
+        ),
+    ];
+    for (case, result, takeover, policy, expected) in table {
+        assert_eq!(pins_provider(result, takeover, policy), expected, "{case}");
+    }
 }
 
 #[test]

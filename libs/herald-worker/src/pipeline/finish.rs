@@ -89,7 +89,16 @@ impl<P: ChannelProvider> Pipeline<P> {
             let settlement = decide::after_record(recorded, finished.settlement);
             {
                 let _entered = finished.job.span.enter();
-                log_recorded(&finished, recorded);
+                if recorded == Some(true) && is_held(&finished.outcome) {
+                    self.core.instruments.held(
+                        self.core.provider.channel(),
+                        finished.claim.delivery_id,
+                        finished.claim.attempt,
+                        finished.provider.is_some(),
+                    );
+                } else {
+                    log_recorded(&finished, recorded);
+                }
             }
             if recorded == Some(true)
                 && !finished.invalid_addresses.is_empty()
@@ -148,6 +157,7 @@ impl<P: ChannelProvider> Pipeline<P> {
                 outcome: &finished.outcome,
                 provider: finished.provider.as_deref(),
                 invalid_addresses: &finished.invalid_addresses,
+                pin: finished.pin,
             })
             .collect();
         let mut retry = herald_service::Backoff::new(Duration::from_millis(100), RECORD_RETRY_MAX);
@@ -167,6 +177,17 @@ impl<P: ChannelProvider> Pipeline<P> {
             }
         }
     }
+}
+
+/// Whether `outcome` leaves the delivery `unknown` for an operator (the channel holds).
+fn is_held(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed {
+            class: deliveries::FailureClass::Unknown,
+            ..
+        }
+    )
 }
 
 /// The log line of one recorded attempt (held-back deliveries were logged when prepared).
@@ -214,14 +235,15 @@ fn log_recorded(finished: &Finished, recorded: Option<bool>) {
             error = %error,
             "Delivery failed for good."
         ),
-        Outcome::RetryWait { error } => tracing::warn!(
+        Outcome::RetryWait { error } | Outcome::Resend { error } => tracing::warn!(
             notification.id = %context.notification_id,
             delivery.id = %delivery_id,
             channel = %context.channel,
             provider = %provider,
             attempt,
             error = %error,
-            "Delivery failed; will retry."
+            resend = matches!(finished.outcome, Outcome::Resend { .. }),
+            "Delivery failed or its outcome is unknown; will retry (a resend goes to the same provider)."
         ),
         Outcome::Suppressed { reason } | Outcome::Deferred { reason, .. } => tracing::info!(
             delivery.id = %delivery_id,

@@ -29,6 +29,9 @@ pub struct Finishing<'a> {
     /// Addresses the provider called invalid: disabled (`contacts::disable`) in the same
     /// transaction, so no later attempt can see the outcome without them.
     pub invalid_addresses: &'a [String],
+    /// Pin the delivery to `provider` for every later attempt (its outcome there could not be
+    /// known, and the channel resends): stored in `deliveries.pinned_provider`, kept once set.
+    pub pin: bool,
 }
 
 /// Records many attempts' outcomes in one transaction: for each whose delivery is still
@@ -165,6 +168,8 @@ struct OutcomeRows {
     states: Vec<&'static str>,
     last_errors: Vec<Option<String>>,
     scheduled_for: Vec<Option<DateTime<Utc>>>,
+    /// The provider to pin each delivery to, if any.
+    pins: Vec<Option<String>>,
     /// The stored text of each outcome (PostgreSQL text cannot hold NUL, which a provider's
     /// reply could contain, so it is removed).
     details: Vec<String>,
@@ -197,6 +202,9 @@ impl OutcomeRows {
                     _ => None,
                 })
                 .collect(),
+            pins: ordered()
+                .map(|item| item.provider.filter(|_| item.pin).map(ToOwned::to_owned))
+                .collect(),
             details,
             now: Utc::now(),
         }
@@ -208,7 +216,7 @@ impl QueryFragment<Pg> for OutcomeRows {
         out.push_sql(
             "UPDATE deliveries AS d SET state = o.state, last_error = o.last_error, \
              lease_until = NULL, scheduled_for = COALESCE(o.scheduled_for, d.scheduled_for), \
-             updated_at = ",
+             pinned_provider = COALESCE(d.pinned_provider, o.pin), updated_at = ",
         );
         out.push_bind_param::<Timestamptz, _>(&self.now)?;
         out.push_sql(", delivered_at = CASE WHEN o.state = 'delivered' THEN ");
@@ -223,8 +231,10 @@ impl QueryFragment<Pg> for OutcomeRows {
         out.push_bind_param::<Array<Nullable<Text>>, _>(&self.last_errors)?;
         out.push_sql("::text[], ");
         out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.scheduled_for)?;
+        out.push_sql("::timestamptz[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.pins)?;
         out.push_sql(
-            "::timestamptz[]) AS o(id, attempt, state, last_error, scheduled_for) \
+            "::text[]) AS o(id, attempt, state, last_error, scheduled_for, pin) \
              WHERE d.id = o.id AND d.state = 'sending' AND d.attempts = o.attempt \
              RETURNING d.id, d.notification_id, d.channel, d.user_id",
         );
