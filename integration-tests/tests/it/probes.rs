@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use herald_test_support::eventually;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::harness::{TestApp, test_telemetry};
 
@@ -18,9 +18,9 @@ async fn probe(address: SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
-/// Waits until `/readyz` of every service answers `status` with a body naming PostgreSQL,
+/// Waits until `/readyz` of every service answers `status` with a body naming `dependency`,
 /// checking that `/healthz` answers 200 all along.
-async fn await_readiness(services: &[(&str, SocketAddr)], status: u16) {
+async fn await_readiness(services: &[(&str, SocketAddr)], status: u16, dependency: &str) {
     for (name, address) in services {
         let body = eventually(
             &format!("{name} /readyz to answer {status}"),
@@ -31,14 +31,14 @@ async fn await_readiness(services: &[(&str, SocketAddr)], status: u16) {
             },
         )
         .await;
-        assert!(body.contains("postgresql"), "{name}: {body}");
+        assert!(body.contains(dependency), "{name}: {body}");
         assert_eq!(probe(*address, "/healthz").await.0, 200, "{name} /healthz");
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_service_is_live_and_is_ready_only_while_postgresql_answers() {
-    let app = TestApp::spawn().await;
+/// A TestApp and an email worker of its own whose metrics address is known: the five
+/// services and their probe addresses (the worker stops with the returned guard).
+async fn services(app: &TestApp) -> ([(&'static str, SocketAddr); 5], DropGuard) {
     let sentinel = app.start_sentinel(|_| {});
     let worker = herald_channel_worker::Application::build(
         herald_channel_worker::Settings {
@@ -51,7 +51,6 @@ async fn every_service_is_live_and_is_ready_only_while_postgresql_answers() {
     let worker_metrics = worker.metrics_addr().unwrap();
     let stop_worker = CancellationToken::new();
     tokio::spawn(worker.run_until_stopped(stop_worker.clone()));
-    let _stop_worker = stop_worker.drop_guard();
     let services = [
         ("herald-api-server", app.api_metrics),
         ("herald-relay", app.relay_metrics),
@@ -59,11 +58,34 @@ async fn every_service_is_live_and_is_ready_only_while_postgresql_answers() {
         ("herald-sentinel", sentinel),
         ("herald-channel-worker", worker_metrics),
     ];
-    await_readiness(&services, 200).await;
+    (services, stop_worker.drop_guard())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_is_live_and_is_ready_only_while_postgresql_answers() {
+    let app = TestApp::spawn().await;
+    let (services, _worker) = services(&app).await;
+    await_readiness(&services, 200, "postgresql").await;
 
     app.database_proxy.cut();
-    await_readiness(&services, 503).await;
+    await_readiness(&services, 503, "postgresql").await;
 
     app.database_proxy.restore();
-    await_readiness(&services, 200).await;
+    await_readiness(&services, 200, "postgresql").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_and_the_workers_are_ready_only_while_connected_to_rabbitmq() {
+    let app = TestApp::spawn().await;
+    let (services, _worker) = services(&app).await;
+    let [api, relay, _tracker, _sentinel, worker] = services;
+    await_readiness(&[relay, worker], 200, "rabbitmq").await;
+
+    app.amqp_proxy.cut();
+    await_readiness(&[relay, worker], 503, "rabbitmq").await;
+    // The API does not need the broker to accept submits.
+    await_readiness(&[api], 200, "postgresql").await;
+
+    app.amqp_proxy.restore();
+    await_readiness(&[relay, worker], 200, "rabbitmq").await;
 }

@@ -79,6 +79,73 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<lapin::Connecti
     Ok(lapin::Connection::connect(url, properties).await?)
 }
 
+/// The broker connection a supervisor currently holds, shared with a readiness check: live,
+/// so a connection the broker dropped reads as down at once, even while nothing is published.
+#[derive(Clone, Default)]
+pub struct BrokerLink(std::sync::Arc<std::sync::RwLock<Option<lapin::ConnectionStatus>>>);
+
+impl std::fmt::Debug for BrokerLink {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_tuple("BrokerLink")
+            .field(&self.is_connected())
+            .finish()
+    }
+}
+
+impl BrokerLink {
+    /// Follows `connection` from now on.
+    pub fn hold(&self, connection: &lapin::Connection) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection.status().clone());
+    }
+
+    /// No connection is held.
+    pub fn release(&self) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Whether the connection held is up.
+    pub fn is_connected(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(lapin::ConnectionStatus::connected)
+    }
+}
+
+/// Cancels `stop` once `connection` reports an error (the broker closed it, the network
+/// dropped it), so that a supervisor idle on other work reconnects at once; returns early when
+/// `stop` is cancelled otherwise.
+pub fn cancel_when_lost(
+    connection: &lapin::Connection,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use futures::StreamExt as _;
+    let events = connection.events_listener();
+    async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(_)) | None => {
+                        stop.cancel();
+                        return;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+}
+
 /// Opens a connection as `settings` say: for `amqps://` with `tls_ca` set, the broker's
 /// certificate must chain to that CA bundle (rustls, aws-lc-rs).
 pub async fn connect_with(

@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Longest a readiness check may take before its dependency counts as unreachable.
@@ -48,12 +47,16 @@ impl Readiness {
         self
     }
 
-    /// Adds `name`, reachable while `connected` holds (a connection a supervisor keeps up and
-    /// marks).
+    /// Adds `name`, reachable while `connected` answers true (the live state of a connection
+    /// a supervisor keeps up).
     #[must_use]
-    pub fn with_flag(self, name: &'static str, connected: Arc<AtomicBool>) -> Self {
+    pub fn with_state(
+        self,
+        name: &'static str,
+        connected: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.with_check(name, move || {
-            let up = connected.load(Ordering::Relaxed);
+            let up = connected();
             async move {
                 if up {
                     Ok(())

@@ -107,8 +107,14 @@ impl<P: ChannelProvider> Worker<P> {
     /// the connection fails. In-flight deliveries finish (within the grace period) before it
     /// returns.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) {
+        // The broker connection of the session consuming, as the readiness check sees it.
+        let link = herald_queue::BrokerLink::default();
         if let Some(service_metrics) = &mut self.service_metrics {
-            service_metrics.serve(&shutdown, herald_db::readiness(&self.core.pool));
+            let readiness = herald_db::readiness(&self.core.pool).with_state("rabbitmq", {
+                let link = link.clone();
+                move || link.is_connected()
+            });
+            service_metrics.serve(&shutdown, readiness);
         }
         let core = Arc::new(self.core);
         let _circuits = observe_circuits(&core);
@@ -130,7 +136,9 @@ impl<P: ChannelProvider> Worker<P> {
         let mut reconnect = herald_service::Backoff::new(amqp.reconnect_min, amqp.reconnect_max);
         while !shutdown.is_cancelled() {
             let consuming = AtomicBool::new(false);
-            match session(&core, &pipeline, &shutdown, &consuming).await {
+            let outcome = session(&core, &pipeline, &shutdown, &consuming, &link).await;
+            link.release();
+            match outcome {
                 Ok(()) => break,
                 Err(error) => {
                     if consuming.load(Ordering::Relaxed) {
@@ -196,6 +204,7 @@ async fn session<P: ChannelProvider>(
     pipeline: &Arc<Pipeline<P>>,
     shutdown: &CancellationToken,
     consuming: &AtomicBool,
+    link: &herald_queue::BrokerLink,
 ) -> Result<(), herald_queue::Error> {
     let channel_kind = core.provider.channel();
     let connection = herald_queue::connect_with(&core.amqp, core.service_name).await?;
@@ -229,6 +238,7 @@ async fn session<P: ChannelProvider>(
         "Worker consuming."
     );
     consuming.store(true, Ordering::Relaxed);
+    link.hold(&connection);
     let result = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),

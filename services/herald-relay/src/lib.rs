@@ -252,8 +252,13 @@ impl Application {
     /// Publishes the outbox until `shutdown` is cancelled. A batch in flight is finished
     /// (published and committed) before returning.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.metrics
-            .serve(&shutdown, herald_db::readiness(&self.pool));
+        // The broker connection held, as the readiness check sees it.
+        let link = herald_queue::BrokerLink::default();
+        let readiness = herald_db::readiness(&self.pool).with_state("rabbitmq", {
+            let link = link.clone();
+            move || link.is_connected()
+        });
+        self.metrics.serve(&shutdown, readiness);
         let jobs = self.spawn_jobs(&shutdown);
         let wakers: Vec<Arc<Notify>> = (0..self.settings.relay.publishers.max(1))
             .map(|_| Arc::new(Notify::new()))
@@ -271,29 +276,33 @@ impl Application {
             match self.connect().await {
                 Ok((connection, publisher)) => {
                     reconnect.reset();
+                    link.hold(&connection);
                     tracing::info!("Relay connected to RabbitMQ.");
-                    // Every publisher stops at the first broker error (or shutdown); the
-                    // first error decides the reconnect.
+                    // Every publisher stops at the first broker error, at shutdown, or when the
+                    // connection reports an error while they are idle; then it reconnects.
                     let stop = shutdown.child_token();
+                    tokio::spawn(herald_queue::cancel_when_lost(&connection, stop.clone()));
                     let errors = futures::future::join_all(wakers.iter().map(|wake| async {
                         let error = self.publish_until_error(&publisher, wake, &stop).await;
                         stop.cancel();
                         error
                     }))
                     .await;
+                    link.release();
+                    // Best effort: the connection may already be gone.
+                    let _closed = connection.close(200, "relay reconnecting".into()).await;
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
                     let error = errors
                         .into_iter()
                         .flatten()
                         .next()
-                        .filter(|_| !shutdown.is_cancelled());
-                    // Best effort: the connection may already be gone.
-                    let _closed = connection.close(200, "relay reconnecting".into()).await;
-                    match error {
-                        None => break,
-                        Some(error) => {
-                            tracing::warn!(error = %error, "Relay lost RabbitMQ; reconnecting.")
-                        }
-                    }
+                        .map(|error| error.to_string());
+                    tracing::warn!(
+                        error = error.as_deref().unwrap_or("connection lost"),
+                        "Relay lost RabbitMQ; reconnecting."
+                    );
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "Relay cannot reach RabbitMQ.");
