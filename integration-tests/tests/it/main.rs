@@ -6,6 +6,7 @@
 
 mod admin;
 mod alerts;
+mod bad_input;
 mod batch;
 mod channels;
 mod chat;

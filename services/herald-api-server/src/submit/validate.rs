@@ -15,7 +15,6 @@ use crate::error::{Result, ServiceError};
 const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY: usize = 64;
 const MAX_METADATA_VALUE: usize = 1024;
-const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
 /// Most items in one `SubmitBatch`.
 const MAX_BATCH_ITEMS: usize = 1000;
 
@@ -133,14 +132,9 @@ fn parameters(
     parameters: prost_types::Struct,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     let parameters = conversions::struct_to_json(parameters);
-    let size = serde_json::to_vec(&parameters).map_or(usize::MAX, |bytes| bytes.len());
-    if size > MAX_PARAMETERS_BYTES {
-        return Err(ServiceError::invalid(
-            "parameters",
-            format!("must encode to at most {MAX_PARAMETERS_BYTES} bytes of JSON"),
-        ));
-    }
-    crate::fields::object_no_nul("parameters", &parameters)?;
+    herald_templates::check_parameters("parameters", &parameters)
+        .map_err(|error| ServiceError::InvalidArgument(error.to_string()))?;
+    crate::fields::object_text("parameters", &parameters)?;
     Ok(parameters)
 }
 
@@ -298,8 +292,8 @@ fn metadata(
                 format!("must be at most {MAX_METADATA_VALUE} bytes"),
             ));
         }
-        crate::fields::no_nul("metadata", &key)?;
-        crate::fields::no_nul(&format!("metadata[{key}]"), &value)?;
+        crate::fields::no_controls("metadata", &key)?;
+        crate::fields::no_controls(&format!("metadata[{key}]"), &value)?;
         metadata.insert(key, serde_json::Value::String(value));
     }
     Ok(metadata)
