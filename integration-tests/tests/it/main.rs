@@ -14,6 +14,7 @@ mod config;
 mod delivery;
 mod erasure;
 mod faults;
+mod fuzz_corpus;
 mod harness;
 mod inbox;
 mod limits;

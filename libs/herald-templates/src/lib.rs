@@ -2,6 +2,7 @@
 
 mod bounds;
 mod compiled;
+mod fuzzing;
 mod links;
 mod locale;
 mod parameters;
@@ -20,6 +21,7 @@ pub use bounds::{
     MAX_PARAMETERS_BYTES, ParameterError, check_parameters,
 };
 pub use compiled::{CompiledPart, CompiledVersion};
+pub use fuzzing::check_fuzz_input;
 pub use links::check_action_url;
 pub use locale::{Locale, LocaleError, MAX_LOCALE_BYTES};
 pub use restrict::{BLOCK_HELPERS, HELPERS, MAX_NESTING, MAX_RENDER_STEPS};

@@ -336,3 +336,36 @@ pub(super) fn check_batch_limits(
     }
     Ok(())
 }
+
+/// The entry of the fuzz target `submit_request` (and of the test replaying its corpus):
+/// `data` as an encoded `SubmitBatchRequest`, checked as `SubmitBatch` checks it (the call's
+/// limits, then every item).
+///
+/// # Panics
+/// When an accepted item holds something PostgreSQL would refuse (a NUL in its parameters
+/// or metadata), or its parameters break the caps (what the fuzzer looks for).
+pub(crate) fn check_fuzz_input(data: &[u8]) {
+    let Ok(request) = <SubmitBatchRequest as prost::Message>::decode(data) else {
+        return;
+    };
+    if check_batch_limits(&request, 100_000).is_err() {
+        return;
+    }
+    let now = chrono::DateTime::<chrono::Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+    for item in request.items {
+        let Ok(valid) = ValidSubmit::parse(item, 1000, now) else {
+            continue;
+        };
+        for stored in [&valid.parameters, &valid.metadata] {
+            let json = serde_json::to_string(stored).unwrap_or_default();
+            assert!(
+                !json.contains("\\u0000"),
+                "an accepted item holds a NUL: {json}"
+            );
+        }
+        assert!(
+            herald_templates::check_parameters("parameters", &valid.parameters).is_ok(),
+            "accepted parameters break the caps"
+        );
+    }
+}
