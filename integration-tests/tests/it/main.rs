@@ -6,6 +6,7 @@
 
 mod admin;
 mod alerts;
+mod bad_input;
 mod batch;
 mod certificates;
 mod channels;
@@ -14,6 +15,7 @@ mod config;
 mod delivery;
 mod erasure;
 mod faults;
+mod fuzz_corpus;
 mod harness;
 mod inbox;
 mod limits;

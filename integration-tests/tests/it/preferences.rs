@@ -347,9 +347,26 @@ async fn invalid_preferences_name_the_field_and_write_nothing() {
     }
     let status = update(&app, user("u2"), &["colour"]).await.unwrap_err();
     assert!(
-        status.message().starts_with("update_mask:"),
+        status
+            .message()
+            .starts_with("update_mask.paths[0]: unknown path `colour`"),
         "{}",
         status.message()
+    );
+    let status = update(&app, user("u2"), &["locale", "channels", "locale"])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "update_mask.paths[2]: `locale` is also update_mask.paths[0]; name each path once"
+    );
+    let status = update(&app, user("u2"), &["locale"; 1000])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.message(),
+        "update_mask.paths: must name at most 10 paths, each once (got 1000)"
     );
     assert_eq!(app.count_rows("user_preferences").await, 0);
 }

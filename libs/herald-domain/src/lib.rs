@@ -6,6 +6,7 @@ mod ids;
 mod preference;
 mod quiet_hours;
 mod state;
+mod text;
 mod values;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
@@ -14,6 +15,7 @@ pub use ids::{DeliveryId, NotificationId, TemplateId};
 pub use preference::{Overrides, UserPreferences, Verdict};
 pub use quiet_hours::{QuietHours, TimeZone, parse_time_of_day, parse_weekday};
 pub use state::DeliveryState;
+pub use text::{Controls, check_controls};
 pub use values::{
     Category, Channel, DeviceToken, EmailAddress, IdempotencyKey, Identity, Permission,
     PhoneNumber, Platform, Priority, Role, TemplateKey, VariantName,

@@ -10,6 +10,8 @@ fn check_email(input: &str, valid: bool) {
 fn email_addresses_are_validated() {
     check_email("ada@example.com", true);
     check_email("a.b+tag@sub.example.co.kr", true);
+    check_email("\"a\u{1}b\"@example.com", false);
+    check_email("\"a\tb\"@example.com", false);
     check_email("not-an-address", false);
     check_email("", false);
     check_email(&format!("{}@example.com", "a".repeat(250)), false);
@@ -527,4 +529,26 @@ fn permissions_parse_by_name_and_roles_stand_for_fixed_sets() {
         !submit.contains(&Permission::ContactsRead) && !submit.contains(&Permission::ContactsWrite),
         "a service that may submit must not see or redirect users' contact points"
     );
+}
+
+#[test]
+fn control_characters_are_refused_by_rule_and_named_with_their_position() {
+    use crate::{Controls, check_controls};
+    assert_eq!(check_controls("ada", Controls::Refused), Ok(()));
+    assert_eq!(
+        check_controls("a\tb", Controls::Refused).map_err(|error| error.to_string()),
+        Err("must not contain control characters (found U+0009 at character 1)".into())
+    );
+    assert_eq!(
+        check_controls("line\r\n\tnext", Controls::TabsAndLineBreaks),
+        Ok(())
+    );
+    assert_eq!(
+        check_controls("x\u{0}\u{85}", Controls::TabsAndLineBreaks).map_err(|error| error.to_string()),
+        Err(
+            "must not contain control characters other than tab, line feed and carriage return (found U+0000 at character 1)"
+                .into()
+        )
+    );
+    assert!(check_controls("ok\u{85}", Controls::Refused).is_err());
 }

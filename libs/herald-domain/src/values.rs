@@ -192,6 +192,9 @@ impl EmailAddress {
                 Self::MAX_LEN
             )));
         }
+        // A quoted local part may hold control characters (RFC 5322 `quoted-pair`), which
+        // have no place in a header or an SMTP command: refused.
+        crate::check_controls(text, crate::Controls::Refused)?;
         if !email_address::EmailAddress::is_valid(text) {
             return Err(ValueError::new("must be a valid email address"));
         }

@@ -23,6 +23,8 @@ pub const PROVIDER: &str = "inbox";
 pub struct InboxChannel {
     pool: herald_db::Pool,
     publisher: InboxPublisher,
+    /// The schemes a rendered `action_url` may use (`[inbox] action_url_schemes`).
+    action_url_schemes: Vec<String>,
 }
 
 impl std::fmt::Debug for InboxChannel {
@@ -36,8 +38,20 @@ impl std::fmt::Debug for InboxChannel {
 
 impl InboxChannel {
     /// A provider storing items through `pool` and signalling through `publisher`.
+    /// Action URLs may use `https` only until `with_action_url_schemes` says otherwise.
     pub fn new(pool: herald_db::Pool, publisher: InboxPublisher) -> Self {
-        Self { pool, publisher }
+        Self {
+            pool,
+            publisher,
+            action_url_schemes: crate::InboxSettings::default().action_url_schemes,
+        }
+    }
+
+    /// The provider with `schemes` as the action URL allow-list.
+    #[must_use]
+    pub fn with_action_url_schemes(mut self, schemes: Vec<String>) -> Self {
+        self.action_url_schemes = schemes;
+        self
     }
 
     async fn store(&self, context: &DeliveryContext) -> Result<Receipt, DeliveryError> {
@@ -47,6 +61,10 @@ impl InboxChannel {
             ));
         };
         let rendered: RenderedInApp = herald_worker::render(context)?;
+        // A parameter may supply the whole URL, so the rendered one is what is checked; a
+        // refused one fails the delivery permanently (nothing is stored).
+        herald_templates::check_action_url(&rendered.action_url, &self.action_url_schemes)
+            .map_err(|error| DeliveryError::Permanent(error.to_string()))?;
         let stored = async {
             let mut connection = herald_db::connection(&self.pool).await?;
             inbox::insert(

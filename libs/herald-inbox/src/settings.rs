@@ -1,4 +1,5 @@
-//! The `[inbox]` settings of the API server's fan-out.
+//! The `[inbox]` settings: the API server's fan-out, and the action URLs in-app items may
+//! link to.
 
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ pub struct InboxSettings {
     /// Changes buffered per user and replica; a stream that falls further behind gets a
     /// `resync` instead of the changes it missed.
     pub stream_buffer: usize,
+    /// The schemes an in-app item's `action_url` may use (lowercase), checked when a template
+    /// version is saved (API) and when an item is rendered (in-app worker); `https` by
+    /// default, an app's own deep-link scheme when it has one.
+    pub action_url_schemes: Vec<String>,
 }
 
 impl Default for InboxSettings {
@@ -38,6 +43,7 @@ impl Default for InboxSettings {
             reconnect_max: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
             stream_buffer: 64,
+            action_url_schemes: vec!["https".into()],
         }
     }
 }
@@ -58,6 +64,23 @@ impl Validate for InboxSettings {
         }
         if self.stream_buffer == 0 {
             problems.push("inbox.stream_buffer must be at least 1".into());
+        }
+        for scheme in &self.action_url_schemes {
+            let mut characters = scheme.chars();
+            let valid = characters
+                .next()
+                .is_some_and(|first| first.is_ascii_lowercase())
+                && characters.all(|character| {
+                    character.is_ascii_lowercase()
+                        || character.is_ascii_digit()
+                        || "+-.".contains(character)
+                });
+            if !valid {
+                problems.push(format!(
+                    "inbox.action_url_schemes: `{}` is not a lowercase URL scheme (RFC 3986 §3.1)",
+                    scheme.escape_default()
+                ));
+            }
         }
     }
 }

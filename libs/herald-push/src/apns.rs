@@ -184,8 +184,7 @@ impl ApnsClient {
                 invalid_addresses: Vec::new(),
             });
         }
-        let reason = response
-            .json::<ErrorBody>()
+        let reason = herald_worker::http::read_json::<ErrorBody>(response)
             .await
             .map(|body| body.reason)
             .unwrap_or_default();

@@ -202,7 +202,9 @@ impl FcmClient {
             .await
             .map_err(|error| request_failure("fcm", error))?;
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let text = herald_worker::http::read_text(response)
+            .await
+            .unwrap_or_default();
         if status == 200 {
             let name = serde_json::from_str::<SendResponse>(&text)
                 .map(|accepted| accepted.name)
@@ -267,7 +269,9 @@ impl FcmClient {
         if !status.is_success() {
             // The body (`{"error": "invalid_grant", …}`) names the cause; it carries no
             // personal data, but it is only logged, not stored.
-            let body = response.text().await.unwrap_or_default();
+            let body = herald_worker::http::read_text(response)
+                .await
+                .unwrap_or_default();
             tracing::error!(
                 fcm.project = %self.project_id,
                 http.status = status.as_u16(),
@@ -279,12 +283,12 @@ impl FcmClient {
                 status.as_u16()
             )));
         }
-        let token: TokenResponse = response.json().await.map_err(|error| {
-            DeliveryError::Retryable(format!(
-                "fcm token response is not a token: {}",
-                describe_transport_error(error)
-            ))
-        })?;
+        let token: TokenResponse =
+            herald_worker::http::read_json(response)
+                .await
+                .map_err(|error| {
+                    DeliveryError::Retryable(format!("fcm token response is not a token: {error}"))
+                })?;
         if !token.token_type.eq_ignore_ascii_case("bearer") {
             return Err(DeliveryError::Retryable(format!(
                 "fcm token endpoint issued a `{}` token, not a bearer token",

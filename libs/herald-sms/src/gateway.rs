@@ -89,8 +89,7 @@ impl HttpGatewayProvider {
             .map_err(|error| request_failure("gateway", &error))?;
         let status = response.status();
         if status.is_success() {
-            let id = response
-                .json::<Accepted>()
+            let id = herald_worker::http::read_json::<Accepted>(response)
                 .await
                 .ok()
                 .and_then(|accepted| accepted.id)
@@ -107,8 +106,7 @@ impl HttpGatewayProvider {
                 invalid_addresses: Vec::new(),
             });
         }
-        let code = response
-            .json::<ErrorResponse>()
+        let code = herald_worker::http::read_json::<ErrorResponse>(response)
             .await
             .ok()
             .and_then(|body| body.error.code);

@@ -114,24 +114,25 @@ impl TwilioProvider {
             .map_err(|error| request_failure("twilio", &error))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(match response.json::<CreatedMessage>().await {
-                Ok(created) => Receipt {
-                    detail: format!(
-                        "twilio sid {} status {}",
-                        sanitize(&created.sid),
-                        sanitize(&created.status)
-                    ),
-                    invalid_addresses: Vec::new(),
+            return Ok(
+                match herald_worker::http::read_json::<CreatedMessage>(response).await {
+                    Ok(created) => Receipt {
+                        detail: format!(
+                            "twilio sid {} status {}",
+                            sanitize(&created.sid),
+                            sanitize(&created.status)
+                        ),
+                        invalid_addresses: Vec::new(),
+                    },
+                    // The message was accepted; an unreadable body does not undo that.
+                    Err(_) => Receipt {
+                        detail: format!("twilio accepted the message with {}", status.as_u16()),
+                        invalid_addresses: Vec::new(),
+                    },
                 },
-                // The message was accepted; an unreadable body does not undo that.
-                Err(_) => Receipt {
-                    detail: format!("twilio accepted the message with {}", status.as_u16()),
-                    invalid_addresses: Vec::new(),
-                },
-            });
+            );
         }
-        let code = response
-            .json::<ErrorResponse>()
+        let code = herald_worker::http::read_json::<ErrorResponse>(response)
             .await
             .ok()
             .and_then(|body| body.code);

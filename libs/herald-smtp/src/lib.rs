@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod pool;
+mod reply;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 pub use lettre;
 pub use pool::{Error as PoolError, SmtpPool, VERIFY_IDLE_AFTER};
+pub use reply::{ReplyClass, check_fuzz_input, classify, classify_reply};
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use handlebars::{Context, Handlebars, Template};
+use handlebars::{Context, Handlebars};
 use herald_domain::Channel;
 
 use crate::version::part_content;
@@ -167,11 +167,9 @@ impl CompiledPart {
             return Ok(());
         }
         // Compiled without a name, as `render_template` does, so error messages are the same
-        // whether a part was cached or rendered once.
-        let template = Template::compile(source).map_err(|error| Error::Syntax {
-            part,
-            message: error.to_string(),
-        })?;
+        // whether a part was cached or rendered once; checked against the restricted
+        // handlebars here too, so a stored version that breaks it is never rendered.
+        let template = crate::restrict::compile(part, source)?;
         self.registry_mut(escape).register_template(name, template);
         Ok(())
     }
@@ -198,12 +196,14 @@ impl CompiledPart {
             return Ok(String::new());
         }
         let mut output = BoundedOutput::default();
+        crate::restrict::start_budget();
         match registry.render_with_context_to_write(name, context, &mut output) {
             Ok(()) => String::from_utf8(output.buffer).map_err(|error| Error::Render {
                 part,
                 message: error.to_string(),
             }),
             Err(_) if output.overflowed => Err(Error::TooLarge { part }),
+            Err(_) if crate::restrict::budget_exhausted() => Err(Error::TooMuchWork { part }),
             Err(error) => match error.reason() {
                 handlebars::RenderErrorReason::MissingVariable(path) => {
                     Err(Error::MissingParameter {
@@ -231,10 +231,10 @@ fn data_name(key: &str) -> String {
     format!("push.data.{key}")
 }
 
-/// A strict handlebars registry; `escape_html` picks HTML escaping or none.
+/// A strict handlebars registry with only the allowed helpers (`restrict::registry`);
+/// `escape_html` picks HTML escaping or none.
 fn registry(escape_html: bool) -> Handlebars<'static> {
-    let mut registry = Handlebars::new();
-    registry.set_strict_mode(true);
+    let mut registry = crate::restrict::registry();
     if !escape_html {
         registry.register_escape_fn(handlebars::no_escape);
     }

@@ -1,19 +1,30 @@
 #![doc = include_str!("../README.md")]
 
+mod bounds;
 mod compiled;
+mod fuzzing;
+mod links;
 mod locale;
 mod parameters;
+mod restrict;
 mod variant;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use herald_domain::Channel;
+use herald_domain::{Channel, Controls, check_controls};
 use serde::{Deserialize, Serialize};
 
+pub use bounds::{
+    MAX_PARAMETER_ARRAY_ITEMS, MAX_PARAMETER_DEPTH, MAX_PARAMETER_STRING_BYTES,
+    MAX_PARAMETERS_BYTES, ParameterError, check_parameters,
+};
 pub use compiled::{CompiledPart, CompiledVersion};
+pub use fuzzing::check_fuzz_input;
+pub use links::check_action_url;
 pub use locale::{Locale, LocaleError, MAX_LOCALE_BYTES};
+pub use restrict::{BLOCK_HELPERS, HELPERS, MAX_NESTING, MAX_RENDER_STEPS};
 pub use variant::{MAX_VARIANTS, MAX_WEIGHT, Variant};
 pub use version::{
     DEFAULT_LOCALE, MAX_LOCALES, Rendered, RenderedPart, VersionContent, VersionError,
@@ -200,6 +211,23 @@ pub enum Error {
         /// The renderer's message.
         message: String,
     },
+    /// The source uses handlebars that Herald does not allow (a partial, a decorator, a
+    /// helper outside `HELPERS`, nesting deeper than `MAX_NESTING`).
+    #[error("{part} {message}")]
+    Refused {
+        /// Which part.
+        part: &'static str,
+        /// What is refused, and what is allowed instead.
+        message: String,
+    },
+    /// Rendering would take more than `MAX_RENDER_STEPS` steps (`#each` over too many items).
+    #[error(
+        "{part} takes more than {MAX_RENDER_STEPS} steps to render (each item of an `#each` costs its body's size): render fewer items"
+    )]
+    TooMuchWork {
+        /// Which part.
+        part: &'static str,
+    },
     /// The rendered output exceeded `MAX_OUTPUT_BYTES`.
     #[error("{part} renders to more than {MAX_OUTPUT_BYTES} bytes")]
     TooLarge {
@@ -246,10 +274,15 @@ pub fn validate(content: &TemplateContent) -> Result<Vec<String>> {
                 &format!("must be at most {MAX_SOURCE_BYTES} bytes"),
             ));
         }
-        let template = handlebars::Template::compile(source).map_err(|error| Error::Syntax {
-            part,
-            message: error.to_string(),
-        })?;
+        // A link holds no control character at all; the other parts are text and keep
+        // their tabs and line breaks.
+        let controls = if part == "in_app.action_url" {
+            Controls::Refused
+        } else {
+            Controls::TabsAndLineBreaks
+        };
+        check_controls(source, controls).map_err(|error| invalid(part, &error.to_string()))?;
+        let template = restrict::compile(part, source)?;
         parameters::collect(&template, &mut parameters);
     }
     variant::validate_variants(content, &mut parameters)?;
@@ -291,6 +324,10 @@ fn checked_sources(content: &TemplateContent) -> Result<Vec<(&'static str, &str)
         }
         if push.data.keys().any(|key| key.trim().is_empty()) {
             return Err(invalid("push.data", "keys must not be blank"));
+        }
+        for key in push.data.keys() {
+            check_controls(key, Controls::Refused)
+                .map_err(|error| invalid("push.data", &format!("keys {error}")))?;
         }
         sources.extend([
             ("push.title", push.title.as_str()),

@@ -423,3 +423,29 @@ fn a_compiled_version_renders_what_a_one_off_render_does_for_every_recipient() {
         }
     );
 }
+
+#[test]
+fn control_characters_in_sources_are_refused_but_text_keeps_its_line_breaks() {
+    let mut part = email("Hi\t{{name}}", "<p>\r\nHi</p>", "Hi\n");
+    assert!(crate::validate(&content(part.clone())).is_ok());
+    part.text = "Hi\u{0}".into();
+    assert_eq!(
+        crate::validate(&content(part)).map_err(|error| error.to_string()),
+        Err("email.text must not contain control characters other than tab, line feed and carriage return (found U+0000 at character 2)".into())
+    );
+    let in_app = TemplateContent {
+        in_app: Some(InAppPart {
+            title: "Hi".into(),
+            body: String::new(),
+            action_url: "java\tscript:alert(1)".into(),
+        }),
+        ..TemplateContent::default()
+    };
+    assert_eq!(
+        crate::validate(&in_app).map_err(|error| error.to_string()),
+        Err(
+            "in_app.action_url must not contain control characters (found U+0009 at character 4)"
+                .into()
+        )
+    );
+}

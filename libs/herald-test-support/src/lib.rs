@@ -4,6 +4,7 @@
 mod apns;
 mod database;
 mod fcm;
+mod huge_body;
 mod keyspace;
 mod otlp;
 mod proxy;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use apns::{ApnsServer, ReceivedNotification};
 pub use database::TestDatabase;
 pub use fcm::FcmServer;
+pub use huge_body::{HUGE_BODY_BYTES, HugeBodyServer};
 pub use keyspace::TestKeyspace;
 pub use otlp::{OtlpReceiver, ReceivedLog, ReceivedSpan};
 pub use proxy::FaultProxy;

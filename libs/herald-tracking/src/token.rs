@@ -193,6 +193,42 @@ impl Signer {
         })
     }
 
+    /// The entry of the fuzz target `tracking_token` (and of the test replaying its corpus):
+    /// `data` is verified as a token as it could arrive in a link, and, signed as a payload
+    /// with a fixed key, as a token whose signature holds, so the parsing after the signature
+    /// check is reached too. A token that verifies must be exactly what signing its link gives.
+    ///
+    /// # Panics
+    /// When verification breaks that rule (what the fuzzer looks for).
+    pub fn check_fuzz_input(data: &[u8]) {
+        let signer = Self {
+            secret: "fuzzing-key-0123456789-0123456789-0123".into(),
+            base_url: "https://t.example".into(),
+            link_ttl: chrono::Duration::days(1),
+        };
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        if let Ok(token) = std::str::from_utf8(data) {
+            // Without the key a token is refused, whatever it holds; it must never panic.
+            assert!(
+                signer.verify(token, now).is_err() || token.contains('.'),
+                "a token without a signature verified"
+            );
+        }
+        let token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(data),
+            URL_SAFE_NO_PAD.encode(signer.mac(data).finalize().into_bytes())
+        );
+        if let Ok(link) = signer.verify(&token, now) {
+            assert!(link.expires_at > now, "an expired token verified");
+            assert_eq!(
+                signer.sign_until(link.delivery_id, &link.target, link.expires_at),
+                token,
+                "a verified token does not re-sign to itself"
+            );
+        }
+    }
+
     fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose_secret().as_bytes())
             .expect("HMAC takes a key of any length");

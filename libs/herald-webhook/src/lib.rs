@@ -198,7 +198,9 @@ impl Destination {
         }
         // Slack answers with a short error code (`invalid_payload`, `no_service`); keep it
         // when it looks like one, never a long body that could echo the message.
-        let body = response.text().await.unwrap_or_default();
+        let body = herald_worker::http::read_text(response)
+            .await
+            .unwrap_or_default();
         let code = Some(body.trim())
             .filter(|code| {
                 !code.is_empty()

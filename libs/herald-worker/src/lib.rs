@@ -4,6 +4,7 @@ mod context;
 mod core;
 mod decide;
 mod failover;
+pub mod http;
 mod instruments;
 mod intake;
 mod limits;

@@ -151,6 +151,7 @@ impl AdminApi {
                 format!("must be 1 to {MAX_REASON} characters"),
             ));
         }
+        crate::fields::text("reason", &reason)?;
         let mut connection = herald_db::connection(&self.state.pool).await?;
         let mut results = Vec::with_capacity(ids.len());
         for id in ids {

@@ -34,6 +34,16 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthSettings, Caller, PrincipalSettings};
 
+/// The entry of the fuzz target `submit_request`: an encoded `SubmitBatchRequest` validated
+/// as `SubmitBatch` validates it, checking that nothing accepted holds what PostgreSQL would
+/// refuse. `./scripts/test` replays the fuzz corpus through it.
+///
+/// # Panics
+/// When an accepted item breaks those rules.
+pub fn check_submit_fuzz_input(data: &[u8]) {
+    submit::check_fuzz_input(data);
+}
+
 /// The binary, package, Deployment and `service.name`.
 pub const SERVICE_NAME: &str = "herald-api-server";
 

@@ -147,6 +147,48 @@ fn apply(record: &mut PreferenceRecord, update: &pb::Preferences, paths: &[Strin
     Ok(())
 }
 
+/// The paths of an update's mask: every path when it names none; otherwise at most one of
+/// each of `PATHS`, so a mask is bounded by the number of paths there are. A path named twice
+/// is refused rather than silently merged, like a channel listed twice in a submit: it is a
+/// caller's mistake worth seeing.
+fn mask_paths(mask: Option<prost_types::FieldMask>) -> Result<Vec<String>> {
+    let paths = match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths,
+        _ => return Ok(PATHS.iter().map(|path| (*path).to_owned()).collect()),
+    };
+    if paths.len() > PATHS.len() {
+        return Err(ServiceError::invalid(
+            "update_mask.paths",
+            format!(
+                "must name at most {} paths, each once (got {})",
+                PATHS.len(),
+                paths.len()
+            ),
+        ));
+    }
+    for (index, path) in paths.iter().enumerate() {
+        let field = format!("update_mask.paths[{index}]");
+        if !PATHS.contains(&path.as_str()) {
+            let shown: String = path.chars().take(64).collect();
+            return Err(ServiceError::invalid(
+                &field,
+                format!(
+                    "unknown path `{}`; use one of {}",
+                    shown.escape_default(),
+                    PATHS.join(", ")
+                ),
+            ));
+        }
+        if let Some(first) = paths[..index].iter().position(|other| other == path) {
+            return Err(ServiceError::invalid(
+                &field,
+                format!("`{path}` is also update_mask.paths[{first}]; name each path once"),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
 /// The device tokens of an update, validated.
 fn device_tokens(devices: &[pb::DeviceToken]) -> Result<Vec<DeviceToken>> {
     if devices.len() > MAX_DEVICE_TOKENS {
@@ -399,10 +441,7 @@ impl PreferenceService for PreferenceApi {
             .preferences
             .ok_or_else(|| ServiceError::invalid("preferences", "is required"))?;
         let user_id = caller.user_id("preferences.user_id", &update.user_id)?;
-        let paths: Vec<String> = match request.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths,
-            _ => PATHS.iter().map(|path| (*path).to_owned()).collect(),
-        };
+        let paths = mask_paths(request.update_mask)?;
         if let Some(contact) = paths.iter().find(|path| path.starts_with("contacts.")) {
             caller.require(
                 Permission::ContactsWrite,
@@ -482,7 +521,41 @@ fn erased_message(erased: &erasure::Erased) -> DeletePreferencesResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::mask;
+    use super::{mask, mask_paths};
+    use crate::error::ServiceError;
+
+    fn check_mask(paths: &[&str], expected: Result<&[&str], &str>) {
+        let mask = prost_types::FieldMask {
+            paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+        };
+        match (mask_paths(Some(mask)), expected) {
+            (Ok(paths), Ok(expected)) => assert_eq!(paths, expected),
+            (Err(ServiceError::InvalidArgument(message)), Err(expected)) => {
+                assert_eq!(message, expected);
+            }
+            (other, expected) => panic!("expected {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_mask_paths_are_known_named_once_and_bounded() {
+        check_mask(&["locale", "time_zone"], Ok(&["locale", "time_zone"]));
+        check_mask(
+            &["locale", "channels", "locale"],
+            Err("update_mask.paths[2]: `locale` is also update_mask.paths[0]; name each path once"),
+        );
+        check_mask(
+            &["colour"],
+            Err(
+                "update_mask.paths[0]: unknown path `colour`; use one of contacts.email, contacts.phone, contacts.device_tokens, locale, time_zone, channels, categories, quiet_hours, global_opt_out, tracking_opt_out",
+            ),
+        );
+        check_mask(
+            &["locale"; 11],
+            Err("update_mask.paths: must name at most 10 paths, each once (got 11)"),
+        );
+        assert_eq!(mask_paths(None).map(|paths| paths.len()).ok(), Some(10));
+    }
 
     #[test]
     fn a_masked_contact_point_is_recognisable_not_usable() {

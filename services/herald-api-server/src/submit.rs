@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::auth::{Caller, caller};
 use crate::error::{Result, ServiceError};
 use notification::notification_message;
+pub(crate) use validate::check_fuzz_input;
 use validate::{ValidRecipient, ValidSubmit, check_batch_limits};
 
 mod notification;

@@ -27,7 +27,6 @@ mod stats;
 const MAX_DESCRIPTION: usize = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 100;
-const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
 
 pub(crate) struct TemplateApi {
     state: AppState,
@@ -60,11 +59,13 @@ impl TemplateApi {
                 format!("must be at most {MAX_DESCRIPTION} characters"),
             ));
         }
+        crate::fields::text("description", &request.description)?;
         let version = valid_version(
             request.content,
             &request.default_locale,
             request.locales,
             request.sample_parameters,
+            &self.state.settings.inbox.action_url_schemes,
         )?;
         let mut connection = herald_db::connection(&self.state.pool).await?;
         let record = templates::create(
@@ -109,6 +110,7 @@ impl TemplateApi {
             &request.default_locale,
             request.locales,
             request.sample_parameters,
+            &self.state.settings.inbox.action_url_schemes,
         )?;
         let mut connection = herald_db::connection(&self.state.pool).await?;
         let record = templates::add_version(
@@ -156,6 +158,12 @@ impl TemplateApi {
         record
             .content
             .validate(record.sample_parameters.as_ref())
+            .and_then(|_| {
+                record.content.check_action_urls(
+                    record.sample_parameters.as_ref(),
+                    &self.state.settings.inbox.action_url_schemes,
+                )
+            })
             .map_err(|error| {
                 ServiceError::FailedPrecondition(format!(
                     "version: version {version} of `{key}` cannot be activated: {error}"
@@ -379,13 +387,9 @@ fn optional_locale(tag: &str) -> Result<Option<Locale>, herald_templates::Locale
 
 fn parameters_json(field: &str, parameters: prost_types::Struct) -> Result<serde_json::Value> {
     let object = conversions::struct_to_json(parameters);
-    let size = serde_json::to_vec(&object).map_or(usize::MAX, |bytes| bytes.len());
-    if size > MAX_PARAMETERS_BYTES {
-        return Err(ServiceError::invalid(
-            field,
-            format!("must encode to at most {MAX_PARAMETERS_BYTES} bytes of JSON"),
-        ));
-    }
+    herald_templates::check_parameters(field, &object)
+        .map_err(|error| ServiceError::InvalidArgument(error.to_string()))?;
+    crate::fields::object_text(field, &object)?;
     Ok(serde_json::Value::Object(object))
 }
 
@@ -398,6 +402,7 @@ fn valid_version(
     default_locale: &str,
     locales: HashMap<String, pb::TemplateContent>,
     sample_parameters: Option<prost_types::Struct>,
+    action_url_schemes: &[String],
 ) -> Result<ValidVersion> {
     let default_locale = if default_locale.is_empty() {
         Locale::parse(herald_templates::DEFAULT_LOCALE)
@@ -437,14 +442,18 @@ fn valid_version(
     let sample_parameters = sample_parameters
         .map(|samples| parameters_json("sample_parameters", samples))
         .transpose()?;
+    let invalid = |error| match error {
+        VersionError::Part { locale, error } if legacy && locale == default_locale => {
+            ServiceError::InvalidArgument(format!("content.{error}"))
+        }
+        other => ServiceError::InvalidArgument(other.to_string()),
+    };
     let parameters = version
         .validate(sample_parameters.as_ref())
-        .map_err(|error| match error {
-            VersionError::Part { locale, error } if legacy && locale == default_locale => {
-                ServiceError::InvalidArgument(format!("content.{error}"))
-            }
-            other => ServiceError::InvalidArgument(other.to_string()),
-        })?;
+        .map_err(invalid)?;
+    version
+        .check_action_urls(sample_parameters.as_ref(), action_url_schemes)
+        .map_err(invalid)?;
     Ok(ValidVersion {
         content: version,
         parameters,

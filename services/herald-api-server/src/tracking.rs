@@ -152,6 +152,8 @@ fn engagement(request: &RecordEventRequest) -> Result<Engagement> {
             format!("must be at most {MAX_CLIENT_EVENT_ID} characters"),
         ));
     }
+    crate::fields::no_controls("link", &request.link)?;
+    crate::fields::no_controls("client_event_id", &request.client_event_id)?;
     let (dedupe_key, detail) = match kind {
         EngagementKind::Clicked if !request.link.is_empty() => (
             herald_tracking::Target::Click {

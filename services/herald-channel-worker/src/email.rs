@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use herald_domain::Channel;
-use herald_smtp::{PoolError, SmtpPool, SmtpSettings};
+use herald_smtp::{PoolError, ReplyClass, SmtpPool, SmtpSettings};
 use herald_templates::RenderedEmail;
 use herald_tracking::{Signer, TrackingSettings};
 use herald_worker::{Attempted, ChannelProvider, DeliveryContext, DeliveryError, Receipt};
@@ -162,34 +162,29 @@ impl SmtpProvider {
             }
         };
         // Reply texts often echo the recipient's address, so only the code is kept.
-        match (error.status(), error.is_permanent()) {
-            (Some(code), true) if is_hard_bounce(&code.to_string()) => {
-                Err(DeliveryError::AddressInvalid {
-                    addresses: context.address.iter().cloned().collect(),
-                    detail: format!("smtp rejected the recipient with {code} (hard bounce)"),
-                })
-            }
-            (Some(code), true) => Err(DeliveryError::Permanent(format!(
+        match error
+            .status()
+            .map(|code| (code, herald_smtp::classify(code)))
+        {
+            Some((code, ReplyClass::HardBounce)) => Err(DeliveryError::AddressInvalid {
+                addresses: context.address.iter().cloned().collect(),
+                detail: format!("smtp rejected the recipient with {code} (hard bounce)"),
+            }),
+            Some((code, ReplyClass::Rejected)) => Err(DeliveryError::Permanent(format!(
                 "smtp rejected the message with {code}"
             ))),
-            (Some(code), false) => Err(DeliveryError::Retryable(format!(
-                "smtp deferred the message with {code}"
-            ))),
-            (None, _) if error.is_timeout() => {
-                Err(DeliveryError::Retryable("smtp timed out".into()))
-            }
-            (None, _) => Err(DeliveryError::Retryable(format!(
+            // lettre reports only negative replies as errors; a positive one here would be a
+            // protocol surprise, retried like a deferral.
+            Some((code, ReplyClass::Deferred | ReplyClass::Accepted)) => Err(
+                DeliveryError::Retryable(format!("smtp deferred the message with {code}")),
+            ),
+            None if error.is_timeout() => Err(DeliveryError::Retryable("smtp timed out".into())),
+            None => Err(DeliveryError::Retryable(format!(
                 "smtp connection failed: {}",
                 error_kind(&error)
             ))),
         }
     }
-}
-
-/// Reply codes that say the mailbox does not exist or cannot take mail, for good: 550
-/// (mailbox unavailable), 551 (user not local), 553 (mailbox name not allowed).
-fn is_hard_bounce(code: &str) -> bool {
-    matches!(code, "550" | "551" | "553")
 }
 
 /// A short description of a transport error without any reply text.

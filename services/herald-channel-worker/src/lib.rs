@@ -78,6 +78,8 @@ pub struct Settings {
     pub push: PushSettings,
     /// Chat destinations.
     pub chat: ChatSettings,
+    /// The in-app inbox: the schemes an item's action URL may use.
+    pub inbox: herald_inbox::InboxSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
 }
@@ -105,7 +107,7 @@ impl Settings {
             WorkerChannel::Email => {}
             WorkerChannel::Sms => self.sms.validate(&mut problems),
             WorkerChannel::Push => self.push.validate(&mut problems),
-            WorkerChannel::InApp => {}
+            WorkerChannel::InApp => self.inbox.validate(&mut problems),
             WorkerChannel::Chat => self.chat.validate(&mut problems),
         }
         if let Some(bound) = self.provider_bound(channel) {
@@ -200,7 +202,8 @@ impl Application {
                 let publisher =
                     InboxPublisher::new(&settings.redis).context("building the inbox publisher")?;
                 Running::InApp(worker(
-                    InboxChannel::new(pool.clone(), publisher),
+                    InboxChannel::new(pool.clone(), publisher)
+                        .with_action_url_schemes(settings.inbox.action_url_schemes.clone()),
                     pool,
                     &settings,
                     channel,

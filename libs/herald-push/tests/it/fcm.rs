@@ -1,6 +1,7 @@
 //! FCM HTTP v1: OAuth2 token exchange and caching, message shape, error mapping.
 
 use herald_domain::{Platform, Priority};
+use herald_push::PushChannel;
 use herald_test_support::FcmServer;
 use herald_worker::DeliveryError;
 use serde_json::json;
@@ -227,4 +228,54 @@ async fn a_token_expiring_within_a_minute_is_refreshed_before_the_next_send() {
     }
 
     assert_eq!(server.token_requests(), 2);
+}
+
+/// The channel with FCM's token endpoint or send endpoint at `huge`.
+fn huge_body_channel(
+    server: &FcmServer,
+    huge: &herald_test_support::HugeBodyServer,
+    at_token_uri: bool,
+) -> PushChannel {
+    let mut fcm = crate::fcm_settings(server);
+    if at_token_uri {
+        fcm.token_uri = format!("{}/token", huge.url());
+    } else {
+        fcm.base_url = huge.url();
+    }
+    herald_tls::install_crypto_provider();
+    PushChannel::from_settings(&herald_push::PushSettings {
+        fcm: Some(fcm),
+        ..herald_push::PushSettings::default()
+    })
+    .expect("a push channel")
+}
+
+#[tokio::test]
+async fn huge_bodies_from_the_token_endpoint_or_fcm_are_not_read_past_the_limit() {
+    let server = FcmServer::start("herald-test").await;
+    let huge = herald_test_support::HugeBodyServer::start(200).await;
+    let android = || {
+        context(
+            vec![device(Platform::Android, "phone-1")],
+            json!({}),
+            Priority::Normal,
+        )
+    };
+
+    let from_token_endpoint = deliver(&huge_body_channel(&server, &huge, true), &android()).await;
+    assert_eq!(
+        from_token_endpoint.result,
+        Err(DeliveryError::Retryable(
+            "no device accepted: fcm token response is not a token: the response body is over 65536 bytes"
+                .into()
+        ))
+    );
+
+    let from_fcm = deliver(&huge_body_channel(&server, &huge, false), &android()).await;
+    assert_eq!(
+        from_fcm.result.map(|receipt| receipt.detail),
+        Ok("1 of 1 device accepted (fcm message )".into())
+    );
+    assert_eq!(huge.request_count(), 2);
+    assert!(!huge.sent_whole_body(), "a body was read past the limit");
 }

@@ -121,3 +121,19 @@ async fn gateway_at_a_wrong_path_is_permanent() {
 
     assert_eq!(detail, "gateway rejected the message (404, not_found)");
 }
+
+#[tokio::test]
+async fn a_gateway_error_with_a_huge_body_is_classified_by_its_status_without_reading_it_all() {
+    let server = herald_test_support::HugeBodyServer::start(503).await;
+    let channel = channel(vec![gateway("gateway", server.url(), "token")]);
+
+    let error =
+        expect_retryable(deliver(&channel, &context(Some(RECIPIENT), "Hello", 1), "gateway").await);
+
+    assert!(error.contains("503"), "{error}");
+    assert!(!error.contains("timed out"), "{error}");
+    assert!(
+        !server.sent_whole_body(),
+        "the body was read past the limit"
+    );
+}

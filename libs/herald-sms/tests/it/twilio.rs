@@ -195,3 +195,27 @@ async fn twilio_not_answering_within_the_timeout_after_the_request_left_is_an_un
     );
     silent.abort();
 }
+
+#[tokio::test]
+async fn twilio_accepting_with_a_huge_body_is_delivered_without_reading_it_all() {
+    let server = herald_test_support::HugeBodyServer::start(201).await;
+    let channel = channel(vec![SmsProviderSettings::Twilio(TwilioSettings {
+        name: "twilio".into(),
+        base_url: server.url(),
+        account_sid: ACCOUNT_SID.into(),
+        auth_token: AUTH_TOKEN.into(),
+        from: Some(crate::SENDER.into()),
+        messaging_service_sid: None,
+        timeout: Duration::from_secs(5),
+    })]);
+
+    let receipt =
+        expect_receipt(deliver(&channel, &context(Some(RECIPIENT), "Hello", 1), "twilio").await);
+
+    assert_eq!(receipt.detail, "twilio accepted the message with 201");
+    assert_eq!(server.request_count(), 1);
+    assert!(
+        !server.sent_whole_body(),
+        "the body was read past the limit"
+    );
+}

@@ -15,7 +15,6 @@ use crate::error::{Result, ServiceError};
 const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY: usize = 64;
 const MAX_METADATA_VALUE: usize = 1024;
-const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
 /// Most items in one `SubmitBatch`.
 const MAX_BATCH_ITEMS: usize = 1000;
 
@@ -133,14 +132,9 @@ fn parameters(
     parameters: prost_types::Struct,
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     let parameters = conversions::struct_to_json(parameters);
-    let size = serde_json::to_vec(&parameters).map_or(usize::MAX, |bytes| bytes.len());
-    if size > MAX_PARAMETERS_BYTES {
-        return Err(ServiceError::invalid(
-            "parameters",
-            format!("must encode to at most {MAX_PARAMETERS_BYTES} bytes of JSON"),
-        ));
-    }
-    crate::fields::object_no_nul("parameters", &parameters)?;
+    herald_templates::check_parameters("parameters", &parameters)
+        .map_err(|error| ServiceError::InvalidArgument(error.to_string()))?;
+    crate::fields::object_text("parameters", &parameters)?;
     Ok(parameters)
 }
 
@@ -298,8 +292,8 @@ fn metadata(
                 format!("must be at most {MAX_METADATA_VALUE} bytes"),
             ));
         }
-        crate::fields::no_nul("metadata", &key)?;
-        crate::fields::no_nul(&format!("metadata[{key}]"), &value)?;
+        crate::fields::no_controls("metadata", &key)?;
+        crate::fields::no_controls(&format!("metadata[{key}]"), &value)?;
         metadata.insert(key, serde_json::Value::String(value));
     }
     Ok(metadata)
@@ -341,4 +335,37 @@ pub(super) fn check_batch_limits(
         ));
     }
     Ok(())
+}
+
+/// The entry of the fuzz target `submit_request` (and of the test replaying its corpus):
+/// `data` as an encoded `SubmitBatchRequest`, checked as `SubmitBatch` checks it (the call's
+/// limits, then every item).
+///
+/// # Panics
+/// When an accepted item holds something PostgreSQL would refuse (a NUL in its parameters
+/// or metadata), or its parameters break the caps (what the fuzzer looks for).
+pub(crate) fn check_fuzz_input(data: &[u8]) {
+    let Ok(request) = <SubmitBatchRequest as prost::Message>::decode(data) else {
+        return;
+    };
+    if check_batch_limits(&request, 100_000).is_err() {
+        return;
+    }
+    let now = chrono::DateTime::<chrono::Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+    for item in request.items {
+        let Ok(valid) = ValidSubmit::parse(item, 1000, now) else {
+            continue;
+        };
+        for stored in [&valid.parameters, &valid.metadata] {
+            let json = serde_json::to_string(stored).unwrap_or_default();
+            assert!(
+                !json.contains("\\u0000"),
+                "an accepted item holds a NUL: {json}"
+            );
+        }
+        assert!(
+            herald_templates::check_parameters("parameters", &valid.parameters).is_ok(),
+            "accepted parameters break the caps"
+        );
+    }
 }

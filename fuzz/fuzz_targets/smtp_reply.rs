@@ -1,0 +1,6 @@
+//! Fuzz target `smtp_reply`: every input goes through
+//! `herald_smtp::check_fuzz_input`, which the corpus test in
+//! `./scripts/test` replays.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herald_smtp::check_fuzz_input(data));
