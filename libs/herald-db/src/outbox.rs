@@ -235,14 +235,16 @@ pub async fn backlog(connection: &mut AsyncPgConnection) -> Result<(i64, Option<
 /// publishes it again) and its `updated_at` set to now, so it is looked at again only after
 /// another full threshold. A message that was not lost after all is then delivered twice to
 /// the queue, which the workers' claim makes harmless: the second copy finds the delivery
-/// claimed or final. Rows another transaction holds are skipped. Returns the channel of each
-/// delivery re-queued.
+/// claimed or final. Rows another transaction holds are skipped, and so are the `queued`
+/// deliveries of `backlogged` channels, whose work queue still holds messages: theirs may be
+/// among them, waiting its turn. Returns the channel of each delivery re-queued.
 pub async fn requeue_stuck(
     connection: &mut AsyncPgConnection,
     stuck_before: DateTime<Utc>,
     limit: i64,
+    backlogged: &[String],
 ) -> Result<Vec<String>> {
-    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
     #[derive(QueryableByName)]
     struct Requeued {
         #[diesel(sql_type = Text)]
@@ -253,6 +255,7 @@ pub async fn requeue_stuck(
         "WITH stuck AS ( \
              SELECT d.id FROM deliveries AS d \
              WHERE d.open AND d.state IN ('queued', 'retry_wait') AND d.updated_at < $1 \
+               AND NOT (d.state = 'queued' AND d.channel = ANY($3)) \
                AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.delivery_id = d.id) \
              ORDER BY d.updated_at LIMIT $2 \
              FOR NO KEY UPDATE OF d SKIP LOCKED), \
@@ -266,6 +269,7 @@ pub async fn requeue_stuck(
     )
     .bind::<Timestamptz, _>(stuck_before)
     .bind::<BigInt, _>(limit)
+    .bind::<Array<Text>, _>(backlogged)
     .load(connection)
     .await?;
     Ok(requeued

@@ -344,7 +344,7 @@ impl Application {
         if self.settings.reconcile.enabled() {
             let job = reconcile::Reconciler::new(
                 self.pool.clone(),
-                self.settings.reconcile.clone(),
+                &self.settings,
                 self.metrics.metrics(),
             );
             jobs.push(tokio::spawn(job.run(shutdown.clone())));

@@ -68,14 +68,18 @@ impl ReconcileSettings {
 pub(crate) struct Reconciler {
     pool: herald_db::Pool,
     settings: ReconcileSettings,
+    /// Asked for queue depths on each pass.
+    amqp: herald_config::AmqpSettings,
     /// Deliveries requeued, by `herald.channel`.
     reconciled: Counter<u64>,
+    /// Passes that left a backlogged channel's queued deliveries alone, by `herald.channel`.
+    deferred: Counter<u64>,
 }
 
 impl Reconciler {
     pub(crate) fn new(
         pool: herald_db::Pool,
-        settings: ReconcileSettings,
+        settings: &crate::Settings,
         metrics: &herald_telemetry::Metrics,
     ) -> Self {
         let reconciled = metrics
@@ -86,10 +90,19 @@ impl Reconciler {
                 "Deliveries stuck in queued or retry_wait whose message was lost, put back in the outbox",
             )
             .build();
+        let deferred = metrics
+            .meter()
+            .u64_counter("herald.outbox.reconcile_deferred")
+            .with_description(
+                "Reconciler passes that left a channel's queued deliveries alone because its work queue still held messages (a backlog, not a loss)",
+            )
+            .build();
         Self {
             pool,
-            settings,
+            settings: settings.reconcile.clone(),
+            amqp: settings.amqp.clone(),
             reconciled,
+            deferred,
         }
     }
 
@@ -116,6 +129,9 @@ impl Reconciler {
         let stuck_before = chrono::Utc::now()
             .checked_sub_signed(after)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let Some(backlogged) = self.backlogged().await else {
+            return Ok(Vec::new());
+        };
         let mut connection = herald_db::connection(&self.pool).await?;
         let mut requeued = Vec::new();
         while !shutdown.is_cancelled() {
@@ -123,6 +139,7 @@ impl Reconciler {
                 &mut connection,
                 stuck_before,
                 self.settings.batch_size,
+                &backlogged,
             )
             .await?;
             let full = i64::try_from(batch.len()).unwrap_or(i64::MAX) >= self.settings.batch_size;
@@ -135,6 +152,37 @@ impl Reconciler {
     }
 
     /// The run's log line and counter, from one place so they cannot drift apart.
+    /// The channels whose work queue still holds ready messages: a delivery of theirs still
+    /// `queued` may be waiting its turn there (a campaign's backlog), so it is not taken for
+    /// lost. `None` when the broker cannot be asked: nothing could be published again anyway.
+    async fn backlogged(&self) -> Option<Vec<String>> {
+        let asked = async {
+            let connection =
+                herald_queue::connect_with(&self.amqp, "herald-relay-reconciler").await?;
+            let depths = herald_queue::channel_depths(&connection).await;
+            let _closed = connection.close(200, "queue depths read".into()).await;
+            depths
+        };
+        let depths = match tokio::time::timeout(Duration::from_secs(5), asked).await {
+            Ok(Ok(depths)) => depths,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "The reconciler cannot read queue depths; it waits for the broker.");
+                return None;
+            }
+            Err(_elapsed) => return None,
+        };
+        let backlogged: Vec<String> = depths
+            .into_iter()
+            .filter(|depth| depth.work.is_some_and(|work| work.messages > 0))
+            .map(|depth| depth.channel.as_str().to_owned())
+            .collect();
+        for channel in &backlogged {
+            self.deferred
+                .add(1, &[KeyValue::new("herald.channel", channel.clone())]);
+        }
+        Some(backlogged)
+    }
+
     fn record(&self, requeued: &[String]) {
         if requeued.is_empty() {
             return;
