@@ -158,12 +158,7 @@ impl Validate for RedisSettings {
         if self.timeout.is_zero() {
             problems.push("redis.timeout must be positive".into());
         }
-        tls_ca_problems(
-            "redis",
-            url.starts_with("rediss://"),
-            &self.tls_ca,
-            problems,
-        );
+        tls_ca_problems("redis", "rediss://", url, &self.tls_ca, problems);
     }
 }
 
@@ -204,28 +199,24 @@ impl Validate for AmqpSettings {
         if self.reconnect_min > self.reconnect_max {
             problems.push("amqp.reconnect_min must not exceed amqp.reconnect_max".into());
         }
-        tls_ca_problems("amqp", url.starts_with("amqps://"), &self.tls_ca, problems);
+        tls_ca_problems("amqp", "amqps://", url, &self.tls_ca, problems);
     }
 }
 
-/// A `tls_ca` is only meaningful with a TLS URL, and must then be a readable file.
+/// A `tls_ca` is only meaningful with a `tls_scheme` URL, and must then be a readable file.
 fn tls_ca_problems(
     section: &str,
-    tls_url: bool,
+    tls_scheme: &str,
+    url: &str,
     tls_ca: &std::path::Path,
     problems: &mut Vec<String>,
 ) {
     if tls_ca.as_os_str().is_empty() {
         return;
     }
-    if !tls_url {
+    if !url.starts_with(tls_scheme) {
         problems.push(format!(
-            "{section}.tls_ca is set but {section}.url does not use TLS ({})",
-            if section == "redis" {
-                "rediss://"
-            } else {
-                "amqps://"
-            }
+            "{section}.tls_ca is set but {section}.url does not use TLS ({tls_scheme})"
         ));
     } else if !tls_ca.is_file() {
         problems.push(format!(

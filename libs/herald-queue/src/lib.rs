@@ -391,6 +391,19 @@ pub async fn channel_depths(connection: &lapin::Connection) -> Result<Vec<Channe
     Ok(depths)
 }
 
+/// Opens a short-lived connection as `settings` say, reads `channel_depths` and closes it: for
+/// callers that ask now and then (the API's queue stats, the relay's reconciler), bounded by
+/// the caller's own timeout.
+pub async fn read_depths(
+    settings: &herald_config::AmqpSettings,
+    connection_name: &str,
+) -> Result<Vec<ChannelDepths>> {
+    let connection = connect_with(settings, connection_name).await?;
+    let depths = channel_depths(&connection).await;
+    let _closed = connection.close(200, "queue depths read".into()).await;
+    depths
+}
+
 /// Publishes delivery messages with publisher confirms.
 #[derive(Debug, Clone)]
 pub struct Publisher {

@@ -55,7 +55,8 @@ impl ServerCertificates {
     /// `Error::Read` when a file cannot be read, `Error::Invalid` when its contents are not
     /// usable (no certificate, a key that does not match, an unparsable CRL).
     pub fn load(settings: &ServerTlsSettings) -> Result<Self> {
-        let (config, fingerprint) = build(settings)?;
+        let fingerprint = fingerprint(settings)?;
+        let config = build(settings)?;
         Ok(Self {
             settings: settings.clone(),
             current: Arc::new(RwLock::new(Loaded {
@@ -88,7 +89,7 @@ impl ServerCertificates {
         if fingerprint == self.read().fingerprint {
             return Ok(Reloaded::Unchanged);
         }
-        let (config, fingerprint) = build(&self.settings)?;
+        let config = build(&self.settings)?;
         let mut current = self
             .current
             .write()
@@ -257,10 +258,9 @@ fn certificates(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer
     Ok(certificates)
 }
 
-fn build(settings: &ServerTlsSettings) -> Result<(Arc<ServerConfig>, u64)> {
-    // The digest is taken first: files that change while the config is built are seen as
-    // changed again by the next reload.
-    let fingerprint = fingerprint(settings)?;
+/// The config the files name. Callers take the files' `fingerprint` before building, so files
+/// that change while the config is built are seen as changed again by the next reload.
+fn build(settings: &ServerTlsSettings) -> Result<Arc<ServerConfig>> {
     let mut roots = RootCertStore::empty();
     for certificate in certificates("tls.client_ca", &settings.client_ca)? {
         roots
@@ -293,5 +293,5 @@ fn build(settings: &ServerTlsSettings) -> Result<(Arc<ServerConfig>, u64)> {
         .with_single_cert(certificates("tls.cert", &settings.cert)?, key)
         .map_err(|error| invalid("tls.key", &settings.key, error))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((Arc::new(config), fingerprint))
+    Ok(Arc::new(config))
 }

@@ -274,13 +274,10 @@ impl AdminApi {
 
     /// The broker's counts, or why they are missing.
     async fn broker_depths(&self) -> std::result::Result<Vec<herald_queue::ChannelDepths>, String> {
-        let amqp = self.state.settings.amqp.clone();
-        let asked = tokio::time::timeout(std::time::Duration::from_secs(1), async move {
-            let connection = herald_queue::connect_with(&amqp, crate::SERVICE_NAME).await?;
-            let depths = herald_queue::channel_depths(&connection).await;
-            let _closed = connection.close(200, "queue stats read".into()).await;
-            depths
-        })
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            herald_queue::read_depths(&self.state.settings.amqp, crate::SERVICE_NAME),
+        )
         .await;
         match asked {
             Ok(Ok(depths)) => Ok(depths),

@@ -156,13 +156,7 @@ impl Reconciler {
     /// `queued` may be waiting its turn there (a campaign's backlog), so it is not taken for
     /// lost. `None` when the broker cannot be asked: nothing could be published again anyway.
     async fn backlogged(&self) -> Option<Vec<String>> {
-        let asked = async {
-            let connection =
-                herald_queue::connect_with(&self.amqp, "herald-relay-reconciler").await?;
-            let depths = herald_queue::channel_depths(&connection).await;
-            let _closed = connection.close(200, "queue depths read".into()).await;
-            depths
-        };
+        let asked = herald_queue::read_depths(&self.amqp, "herald-relay-reconciler");
         let depths = match tokio::time::timeout(Duration::from_secs(5), asked).await {
             Ok(Ok(depths)) => depths,
             Ok(Err(error)) => {
