@@ -8,6 +8,7 @@ use herald_test_support::eventually;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::harness::{TestApp, test_telemetry};
+use crate::observability::{sample, scrape};
 
 /// The status and body of `GET http://{address}{path}`.
 async fn probe(address: SocketAddr, path: &str) -> (u16, String) {
@@ -33,6 +34,23 @@ async fn await_readiness(services: &[(&str, SocketAddr)], status: u16, dependenc
         .await;
         assert!(body.contains(dependency), "{name}: {body}");
         assert_eq!(probe(*address, "/healthz").await.0, 200, "{name} /healthz");
+    }
+}
+
+/// Waits until a scrape of every service's `/metrics` shows
+/// `herald_dependency_up{herald_dependency="<dependency>"}` at `value`.
+async fn await_dependency_gauge(services: &[(&str, SocketAddr)], dependency: &str, value: f64) {
+    for (name, address) in services {
+        eventually(
+            &format!("{name} to export herald_dependency_up {dependency} = {value}"),
+            Duration::from_secs(20),
+            || async move {
+                let text = scrape(*address).await;
+                let labels = [("herald_dependency", dependency)];
+                (sample(&text, "herald_dependency_up", &labels) == Some(value)).then_some(())
+            },
+        )
+        .await;
     }
 }
 
@@ -88,4 +106,32 @@ async fn the_relay_and_the_workers_are_ready_only_while_connected_to_rabbitmq() 
 
     app.amqp_proxy.restore();
     await_readiness(&[relay, worker], 200, "rabbitmq").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_exports_whether_it_reaches_postgresql_and_rabbitmq_as_a_gauge() {
+    let app = TestApp::spawn().await;
+    let (services, _worker) = services(&app).await;
+    let [api, relay, _tracker, _sentinel, worker] = services;
+    await_dependency_gauge(&services, "postgresql", 1.0).await;
+    await_dependency_gauge(&[relay, worker], "rabbitmq", 1.0).await;
+
+    app.database_proxy.cut();
+    await_dependency_gauge(&services, "postgresql", 0.0).await;
+    app.database_proxy.restore();
+    await_dependency_gauge(&services, "postgresql", 1.0).await;
+
+    app.amqp_proxy.cut();
+    await_dependency_gauge(&[relay, worker], "rabbitmq", 0.0).await;
+    // The API does not check the broker, so it has no series for it.
+    assert_eq!(
+        sample(
+            &scrape(api.1).await,
+            "herald_dependency_up",
+            &[("herald_dependency", "rabbitmq")]
+        ),
+        None
+    );
+    app.amqp_proxy.restore();
+    await_dependency_gauge(&[relay, worker], "rabbitmq", 1.0).await;
 }

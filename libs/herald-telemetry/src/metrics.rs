@@ -136,22 +136,30 @@ impl MetricsEndpoint {
     }
 
     /// Serves `metrics` on `/metrics`, liveness on `/healthz` and `readiness` on `/readyz`
-    /// until `shutdown` is cancelled.
+    /// until `shutdown` is cancelled. Every `/readyz` probe and every `/metrics` scrape runs
+    /// the readiness checks and sets `herald.dependency.up` (1 reachable, 0 not) per
+    /// dependency, so the gauge says what `/readyz` says.
     pub async fn serve(self, metrics: Metrics, readiness: Readiness, shutdown: CancellationToken) {
+        let dependencies = DependencyGauge::new(&metrics, readiness);
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route(
                 "/readyz",
-                axum::routing::get(move || {
-                    let readiness = readiness.clone();
-                    async move { ready_answer(&readiness).await }
+                axum::routing::get({
+                    let dependencies = dependencies.clone();
+                    move || {
+                        let dependencies = dependencies.clone();
+                        async move { ready_answer(&dependencies).await }
+                    }
                 }),
             )
             .route(
                 "/metrics",
                 axum::routing::get(move || {
                     let metrics = metrics.clone();
+                    let dependencies = dependencies.clone();
                     async move {
+                        dependencies.check().await;
                         (
                             [(
                                 http::header::CONTENT_TYPE,
@@ -172,9 +180,44 @@ impl MetricsEndpoint {
     }
 }
 
+/// The readiness checks and the `herald.dependency.up` gauge they set.
+#[derive(Clone)]
+struct DependencyGauge {
+    readiness: Readiness,
+    up: opentelemetry::metrics::Gauge<i64>,
+}
+
+impl DependencyGauge {
+    fn new(metrics: &Metrics, readiness: Readiness) -> Self {
+        let up = metrics
+            .meter()
+            .i64_gauge("herald.dependency.up")
+            .with_description(
+                "Whether a dependency /readyz checks is reachable (1) or not (0), by dependency",
+            )
+            .build();
+        Self { readiness, up }
+    }
+
+    /// Runs the checks and records each result.
+    async fn check(&self) -> Vec<(&'static str, bool)> {
+        let results = self.readiness.check_each().await;
+        for (dependency, reachable) in &results {
+            self.up.record(
+                i64::from(*reachable),
+                &[opentelemetry::KeyValue::new(
+                    "herald.dependency",
+                    *dependency,
+                )],
+            );
+        }
+        results
+    }
+}
+
 /// `/readyz`: 200 listing the dependencies checked, or 503 naming those unreachable.
-async fn ready_answer(readiness: &Readiness) -> (http::StatusCode, String) {
-    match readiness.check().await {
+async fn ready_answer(dependencies: &DependencyGauge) -> (http::StatusCode, String) {
+    match crate::readiness::verdict(&dependencies.check().await) {
         Ok(checked) => (
             http::StatusCode::OK,
             format!("ready: {}\n", checked.join(", ")),

@@ -67,9 +67,9 @@ impl Readiness {
         })
     }
 
-    /// Runs every check at once: `Ok` with the names checked, or `Err` with those unreachable.
-    pub async fn check(&self) -> Result<Vec<&'static str>, Vec<&'static str>> {
-        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
+    /// Runs every check at once: each dependency by name with whether it answered in time.
+    pub async fn check_each(&self) -> Vec<(&'static str, bool)> {
+        futures::future::join_all(self.checks.iter().map(|(name, check)| {
             let check = Arc::clone(check);
             let name = *name;
             async move {
@@ -86,16 +86,27 @@ impl Readiness {
                 }
             }
         }))
-        .await;
-        let unreachable: Vec<_> = results
-            .iter()
-            .filter(|(_, up)| !up)
-            .map(|(name, _)| *name)
-            .collect();
-        if unreachable.is_empty() {
-            Ok(results.into_iter().map(|(name, _)| name).collect())
-        } else {
-            Err(unreachable)
-        }
+        .await
+    }
+
+    /// Runs every check at once: `Ok` with the names checked, or `Err` with those unreachable.
+    pub async fn check(&self) -> Result<Vec<&'static str>, Vec<&'static str>> {
+        verdict(&self.check_each().await)
+    }
+}
+
+/// `Ok` with every name when all are up, or `Err` with the names of those down.
+pub(crate) fn verdict(
+    results: &[(&'static str, bool)],
+) -> Result<Vec<&'static str>, Vec<&'static str>> {
+    let unreachable: Vec<_> = results
+        .iter()
+        .filter(|(_, up)| !up)
+        .map(|(name, _)| *name)
+        .collect();
+    if unreachable.is_empty() {
+        Ok(results.iter().map(|(name, _)| *name).collect())
+    } else {
+        Err(unreachable)
     }
 }
