@@ -7,7 +7,8 @@ resource to OUT_DIR/<kind>/<name>.json (for check-jsonschema against SCHEMA_DIR/
 and checks what no schema can: Herald's rules for its pods (probes on the metrics port, grace
 period above shutdown_grace_period, hardened security context, binaries the image ships,
 autoscaler targets that exist, a worker Deployment for each channel herald-channel-worker knows
-and, where workers are autoscaled, a ScaledObject on each one's queue). Prints every problem and exits 1 if there is any.
+and, where workers are autoscaled, a ScaledObject on each one's queue; where a ServiceMonitor is
+rendered, every Deployment's pods are behind a Service port it scrapes). Prints every problem and exits 1 if there is any.
 """
 
 import json
@@ -75,6 +76,36 @@ def worker_problems(documents: list, known: set) -> list:
             queues = [trigger["metadata"].get("queueName") for trigger in scaled.get(name, [])]
             if queue not in queues:
                 problems.append(f"no ScaledObject scales {name} on the queue {queue}")
+    return problems
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def monitoring_problems(documents: list) -> list:
+    """With a ServiceMonitor here, every Deployment's pods are endpoints of a port it scrapes."""
+    monitors = [d for d in documents if d["kind"] == "ServiceMonitor"]
+    if not monitors:
+        return []
+    services = [d for d in documents if d["kind"] == "Service"]
+    scraped = []  # the pod selectors of the Service ports a ServiceMonitor scrapes
+    for monitor in monitors:
+        wanted = monitor["spec"]["selector"].get("matchLabels", {})
+        ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+        for service in services:
+            if not selects(wanted, service["metadata"].get("labels", {})):
+                continue
+            for port in service["spec"].get("ports", []):
+                if port.get("name") in ports and port.get("targetPort") == "metrics":
+                    scraped.append(service["spec"].get("selector", {}))
+    problems = []
+    for document in documents:
+        if document["kind"] != "Deployment":
+            continue
+        labels = document["spec"]["template"]["metadata"].get("labels", {})
+        if not any(selector and selects(selector, labels) for selector in scraped):
+            problems.append(f"Deployment {document['metadata']['name']}: no ServiceMonitor scrapes its metrics port")
     return problems
 
 
@@ -158,6 +189,7 @@ def main() -> int:
     if not known:
         raise SystemExit(f"k8s-check: no channel found in {channel_worker_lib}")
     problems += worker_problems(documents, known)
+    problems += monitoring_problems(documents)
     with open(os.path.join(out_dir, "builtin.yaml"), "w") as file:
         yaml.safe_dump_all(builtin, file)
     for problem in problems:

@@ -19,6 +19,7 @@ mod fuzz_corpus;
 mod harness;
 mod inbox;
 mod limits;
+mod monitoring;
 mod namespaces;
 mod observability;
 mod preferences;
