@@ -28,6 +28,7 @@ fn sources(env: &[(&str, String)]) -> Sources {
             "/../config"
         ))),
         environment: None,
+        extra_dir: None,
         env_override: Some(variables),
     }
 }
