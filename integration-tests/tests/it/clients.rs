@@ -96,12 +96,12 @@ async fn check(app: &TestApp, output: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_client_submits_replays_and_reads_the_status_over_mtls() {
-    let python = repository().join(".venv/bin/python");
+    // Written by the setup script once the pinned packages are installed.
     assert!(
-        python.exists(),
-        "{} is missing: run {SETUP}",
-        python.display()
+        repository().join(".venv/.herald-clients-python").exists(),
+        "examples/python's packages are not installed in .venv: run {SETUP}"
     );
+    let python = repository().join(".venv/bin/python");
     let app = TestApp::spawn().await;
     app.create_welcome_template().await;
     let output = run_client(&app, &python, "examples/python/herald_example.py").await;
@@ -110,11 +110,11 @@ async fn the_python_client_submits_replays_and_reads_the_status_over_mtls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_client_submits_replays_and_reads_the_status_over_mtls() {
-    let packages = repository().join("examples/node/node_modules/@grpc/grpc-js");
     assert!(
-        packages.exists(),
-        "{} is missing: run {SETUP}",
-        packages.display()
+        repository()
+            .join("examples/node/node_modules/.herald-clients-node")
+            .exists(),
+        "examples/node's packages are not installed: run {SETUP}"
     );
     let app = TestApp::spawn().await;
     app.create_welcome_template().await;
