@@ -28,6 +28,7 @@ fn sources(env: &[(&str, String)]) -> Sources {
             "/../config"
         ))),
         environment: None,
+        extra_dir: None,
         env_override: Some(variables),
     }
 }
@@ -242,4 +243,57 @@ fn the_production_profile_puts_tls_on_every_hop_and_refuses_plain_smtp_to_a_remo
     .unwrap_err()
     .to_string();
     assert!(plain.contains("smtp.security"), "{plain}");
+}
+
+#[test]
+fn the_api_principals_and_the_sms_providers_come_from_files_in_the_extra_directory() {
+    use herald_channel_worker::WorkerChannel;
+    let extra = tempfile::tempdir().unwrap();
+    // What the production Secrets herald-api-server-config and herald-sms-worker-config hold.
+    std::fs::write(
+        extra.path().join("principals.toml"),
+        r#"
+[[auth.principals]]
+identity = "spiffe://example.com/service/shop"
+roles = ["submit", "inbox"]
+user_namespaces = ["shop:"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        extra.path().join("sms-providers.toml"),
+        r#"
+[[sms.providers]]
+kind = "http_gateway"
+name = "gateway"
+url = "https://sms.example.com/v1/messages"
+token = "a-gateway-token"
+from = "Herald"
+"#,
+    )
+    .unwrap();
+    let with_extra = |env: &[(&str, String)]| Sources {
+        extra_dir: Some(extra.path().to_owned()),
+        ..sources(env)
+    };
+
+    let api: herald_api_server::Settings = herald_config::load(&with_extra(&[])).unwrap();
+    let identities: Vec<&str> = api
+        .auth
+        .principals
+        .iter()
+        .map(|principal| principal.identity.as_str())
+        .collect();
+    assert_eq!(identities, ["spiffe://example.com/service/shop"]);
+    assert_eq!(api.auth.principals[0].user_namespaces, ["shop:"]);
+
+    let worker: herald_channel_worker::Settings = herald_config::load(&with_extra(&[])).unwrap();
+    assert_eq!(
+        worker.channel_problems(WorkerChannel::Sms),
+        Vec::<String>::new()
+    );
+    // The environment still wins over the extra directory.
+    let worker: herald_channel_worker::Settings =
+        herald_config::load(&with_extra(&[("HERALD__SMS__MAX_SEGMENTS", "2".into())])).unwrap();
+    assert_eq!(worker.sms.max_segments, 2);
 }

@@ -11,6 +11,7 @@ mod batch;
 mod certificates;
 mod channels;
 mod chat;
+mod clients;
 mod config;
 mod delivery;
 mod erasure;

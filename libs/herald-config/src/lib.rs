@@ -3,7 +3,7 @@
 mod sections;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
@@ -19,6 +19,14 @@ pub enum Error {
     /// A file could not be read or a value has the wrong type.
     #[error("could not load settings: {0}")]
     Load(#[from] config::ConfigError),
+    /// The extra configuration directory could not be listed.
+    #[error("could not read the configuration directory {} (HERALD_CONFIG_EXTRA_DIR): {source}", .dir.display())]
+    ExtraDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
     /// The settings loaded but break rules; every problem is listed.
     #[error("invalid settings:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
@@ -40,6 +48,10 @@ pub struct Sources {
     pub config_dir: Option<std::path::PathBuf>,
     /// The environment name selecting the optional overlay file.
     pub environment: Option<String>,
+    /// A directory whose `*.toml` files are layered, in name order, over the overlay file and
+    /// under the environment (`HERALD_CONFIG_EXTRA_DIR`): lists of tables such as
+    /// `auth.principals`, which the environment cannot express, from a mounted Secret.
+    pub extra_dir: Option<PathBuf>,
     /// Environment variables to read instead of the process environment (tests).
     pub env_override: Option<HashMap<String, String>>,
 }
@@ -54,6 +66,15 @@ where
         builder = builder.add_source(file(config_dir, "base", true));
         if let Some(environment) = &sources.environment {
             builder = builder.add_source(file(config_dir, environment, false));
+        }
+    }
+    if let Some(extra_dir) = &sources.extra_dir {
+        for path in toml_files(extra_dir)? {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
         }
     }
     let environment = config::Environment::with_prefix("HERALD")
@@ -75,7 +96,8 @@ where
 }
 
 /// Loads `T` the way every service binary does: `base.toml` from `config_dir`, the overlay
-/// named by `HERALD_ENV`, then the process environment.
+/// named by `HERALD_ENV`, the `*.toml` files of the directory `HERALD_CONFIG_EXTRA_DIR` names
+/// (if set), then the process environment.
 pub fn load_from_dir<T>(config_dir: &Path) -> Result<T>
 where
     T: DeserializeOwned + Validate,
@@ -83,6 +105,7 @@ where
     load(&Sources {
         config_dir: Some(config_dir.to_owned()),
         environment: std::env::var("HERALD_ENV").ok(),
+        extra_dir: std::env::var_os("HERALD_CONFIG_EXTRA_DIR").map(PathBuf::from),
         env_override: None,
     })
 }
@@ -95,4 +118,26 @@ fn file(
     config::File::from(dir.join(format!("{name}.toml")))
         .format(config::FileFormat::Toml)
         .required(required)
+}
+
+/// The `*.toml` files of `dir`, in name order. Names starting with a dot are skipped: a
+/// mounted Kubernetes volume keeps its real files in `..data` and timestamped `..` directories
+/// beside the links named after its keys.
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let unreadable = |source| Error::ExtraDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        let name = path.file_name().map(|name| name.to_string_lossy());
+        if name.is_some_and(|name| !name.starts_with('.') && name.ends_with(".toml"))
+            && path.is_file()
+        {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }

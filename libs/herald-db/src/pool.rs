@@ -79,20 +79,50 @@ pub async fn connection(pool: &Pool) -> Result<Connection> {
     Ok(pool.get().await?)
 }
 
+/// The advisory lock `run_migrations` holds: this class, and the hash of the schema migrated
+/// (`current_schema()`), so that runs against one schema wait for each other while runs
+/// against different schemas of one database (the test suite's) do not.
+const MIGRATION_LOCK_CLASS: i32 = 0x4845_524c; // "HERL"
+
 /// Applies every pending embedded migration to the database `connector` reaches, returning
 /// the versions applied.
+///
+/// Runs under a PostgreSQL advisory lock held by the migration connection from before the
+/// first check of what is pending until the connection closes, so concurrent runs (one
+/// initContainer per new pod) are safe: one applies the migrations, the others wait and then
+/// find nothing left to apply.
 pub async fn run_migrations(connector: &Connector) -> Result<Vec<String>> {
-    let connection = connector
+    use diesel_async::RunQueryDsl as _;
+    let mut connection = connector
         .connect()
         .await
         .map_err(|error| Error::Unavailable(error.to_string()))?;
+    let locked: Locked =
+        diesel::sql_query("SELECT pg_try_advisory_lock($1, hashtext(current_schema())) AS locked")
+            .bind::<diesel::sql_types::Integer, _>(MIGRATION_LOCK_CLASS)
+            .get_result(&mut connection)
+            .await?;
+    if !locked.locked {
+        tracing::info!("Another migration run holds the migration lock; waiting for it.");
+        diesel::sql_query("SELECT pg_advisory_lock($1, hashtext(current_schema()))")
+            .bind::<diesel::sql_types::Integer, _>(MIGRATION_LOCK_CLASS)
+            .execute(&mut connection)
+            .await?;
+    }
     tokio::task::spawn_blocking(move || {
         let mut connection = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
         let applied = connection
             .run_pending_migrations(MIGRATIONS)
             .map_err(|error| Error::Corrupt(format!("migration failed: {error}")))?;
+        // Dropping the connection closes it, which releases the lock.
         Ok(applied.iter().map(ToString::to_string).collect())
     })
     .await
     .map_err(|error| Error::Unavailable(format!("migration task failed: {error}")))?
+}
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
 }

@@ -19,6 +19,19 @@ impl TestDatabase {
     /// # Panics
     /// When PostgreSQL is unreachable or migrations fail.
     pub async fn new() -> Self {
+        let database = Self::unmigrated().await;
+        herald_db::run_migrations(&herald_db::Connector::plain(database.url()))
+            .await
+            .expect("migrating the test schema");
+        database
+    }
+
+    /// Creates a new, empty schema (no migration applied), for tests of the migrations
+    /// themselves; installs the test keyring as `new` does.
+    ///
+    /// # Panics
+    /// When PostgreSQL is unreachable.
+    pub async fn unmigrated() -> Self {
         crate::TestCerts::get().install_keyring();
         let base_url = required_env("TEST_DATABASE_URL");
         let mut connection = AsyncPgConnection::establish(&base_url)
@@ -32,9 +45,6 @@ impl TestDatabase {
             .expect("creating the test schema");
         let separator = if base_url.contains('?') { '&' } else { '?' };
         let url = format!("{base_url}{separator}options=-csearch_path%3D{schema}");
-        herald_db::run_migrations(&herald_db::Connector::plain(&url))
-            .await
-            .expect("migrating the test schema");
         Self {
             schema,
             base_url,

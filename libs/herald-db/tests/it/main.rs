@@ -18,6 +18,7 @@ use herald_test_support::{TestDatabase, seed};
 mod batch;
 mod encryption;
 mod events;
+mod migrations;
 mod preferences;
 mod retention;
 mod tls;

@@ -27,6 +27,7 @@ fn load(toml: &str) -> herald_config::Result<SmsSettings> {
     herald_config::load::<Wrapper>(&Sources {
         config_dir: Some(dir.path().to_owned()),
         environment: None,
+        extra_dir: None,
         env_override: Some(HashMap::new()),
     })
     .map(|wrapper| wrapper.sms)
