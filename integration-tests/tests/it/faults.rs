@@ -306,11 +306,8 @@ async fn a_worker_that_loses_postgresql_requeues_messages_instead_of_losing_them
     app.create_welcome_template().await;
     let count = suite_size();
     let ids = submit_many(&app, count).await;
-    let queued = u32::try_from(count).unwrap();
-    eventually("the relay to queue everything", WAIT, || async {
-        (app.vhost.ready_messages("herald.email.deliver").await == queued).then_some(())
-    })
-    .await;
+    app.wait_until_queued(i64::try_from(count).unwrap()).await;
+    let queued = app.vhost.ready_messages("herald.email.deliver").await;
 
     app.database_proxy.cut();
     app.start_email_worker(4);

@@ -280,6 +280,7 @@ impl TestApp {
                 linger: herald_relay::RelaySettings::default().linger,
                 cleanup_interval: Duration::from_secs(60),
                 vacuum_after: options.relay_vacuum_after,
+                message_max: herald_relay::RelaySettings::default().message_max,
             },
             retention: options.retention.clone(),
             reconcile: options.reconcile.clone(),
@@ -634,6 +635,30 @@ impl TestApp {
             },
         )
         .await
+    }
+
+    /// Waits until `count` deliveries are `queued`: published and confirmed, not yet claimed.
+    /// (The work queue's depth counts messages, and the relay packs up to
+    /// `relay.message_max` deliveries into one.)
+    pub(crate) async fn wait_until_queued(&self, count: i64) {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use herald_db::schema::deliveries;
+        eventually(
+            &format!("{count} deliveries queued"),
+            Duration::from_secs(20),
+            || async {
+                let mut connection = self.pool.get().await.ok()?;
+                let queued: i64 = deliveries::table
+                    .filter(deliveries::state.eq("queued"))
+                    .count()
+                    .get_result(&mut connection)
+                    .await
+                    .ok()?;
+                (queued == count).then_some(())
+            },
+        )
+        .await;
     }
 
     /// The error class of every recorded failure, oldest first.

@@ -23,6 +23,7 @@ mod limits;
 mod monitoring;
 mod namespaces;
 mod observability;
+mod packs;
 mod preferences;
 mod prefetch;
 mod priority;

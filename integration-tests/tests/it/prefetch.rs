@@ -33,10 +33,7 @@ async fn a_critical_notification_overtakes_thousands_of_bulk_deliveries_already_
     .await;
     app.create_welcome_template().await;
     let bulk_ids = submit_bulk(&app).await;
-    eventually("the bulk deliveries queued", WAIT, || async {
-        (app.vhost.ready_messages("herald.email.deliver").await == BULK as u32).then_some(())
-    })
-    .await;
+    app.wait_until_queued(BULK as i64).await;
 
     // The worker's SMTP server sits behind a proxy the test can stall.
     let smtp_proxy = FaultProxy::start(app.smtp.address()).await;

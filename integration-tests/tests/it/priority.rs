@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use herald_proto::common::Priority as WirePriority;
 use herald_proto::submit::NotificationStatus;
-use herald_test_support::eventually;
 
 use crate::harness::{Options, TestApp, welcome_request};
 
@@ -54,12 +53,5 @@ async fn a_critical_notification_is_delivered_before_a_queued_backlog_of_low_pri
 }
 
 async fn wait_for_queued(app: &TestApp, count: u32) {
-    eventually(
-        &format!("{count} messages queued"),
-        Duration::from_secs(20),
-        || async {
-            (app.vhost.ready_messages("herald.email.deliver").await == count).then_some(())
-        },
-    )
-    .await;
+    app.wait_until_queued(i64::from(count)).await;
 }

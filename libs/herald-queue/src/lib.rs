@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use herald_domain::{Channel, Priority};
-use herald_proto::queue::DeliveryMessage;
+use herald_proto::queue::{DeliveryBatch, DeliveryMessage};
 use lapin::Confirmation;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -24,8 +24,33 @@ pub const DEAD_LETTER_EXCHANGE: &str = "herald.deliveries.dlx";
 /// The exchange retries are published to, routed by retry queue name.
 pub const RETRY_EXCHANGE: &str = "herald.retry";
 
-/// The content type of every message body.
+/// The content type of a message carrying one delivery.
 pub const CONTENT_TYPE: &str = "application/x-protobuf; proto=herald.queue.v1.DeliveryMessage";
+
+/// The content type of a message carrying several deliveries of one channel and priority
+/// (`DeliveryBatch`), which the relay publishes when it has more than one to send.
+pub const BATCH_CONTENT_TYPE: &str = "application/x-protobuf; proto=herald.queue.v1.DeliveryBatch";
+
+/// The deliveries a consumed message carries: one for a `DeliveryMessage`, each of a
+/// `DeliveryBatch` (by the content type); `None` when the body is not what it says, or a
+/// batch is empty.
+pub fn decode_deliveries(
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Option<Vec<DeliveryMessage>> {
+    let batch = properties
+        .content_type()
+        .as_ref()
+        .is_some_and(|content_type| content_type.as_str() == BATCH_CONTENT_TYPE);
+    if batch {
+        let deliveries = DeliveryBatch::decode(body).ok()?.deliveries;
+        (!deliveries.is_empty()).then_some(deliveries)
+    } else {
+        DeliveryMessage::decode(body)
+            .ok()
+            .map(|message| vec![message])
+    }
+}
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -455,6 +480,44 @@ impl Publisher {
         .await
     }
 
+    /// Starts a persistent, mandatory publish of `messages` (deliveries of `channel` at
+    /// `priority`) as one message: a `DeliveryMessage` for one, a `DeliveryBatch` for more.
+    /// One confirm covers them all.
+    pub async fn publish_many(
+        &self,
+        messages: &[DeliveryMessage],
+        channel: Channel,
+        priority: Priority,
+    ) -> Result<PendingConfirm> {
+        match messages {
+            [message] => self.publish(message, channel, priority).await,
+            _ => {
+                let payload = DeliveryBatch {
+                    deliveries: messages.to_vec(),
+                }
+                .encode_to_vec();
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_priority(priority.amqp_priority())
+                    .with_content_type(BATCH_CONTENT_TYPE.into());
+                self.send(EXCHANGE, channel.as_str(), &payload, properties)
+                    .await
+            }
+        }
+    }
+
+    /// Starts a publish of `message` straight to `channel`'s dead-letter queue: for one
+    /// delivery of a `DeliveryBatch`, whose message cannot be rejected for it alone.
+    pub async fn publish_dead_letter(
+        &self,
+        message: &DeliveryMessage,
+        channel: Channel,
+        priority: Priority,
+    ) -> Result<PendingConfirm> {
+        self.publish_to(DEAD_LETTER_EXCHANGE, channel.as_str(), message, priority)
+            .await
+    }
+
     async fn publish_to(
         &self,
         exchange: &str,
@@ -476,6 +539,16 @@ impl Publisher {
             .with_priority(priority.amqp_priority())
             .with_content_type(CONTENT_TYPE.into())
             .with_message_id(message.delivery_id.as_str().into());
+        self.send(exchange, routing_key, &payload, properties).await
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm> {
         let confirm = self
             .channel
             .basic_publish(
@@ -485,7 +558,7 @@ impl Publisher {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &payload,
+                payload,
                 properties,
             )
             .await?;

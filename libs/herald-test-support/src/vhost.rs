@@ -103,6 +103,28 @@ impl TestVhost {
 }
 
 impl TestVhost {
+    /// Messages in `queue`, ready or delivered and not yet acknowledged, as the management
+    /// API reports them (its statistics lag by a few seconds: poll with `eventually`).
+    ///
+    /// # Panics
+    /// When the management API refuses or answers without the figure.
+    pub async fn messages_held(&self, queue: &str) -> u64 {
+        let (base, user, password) = split_credentials(&self.admin_url);
+        let queue_info: serde_json::Value = reqwest::Client::new()
+            .get(format!("{base}/api/queues/{}/{queue}", self.name))
+            .basic_auth(&user, Some(&password))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|error| panic!("reading queue {queue}: {error}"))
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("reading queue {queue}: {error}"));
+        queue_info["messages"].as_u64().unwrap_or(u64::MAX)
+    }
+}
+
+impl TestVhost {
     /// Deletes every ready message of `queue` through the management API, as a broker node
     /// that failed with unreplicated classic queues would lose them.
     ///

@@ -101,7 +101,7 @@ impl Job {
     /// Whether its message's connection is gone: the broker returns the message, so the job
     /// is dropped rather than attempted.
     fn is_stale(&self) -> bool {
-        matches!(&self.origin, Origin::Queue(message) if message.session.is_closed())
+        matches!(&self.origin, Origin::Queue(message) if message.carrier.session.is_closed())
     }
 }
 

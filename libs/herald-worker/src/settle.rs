@@ -14,7 +14,7 @@
 //! [AMQP 0-9-1 `basic.ack`]: https://www.rabbitmq.com/amqp-0-9-1-reference#basic.ack
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use herald_domain::{Channel, Priority};
@@ -107,118 +107,234 @@ impl Session {
     }
 }
 
-/// Where a queue message came from and what settling it needs.
-pub(crate) struct QueueMessage {
+/// One consumed AMQP message, shared by the deliveries it carries (one for a
+/// `DeliveryMessage`, each of a `DeliveryBatch`), and settled once every one of them is.
+pub(crate) struct Carrier {
     /// Its session.
     pub(crate) session: Arc<Session>,
     /// Its delivery tag on the session's channel.
-    pub(crate) tag: u64,
-    /// Its acker.
-    pub(crate) acker: Acker,
-    /// The decoded message (a retry republishes it).
-    pub(crate) message: DeliveryMessage,
+    tag: u64,
     /// Its AMQP priority.
     pub(crate) priority: Priority,
     /// The queue and priority labels of its metrics.
     pub(crate) labels: [KeyValue; 2],
     /// When it was consumed.
     pub(crate) received: tokio::time::Instant,
+    /// How many deliveries it carries.
+    carried: usize,
+    /// The deliveries not yet settled, and what settles the message once none is left.
+    open: Mutex<Open>,
 }
 
-impl QueueMessage {
-    /// Rejects an undecodable message into the dead-letter queue.
-    pub(crate) fn dead_letter(self, instruments: &Instruments) {
-        instruments.settled(&self.labels, Settled::DeadLetter, self.received.elapsed());
-        self.session.settle(vec![Settle {
+struct Open {
+    left: usize,
+    /// A delivery that could not be settled on its own (a copy the broker did not confirm, a
+    /// requeue) sends the whole message back once the others are settled: the broker
+    /// redelivers it, and the claims of the deliveries already recorded make those no-ops.
+    requeue: bool,
+    /// Taken by the last delivery to settle.
+    acker: Option<Acker>,
+}
+
+impl Carrier {
+    /// The message `tag` on `session`, carrying `carried` (at least one) deliveries.
+    pub(crate) fn new(
+        session: Arc<Session>,
+        tag: u64,
+        acker: Acker,
+        priority: Priority,
+        labels: [KeyValue; 2],
+        carried: usize,
+    ) -> Arc<Self> {
+        let carried = carried.max(1);
+        Arc::new(Self {
+            session,
+            tag,
+            priority,
+            labels,
+            received: tokio::time::Instant::now(),
+            carried,
+            open: Mutex::new(Open {
+                left: carried,
+                requeue: false,
+                acker: Some(acker),
+            }),
+        })
+    }
+
+    /// Whether it carries one delivery only, which then settles the message itself (a dead
+    /// letter is a reject, a requeue a nack).
+    fn is_whole(&self) -> bool {
+        self.carried == 1
+    }
+
+    /// Settles one of its deliveries with `action`; returns the frame that settles the
+    /// message once it was the last. `Reject` only comes from a message carrying one delivery.
+    fn settle_one(&self, action: Action) -> Option<Settle> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.requeue |= action == Action::Requeue;
+        open.left = open.left.saturating_sub(1);
+        if open.left > 0 {
+            return None;
+        }
+        let acker = open.acker.take()?;
+        let action = match action {
+            Action::Reject => Action::Reject,
+            _ if open.requeue => Action::Requeue,
+            _ => Action::Ack,
+        };
+        Some(Settle {
             tag: self.tag,
-            acker: self.acker,
-            action: Action::Reject,
-        }]);
+            acker,
+            action,
+        })
+    }
+
+    /// Rejects an undecodable message into the dead-letter queue.
+    pub(crate) fn dead_letter(&self, instruments: &Instruments) {
+        instruments.settled(&self.labels, Settled::DeadLetter, self.received.elapsed());
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.left = 0;
+        if let Some(acker) = open.acker.take() {
+            self.session.settle(vec![Settle {
+                tag: self.tag,
+                acker,
+                action: Action::Reject,
+            }]);
+        }
     }
 }
 
-/// One message and how to settle it, with the span its attempt ran in.
+/// One delivery of a queue message.
+pub(crate) struct QueueMessage {
+    /// The message it came in.
+    pub(crate) carrier: Arc<Carrier>,
+    /// The delivery (a retry republishes it).
+    pub(crate) message: DeliveryMessage,
+}
+
+/// One delivery and how to settle it, with the span its attempt ran in.
 pub(crate) struct ToSettle {
     pub(crate) message: QueueMessage,
     pub(crate) settlement: Settlement,
     pub(crate) span: tracing::Span,
 }
 
-/// Settles `messages`: publishes the retry copies (all at once, then awaits their confirms)
-/// and acks the originals, rejects dead letters, acks the rest, each session's messages in one
-/// request to its settler; a requeue after a pause waits on a task of `tasks` (dropped when its
-/// session closes: the broker returns the message then).
+/// A copy published before a delivery counts as settled.
+#[derive(Clone, Copy)]
+enum CopyTo {
+    /// To the delay queue for this long.
+    Retry(Duration),
+    /// To the dead-letter queue: a delivery of a batch, whose message is not rejected for it.
+    DeadLetter,
+}
+
+/// Settles the deliveries of `messages`: publishes the retry copies, and the dead-letter
+/// copies of deliveries that share their message (all at once, then awaits their confirms),
+/// rejects the dead letters that are a message of their own, and acks the rest. A message is
+/// settled by its last delivery, each session's in one request to its settler; a requeue
+/// after a pause waits on a task of `tasks` (dropped when its session closes: the broker
+/// returns the message then).
 pub(crate) async fn settle(messages: Vec<ToSettle>, instruments: &Instruments, tasks: &Tasks) {
-    let mut retries = Vec::new();
+    let mut copies = Vec::new();
     let mut now = Vec::new();
     for to_settle in messages {
         to_settle
             .span
             .record("herald.settlement", format!("{:?}", to_settle.settlement));
+        let whole = to_settle.message.carrier.is_whole();
         match to_settle.settlement {
             Settlement::Ack => now.push((to_settle.message, Action::Ack, Settled::Ack)),
-            Settlement::DeadLetter => {
+            Settlement::DeadLetter if whole => {
                 now.push((to_settle.message, Action::Reject, Settled::DeadLetter));
             }
-            Settlement::Retry(delay) => retries.push((to_settle, delay)),
+            Settlement::DeadLetter => copies.push((to_settle, CopyTo::DeadLetter)),
+            Settlement::Retry(delay) => copies.push((to_settle, CopyTo::Retry(delay))),
             Settlement::RequeueAfter(delay) => {
                 requeue_after(to_settle.message, delay, instruments.clone(), tasks);
             }
         }
     }
     let confirms = futures::future::join_all(
-        retries
+        copies
             .iter()
-            .map(|(to_settle, delay)| schedule_retry(to_settle, *delay)),
+            .map(|(to_settle, copy)| publish_copy(to_settle, *copy)),
     )
     .await;
-    for ((to_settle, _), confirmed) in retries.into_iter().zip(confirms) {
+    for ((to_settle, copy), confirmed) in copies.into_iter().zip(confirms) {
         match confirmed {
-            Ok(()) => now.push((to_settle.message, Action::Ack, Settled::Retry)),
+            Ok(()) => {
+                let settled = match copy {
+                    CopyTo::Retry(_) => Settled::Retry,
+                    CopyTo::DeadLetter => Settled::DeadLetter,
+                };
+                now.push((to_settle.message, Action::Ack, settled));
+            }
             Err(error) => {
-                // The delivery is in retry_wait, so putting the message back is safe; it only
-                // comes back sooner than planned.
+                // The delivery's outcome is recorded (retry_wait or final), so putting its
+                // message back is safe; it only comes back sooner than planned, or is acked
+                // without an attempt.
                 let _entered = to_settle.span.enter();
-                tracing::warn!(error = %error, "Could not schedule a retry; requeueing the message.");
+                tracing::warn!(error = %error, "Could not publish a retry or dead-letter copy; requeueing the message.");
                 now.push((to_settle.message, Action::Requeue, Settled::Requeue));
             }
         }
     }
     let mut per_session: HashMap<*const Session, (Arc<Session>, Vec<Settle>)> = HashMap::new();
     for (message, action, settled) in now {
-        instruments.settled(&message.labels, settled, message.received.elapsed());
-        per_session
-            .entry(Arc::as_ptr(&message.session))
-            .or_insert_with(|| (Arc::clone(&message.session), Vec::new()))
-            .1
-            .push(Settle {
-                tag: message.tag,
-                acker: message.acker,
-                action,
-            });
+        let carrier = &message.carrier;
+        instruments.settled(&carrier.labels, settled, carrier.received.elapsed());
+        if let Some(settle) = carrier.settle_one(action) {
+            per_session
+                .entry(Arc::as_ptr(&carrier.session))
+                .or_insert_with(|| (Arc::clone(&carrier.session), Vec::new()))
+                .1
+                .push(settle);
+        }
     }
     for (session, settles) in per_session.into_values() {
         session.settle(settles);
     }
 }
 
-/// Puts `message` back on its queue after `delay` (PostgreSQL away, or the delivery leased by
-/// a live worker whose lease runs out then). Holding it meanwhile keeps it from coming back at
-/// once; if the session closes first, the broker returns it anyway.
+/// Puts `message`'s delivery back on its queue after `delay` (PostgreSQL away, or the delivery
+/// leased by a live worker whose lease runs out then): its message is requeued once every
+/// delivery it carries is settled. Holding it meanwhile keeps it from coming back at once; if
+/// the session closes first, the broker returns it anyway.
 fn requeue_after(message: QueueMessage, delay: Duration, instruments: Instruments, tasks: &Tasks) {
     tasks.spawn(async move {
+        let carrier = &message.carrier;
         tokio::select! {
-            () = message.session.closed.cancelled() => {}
+            () = carrier.session.closed.cancelled() => {}
             () = tokio::time::sleep(delay) => {
-                instruments.settled(&message.labels, Settled::Requeue, message.received.elapsed());
-                message.session.settle(vec![Settle {
-                    tag: message.tag,
-                    acker: message.acker,
-                    action: Action::Requeue,
-                }]);
+                instruments.settled(&carrier.labels, Settled::Requeue, carrier.received.elapsed());
+                if let Some(settle) = carrier.settle_one(Action::Requeue) {
+                    carrier.session.settle(vec![settle]);
+                }
             }
         }
     });
+}
+
+/// Publishes `copy` of the delivery, waiting for the confirm.
+async fn publish_copy(to_settle: &ToSettle, copy: CopyTo) -> Result<(), herald_queue::Error> {
+    match copy {
+        CopyTo::Retry(delay) => schedule_retry(to_settle, delay).await,
+        CopyTo::DeadLetter => {
+            let message = &to_settle.message;
+            let session = &message.carrier.session;
+            session
+                .publisher
+                .publish_dead_letter(
+                    &message.message,
+                    session.channel_kind,
+                    message.carrier.priority,
+                )
+                .await?
+                .wait()
+                .await
+        }
+    }
 }
 
 /// Publishes a copy of the message to the delay queue for `delay`, waiting for the confirm.
@@ -226,6 +342,7 @@ fn requeue_after(message: QueueMessage, delay: Duration, instruments: Instrument
 /// trace) and carries this attempt's, which the next attempt links to.
 async fn schedule_retry(to_settle: &ToSettle, delay: Duration) -> Result<(), herald_queue::Error> {
     let message = &to_settle.message;
+    let session = &message.carrier.session;
     let mut copy = message.message.clone();
     copy.previous_attempt = {
         let _entered = to_settle.span.enter();
@@ -236,10 +353,9 @@ async fn schedule_retry(to_settle: &ToSettle, delay: Duration) -> Result<(), her
     // would swamp `herald.queue.wait.duration`).
     let back_in_queue = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     copy.enqueued_at = Some(herald_proto::conversions::timestamp(back_in_queue));
-    message
-        .session
+    session
         .publisher
-        .publish_retry(&copy, message.session.channel_kind, message.priority, delay)
+        .publish_retry(&copy, session.channel_kind, message.carrier.priority, delay)
         .await?
         .wait()
         .await

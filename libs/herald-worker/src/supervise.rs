@@ -15,13 +15,12 @@ use herald_queue::lapin::message::Delivery;
 use herald_queue::lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use herald_queue::lapin::types::FieldTable;
 use opentelemetry::KeyValue;
-use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
 use crate::instruments::Instruments;
 use crate::pipeline::{Job, Origin, Pipeline};
-use crate::settle::{QueueMessage, Session};
+use crate::settle::{Carrier, QueueMessage, Session};
 use crate::templates::TemplateCache;
 use crate::{ChannelProvider, WorkerSettings};
 
@@ -266,8 +265,9 @@ async fn session<P: ChannelProvider>(
     result
 }
 
-/// Takes one consumed message into the pipeline (or dead-letters it when it is not a
-/// `DeliveryMessage`), counting and tracing it.
+/// Takes one consumed message into the pipeline, a job per delivery it carries (or
+/// dead-letters it when it is neither a `DeliveryMessage` nor a `DeliveryBatch` of valid
+/// deliveries), counting and tracing each.
 fn take_in<P: ChannelProvider>(
     core: &Core<P>,
     pipeline: &Pipeline<P>,
@@ -275,50 +275,63 @@ fn take_in<P: ChannelProvider>(
     delivery: Delivery,
     queue: &str,
 ) {
-    let received = tokio::time::Instant::now();
     session.received(delivery.delivery_tag);
-    let message = DeliveryMessage::decode(delivery.data.as_slice()).ok();
+    let deliveries = herald_queue::decode_deliveries(&delivery.properties, &delivery.data)
+        .and_then(|messages| {
+            messages
+                .into_iter()
+                .map(|message| Some((message.delivery_id.parse::<DeliveryId>().ok()?, message)))
+                .collect::<Option<Vec<_>>>()
+        });
     let priority = delivery
         .properties
         .priority()
         .and_then(|number| Priority::from_i16(i16::from(number)).ok())
         .unwrap_or_default();
-    let span = consume_span(&delivery, message.as_ref(), queue);
     let labels = [
         KeyValue::new("messaging.destination.name", queue.to_owned()),
         KeyValue::new("herald.priority", priority.to_string()),
     ];
-    let waited = message
-        .as_ref()
-        .and_then(|message| message.enqueued_at)
-        .and_then(|enqueued_at| herald_proto::conversions::instant(&enqueued_at))
-        .and_then(|enqueued_at| (chrono::Utc::now() - enqueued_at).to_std().ok());
-    core.instruments.consumed(&labels, waited);
-    let delivery_id = message
-        .as_ref()
-        .and_then(|message| message.delivery_id.parse::<DeliveryId>().ok());
-    let queue_message = QueueMessage {
-        session: Arc::clone(session),
-        tag: delivery.delivery_tag,
-        acker: delivery.acker,
-        message: message.unwrap_or_default(),
+    let carrier = Carrier::new(
+        Arc::clone(session),
+        delivery.delivery_tag,
+        delivery.acker,
         priority,
         labels,
-        received,
+        deliveries.as_ref().map_or(1, Vec::len),
+    );
+    let Some(deliveries) = deliveries else {
+        let span = consume_span(&delivery.properties, delivery.delivery_tag, None, queue);
+        let _entered = span.enter();
+        core.instruments.consumed(&carrier.labels, None);
+        tracing::error!(
+            "Dead-lettering a message that is neither a valid DeliveryMessage nor a valid DeliveryBatch."
+        );
+        span.record("herald.settlement", "DeadLetter");
+        carrier.dead_letter(&core.instruments);
+        return;
     };
-    match delivery_id {
-        Some(delivery_id) => pipeline.submit(Job {
+    for (delivery_id, message) in deliveries {
+        let span = consume_span(
+            &delivery.properties,
+            delivery.delivery_tag,
+            Some(&message),
+            queue,
+        );
+        let waited = message
+            .enqueued_at
+            .and_then(|enqueued_at| herald_proto::conversions::instant(&enqueued_at))
+            .and_then(|enqueued_at| (chrono::Utc::now() - enqueued_at).to_std().ok());
+        core.instruments.consumed(&carrier.labels, waited);
+        pipeline.submit(Job {
             delivery_id,
             priority,
             span,
-            origin: Origin::Queue(Box::new(queue_message)),
-        }),
-        None => {
-            let _entered = span.enter();
-            tracing::error!("Dead-lettering a message that is not a valid DeliveryMessage.");
-            span.record("herald.settlement", "DeadLetter");
-            queue_message.dead_letter(&core.instruments);
-        }
+            origin: Origin::Queue(Box::new(QueueMessage {
+                carrier: Arc::clone(&carrier),
+                message,
+            })),
+        });
     }
 }
 
@@ -376,11 +389,13 @@ async fn emergency_path<P: ChannelProvider>(
     }
 }
 
-/// The consumer span of one message (OpenTelemetry messaging conventions): a child of the
+/// The consumer span of one delivery (OpenTelemetry messaging conventions): a child of the
 /// relay's publish span, whose context comes in the AMQP headers (or, for messages published
-/// without them, in the body), linked to the attempt that scheduled it when it is a retry.
+/// without them, batches among them, in the delivery), linked to the attempt that scheduled it
+/// when it is a retry.
 fn consume_span(
-    delivery: &Delivery,
+    properties: &herald_queue::lapin::BasicProperties,
+    delivery_tag: u64,
     message: Option<&DeliveryMessage>,
     queue: &str,
 ) -> tracing::Span {
@@ -393,13 +408,13 @@ fn consume_span(
         messaging.operation.name = "deliver",
         messaging.destination.name = queue,
         messaging.message.id = message.map_or("", |message| message.delivery_id.as_str()),
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        messaging.rabbitmq.message.delivery_tag = delivery_tag,
         herald.delivery.id = message.map_or("", |message| message.delivery_id.as_str()),
         herald.notification.id = message.map_or("", |message| message.notification_id.as_str()),
         herald.attempt = tracing::field::Empty,
         herald.settlement = tracing::field::Empty,
     );
-    let headers = herald_queue::trace_headers(&delivery.properties);
+    let headers = herald_queue::trace_headers(properties);
     match message {
         Some(message) if headers.is_empty() => {
             herald_telemetry::set_parent_from_map(&span, &message.trace_context);

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod publish;
 mod reconcile;
 mod retention;
 
@@ -9,13 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use herald_config::{AmqpSettings, DatabaseSettings, TelemetrySettings, Validate};
-use herald_db::outbox::{self, OutboxRow};
-use herald_proto::queue::DeliveryMessage;
+use herald_db::outbox;
 use herald_queue::Publisher;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 pub use reconcile::ReconcileSettings;
 pub use retention::RetentionSettings;
@@ -66,6 +65,10 @@ pub struct RelaySettings {
     /// Rows published between two vacuums of the outbox (`herald_db::outbox::vacuum`); 0
     /// leaves the outbox to autovacuum.
     pub vacuum_after: u64,
+    /// Most deliveries of one channel and priority carried by one queue message (a
+    /// `DeliveryBatch`); 1 publishes a message per delivery. The broker's work per message is
+    /// what a delivery costs it, so packing them saves most of it.
+    pub message_max: usize,
 }
 
 impl Default for RelaySettings {
@@ -77,6 +80,7 @@ impl Default for RelaySettings {
             linger: Duration::from_millis(20),
             cleanup_interval: Duration::from_secs(60),
             vacuum_after: 5_000,
+            message_max: 16,
         }
     }
 }
@@ -90,6 +94,9 @@ impl Validate for Settings {
         self.reconcile.validate(problems);
         if !(1..=10_000).contains(&self.relay.batch_size) {
             problems.push("relay.batch_size must be between 1 and 10000".into());
+        }
+        if !(1..=1_000).contains(&self.relay.message_max) {
+            problems.push("relay.message_max must be between 1 and 1000".into());
         }
         if self.relay.publishers == 0 || self.relay.publishers >= self.database.max_connections {
             problems.push(format!(
@@ -159,13 +166,13 @@ impl OutboxVacuum {
 
 /// What the relay measures.
 #[derive(Clone)]
-struct Instruments {
+pub(crate) struct Instruments {
     /// Rows confirmed by the broker, by channel and priority.
-    published: opentelemetry::metrics::Counter<u64>,
+    pub(crate) published: opentelemetry::metrics::Counter<u64>,
     /// Rows the broker refused or that could not be routed, by channel.
-    failed: opentelemetry::metrics::Counter<u64>,
+    pub(crate) failed: opentelemetry::metrics::Counter<u64>,
     /// From a row becoming due to the broker's confirm, by channel and priority.
-    lag: opentelemetry::metrics::Histogram<f64>,
+    pub(crate) lag: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl Instruments {
@@ -418,19 +425,23 @@ impl Application {
                 if rows.is_empty() {
                     return Ok((0, None));
                 }
-                let outcomes = publish_all(publisher, &rows, &self.instruments).await;
+                let published = publish::publish_all(
+                    publisher,
+                    &rows,
+                    self.settings.relay.message_max,
+                    &self.instruments,
+                )
+                .await;
                 let mut confirmed = Vec::new();
                 let mut failed = Vec::new();
-                let mut first_error = None;
-                for (row, outcome) in rows.iter().zip(outcomes) {
-                    match outcome {
-                        Ok(()) => confirmed.push(row),
-                        Err(error) => {
-                            failed.push(row);
-                            first_error.get_or_insert(error);
-                        }
+                for (row, &ok) in rows.iter().zip(&published.confirmed) {
+                    if ok {
+                        confirmed.push(row)
+                    } else {
+                        failed.push(row)
                     }
                 }
+                let first_error = published.first_error;
                 outbox::mark_published(connection, &confirmed).await?;
                 if let Some(error) = &first_error {
                     outbox::record_publish_failure(connection, &failed, &error.to_string()).await?;
@@ -498,100 +509,5 @@ async fn clean_up_expired_keys(
                 tracing::warn!(error = %error, "Could not delete expired idempotency keys.")
             }
         }
-    }
-}
-
-/// Starts every publish, then awaits every confirm, so a batch costs one round trip. Each
-/// row gets a producer span, a child of its Submit call's span, whose context travels with
-/// the message.
-async fn publish_all(
-    publisher: &Publisher,
-    rows: &[OutboxRow],
-    instruments: &Instruments,
-) -> Vec<Result<(), herald_queue::Error>> {
-    let mut pending = Vec::with_capacity(rows.len());
-    for row in rows {
-        let span = publish_span(row);
-        let message = span.in_scope(|| message(row));
-        let started = publisher
-            .publish(&message, row.channel, row.priority)
-            .instrument(span.clone())
-            .await;
-        pending.push((row, span, started));
-    }
-    futures::future::join_all(pending.into_iter().map(|(row, span, started)| {
-        let instruments = instruments.clone();
-        let outcome_span = span.clone();
-        async move {
-            let confirmed = match started {
-                Ok(pending) => pending.wait().await,
-                Err(error) => Err(error),
-            };
-            let channel = opentelemetry::KeyValue::new("herald.channel", row.channel.as_str());
-            match &confirmed {
-                Ok(()) => {
-                    let priority =
-                        opentelemetry::KeyValue::new("herald.priority", row.priority.to_string());
-                    instruments
-                        .published
-                        .add(1, &[channel.clone(), priority.clone()]);
-                    let lag = (chrono::Utc::now() - row.available_at)
-                        .to_std()
-                        .unwrap_or_default();
-                    instruments
-                        .lag
-                        .record(lag.as_secs_f64(), &[channel, priority]);
-                }
-                Err(error) => {
-                    instruments.failed.add(1, &[channel]);
-                    outcome_span.record("otel.status_code", "ERROR");
-                    outcome_span.record("error.type", error.to_string());
-                }
-            }
-            confirmed
-        }
-        .instrument(span)
-    }))
-    .await
-}
-
-/// The producer span of one publish (OpenTelemetry messaging conventions).
-fn publish_span(row: &OutboxRow) -> tracing::Span {
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = %format_args!("send {}", herald_queue::EXCHANGE),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = herald_queue::EXCHANGE,
-        messaging.rabbitmq.destination.routing_key = row.channel.as_str(),
-        messaging.message.id = %row.delivery_id,
-        herald.notification.id = %row.notification_id,
-        herald.delivery.id = %row.delivery_id,
-        herald.priority = %row.priority,
-    );
-    herald_telemetry::set_parent_from_map(&span, &row.trace_context);
-    span
-}
-
-/// The message for `row`, carrying the current (publish) span's trace context, or the
-/// submit's own when traces are not exported.
-fn message(row: &OutboxRow) -> DeliveryMessage {
-    let current = herald_telemetry::current_context_map();
-    DeliveryMessage {
-        delivery_id: row.delivery_id.to_string(),
-        notification_id: row.notification_id.to_string(),
-        channel: herald_proto::common::Channel::from(row.channel).into(),
-        priority: herald_proto::common::Priority::from(row.priority).into(),
-        enqueued_at: Some(herald_proto::conversions::timestamp(chrono::Utc::now())),
-        trace_context: if current.is_empty() {
-            row.trace_context.clone()
-        } else {
-            current
-        },
-        previous_attempt: std::collections::HashMap::new(),
     }
 }
