@@ -3,8 +3,10 @@
 Usage: k8s-check.py RENDERED.yaml OUT_DIR SCHEMA_DIR DOCKERFILE BASE_TOML CHANNEL_WORKER_LIB
 
 Writes the built-in resources to OUT_DIR/builtin.yaml (for kubernetes-validate) and each custom
-resource to OUT_DIR/<kind>/<name>.json (for check-jsonschema against SCHEMA_DIR/<kind>.json),
-and checks what no schema can: Herald's rules for its pods (probes on the metrics port, grace
+resource to OUT_DIR/<schema>/<name>.json, for check-jsonschema against SCHEMA_DIR/<schema>.json:
+the schema whose apiVersion and kind constants name the resource's (several groups have a kind
+called Cluster or User, so the file name alone does not decide). A custom resource that no schema
+names is a problem. Also checks what no schema can: Herald's rules for its pods (probes on the metrics port, grace
 period above shutdown_grace_period, hardened security context, binaries the image ships,
 autoscaler targets that exist, a worker Deployment for each channel herald-channel-worker knows
 and, where workers are autoscaled, a ScaledObject on each one's queue; where a ServiceMonitor is
@@ -150,6 +152,24 @@ def pod_problems(name: str, pod: dict, grace: int, shipped: set, serves: bool) -
     return problems
 
 
+def schemas_by_kind(schema_dir: str) -> dict:
+    """{(apiVersion, kind): schema file stem} from each schema's `apiVersion` and `kind` constants."""
+    found = {}
+    for file_name in sorted(os.listdir(schema_dir)):
+        if not file_name.endswith(".json"):
+            continue
+        with open(os.path.join(schema_dir, file_name)) as file:
+            properties = json.load(file).get("properties", {})
+        api_version = properties.get("apiVersion", {}).get("const")
+        kind = properties.get("kind", {}).get("const")
+        if not api_version or not kind:
+            raise SystemExit(f"k8s-check: {file_name} does not fix apiVersion and kind with const")
+        if (api_version, kind) in found:
+            raise SystemExit(f"k8s-check: {file_name} and {found[api_version, kind]}.json both describe {api_version} {kind}")
+        found[api_version, kind] = file_name.removesuffix(".json")
+    return found
+
+
 def main() -> int:
     rendered, out_dir, schema_dir, dockerfile, base_toml, channel_worker_lib = sys.argv[1:7]
     with open(rendered) as file:
@@ -165,6 +185,7 @@ def main() -> int:
         raise SystemExit(f"k8s-check: {dockerfile} copies no binary into /usr/local/bin")
 
     problems, builtin = [], []
+    schemas = schemas_by_kind(schema_dir)
     deployments = {d["metadata"]["name"] for d in documents if d["kind"] == "Deployment"}
     for document in documents:
         group = document["apiVersion"].rpartition("/")[0]
@@ -172,12 +193,13 @@ def main() -> int:
         if group in BUILTIN_GROUPS:
             builtin.append(document)
         else:
-            schema = os.path.join(schema_dir, f"{kind.lower()}.json")
-            if not os.path.exists(schema):
-                problems.append(f"{kind} {name}: no schema in {schema_dir} for {group}")
-            os.makedirs(os.path.join(out_dir, kind.lower()), exist_ok=True)
-            with open(os.path.join(out_dir, kind.lower(), f"{name}.json"), "w") as file:
-                json.dump(document, file)
+            schema = schemas.get((document["apiVersion"], kind))
+            if schema is None:
+                problems.append(f"{kind} {name}: no schema in {schema_dir} for {document['apiVersion']}")
+            else:
+                os.makedirs(os.path.join(out_dir, schema), exist_ok=True)
+                with open(os.path.join(out_dir, schema, f"{name}.json"), "w") as file:
+                    json.dump(document, file)
         if kind in ("Deployment", "Job"):
             pod = document["spec"]["template"]["spec"]
             problems += pod_problems(f"{kind} {name}", pod, grace, shipped, kind == "Deployment")
