@@ -111,6 +111,8 @@ pub(crate) struct Options {
     pub(crate) clock: Option<herald_domain::SharedClock>,
     /// Rows the relay publishes between two vacuums of the outbox.
     pub(crate) relay_vacuum_after: u64,
+    /// Most deliveries the relay packs into one queue message.
+    pub(crate) relay_message_max: usize,
     /// Principals besides orders and ops (the stranger's certificate, say).
     pub(crate) principals: Vec<herald_api_server::PrincipalSettings>,
     /// The relay's retention job; off unless a test turns it on (tests that move a manual
@@ -130,6 +132,7 @@ impl Default for Options {
             quota_per_minute: 0,
             clock: None,
             relay_vacuum_after: herald_relay::RelaySettings::default().vacuum_after,
+            relay_message_max: herald_relay::RelaySettings::default().message_max,
             principals: Vec::new(),
             retention: herald_relay::RetentionSettings {
                 personal_data_after: Duration::ZERO,
@@ -280,7 +283,7 @@ impl TestApp {
                 linger: herald_relay::RelaySettings::default().linger,
                 cleanup_interval: Duration::from_secs(60),
                 vacuum_after: options.relay_vacuum_after,
-                message_max: herald_relay::RelaySettings::default().message_max,
+                message_max: options.relay_message_max,
             },
             retention: options.retention.clone(),
             reconcile: options.reconcile.clone(),

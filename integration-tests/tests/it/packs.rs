@@ -18,12 +18,14 @@ const WAIT: Duration = Duration::from_secs(20);
 const WORK_QUEUE: &str = "herald.email.deliver";
 const DEAD_LETTERS: &str = "herald.email.deliver.dlq";
 
-/// An app without an email worker whose clock the test moves.
+/// An app without an email worker whose clock the test moves, its relay packing up to 16
+/// deliveries per message.
 async fn app_with_manual_clock() -> (TestApp, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let app = TestApp::spawn_with(Options {
         email_worker: false,
         clock: Some(clock.clone()),
+        relay_message_max: 16,
         ..Options::default()
     })
     .await;
@@ -61,10 +63,8 @@ async fn submit_packed(app: &TestApp, clock: &ManualClock, addresses: &[&str]) -
         })
         .collect();
     clock.set(later);
-    for id in &ids {
-        app.wait_for_status(id, NotificationStatus::InProgress)
-            .await;
-    }
+    app.wait_until_queued(i64::try_from(ids.len()).expect("a few"))
+        .await;
     // The relay's two publishers may split them between them, never more.
     let messages = app.vhost.ready_messages(WORK_QUEUE).await;
     assert!(
