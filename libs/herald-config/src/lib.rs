@@ -27,6 +27,14 @@ pub enum Error {
         /// Why it could not be read.
         source: std::io::Error,
     },
+    /// A file of the extra configuration directory could not be read or parsed.
+    #[error("could not load settings from {} (HERALD_CONFIG_EXTRA_DIR): {source}", .path.display())]
+    ExtraFile {
+        /// The file, as the directory names it.
+        path: PathBuf,
+        /// Why it could not be loaded.
+        source: Box<config::ConfigError>,
+    },
     /// The settings loaded but break rules; every problem is listed.
     #[error("invalid settings:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
@@ -70,11 +78,18 @@ where
     }
     if let Some(extra_dir) = &sources.extra_dir {
         for path in toml_files(extra_dir)? {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            let source = config::File::from(path.clone())
+                .format(config::FileFormat::Toml)
+                .required(true);
+            // Loaded alone first, so that a broken file is named by the path it was given
+            // (the combined build names it relative to the working directory).
+            if let Err(error) = config::Config::builder().add_source(source.clone()).build() {
+                return Err(Error::ExtraFile {
+                    path,
+                    source: Box::new(error),
+                });
+            }
+            builder = builder.add_source(source);
         }
     }
     let environment = config::Environment::with_prefix("HERALD")

@@ -157,7 +157,7 @@ fn a_broken_file_in_the_extra_directory_is_named_in_the_error() {
         &[("principals.toml", "[[auth.principals]\nidentity = ")],
     );
     let error = layout.load(&[]).unwrap_err();
-    assert!(matches!(error, Error::Load(_)), "{error:?}");
+    assert!(matches!(error, Error::ExtraFile { .. }), "{error:?}");
     let path = layout.extra.path().join("principals.toml");
     assert!(
         error.to_string().contains(&path.display().to_string()),
