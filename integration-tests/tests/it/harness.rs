@@ -412,6 +412,22 @@ impl TestApp {
         tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
     }
 
+    /// Starts an email worker (prefetch 4) that serves Prometheus metrics; returns their
+    /// address and the token that stops it.
+    pub(crate) fn start_email_worker_serving_metrics(&self) -> (SocketAddr, CancellationToken) {
+        let mut settings = self.email_worker_settings(4);
+        settings.telemetry = test_telemetry();
+        let worker = herald_channel_worker::Application::build(
+            settings,
+            herald_channel_worker::WorkerChannel::Email,
+        )
+        .expect("building the worker");
+        let metrics = worker.metrics_addr().expect("the worker serves metrics");
+        let stop = CancellationToken::new();
+        tokio::spawn(worker.run_until_stopped(stop.clone()));
+        (metrics, stop)
+    }
+
     /// Starts an email worker whose SMTP server refuses connections, so every attempt fails
     /// retryably; cancel the returned token to stop it.
     pub(crate) fn start_failing_email_worker(&self, max_attempts: u32) -> CancellationToken {

@@ -346,16 +346,7 @@ async fn every_metric_the_rules_and_the_dashboard_use_is_exported() {
         ..Options::default()
     })
     .await;
-    let mut settings = app.email_worker_settings(4);
-    settings.telemetry = test_telemetry();
-    let worker = herald_channel_worker::Application::build(
-        settings,
-        herald_channel_worker::WorkerChannel::Email,
-    )
-    .expect("building the worker");
-    let worker_metrics = worker.metrics_addr().expect("the worker serves metrics");
-    let stop_worker = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(worker.run_until_stopped(stop_worker.clone()));
+    let (worker_metrics, stop_worker) = app.start_email_worker_serving_metrics();
     // Only channels with several providers have circuits: an SMS worker with a gateway.
     let gateway = SmsGatewayServer::start("monitoring-gateway-token").await;
     let mut sms_settings = app.channel_worker_settings();

@@ -11,7 +11,7 @@ use herald_proto::common::{Channel as WireChannel, Priority as WirePriority};
 use herald_proto::submit::{NotificationStatus, SubmitRequest};
 use herald_test_support::{OtlpReceiver, ReceivedSpan, eventually};
 
-use crate::harness::{As, Options, TestApp, parameters, test_telemetry, welcome_request};
+use crate::harness::{As, Options, TestApp, parameters, welcome_request};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -431,16 +431,7 @@ async fn every_service_serves_prometheus_figures_of_the_traffic_it_handled() {
         ..Options::default()
     })
     .await;
-    let mut settings = app.email_worker_settings(4);
-    settings.telemetry = test_telemetry();
-    let worker = herald_channel_worker::Application::build(
-        settings,
-        herald_channel_worker::WorkerChannel::Email,
-    )
-    .expect("building the worker");
-    let worker_metrics = worker.metrics_addr().expect("the worker serves metrics");
-    let stop_worker = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(worker.run_until_stopped(stop_worker.clone()));
+    let (worker_metrics, stop_worker) = app.start_email_worker_serving_metrics();
     app.create_welcome_template().await;
 
     let mut ids = Vec::new();

@@ -91,54 +91,55 @@ impl TestVhost {
     /// # Panics
     /// When the management API refuses.
     pub async fn delete_queue(&self, queue: &str) {
-        let (base, user, password) = split_credentials(&self.admin_url);
-        reqwest::Client::new()
-            .delete(format!("{base}/api/queues/{}/{queue}", self.name))
-            .basic_auth(&user, Some(&password))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .unwrap_or_else(|error| panic!("deleting queue {queue}: {error}"));
+        self.queue_api(reqwest::Method::DELETE, queue, "", "deleting")
+            .await;
     }
-}
 
-impl TestVhost {
     /// Messages in `queue`, ready or delivered and not yet acknowledged, as the management
     /// API reports them (its statistics lag by a few seconds: poll with `eventually`).
     ///
     /// # Panics
     /// When the management API refuses or answers without the figure.
     pub async fn messages_held(&self, queue: &str) -> u64 {
-        let (base, user, password) = split_credentials(&self.admin_url);
-        let queue_info: serde_json::Value = reqwest::Client::new()
-            .get(format!("{base}/api/queues/{}/{queue}", self.name))
-            .basic_auth(&user, Some(&password))
-            .send()
+        let queue_info: serde_json::Value = self
+            .queue_api(reqwest::Method::GET, queue, "", "reading")
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .unwrap_or_else(|error| panic!("reading queue {queue}: {error}"))
             .json()
             .await
             .unwrap_or_else(|error| panic!("reading queue {queue}: {error}"));
         queue_info["messages"].as_u64().unwrap_or(u64::MAX)
     }
-}
 
-impl TestVhost {
     /// Deletes every ready message of `queue` through the management API, as a broker node
     /// that failed with unreplicated classic queues would lose them.
     ///
     /// # Panics
     /// When the management API refuses.
     pub async fn purge_queue(&self, queue: &str) {
+        self.queue_api(reqwest::Method::DELETE, queue, "/contents", "purging")
+            .await;
+    }
+
+    /// One management API request on `queue` (`/api/queues/<vhost>/<queue><suffix>`),
+    /// panicking with `doing` when it fails or is refused.
+    async fn queue_api(
+        &self,
+        method: reqwest::Method,
+        queue: &str,
+        suffix: &str,
+        doing: &str,
+    ) -> reqwest::Response {
         let (base, user, password) = split_credentials(&self.admin_url);
         reqwest::Client::new()
-            .delete(format!("{base}/api/queues/{}/{queue}/contents", self.name))
+            .request(
+                method,
+                format!("{base}/api/queues/{}/{queue}{suffix}", self.name),
+            )
             .basic_auth(&user, Some(&password))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .unwrap_or_else(|error| panic!("purging queue {queue}: {error}"));
+            .unwrap_or_else(|error| panic!("{doing} queue {queue}: {error}"))
     }
 }
 
