@@ -207,3 +207,39 @@ async fn packed_deliveries_that_fail_retryably_each_get_a_retry_message_of_their
     assert_eq!(retried, retrying);
     assert!(app.smtp.messages().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_is_neither_a_delivery_nor_a_batch_is_dead_lettered_whole() {
+    let (app, _clock) = app_with_manual_clock().await;
+    let connection = herald_queue::connect(app.vhost.amqp_url(), "packs-test")
+        .await
+        .expect("connecting");
+    let channel = connection.create_channel().await.expect("a channel");
+    herald_queue::declare_topology(&channel)
+        .await
+        .expect("declaring the topology");
+    for content_type in [herald_queue::CONTENT_TYPE, herald_queue::BATCH_CONTENT_TYPE] {
+        channel
+            .basic_publish(
+                herald_queue::EXCHANGE.into(),
+                "email".into(),
+                herald_queue::lapin::options::BasicPublishOptions::default(),
+                b"\xff\xff not protobuf",
+                herald_queue::lapin::BasicProperties::default()
+                    .with_content_type(content_type.into()),
+            )
+            .await
+            .expect("publishing")
+            .await
+            .expect("confirmed");
+    }
+    let _closed = connection.close(200, "done".into()).await;
+
+    app.start_email_worker(8);
+    herald_test_support::eventually("both messages dead-lettered", WAIT, || async {
+        (app.vhost.ready_messages(DEAD_LETTERS).await == 2).then_some(())
+    })
+    .await;
+    wait_until_work_queue_settled(&app).await;
+    assert!(app.smtp.messages().is_empty());
+}

@@ -190,17 +190,12 @@ impl Carrier {
         })
     }
 
-    /// Rejects an undecodable message into the dead-letter queue.
+    /// Rejects an undecodable message (a carrier of one, made for it) into the dead-letter
+    /// queue.
     pub(crate) fn dead_letter(&self, instruments: &Instruments) {
         instruments.settled(&self.labels, Settled::DeadLetter, self.received.elapsed());
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.left = 0;
-        if let Some(acker) = open.acker.take() {
-            self.session.settle(vec![Settle {
-                tag: self.tag,
-                acker,
-                action: Action::Reject,
-            }]);
+        if let Some(settle) = self.settle_one(Action::Reject) {
+            self.session.settle(vec![settle]);
         }
     }
 }
