@@ -38,7 +38,8 @@ pub struct Claim {
 pub enum ClaimOutcome {
     /// The caller holds the delivery for this attempt and may call the provider.
     Claimed(Claim),
-    /// The delivery reached a final state (or does not exist): nothing to do, ever.
+    /// Nothing for this message to do: the delivery reached a final state (or does not
+    /// exist), or it waits to retry and its retry copy is not yet due.
     Done,
     /// Another worker holds an unexpired lease; look again after `retry_after`.
     Busy {
@@ -48,8 +49,8 @@ pub enum ClaimOutcome {
 }
 
 /// Claims `delivery_id` for an attempt: moves it to `sending`, bumps its attempt counter and
-/// sets a lease, in one statement. Claimable are `pending`, `queued` and `retry_wait`, and a
-/// `sending` delivery whose lease expired (its worker died mid-attempt; the outcome of that
+/// sets a lease, in one statement. Claimable are `pending`, `queued` and `retry_wait` (once
+/// its retry is due), and a `sending` delivery whose lease expired (its worker died mid-attempt; the outcome of that
 /// attempt is unknown, and the new attempt is recorded as a takeover).
 ///
 /// A `scheduled` delivery is claimable once its time has come by `clock_now`: the relay
@@ -69,7 +70,7 @@ pub async fn claim(
         Some(BatchClaim::Claimed(claimed)) => ClaimOutcome::Claimed(claimed.claim),
         Some(BatchClaim::Unreadable { claim, .. }) => ClaimOutcome::Claimed(claim),
         Some(BatchClaim::Busy { retry_after }) => ClaimOutcome::Busy { retry_after },
-        Some(BatchClaim::Done) | None => ClaimOutcome::Done,
+        Some(BatchClaim::Done | BatchClaim::NotDue) | None => ClaimOutcome::Done,
     })
 }
 
@@ -247,6 +248,7 @@ pub async fn finish(
             provider,
             invalid_addresses: &[],
             pin: false,
+            retry_in: None,
         }],
     )
     .await?;

@@ -68,6 +68,7 @@ diesel::table! {
         open -> Bool,
         personal_cleared_at -> Nullable<Timestamptz>,
         pinned_provider -> Nullable<Text>,
+        retry_not_before -> Nullable<Timestamptz>,
     }
 }
 

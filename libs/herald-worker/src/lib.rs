@@ -153,9 +153,10 @@ pub fn render<P: RenderedPart>(context: &DeliveryContext) -> Result<P, DeliveryE
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Unacknowledged messages per worker process: what RabbitMQ hands over ahead of time.
-    /// The worker takes them in priority order, so a high prefetch does not put bulk
-    /// messages ahead of a critical one that arrives later.
+    /// Unacknowledged messages per worker process: what RabbitMQ hands over ahead of time,
+    /// each carrying up to `relay.message_max` deliveries. The worker takes them in priority
+    /// order, so a high prefetch does not put bulk messages ahead of a critical one that
+    /// arrives later.
     pub prefetch: u16,
     /// Deliveries claimed and not yet answered by the provider, per process: the provider
     /// calls in flight (and the size of the email worker's SMTP connection pool).
@@ -195,7 +196,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            prefetch: 256,
+            prefetch: 32,
             concurrency: 64,
             batch_max: 64,
             batch_linger: Duration::from_millis(20),

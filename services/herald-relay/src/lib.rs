@@ -80,7 +80,7 @@ impl Default for RelaySettings {
             linger: Duration::from_millis(20),
             cleanup_interval: Duration::from_secs(60),
             vacuum_after: 5_000,
-            message_max: 1,
+            message_max: 16,
         }
     }
 }

@@ -39,8 +39,10 @@ use crate::statement::planned_per_run;
 use crate::{Error, Result};
 
 mod finish;
+mod release;
 
 pub use finish::{Finishing, finish_many};
+pub use release::release_many;
 
 /// How often a batch transaction is retried when PostgreSQL aborted it to break a deadlock or
 /// a serialization conflict (neither is the batch's fault; a retry succeeds).
@@ -83,6 +85,9 @@ pub enum BatchClaim {
     },
     /// The delivery reached a final state (or does not exist): nothing to do, ever.
     Done,
+    /// Waiting to retry, and not yet due (`deliveries.retry_not_before`): its retry copy in
+    /// the delay queue brings it back. Nothing for this message to do.
+    NotDue,
     /// Another worker (or an earlier copy in the same batch) holds an unexpired lease; look
     /// again after `retry_after`.
     Busy {
@@ -93,9 +98,10 @@ pub enum BatchClaim {
 
 /// Claims every delivery of `delivery_ids` that is claimable, in one transaction: moves each
 /// to `sending`, bumps its attempt counter, sets a lease until now + `lease`, records a
-/// `sending` event, and returns what the attempt needs. Claimable are `pending`, `queued`
-/// and `retry_wait`, a `scheduled` delivery due by `clock_now`, and a `sending` delivery whose
-/// lease expired (a takeover: its previous attempt's outcome is unknown).
+/// `sending` event, and returns what the attempt needs. Claimable are `pending` and `queued`,
+/// `retry_wait` once its `retry_not_before` has passed (in PostgreSQL's clock), a `scheduled`
+/// delivery due by `clock_now`, and a `sending` delivery whose lease expired (a takeover: its
+/// previous attempt's outcome is unknown).
 ///
 /// Returns one answer per requested id, in order. An id asked for twice is claimed once; its
 /// later copies are `Busy` for the lease just taken.
@@ -155,26 +161,20 @@ async fn claim_locked(
 ) -> Result<HashMap<Uuid, BatchClaim>> {
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let locked: Vec<LockedRow> = planned_per_run(
-        deliveries::table
-            .filter(deliveries::id.eq_any(ids))
-            .order(deliveries::id.asc())
-            .select((
-                deliveries::id,
-                deliveries::state,
-                deliveries::lease_until,
-                deliveries::scheduled_for,
-            ))
-            .for_no_key_update(),
-    )
-    .load(connection)
-    .await?;
+    let locked = lock_for_claim(connection, ids).await?;
     let mut answers: HashMap<Uuid, BatchClaim> =
         ids.iter().map(|id| (*id, BatchClaim::Done)).collect();
     let mut claimable = Vec::new();
     let mut takeovers = Vec::new();
-    for (id, state, held_until, scheduled_for) in locked {
-        match claimability(&state, held_until, scheduled_for, now, clock_now) {
+    for (id, state, held_until, scheduled_for, retry_not_due) in locked {
+        let times = Times {
+            held_until,
+            scheduled_for,
+            retry_not_due,
+            now,
+            clock_now,
+        };
+        match claimability(&state, times) {
             Claimability::Claim => claimable.push(id),
             Claimability::Takeover => {
                 claimable.push(id);
@@ -182,6 +182,9 @@ async fn claim_locked(
             }
             Claimability::Busy(retry_after) => {
                 answers.insert(id, BatchClaim::Busy { retry_after });
+            }
+            Claimability::NotDue => {
+                answers.insert(id, BatchClaim::NotDue);
             }
             Claimability::Done => {}
         }
@@ -221,24 +224,71 @@ async fn claim_locked(
     Ok(answers)
 }
 
-/// A row as `claim_locked` locks it: id, state, lease, scheduled time.
-type LockedRow = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+/// Locks the rows of `ids` (sorted) in id order and reads what their claim depends on.
+async fn lock_for_claim(
+    connection: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<LockedRow>> {
+    Ok(planned_per_run(
+        deliveries::table
+            .filter(deliveries::id.eq_any(ids))
+            .order(deliveries::id.asc())
+            .select((
+                deliveries::id,
+                deliveries::state,
+                deliveries::lease_until,
+                deliveries::scheduled_for,
+                diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    "COALESCE(deliveries.retry_not_before > now(), false)",
+                ),
+            ))
+            .for_no_key_update(),
+    )
+    .load(connection)
+    .await?)
+}
+
+/// A row as `claim_locked` locks it: id, state, lease, scheduled time, whether a retry is not
+/// yet due.
+type LockedRow = (
+    Uuid,
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    bool,
+);
 
 /// What a locked row allows.
 enum Claimability {
     Claim,
     Takeover,
     Busy(Duration),
+    NotDue,
     Done,
 }
 
-fn claimability(
-    state: &str,
+/// The times a locked row is judged by.
+struct Times {
+    /// `deliveries.lease_until`.
     held_until: Option<DateTime<Utc>>,
+    /// `deliveries.scheduled_for`.
     scheduled_for: Option<DateTime<Utc>>,
+    /// `deliveries.retry_not_before` is still ahead, in PostgreSQL's clock.
+    retry_not_due: bool,
+    /// The worker's clock, for leases.
     now: DateTime<Utc>,
+    /// The injected clock, for schedules.
     clock_now: DateTime<Utc>,
-) -> Claimability {
+}
+
+fn claimability(state: &str, times: Times) -> Claimability {
+    let Times {
+        held_until,
+        scheduled_for,
+        retry_not_due,
+        now,
+        clock_now,
+    } = times;
     let Ok(state) = state.parse::<DeliveryState>() else {
         return Claimability::Done;
     };
@@ -255,6 +305,7 @@ fn claimability(
         {
             Claimability::Claim
         }
+        DeliveryState::RetryWait if retry_not_due => Claimability::NotDue,
         state if state.is_claimable() => Claimability::Claim,
         _ => Claimability::Done,
     }
@@ -402,67 +453,6 @@ impl Query for ClaimRows {
         Text,
         Nullable<Text>,
     );
-}
-
-/// Gives claims back before any provider call was made (the worker could not prepare the
-/// attempts): each delivery still `sending` at its claimed attempt becomes `queued` again with
-/// its attempt counter restored. Returns how many were released (the others were lost).
-pub async fn release_many(connection: &mut AsyncPgConnection, claims: &[Claim]) -> Result<usize> {
-    if claims.is_empty() {
-        return Ok(0);
-    }
-    let mut sorted: Vec<&Claim> = claims.iter().collect();
-    sorted.sort_unstable_by_key(|claim| *claim.delivery_id.as_uuid());
-    let statement = ReleaseRows {
-        ids: sorted
-            .iter()
-            .map(|claim| *claim.delivery_id.as_uuid())
-            .collect(),
-        attempts: sorted.iter().map(|claim| claim.attempt).collect(),
-        now: Utc::now(),
-    };
-    let mut retries = 0;
-    loop {
-        let result = connection
-            .transaction::<_, Error, _>(async |connection| {
-                lock(connection, &statement.ids).await?;
-                Ok(planned_per_run(statement.clone())
-                    .execute(connection)
-                    .await?)
-            })
-            .await;
-        match result {
-            Err(error) if retry_conflict(&error, &mut retries) => {}
-            other => return other,
-        }
-    }
-}
-
-/// `UPDATE deliveries … FROM unnest(ids, attempts)`, fenced on the claimed attempt.
-#[derive(Clone)]
-struct ReleaseRows {
-    ids: Vec<Uuid>,
-    attempts: Vec<i32>,
-    now: DateTime<Utc>,
-}
-
-impl QueryFragment<Pg> for ReleaseRows {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
-            "UPDATE deliveries AS d SET state = 'queued', attempts = d.attempts - 1, \
-             lease_until = NULL, updated_at = ",
-        );
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(" FROM unnest(");
-        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
-        out.push_sql("::uuid[], ");
-        out.push_bind_param::<Array<Int4>, _>(&self.attempts)?;
-        out.push_sql(
-            "::int4[]) AS c(id, attempt) \
-             WHERE d.id = c.id AND d.state = 'sending' AND d.attempts = c.attempt",
-        );
-        Ok(())
-    }
 }
 
 /// Locks the rows of `ids` (sorted) in id order, the order every batch statement takes them.

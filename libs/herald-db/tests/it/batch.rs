@@ -176,6 +176,7 @@ async fn a_batch_of_outcomes_is_recorded_only_for_claims_still_held() {
                 provider: Some("smtp"),
                 invalid_addresses: &[],
                 pin: false,
+                retry_in: None,
             },
             Finishing {
                 claim: &claims[1],
@@ -183,6 +184,7 @@ async fn a_batch_of_outcomes_is_recorded_only_for_claims_still_held() {
                 provider: Some("smtp"),
                 invalid_addresses: &invalid,
                 pin: false,
+                retry_in: None,
             },
             Finishing {
                 claim: &claims[2],
@@ -190,6 +192,7 @@ async fn a_batch_of_outcomes_is_recorded_only_for_claims_still_held() {
                 provider: Some("smtp"),
                 invalid_addresses: &[],
                 pin: false,
+                retry_in: None,
             },
             Finishing {
                 claim: &claims[3],
@@ -197,6 +200,7 @@ async fn a_batch_of_outcomes_is_recorded_only_for_claims_still_held() {
                 provider: None,
                 invalid_addresses: &[],
                 pin: false,
+                retry_in: None,
             },
         ],
     )
@@ -306,6 +310,7 @@ async fn a_resent_unknown_outcome_pins_the_delivery_to_its_provider_for_good() {
             provider: Some("gateway"),
             invalid_addresses: &[],
             pin: true,
+            retry_in: None,
         }],
     )
     .await
@@ -326,6 +331,7 @@ async fn a_resent_unknown_outcome_pins_the_delivery_to_its_provider_for_good() {
             provider: Some("twilio"),
             invalid_addresses: &[],
             pin: true,
+            retry_in: None,
         }],
     )
     .await
@@ -351,4 +357,77 @@ async fn a_resent_unknown_outcome_pins_the_delivery_to_its_provider_for_good() {
         ],
         "the resend is recorded as an unknown outcome waiting for its retry"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_waiting_to_retry_is_not_claimed_before_its_delay() {
+    let database = TestDatabase::new().await;
+    let mut connection = connect(&database).await;
+    let (_, waiting) = seed(&mut connection, None).await;
+    let (_, due) = seed(&mut connection, None).await;
+    let answers =
+        deliveries::claim_many(&mut connection, &[waiting, due], LEASE, chrono::Utc::now())
+            .await
+            .unwrap();
+    let claims: Vec<Claim> = answers
+        .iter()
+        .map(|answer| claimed(answer).claim.clone())
+        .collect();
+    let retry = Outcome::RetryWait {
+        error: "smtp timed out".into(),
+    };
+    fn finishing<'a>(claim: &'a Claim, outcome: &'a Outcome, retry_in: Duration) -> Finishing<'a> {
+        Finishing {
+            claim,
+            outcome,
+            provider: Some("smtp"),
+            invalid_addresses: &[],
+            pin: false,
+            retry_in: Some(retry_in),
+        }
+    }
+    let recorded = deliveries::finish_many(
+        &mut connection,
+        &[
+            finishing(&claims[0], &retry, Duration::from_secs(600)),
+            finishing(&claims[1], &retry, Duration::ZERO),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded, [true, true]);
+
+    // The message both shared comes back at once (a worker stopped before settling it): the
+    // one whose delay runs is left to its retry copy, the other is attempted.
+    let answers =
+        deliveries::claim_many(&mut connection, &[waiting, due], LEASE, chrono::Utc::now())
+            .await
+            .unwrap();
+    assert!(
+        matches!(answers[0], BatchClaim::NotDue),
+        "not due for ten minutes: {:?}",
+        answers[0]
+    );
+    assert_eq!(claimed(&answers[1]).claim.attempt, 2);
+    assert_eq!(
+        deliveries::event_kinds(&mut connection, waiting)
+            .await
+            .unwrap(),
+        ["accepted", "sending", "sent", "retry_wait"],
+        "nothing was recorded for the early copy"
+    );
+
+    // Once the time has passed (moved back here, as the clock would move on), it is claimed.
+    diesel::update(schema::deliveries::table.find(waiting.as_uuid()))
+        .set(
+            schema::deliveries::retry_not_before
+                .eq(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let answers = deliveries::claim_many(&mut connection, &[waiting], LEASE, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed(&answers[0]).claim.attempt, 2);
 }

@@ -252,6 +252,11 @@ fn a_claim_decides_whether_to_attempt() {
             Settlement::Ack,
         ),
         (
+            "waiting to retry, not yet due: acked, its retry copy brings it back",
+            BatchClaim::NotDue,
+            Settlement::Ack,
+        ),
+        (
             "leased by a live worker: requeued when its lease runs out",
             BatchClaim::Busy {
                 retry_after: Duration::from_secs(12),

@@ -158,6 +158,10 @@ impl<P: ChannelProvider> Pipeline<P> {
                 provider: finished.provider.as_deref(),
                 invalid_addresses: &finished.invalid_addresses,
                 pin: finished.pin,
+                retry_in: match finished.settlement {
+                    decide::Settlement::Retry(delay) => Some(delay),
+                    _ => None,
+                },
             })
             .collect();
         let mut retry = herald_service::Backoff::new(Duration::from_millis(100), RECORD_RETRY_MAX);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment};
-use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Int4, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -32,6 +32,11 @@ pub struct Finishing<'a> {
     /// Pin the delivery to `provider` for every later attempt (its outcome there could not be
     /// known, and the channel resends): stored in `deliveries.pinned_provider`, kept once set.
     pub pin: bool,
+    /// When the outcome waits to retry: the delay before its retry copy comes back from the
+    /// delay queue. The delivery cannot be claimed before 90% of it has passed
+    /// (`deliveries.retry_not_before`, in PostgreSQL's clock), so a message that comes back
+    /// early (a packed message returned whole) does not attempt it again before its time.
+    pub retry_in: Option<std::time::Duration>,
 }
 
 /// Records many attempts' outcomes in one transaction: for each whose delivery is still
@@ -170,6 +175,8 @@ struct OutcomeRows {
     scheduled_for: Vec<Option<DateTime<Utc>>>,
     /// The provider to pin each delivery to, if any.
     pins: Vec<Option<String>>,
+    /// Each retry's delay in milliseconds (NULL for any other outcome).
+    retry_ms: Vec<Option<i64>>,
     /// The stored text of each outcome (PostgreSQL text cannot hold NUL, which a provider's
     /// reply could contain, so it is removed).
     details: Vec<String>,
@@ -205,6 +212,13 @@ impl OutcomeRows {
             pins: ordered()
                 .map(|item| item.provider.filter(|_| item.pin).map(ToOwned::to_owned))
                 .collect(),
+            retry_ms: ordered()
+                .map(|item| {
+                    item.retry_in
+                        .filter(|_| item.outcome.state() == herald_domain::DeliveryState::RetryWait)
+                        .map(|delay| i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+                })
+                .collect(),
             details,
             now: Utc::now(),
         }
@@ -216,7 +230,8 @@ impl QueryFragment<Pg> for OutcomeRows {
         out.push_sql(
             "UPDATE deliveries AS d SET state = o.state, last_error = o.last_error, \
              lease_until = NULL, scheduled_for = COALESCE(o.scheduled_for, d.scheduled_for), \
-             pinned_provider = COALESCE(d.pinned_provider, o.pin), updated_at = ",
+             pinned_provider = COALESCE(d.pinned_provider, o.pin), \
+             retry_not_before = now() + o.retry_ms * interval '0.9 milliseconds', updated_at = ",
         );
         out.push_bind_param::<Timestamptz, _>(&self.now)?;
         out.push_sql(", delivered_at = CASE WHEN o.state = 'delivered' THEN ");
@@ -233,8 +248,10 @@ impl QueryFragment<Pg> for OutcomeRows {
         out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.scheduled_for)?;
         out.push_sql("::timestamptz[], ");
         out.push_bind_param::<Array<Nullable<Text>>, _>(&self.pins)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Int8>>, _>(&self.retry_ms)?;
         out.push_sql(
-            "::text[]) AS o(id, attempt, state, last_error, scheduled_for, pin) \
+            "::int8[]) AS o(id, attempt, state, last_error, scheduled_for, pin, retry_ms) \
              WHERE d.id = o.id AND d.state = 'sending' AND d.attempts = o.attempt \
              RETURNING d.id, d.notification_id, d.channel, d.user_id",
         );

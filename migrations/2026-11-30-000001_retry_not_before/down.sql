@@ -1,0 +1,1 @@
+ALTER TABLE deliveries DROP COLUMN IF EXISTS retry_not_before;

@@ -1,0 +1,12 @@
+-- A delivery waiting to retry is not claimed before its delay has (nearly) passed.
+--
+-- A retry waits as a copy of its message in a delay queue. When deliveries share a queue
+-- message (`relay.message_max` > 1), that message can come back whole after some of its
+-- deliveries recorded `retry_wait` (a worker stopping or reconnecting before it settled the
+-- rest): without this column those deliveries would be claimed again at once, an attempt
+-- before their delay. The worker writes the time when it records `retry_wait`, in
+-- PostgreSQL's clock, at 90% of the delay, so the copy from the delay queue is always due;
+-- the claim leaves a delivery that is not due to that copy. Nullable and not indexed: the
+-- code deployed before it keeps working (NULL is due), and the row's updates stay in place
+-- (HOT).
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS retry_not_before timestamptz;
