@@ -5,6 +5,7 @@
 //! final and reading end-to-end latency from the server's own timestamps, so the polling
 //! cadence does not distort the latencies it reports.
 
+mod clients;
 mod poll;
 pub(crate) mod probe;
 mod report;
@@ -27,10 +28,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use self::clients::Clients;
 use self::report::{Delivery, Load, Report, SubmitSummary};
 use crate::Outcome;
 use crate::cli::{BenchArgs, ConnectionArgs};
-use crate::client::{code_name, connect};
+use crate::client::code_name;
 use poll::wait_all;
 use sink::{SinkClient, SinkWatch};
 use template::ensure_template;
@@ -51,10 +53,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
         "--batch is for the closed loop; the open loop (--rate) sends one submit per request"
     );
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(connect(connection, &connection.certificates()).await?);
-    }
+    let (channels, submit_clients) = clients::open(args, connection).await?;
     let template = ensure_template(&args.template, connection, &channels).await?;
     let plan = Arc::new(SubmitPlan {
         count: args.count,
@@ -72,7 +71,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
         plan.template_key,
         plan.template_version,
         load.describe(),
-        args.connections
+        channels.len()
     );
     // The sink's counts are read before the first submit; watching starts with the submits, so
     // that deliveries finishing before the last submit is answered are timed too.
@@ -80,7 +79,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
         (Some(url), false) => Some(SinkWatch::start(SinkClient::new(url)?).await?),
         _ => None,
     };
-    let submitted = submit_all(args, &channels, plan).await?;
+    let submitted = submit_all(args, &submit_clients, plan).await?;
     let delivery = if args.no_wait || submitted.accepted_ids.is_empty() {
         None
     } else if let Some(sink_watch) = sink_watch {
@@ -113,7 +112,7 @@ pub(crate) async fn run(args: &BenchArgs, connection: &ConnectionArgs) -> anyhow
         template: args.template.key.clone(),
         count: args.count,
         load,
-        connections: args.connections,
+        connections: u32::try_from(channels.len()).unwrap_or(u32::MAX),
         submit: submitted.summary,
         delivery,
     };
@@ -241,6 +240,8 @@ struct SubmitTally {
     send_lags_us: Vec<u64>,
     accepted_ids: Vec<String>,
     duplicates: u64,
+    /// Submits (or calls) sent again to another server after a transport failure.
+    resends: u64,
     errors: Reasons,
     /// When the earliest accepted submit was sent.
     first_accepted_at: Option<Instant>,
@@ -274,6 +275,7 @@ impl SubmitTally {
         self.send_lags_us.extend(other.send_lags_us);
         self.accepted_ids.extend(other.accepted_ids);
         self.duplicates += other.duplicates;
+        self.resends += other.resends;
         self.errors.merge(other.errors);
         self.first_accepted_at = combine(self.first_accepted_at, other.first_accepted_at, Ord::min);
     }
@@ -291,19 +293,20 @@ struct Submitted {
 /// Submits `plan.count` notifications, closed-loop or open-loop (`--rate`).
 async fn submit_all(
     args: &BenchArgs,
-    channels: &[Channel],
+    clients: &Clients,
     plan: Arc<SubmitPlan>,
 ) -> anyhow::Result<Submitted> {
     let finished = Arc::new(AtomicU64::new(0));
     let _progress = Progress::spawn("submitted", Arc::clone(&finished), plan.count);
     let started = Instant::now();
     let total = match args.rate {
-        None => submit_closed_loop(args, channels, plan, finished).await,
-        Some(rate) => submit_open_loop(args, channels, plan, finished, rate).await?,
+        None => submit_closed_loop(args, clients, plan, finished).await,
+        Some(rate) => submit_open_loop(args, clients, plan, finished, rate).await?,
     };
     let summary = SubmitSummary {
         accepted: total.accepted_ids.len() as u64,
         duplicates: total.duplicates,
+        resends: total.resends,
         errors: total.errors,
         elapsed: started.elapsed(),
         latency_us: report::Percentiles::of(&total.latencies_us)?,
@@ -319,15 +322,15 @@ async fn submit_all(
 /// `--concurrency` tasks, each sending its next submit when the previous one is answered.
 async fn submit_closed_loop(
     args: &BenchArgs,
-    channels: &[Channel],
+    clients: &Clients,
     plan: Arc<SubmitPlan>,
     finished: Arc<AtomicU64>,
 ) -> SubmitTally {
     let next_index = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
-    for channel in channels.iter().cycle().take(args.concurrency as usize) {
+    for task in 0..args.concurrency as usize {
         tasks.spawn(submit_task(
-            SubmitServiceClient::new(channel.clone()),
+            (clients.clone(), task % clients.len()),
             Arc::clone(&plan),
             Arc::clone(&next_index),
             Arc::clone(&finished),
@@ -351,8 +354,10 @@ async fn submit_closed_loop(
     total
 }
 
+/// One closed-loop task: sends through its connection (`client.1` of `client.0`) until the
+/// plan is used up.
 async fn submit_task(
-    mut client: SubmitServiceClient<Channel>,
+    (clients, connection): (Clients, usize),
     plan: Arc<SubmitPlan>,
     next_index: Arc<AtomicU64>,
     finished: Arc<AtomicU64>,
@@ -367,10 +372,14 @@ async fn submit_task(
         let indices = first..(first + batch).min(plan.count);
         let sent_at = Instant::now();
         if batch == 1 {
-            let result = send_submit(&mut client, &plan, first).await;
+            let (result, resends) = clients.submit(connection, &plan, first).await;
+            tally.resends += resends;
             tally.record(result, sent_at, sent_at, Instant::now());
         } else {
-            let results = send_submit_batch(&mut client, &plan, indices.clone()).await;
+            let (results, resends) = clients
+                .submit_batch(connection, &plan, indices.clone())
+                .await;
+            tally.resends += resends;
             let answered_at = Instant::now();
             for result in results {
                 tally.record(result, sent_at, sent_at, answered_at);
@@ -381,30 +390,28 @@ async fn submit_task(
     tally
 }
 
-/// Sends submits `indices` of `plan` in one `SubmitBatch` call; one result per index (the
-/// call's own error for each when the whole call failed).
+/// Sends submits `indices` of `plan` in one `SubmitBatch` call; one result per index, or the
+/// call's own error.
 async fn send_submit_batch(
     client: &mut SubmitServiceClient<Channel>,
     plan: &SubmitPlan,
     indices: std::ops::Range<u64>,
-) -> Vec<Result<SubmitResponse, tonic::Status>> {
-    let count = usize::try_from(indices.end - indices.start).unwrap_or_default();
+) -> Result<Vec<Result<SubmitResponse, tonic::Status>>, tonic::Status> {
     let request = SubmitBatchRequest {
         items: indices.map(|index| plan.request(index)).collect(),
     };
-    match client.submit_batch(request).await {
-        Ok(response) => response
-            .into_inner()
-            .results
-            .into_iter()
-            .map(|result| {
-                result.accepted.ok_or_else(|| {
-                    tonic::Status::new(tonic::Code::from_i32(result.code), result.message)
-                })
+    Ok(client
+        .submit_batch(request)
+        .await?
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|result| {
+            result.accepted.ok_or_else(|| {
+                tonic::Status::new(tonic::Code::from_i32(result.code), result.message)
             })
-            .collect(),
-        Err(status) => (0..count).map(|_| Err(status.clone())).collect(),
-    }
+        })
+        .collect())
 }
 
 /// Sends submit `index` of `plan`.
@@ -431,16 +438,12 @@ fn intended_send_time(started: Instant, index: u64, rate: f64) -> Instant {
 /// omission).
 async fn submit_open_loop(
     args: &BenchArgs,
-    channels: &[Channel],
+    clients: &Clients,
     plan: Arc<SubmitPlan>,
     finished: Arc<AtomicU64>,
     rate: f64,
 ) -> anyhow::Result<SubmitTally> {
-    let clients: Vec<_> = channels
-        .iter()
-        .map(|channel| SubmitServiceClient::new(channel.clone()))
-        .collect();
-    anyhow::ensure!(!clients.is_empty(), "no connection to the server");
+    anyhow::ensure!(clients.len() > 0, "no connection to the server");
     let in_flight = Arc::new(Semaphore::new(args.max_in_flight as usize));
     let mut total = SubmitTally::default();
     let mut tasks = JoinSet::new();
@@ -456,15 +459,16 @@ async fn submit_open_loop(
         total
             .send_lags_us
             .push(micros(sent_at.saturating_duration_since(intended)));
-        let mut client = clients[(index % clients.len() as u64) as usize].clone();
+        let connection = usize::try_from(index % clients.len() as u64).unwrap_or_default();
+        let clients = clients.clone();
         let plan = Arc::clone(&plan);
         let finished = Arc::clone(&finished);
         tasks.spawn(async move {
-            let result = send_submit(&mut client, &plan, index).await;
+            let (result, resends) = clients.submit(connection, &plan, index).await;
             let answered_at = Instant::now();
             drop(permit);
             finished.fetch_add(1, Ordering::Relaxed);
-            (result, intended, sent_at, answered_at)
+            (result, resends, intended, sent_at, answered_at)
         });
         // Collect answers as they come so that finished tasks do not pile up.
         while let Some(result) = tasks.try_join_next() {
@@ -481,6 +485,7 @@ async fn submit_open_loop(
 /// when it was answered.
 type OpenLoopAnswer = (
     Result<SubmitResponse, tonic::Status>,
+    u64,
     Instant,
     Instant,
     Instant,
@@ -489,7 +494,8 @@ type OpenLoopAnswer = (
 impl SubmitTally {
     fn note_open_loop_answer(&mut self, joined: Result<OpenLoopAnswer, tokio::task::JoinError>) {
         match joined {
-            Ok((result, intended, sent_at, answered_at)) => {
+            Ok((result, resends, intended, sent_at, answered_at)) => {
+                self.resends += resends;
                 self.record(result, intended, sent_at, answered_at);
             }
             Err(_) => self.errors.note(

@@ -39,7 +39,7 @@ failures list";
 /// Where the API server is and which identity to present. These options go before the
 /// subcommand (`herald-cli --cert admin.pem --key admin.key template create --key welcome ..`):
 /// they are not global because `template` has its own `--key`, the template key.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ConnectionArgs {
     /// API server address as `host:port` (or a full `https://` URL).
     #[arg(long, env = "HERALD_SERVER", default_value = "127.0.0.1:50051")]

@@ -146,6 +146,9 @@ impl Load {
 pub(crate) struct SubmitSummary {
     pub(crate) accepted: u64,
     pub(crate) duplicates: u64,
+    /// Submits (or calls) sent again to another server after a transport failure
+    /// (`--also-server`).
+    pub(crate) resends: u64,
     /// Failed submits by gRPC code.
     pub(crate) errors: Reasons,
     /// From the first send to the last answer.
@@ -291,6 +294,7 @@ impl Report {
             "submit": {
                 "accepted": submit.accepted,
                 "duplicates": submit.duplicates,
+                "resent_to_another_server": submit.resends,
                 "failed": submit.errors.total(),
                 "errors": reasons_json(&submit.errors),
                 "elapsed_s": rounded(submit.elapsed.as_secs_f64(), 3),
@@ -329,6 +333,13 @@ impl Report {
             rate_text(per_second(submit.accepted, submit.elapsed)),
             submit.duplicates
         );
+        if submit.resends > 0 {
+            let _ = writeln!(
+                text,
+                "  resent       {} to another server after a transport failure",
+                submit.resends
+            );
+        }
         let _ = writeln!(text, "  errors       {}", reasons_text(&submit.errors));
         if let Some(latency) = &submit.latency_us {
             let _ = writeln!(
@@ -488,6 +499,7 @@ mod tests {
         SubmitSummary {
             accepted: 2,
             duplicates: 0,
+            resends: 0,
             errors: Reasons::default(),
             elapsed: Duration::from_millis(500),
             latency_us: None,

@@ -162,7 +162,7 @@ async fn submits_and_waits_for_every_notification_counting_errors_by_code() -> a
         summary: submit,
         accepted_ids,
         first_accepted_at,
-    } = submit_all(&args, &channels, plan).await?;
+    } = submit_all(&args, &Clients::new(&channels, 1), plan).await?;
     assert!(first_accepted_at.is_some());
     assert!(submit.send_lag_us.is_none(), "closed loop has no schedule");
     // Indices 7, 17, 27, 37 and 47 are refused.
@@ -265,7 +265,7 @@ async fn the_open_loop_sends_on_schedule_and_counts_every_error() -> anyhow::Res
         ..plan(&["n"])
     });
     let started = Instant::now();
-    let submitted = submit_all(&args, &channels, plan).await?;
+    let submitted = submit_all(&args, &Clients::new(&channels, 1), plan).await?;
     let submit = submitted.summary;
     assert_eq!(submit.accepted, 45);
     assert_eq!(submit.errors.total(), 5);
@@ -297,7 +297,9 @@ async fn open_loop_latency_counts_from_the_intended_send_time() -> anyhow::Resul
         count: args.count,
         ..plan(&["n"])
     });
-    let submit = submit_all(&args, &channels, plan).await?.summary;
+    let submit = submit_all(&args, &Clients::new(&channels, 1), plan)
+        .await?
+        .summary;
     let json = report::Report {
         run_id: "run1".to_owned(),
         template: "bench".to_owned(),
@@ -349,7 +351,7 @@ async fn submit_and_watch_sink(
         ..plan(&["n"])
     });
     let watch = SinkWatch::start(SinkClient::new(&url)?).await?;
-    let submitted = submit_all(&args, &channels, plan).await?;
+    let submitted = submit_all(&args, &Clients::new(&channels, 1), plan).await?;
     let delivery = watch
         .finish(
             submitted.summary.accepted,
@@ -427,6 +429,56 @@ async fn an_unreachable_sink_fails_before_anything_is_submitted() -> anyhow::Res
     assert!(
         format!("{error:#}").contains("reading the sink's counts"),
         "{error:#}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_submit_refused_by_a_draining_server_is_sent_to_the_next_one() -> anyhow::Result<()> {
+    let draining = fake_server_with(FakeSubmitService {
+        draining: true,
+        ..FakeSubmitService::default()
+    })
+    .await?;
+    let serving = fake_server().await?;
+    // Laid out as `open` does (connection i on server i mod 2); the one task sends through the
+    // first connection, on the draining server.
+    let channels = vec![draining[0].clone(), serving[0].clone()];
+    let args = bench_args(&["--count", "40", "--concurrency", "1"]);
+    let twice = Arc::new(SubmitPlan {
+        count: args.count,
+        ..plan(&["n"])
+    });
+
+    let submit = submit_all(&args, &Clients::new(&channels, 2), twice)
+        .await?
+        .summary;
+
+    // Everything the draining server refuses goes to the other, which refuses only the keys
+    // ending in 7: each server is tried once.
+    assert_eq!(submit.accepted, 36);
+    let errors: Vec<_> = submit
+        .errors
+        .iter()
+        .map(|(code, reason)| (code.clone(), reason.count))
+        .collect();
+    assert_eq!(errors, [("Unavailable".to_owned(), 4)]);
+    assert_eq!(submit.resends, 40);
+
+    let alone = submit_all(
+        &bench_args(&["--count", "10", "--concurrency", "2"]),
+        &Clients::new(&draining, 1),
+        Arc::new(SubmitPlan {
+            count: 10,
+            ..plan(&["n"])
+        }),
+    )
+    .await?
+    .summary;
+    assert_eq!(
+        (alone.accepted, alone.resends, alone.errors.total()),
+        (0, 0, 10),
+        "with one server there is nowhere to resend"
     );
     Ok(())
 }

@@ -34,7 +34,16 @@ pub(crate) struct BenchArgs {
     /// `Submit` each; every item's latency is its call's.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) batch: u32,
-    /// mTLS connections (HTTP/2) the tasks share.
+    /// Another API server of the same deployment, besides the global `--server` (repeatable).
+    /// The connections are spread over all of them, and a submit (or `SubmitBatch` call) that
+    /// fails in transport (`UNAVAILABLE`, `CANCELLED` or `UNKNOWN`: its server is restarting,
+    /// draining or unreachable) is sent again, with the same idempotency keys, to the next
+    /// server, each server once. The keys make the resend safe: a submit the first server did
+    /// commit comes back as a duplicate with the same id. This is how a client rides out a
+    /// rolling restart of the API.
+    #[arg(long = "also-server", value_name = "HOST:PORT")]
+    pub(crate) also_servers: Vec<String>,
+    /// mTLS connections (HTTP/2) the tasks share (rounded up to a multiple of the servers).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) connections: u32,
     /// Recipient of every notification; `{n}` becomes the notification's index, so the

@@ -7,9 +7,11 @@ use super::*;
 /// reports each notification IN_PROGRESS on its first poll and DELIVERED, 5 ms after its
 /// creation, from the second on. Notification ids are the idempotency keys. Each submit takes
 /// `delay`, one at a time when `serial`; with a `sink`, each accepted one arrives there
-/// `sink.arrival_delay` later.
+/// `sink.arrival_delay` later. A `draining` one answers every submit UNAVAILABLE, as a server
+/// shutting down does.
 #[derive(Debug, Default)]
 pub(super) struct FakeSubmitService {
+    pub(super) draining: bool,
     pub(super) notifications: Mutex<HashMap<String, (prost_types::Timestamp, u32)>>,
     pub(super) delay: Duration,
     pub(super) serial: tokio::sync::Mutex<()>,
@@ -32,7 +34,7 @@ impl SubmitService for FakeSubmitService {
             tokio::time::sleep(self.delay).await;
         }
         let key = request.into_inner().idempotency_key;
-        if key.ends_with('7') {
+        if self.draining || key.ends_with('7') {
             return Err(Status::unavailable("try again"));
         }
         let created_at = herald_proto::conversions::timestamp(Utc::now());
