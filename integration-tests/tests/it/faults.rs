@@ -377,15 +377,18 @@ fn short_lease_email_settings(app: &TestApp, prefetch: u16) -> herald_channel_wo
     settings
 }
 
-/// Starts an email worker that claims deliveries and then hangs: its SMTP server (behind
-/// `smtp_proxy`) never answers. Built from the runtime directly, since its lease is meant to
-/// run out while it waits, which `Application::build`'s lease check refuses.
+/// Starts an email worker that claims `claims` deliveries (its provider slots) and then
+/// hangs: its SMTP server (behind `smtp_proxy`) never answers. Built from the runtime directly,
+/// since its lease is meant to run out while it waits, which `Application::build`'s lease check
+/// refuses.
 fn stuck_email_worker(
     app: &TestApp,
     smtp_proxy: &FaultProxy,
-    prefetch: u16,
+    claims: u16,
 ) -> tokio::task::JoinHandle<()> {
-    let mut settings = app.email_worker_settings(prefetch);
+    // A message may carry several deliveries: the slots, not the prefetch, bound the claims.
+    let mut settings = app.email_worker_settings(claims);
+    settings.worker.concurrency = usize::from(claims);
     settings.smtp.port = smtp_proxy.address().port();
     settings.worker.lease = Duration::from_secs(1);
     let provider = herald_channel_worker::SmtpProvider::new(&settings.smtp).unwrap();
