@@ -6,7 +6,8 @@
 -- rest): without this column those deliveries would be claimed again at once, an attempt
 -- before their delay. The worker writes the time when it records `retry_wait`, in
 -- PostgreSQL's clock, at 90% of the delay, so the copy from the delay queue is always due;
--- the claim leaves a delivery that is not due to that copy. Nullable and not indexed: the
+-- a claim leaves a delivery that is not due alone, and the worker puts its message back when
+-- it is due. Nullable and not indexed: the
 -- code deployed before it keeps working (NULL is due), and the row's updates stay in place
 -- (HOT).
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS retry_not_before timestamptz;

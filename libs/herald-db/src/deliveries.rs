@@ -38,10 +38,10 @@ pub struct Claim {
 pub enum ClaimOutcome {
     /// The caller holds the delivery for this attempt and may call the provider.
     Claimed(Claim),
-    /// Nothing for this message to do: the delivery reached a final state (or does not
-    /// exist), or it waits to retry and its retry copy is not yet due.
+    /// The delivery reached a final state (or does not exist): nothing to do, ever.
     Done,
-    /// Another worker holds an unexpired lease; look again after `retry_after`.
+    /// Another worker holds an unexpired lease, or a retry is not due yet; look again after
+    /// `retry_after`.
     Busy {
         /// Time left on the other worker's lease.
         retry_after: Duration,
@@ -69,8 +69,10 @@ pub async fn claim(
     Ok(match answer {
         Some(BatchClaim::Claimed(claimed)) => ClaimOutcome::Claimed(claimed.claim),
         Some(BatchClaim::Unreadable { claim, .. }) => ClaimOutcome::Claimed(claim),
-        Some(BatchClaim::Busy { retry_after }) => ClaimOutcome::Busy { retry_after },
-        Some(BatchClaim::Done | BatchClaim::NotDue) | None => ClaimOutcome::Done,
+        Some(BatchClaim::Busy { retry_after } | BatchClaim::NotDue { retry_after }) => {
+            ClaimOutcome::Busy { retry_after }
+        }
+        Some(BatchClaim::Done) | None => ClaimOutcome::Done,
     })
 }
 

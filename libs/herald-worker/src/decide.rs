@@ -41,9 +41,9 @@ pub(crate) enum AfterClaim {
 }
 
 /// The next step for a delivery whose claim came back as `claim`. A final delivery is acked
-/// without a provider call (a redelivered message never sends twice), and so is one waiting
-/// to retry whose delay has not passed (its copy in the delay queue brings it back); one leased by a live
-/// worker is requeued until its lease runs out, so a worker that died mid-attempt is taken
+/// without a provider call (a redelivered message never sends twice); one leased by a live
+/// worker, or waiting to retry and not yet due, is requeued when that runs out (at most
+/// after `lease`), so a worker that died mid-attempt is taken
 /// over rather than forgotten; an unreadable one fails for good. A takeover cannot tell
 /// "claimed, never sent" from "sent, not recorded", so it follows the channel's `policy`:
 /// `hold` records the delivery `unknown` without a provider call, `resend` attempts it again.
@@ -72,9 +72,8 @@ pub(crate) fn after_claim(
                 class: FailureClass::Permanent,
             },
         ),
-        // Waiting to retry: its retry copy in the delay queue brings it back when due.
-        BatchClaim::Done | BatchClaim::NotDue => AfterClaim::Settle(Settlement::Ack),
-        BatchClaim::Busy { retry_after } => {
+        BatchClaim::Done => AfterClaim::Settle(Settlement::Ack),
+        BatchClaim::Busy { retry_after } | BatchClaim::NotDue { retry_after } => {
             AfterClaim::Settle(Settlement::RequeueAfter(retry_after.min(lease)))
         }
     }

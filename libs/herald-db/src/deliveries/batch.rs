@@ -85,9 +85,14 @@ pub enum BatchClaim {
     },
     /// The delivery reached a final state (or does not exist): nothing to do, ever.
     Done,
-    /// Waiting to retry, and not yet due (`deliveries.retry_not_before`): its retry copy in
-    /// the delay queue brings it back. Nothing for this message to do.
-    NotDue,
+    /// Waiting to retry, and not due for `retry_after` (`deliveries.retry_not_before`). Its
+    /// retry copy in the delay queue normally brings it back; this message may be the only
+    /// one left, though (the copy was refused, or its connection cut before the confirm), so
+    /// look again then.
+    NotDue {
+        /// Time left until it is due.
+        retry_after: Duration,
+    },
     /// Another worker (or an earlier copy in the same batch) holds an unexpired lease; look
     /// again after `retry_after`.
     Busy {
@@ -166,11 +171,11 @@ async fn claim_locked(
         ids.iter().map(|id| (*id, BatchClaim::Done)).collect();
     let mut claimable = Vec::new();
     let mut takeovers = Vec::new();
-    for (id, state, held_until, scheduled_for, retry_not_due) in locked {
+    for (id, state, held_until, scheduled_for, retry_due_in) in locked {
         let times = Times {
             held_until,
             scheduled_for,
-            retry_not_due,
+            retry_due_in,
             now,
             clock_now,
         };
@@ -183,8 +188,8 @@ async fn claim_locked(
             Claimability::Busy(retry_after) => {
                 answers.insert(id, BatchClaim::Busy { retry_after });
             }
-            Claimability::NotDue => {
-                answers.insert(id, BatchClaim::NotDue);
+            Claimability::NotDue(retry_after) => {
+                answers.insert(id, BatchClaim::NotDue { retry_after });
             }
             Claimability::Done => {}
         }
@@ -238,8 +243,8 @@ async fn lock_for_claim(
                 deliveries::state,
                 deliveries::lease_until,
                 deliveries::scheduled_for,
-                diesel::dsl::sql::<diesel::sql_types::Bool>(
-                    "COALESCE(deliveries.retry_not_before > now(), false)",
+                diesel::dsl::sql::<Nullable<diesel::sql_types::Double>>(
+                    "EXTRACT(EPOCH FROM deliveries.retry_not_before - now())::float8",
                 ),
             ))
             .for_no_key_update(),
@@ -248,14 +253,14 @@ async fn lock_for_claim(
     .await?)
 }
 
-/// A row as `claim_locked` locks it: id, state, lease, scheduled time, whether a retry is not
-/// yet due.
+/// A row as `claim_locked` locks it: id, state, lease, scheduled time, seconds until a retry
+/// is due (negative once it is).
 type LockedRow = (
     Uuid,
     String,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
-    bool,
+    Option<f64>,
 );
 
 /// What a locked row allows.
@@ -263,7 +268,7 @@ enum Claimability {
     Claim,
     Takeover,
     Busy(Duration),
-    NotDue,
+    NotDue(Duration),
     Done,
 }
 
@@ -273,8 +278,8 @@ struct Times {
     held_until: Option<DateTime<Utc>>,
     /// `deliveries.scheduled_for`.
     scheduled_for: Option<DateTime<Utc>>,
-    /// `deliveries.retry_not_before` is still ahead, in PostgreSQL's clock.
-    retry_not_due: bool,
+    /// Seconds until `deliveries.retry_not_before`, in PostgreSQL's clock.
+    retry_due_in: Option<f64>,
     /// The worker's clock, for leases.
     now: DateTime<Utc>,
     /// The injected clock, for schedules.
@@ -285,7 +290,7 @@ fn claimability(state: &str, times: Times) -> Claimability {
     let Times {
         held_until,
         scheduled_for,
-        retry_not_due,
+        retry_due_in,
         now,
         clock_now,
     } = times;
@@ -305,7 +310,10 @@ fn claimability(state: &str, times: Times) -> Claimability {
         {
             Claimability::Claim
         }
-        DeliveryState::RetryWait if retry_not_due => Claimability::NotDue,
+        DeliveryState::RetryWait => retry_due_in
+            .filter(|seconds| *seconds > 0.0)
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+            .map_or(Claimability::Claim, Claimability::NotDue),
         state if state.is_claimable() => Claimability::Claim,
         _ => Claimability::Done,
     }

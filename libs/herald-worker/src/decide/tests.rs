@@ -252,9 +252,18 @@ fn a_claim_decides_whether_to_attempt() {
             Settlement::Ack,
         ),
         (
-            "waiting to retry, not yet due: acked, its retry copy brings it back",
-            BatchClaim::NotDue,
-            Settlement::Ack,
+            "waiting to retry, not yet due: requeued when due (this may be its only message)",
+            BatchClaim::NotDue {
+                retry_after: Duration::from_secs(4),
+            },
+            Settlement::RequeueAfter(Duration::from_secs(4)),
+        ),
+        (
+            "a retry due later than our lease waits no longer than the lease",
+            BatchClaim::NotDue {
+                retry_after: Duration::from_secs(108),
+            },
+            Settlement::RequeueAfter(LEASE),
         ),
         (
             "leased by a live worker: requeued when its lease runs out",
