@@ -43,7 +43,7 @@ pub enum ClaimOutcome {
     /// Another worker holds an unexpired lease, or a retry is not due yet; look again after
     /// `retry_after`.
     Busy {
-        /// Time left on the other worker's lease.
+        /// Time left on the other worker's lease, or until the retry is due.
         retry_after: Duration,
     },
 }

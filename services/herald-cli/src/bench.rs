@@ -330,7 +330,8 @@ async fn submit_closed_loop(
     let mut tasks = JoinSet::new();
     for task in 0..args.concurrency as usize {
         tasks.spawn(submit_task(
-            (clients.clone(), task % clients.len()),
+            clients.clone(),
+            task % clients.len(),
             Arc::clone(&plan),
             Arc::clone(&next_index),
             Arc::clone(&finished),
@@ -354,10 +355,11 @@ async fn submit_closed_loop(
     total
 }
 
-/// One closed-loop task: sends through its connection (`client.1` of `client.0`) until the
-/// plan is used up.
+/// One closed-loop task: sends through connection `connection` of `clients` until the plan is
+/// used up.
 async fn submit_task(
-    (clients, connection): (Clients, usize),
+    clients: Clients,
+    connection: usize,
     plan: Arc<SubmitPlan>,
     next_index: Arc<AtomicU64>,
     finished: Arc<AtomicU64>,

@@ -172,14 +172,14 @@ async fn claim_locked(
     let mut claimable = Vec::new();
     let mut takeovers = Vec::new();
     for (id, state, held_until, scheduled_for, retry_due_in) in locked {
-        let times = Times {
+        match claimability(
+            &state,
             held_until,
             scheduled_for,
             retry_due_in,
             now,
             clock_now,
-        };
-        match claimability(&state, times) {
+        ) {
             Claimability::Claim => claimable.push(id),
             Claimability::Takeover => {
                 claimable.push(id);
@@ -272,28 +272,16 @@ enum Claimability {
     Done,
 }
 
-/// The times a locked row is judged by.
-struct Times {
-    /// `deliveries.lease_until`.
+/// What a locked row in `state` allows: leases by the worker's clock (`now`), schedules by the
+/// injected one (`clock_now`), a retry by the seconds until it is due in PostgreSQL's clock.
+fn claimability(
+    state: &str,
     held_until: Option<DateTime<Utc>>,
-    /// `deliveries.scheduled_for`.
     scheduled_for: Option<DateTime<Utc>>,
-    /// Seconds until `deliveries.retry_not_before`, in PostgreSQL's clock.
     retry_due_in: Option<f64>,
-    /// The worker's clock, for leases.
     now: DateTime<Utc>,
-    /// The injected clock, for schedules.
     clock_now: DateTime<Utc>,
-}
-
-fn claimability(state: &str, times: Times) -> Claimability {
-    let Times {
-        held_until,
-        scheduled_for,
-        retry_due_in,
-        now,
-        clock_now,
-    } = times;
+) -> Claimability {
     let Ok(state) = state.parse::<DeliveryState>() else {
         return Claimability::Done;
     };
